@@ -1,0 +1,220 @@
+"""``kafka://`` URLs -> `KafkaSettings`: every option, its default and its validation in one place.
+
+    kafka://[user:password@]host:port[,host:port...][?option=value&...]
+
+Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
+``offset_reset`` (``earliest``), ``security_protocol`` (``PLAINTEXT``, ``SSL``,
+``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``,
+``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
+``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
+``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from eventbus.errors import ConfigurationError
+
+__all__ = ["KafkaSettings", "parse_url"]
+
+DEFAULT_PORT = 9092
+
+OffsetReset = Literal["earliest", "latest"]
+
+_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSettings:
+    """Validated configuration of one Kafka transport. Seconds are floats, sizes are bytes."""
+
+    bootstrap_servers: tuple[str, ...]
+    client_id: str = "eventbus"
+    partitions: int = 6
+    """Partition count of the topics eventbus creates (it never alters existing topics)."""
+    replication_factor: int = 1
+    offset_reset: OffsetReset = "earliest"
+    """Where a consumer group with no committed offset starts. ``earliest`` by default so a
+    group subscribed after messages were published still gets them (queue semantics); queues
+    and retry topics always start at the earliest offset whatever this says."""
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    max_message_size: int = 1024 * 1024
+    """Largest body eventbus lets through; topics it creates accept this plus headroom."""
+    connect_timeout: float = 15.0
+    publish_timeout: float = 60.0
+    """How long a publish waits for the broker (e.g. during a restart) before failing."""
+    join_timeout: float = 60.0
+    """How long ``subscribe`` waits for the group join and partition assignment."""
+    commit_interval: float = 0.5
+
+    @property
+    def address(self) -> str:
+        """The bootstrap list as shown in errors: ``host:port,host:port``."""
+        return ",".join(self.bootstrap_servers)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client (producer, consumer, admin) shares."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": list(self.bootstrap_servers),
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        if self.security_protocol.endswith("SSL"):
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+            options["ssl_context"] = context
+        return options
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"kafka URL option {name}={raw!r}: expected a positive integer"
+        ) from None
+    if value < 1:
+        raise ConfigurationError(f"kafka URL option {name}={raw!r}: expected a positive integer")
+    return value
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"kafka URL option {name}={raw!r}: expected seconds (a positive number)"
+        ) from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"kafka URL option {name}={raw!r}: expected seconds (a positive number)"
+        )
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.upper() if choices[0].isupper() else raw.lower()
+        if value not in choices:
+            raise ConfigurationError(
+                f"kafka URL option {name}={raw!r}: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw:
+        raise ConfigurationError(f"kafka URL option {name} is empty")
+    return raw
+
+
+_OPTIONS: dict[str, Callable[[str, str], Any]] = {
+    "client_id": _text,
+    "partitions": _positive_int,
+    "replication_factor": _positive_int,
+    "offset_reset": _choice(("earliest", "latest")),
+    "security_protocol": _choice(_SECURITY_PROTOCOLS),
+    "sasl_mechanism": _choice(_SASL_MECHANISMS),
+    "sasl_username": _text,
+    "sasl_password": _text,
+    "ssl_cafile": _text,
+    "ssl_certfile": _text,
+    "ssl_keyfile": _text,
+    "max_message_size": _positive_int,
+    "connect_timeout": _seconds,
+    "publish_timeout": _seconds,
+    "join_timeout": _seconds,
+    "commit_interval": _seconds,
+}
+
+
+def _parse_host(url: str, item: str) -> str:
+    item = item.strip()
+    if item.startswith("["):  # IPv6 literal: [::1]:9092
+        host, sep, rest = item[1:].partition("]")
+        if not sep or not host:
+            raise ConfigurationError(f"bad broker address {item!r} in {url!r}")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise ConfigurationError(f"bad broker address {item!r} in {url!r}")
+        host = f"[{host}]"
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ConfigurationError(f"missing broker host in {url!r} (kafka://host:port)")
+    port = DEFAULT_PORT
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigurationError(f"bad broker port {port_text!r} in {url!r}")
+        port = int(port_text)
+    return f"{host}:{port}"
+
+
+def parse_url(url: str) -> KafkaSettings:
+    """Parse and validate a ``kafka://`` URL; raise `ConfigurationError` naming what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme != "kafka":
+        raise ConfigurationError(f"not a kafka:// URL: {url!r}")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigurationError(
+            f"kafka URL {url!r} must not have a path or fragment (options go in the query)"
+        )
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    servers = tuple(_parse_host(url, item) for item in hosts.split(","))
+
+    values: dict[str, Any] = {}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        values["sasl_username"] = unquote(user)
+        if password:
+            values["sasl_password"] = unquote(password)
+    seen: set[str] = set()
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in _OPTIONS:
+            known = ", ".join(sorted(_OPTIONS))
+            raise ConfigurationError(f"unknown kafka URL option {name!r}; known options: {known}")
+        if name in seen:
+            raise ConfigurationError(f"kafka URL option {name!r} is given twice")
+        seen.add(name)
+        values[name] = _OPTIONS[name](name, raw)
+
+    settings = KafkaSettings(bootstrap_servers=servers, **values)
+    if settings.sasl_username and not settings.security_protocol.startswith("SASL"):
+        raise ConfigurationError(
+            "kafka URL has SASL credentials but security_protocol is "
+            f"{settings.security_protocol}; add security_protocol=SASL_PLAINTEXT or SASL_SSL"
+        )
+    if settings.security_protocol.startswith("SASL") and not (
+        settings.sasl_username and settings.sasl_password
+    ):
+        raise ConfigurationError(
+            f"security_protocol={settings.security_protocol} needs sasl_username and "
+            "sasl_password (or user:password@ in the URL)"
+        )
+    if settings.ssl_keyfile and not settings.ssl_certfile:
+        raise ConfigurationError("kafka URL option ssl_keyfile needs ssl_certfile")
+    return settings

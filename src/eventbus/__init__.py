@@ -1,0 +1,49 @@
+"""eventbus: async messaging over Kafka, RabbitMQ and memory with acks, retries, dead letters,
+per-key ordering, deduplication and graceful shutdown done once, correctly."""
+
+from eventbus.bus import EventBus
+from eventbus.codecs import Codec, JsonCodec
+from eventbus.dedup import ClaimResult, DedupStore, InboxStore, MemoryDedupStore
+from eventbus.dispatch.runner import Handler, Middleware
+from eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    EventBusError,
+    HandlerSignatureError,
+    MessageTooLargeError,
+    PublishError,
+    Reject,
+    Retry,
+    UnknownSchemeError,
+    UnroutableError,
+)
+from eventbus.message import Delivery, Message
+from eventbus.retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ClaimResult",
+    "Codec",
+    "ConfigurationError",
+    "DedupStore",
+    "Delivery",
+    "EventBus",
+    "EventBusError",
+    "Handler",
+    "HandlerSignatureError",
+    "InboxStore",
+    "JsonCodec",
+    "MemoryDedupStore",
+    "Message",
+    "MessageTooLargeError",
+    "Middleware",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "RetryPolicy",
+    "UnknownSchemeError",
+    "UnroutableError",
+    "__version__",
+]

@@ -1,0 +1,391 @@
+"""`EventBus`: the registry of handlers, publish/send, and the lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from eventbus import headers as h
+from eventbus.codecs.base import Codec
+from eventbus.codecs.json import JsonCodec
+from eventbus.dedup.base import DedupStore, InboxStore
+from eventbus.dedup.memory import MemoryDedupStore
+from eventbus.dispatch.deadletter import default_dead_letter_name
+from eventbus.dispatch.handler import inspect_handler
+from eventbus.dispatch.runner import Middleware, SubscriptionRunner
+from eventbus.dispatch.subscriber import Subscriber
+from eventbus.errors import ConfigurationError, HandlerSignatureError
+from eventbus.message import Message, new_message_id
+from eventbus.retry import DEFAULT_RETRY, RetryPolicy
+from eventbus.transports.base import Destination, Kind, Transport
+from eventbus.transports.registry import transport_for_url
+
+__all__ = ["EventBus"]
+
+log = logging.getLogger("eventbus")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def _check_name(what: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigurationError(
+            f"invalid {what} name {name!r}: use 1-200 characters of letters, digits, '.', '_' "
+            "and '-', starting with a letter or digit"
+        )
+    return name
+
+
+class EventBus:
+    """One publish/subscribe and queue API over a pluggable transport (DESIGN 2).
+
+    ``url`` picks the transport by scheme (``memory://``, ``kafka://host:port``,
+    ``amqp://user:pass@host:port/``); ``None`` reads ``EVENTBUS_URL``, else ``memory://``.
+    Handlers are registered with `subscribe` / `consume` before the bus starts. ``async with
+    bus:`` connects and starts every handler; when the block is entered every subscription is
+    live. Leaving it stops fetching, lets in-flight handlers finish within ``graceful_timeout``
+    seconds, settles, and closes; a handler still running then is cancelled and its message is
+    redelivered later, never acked.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        transport: Transport | None = None,
+        codec: Codec | None = None,
+        dedup_store: DedupStore | None = None,
+        middleware: Sequence[Middleware] = (),
+        graceful_timeout: float = 30.0,
+    ) -> None:
+        if transport is not None and url is not None:
+            raise ConfigurationError("give EventBus either a url or a transport, not both")
+        if graceful_timeout < 0:
+            raise ConfigurationError("graceful_timeout must be >= 0 seconds")
+        self.url = url or os.environ.get("EVENTBUS_URL") or "memory://"
+        # Resolve the transport now so a bad URL or a missing adapter fails at construction.
+        self.transport: Transport = transport or transport_for_url(self.url)
+        self.codec: Codec = codec or JsonCodec()
+        self._dedup_store = dedup_store
+        self.middleware = tuple(middleware)
+        self.graceful_timeout = graceful_timeout
+        self._subscribers: list[Subscriber] = []
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._runners: list[SubscriptionRunner] = []
+        self._task_group: TaskGroup | None = None
+        self._hooks_scope: anyio.CancelScope | None = None
+        self._drain_scope: anyio.CancelScope | None = None
+        self._running = False
+
+    # -- registration -----------------------------------------------------------------------
+
+    @property
+    def dedup_store(self) -> DedupStore:
+        """The store ``dedup=True`` uses; a bounded in-memory one unless one was given."""
+        if self._dedup_store is None:
+            self._dedup_store = MemoryDedupStore()
+        return self._dedup_store
+
+    @property
+    def subscribers(self) -> tuple[Subscriber, ...]:
+        return tuple(self._subscribers)
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        concurrency: int = 1,
+        max_in_flight: int | None = None,
+        ack: Literal["auto", "manual"] = "auto",
+        ack_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: str | None = "auto",
+        dedup: bool | DedupStore | None = None,
+        dedup_key: Callable[[Message], str] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler for ``topic``. Every group gets every message; within a group each
+        message goes to one consumer. ``group=None``: every running instance gets every message
+        published while it runs (ephemeral broadcast)."""
+        _check_name("topic", topic)
+        if group is not None:
+            _check_name("group", group)
+        return self._register(
+            topic, "topic", group, concurrency, max_in_flight, ack, ack_timeout, retry,
+            dead_letter, dedup, dedup_key,
+        )
+
+    def consume(
+        self,
+        queue: str,
+        *,
+        concurrency: int = 1,
+        max_in_flight: int | None = None,
+        ack: Literal["auto", "manual"] = "auto",
+        ack_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        dead_letter: str | None = "auto",
+        dedup: bool | DedupStore | None = None,
+        dedup_key: Callable[[Message], str] | None = None,
+    ) -> Callable[[F], F]:
+        """Register a handler for ``queue``: each message goes to exactly one consumer."""
+        _check_name("queue", queue)
+        return self._register(
+            queue, "queue", None, concurrency, max_in_flight, ack, ack_timeout, retry,
+            dead_letter, dedup, dedup_key,
+        )
+
+    def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run ``func`` in the background once every subscription is live (e.g. a producer
+        loop); it is cancelled first when the bus stops."""
+        self._startup.append(func)
+        return func
+
+    def _register(
+        self,
+        name: str,
+        kind: Kind,
+        group: str | None,
+        concurrency: int,
+        max_in_flight: int | None,
+        ack: str,
+        ack_timeout: float | None,
+        retry: RetryPolicy | None,
+        dead_letter: str | None,
+        dedup: bool | DedupStore | None,
+        dedup_key: Callable[[Message], str] | None,
+    ) -> Callable[[F], F]:
+        if self._running:
+            raise RuntimeError("register handlers before the bus starts")
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
+        in_flight = max_in_flight if max_in_flight is not None else 4 * concurrency
+        if in_flight < concurrency:
+            raise ConfigurationError(
+                f"max_in_flight ({in_flight}) must be >= concurrency ({concurrency})"
+            )
+        if ack not in ("auto", "manual"):
+            raise ConfigurationError(f"ack must be 'auto' or 'manual', got {ack!r}")
+        if ack_timeout is not None and ack_timeout <= 0:
+            raise ConfigurationError("ack_timeout must be > 0 seconds")
+        if dead_letter == "auto":
+            dead_letter = default_dead_letter_name(name, kind, group)
+        elif dead_letter is not None:
+            _check_name("dead-letter queue", dead_letter)
+        store: DedupStore | None
+        if dedup is True:
+            store = self.dedup_store
+        elif dedup is None or dedup is False:
+            store = None
+        else:
+            store = dedup
+
+        def decorator(func: F) -> F:
+            inbox_types = (store.inbox_type,) if isinstance(store, InboxStore) else ()
+            spec = inspect_handler(func, inbox_types)
+            if dedup_key is not None and store is None:
+                raise ConfigurationError(f"handler {spec.name}: dedup_key needs dedup=")
+            if ack == "manual" and not any(kind == "delivery" for _, kind in spec.params):
+                raise HandlerSignatureError(
+                    f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "
+                    "to settle with"
+                )
+            self._subscribers.append(
+                Subscriber(
+                    name=name,
+                    kind=kind,
+                    group=group,
+                    handler=spec,
+                    concurrency=concurrency,
+                    max_in_flight=in_flight,
+                    ack="manual" if ack == "manual" else "auto",
+                    ack_timeout=ack_timeout,
+                    retry=retry or DEFAULT_RETRY,
+                    dead_letter=dead_letter,
+                    dedup=store,
+                    dedup_key=dedup_key,
+                )
+            )
+            return func
+
+        return decorator
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def build_message(
+        self,
+        name: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Message:
+        encoded = self.codec.encode(payload)
+        for k, v in (headers or {}).items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
+            if k.startswith("eventbus-") and k != h.ATTEMPT:
+                raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
+        return Message(
+            id=message_id or new_message_id(),
+            topic=name,
+            body=encoded.body,
+            key=key,
+            headers=dict(headers or {}),
+            content_type=encoded.content_type,
+            type=encoded.type,
+            correlation_id=correlation_id,
+        )
+
+    async def publish(
+        self,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Publish an event to every group of ``topic``; returns the message id once the broker
+        confirmed it. Messages with the same ``key`` are handled in publish order."""
+        message = self.build_message(
+            _check_name("topic", topic), payload, key=key, headers=headers,
+            message_id=message_id, correlation_id=correlation_id,
+        )
+        await self._connected().publish(Destination(topic, "topic"), [message])
+        return message.id
+
+    async def send(
+        self,
+        queue: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Send a command to ``queue``: exactly one consumer handles it."""
+        message = self.build_message(
+            _check_name("queue", queue), payload, key=key, headers=headers,
+            message_id=message_id, correlation_id=correlation_id,
+        )
+        await self._connected().publish(Destination(queue, "queue"), [message])
+        return message.id
+
+    async def publish_many(
+        self,
+        topic: str,
+        payloads: Sequence[object],
+        *,
+        keys: Sequence[str | None] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The high-throughput path: publish many messages without waiting for each confirm in
+        turn. Returns their ids; if some fail, `PublishError.failures` maps their indices to
+        the causes (the others were confirmed)."""
+        if keys is not None and len(keys) != len(payloads):
+            raise ConfigurationError("keys must be as long as payloads")
+        _check_name("topic", topic)
+        messages = [
+            self.build_message(topic, p, key=keys[i] if keys else None, headers=headers)
+            for i, p in enumerate(payloads)
+        ]
+        await self._connected().publish(Destination(topic, "topic"), messages)
+        return [m.id for m in messages]
+
+    def _connected(self) -> Transport:
+        if not self._running:
+            raise RuntimeError("the bus is not running: publish inside `async with bus:`")
+        return self.transport
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> EventBus:
+        if self._running:
+            raise RuntimeError("this bus is already running")
+        await self.transport.connect()
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._running = True
+        try:
+            self._runners = []
+            for subscriber in self._subscribers:
+                runner = SubscriptionRunner(subscriber, self.transport, self.codec, self.middleware)
+                await self._task_group.start(runner.run)
+                self._runners.append(runner)  # only started runners are drained and awaited
+                log.info("subscribed: %s", subscriber.describe())
+            if self._startup:
+                self._task_group.start_soon(self._run_startup_hooks)
+        except BaseException as exc:
+            await self._stop(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stop(exc_type, exc, tb)
+
+    async def run(self) -> None:
+        """The `async with` lifecycle until cancelled (the CLI cancels it on SIGTERM/SIGINT)."""
+        async with self:
+            await anyio.sleep_forever()
+
+    def abort_drain(self) -> None:
+        """Cut a graceful shutdown short (a second signal): unfinished work is released for
+        redelivery at once instead of waited for."""
+        if self._drain_scope is not None:
+            self._drain_scope.cancel()
+
+    async def _run_startup_hooks(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._hooks_scope = scope
+            async with anyio.create_task_group() as tg:
+                for hook in self._startup:
+                    tg.start_soon(hook)
+
+    async def _stop(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        # Shielded: a cancelled `run()` (the usual way to stop) must still drain and settle.
+        with anyio.CancelScope(shield=True):
+            if self._hooks_scope is not None:
+                self._hooks_scope.cancel()
+            with anyio.move_on_after(self.graceful_timeout) as drain:
+                self._drain_scope = drain
+                async with anyio.create_task_group() as tg:
+                    for runner in self._runners:
+                        tg.start_soon(runner.drain)
+            if drain.cancelled_caught:
+                log.warning("graceful timeout reached: unfinished messages will be redelivered")
+            for runner in self._runners:
+                runner.abort()
+            for runner in self._runners:
+                await runner.closed.wait()
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._task_group = None
+            self._running = False
+            with anyio.CancelScope(shield=True):
+                await self.transport.close()

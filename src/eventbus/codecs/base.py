@@ -1,0 +1,36 @@
+"""The codec protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from eventbus.message import Message
+
+__all__ = ["Codec", "DecodeError", "Encoded"]
+
+
+class DecodeError(Exception):
+    """The body cannot be decoded or validated as the handler's payload type (a poison message:
+    it is dead-lettered as ``undecodable`` without retries)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    body: bytes
+    content_type: str
+    type: str | None = None
+    """CloudEvents ``type``: the payload model's name, when there is one."""
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Encodes what `EventBus.publish` is given; decodes into a handler's annotated type.
+
+    ``decode`` raises `DecodeError` for anything it cannot turn into ``target``. Both are called
+    on the event loop: keep them fast and non-blocking.
+    """
+
+    def encode(self, payload: object) -> Encoded: ...
+
+    def decode(self, message: Message, target: Any) -> object: ...

@@ -1,0 +1,59 @@
+"""JSON through pydantic: the default codec."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import pydantic
+
+from eventbus.codecs.base import DecodeError, Encoded
+from eventbus.message import Message
+
+__all__ = ["JsonCodec"]
+
+JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
+BYTES = "application/octet-stream"
+
+
+@lru_cache(maxsize=512)
+def _adapter(target: Any) -> pydantic.TypeAdapter[Any]:
+    return pydantic.TypeAdapter(target)
+
+
+class JsonCodec:
+    """pydantic models and JSON-able values as JSON; ``bytes`` and ``str`` pass through as is.
+
+    Decoding follows the handler's annotation: a model (or any type pydantic validates) is
+    validated from JSON; ``bytes`` is the raw body; ``str`` the body as UTF-8; ``dict`` parsed JSON.
+    """
+
+    def encode(self, payload: object) -> Encoded:
+        if isinstance(payload, pydantic.BaseModel):
+            return Encoded(payload.model_dump_json().encode(), JSON, type(payload).__name__)
+        if isinstance(payload, bytes | bytearray | memoryview):
+            return Encoded(bytes(payload), BYTES)
+        if isinstance(payload, str):
+            return Encoded(payload.encode(), TEXT)
+        try:
+            body = _adapter(type(payload)).dump_json(payload)
+        except pydantic.PydanticSerializationError as exc:
+            raise TypeError(f"cannot encode {type(payload).__name__} as JSON: {exc}") from exc
+        return Encoded(body, JSON)
+
+    def decode(self, message: Message, target: Any) -> object:
+        if target is bytes:
+            return message.body
+        try:
+            if target is str:
+                return message.body.decode()
+            if target is dict:
+                value = json.loads(message.body)
+                if not isinstance(value, dict):
+                    raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
+                return value
+            return _adapter(target).validate_json(message.body)
+        except (UnicodeDecodeError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
+            raise DecodeError(f"cannot decode body as {getattr(target, '__name__', target)}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""The consume pipeline, written once for every transport (DESIGN 5)."""

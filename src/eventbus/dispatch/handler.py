@@ -1,0 +1,97 @@
+"""Handler signatures: checked at decoration time, injected at call time."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_type_hints
+
+from eventbus.errors import HandlerSignatureError
+from eventbus.message import Delivery, Message
+
+__all__ = ["HandlerSpec", "inspect_handler"]
+
+ParamKind = Literal["payload", "delivery", "message", "inbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSpec:
+    """What a handler asks for: which parameters get the payload, the `Delivery`, the `Message`,
+    or an inbox resource (see `eventbus.dedup.InboxStore`)."""
+
+    func: Callable[..., Any]
+    name: str
+    params: tuple[tuple[str, ParamKind], ...]
+    payload_type: Any
+    """The payload parameter's annotation, or None when the handler takes no payload."""
+    inbox_type: Any
+    is_async: bool
+
+    def kwargs(
+        self, payload: object, delivery: Delivery, inbox: object = None
+    ) -> dict[str, object]:
+        values: dict[ParamKind, object] = {
+            "payload": payload,
+            "delivery": delivery,
+            "message": delivery.message,
+            "inbox": inbox,
+        }
+        return {name: values[kind] for name, kind in self.params}
+
+
+def inspect_handler(func: Callable[..., Any], inbox_types: tuple[type[Any], ...] = ()) -> HandlerSpec:
+    """Read ``func``'s annotations; raise `HandlerSignatureError` naming it if they cannot be
+    served. The first parameter that is not a `Delivery` or `Message` (or an inbox resource) is
+    the payload; its annotation is what the body is validated into."""
+    name = getattr(func, "__qualname__", repr(func))
+    if not callable(func):
+        raise HandlerSignatureError(f"handler {name} is not callable")
+    try:
+        signature = inspect.signature(func)
+        hints = get_type_hints(func)
+    except (NameError, TypeError) as exc:
+        raise HandlerSignatureError(f"handler {name}: cannot resolve its annotations: {exc}") from exc
+
+    params: list[tuple[str, ParamKind]] = []
+    payload_type: Any = None
+    inbox_type: Any = None
+    for param in signature.parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            raise HandlerSignatureError(
+                f"handler {name}: *args/**kwargs cannot be injected; annotate each parameter"
+            )
+        if param.name not in hints:
+            if param.default is not param.empty:
+                continue
+            raise HandlerSignatureError(
+                f"handler {name}: parameter {param.name!r} has no annotation; annotate it with "
+                "the payload type (a pydantic model, bytes, str, dict), Delivery or Message"
+            )
+        annotation = hints[param.name]
+        kind: ParamKind
+        if annotation is Delivery:
+            kind = "delivery"
+        elif annotation is Message and payload_type is not None:
+            kind = "message"
+        elif isinstance(annotation, type) and inbox_types and issubclass(annotation, inbox_types):
+            kind, inbox_type = "inbox", annotation
+        elif payload_type is None:
+            kind, payload_type = "payload", annotation
+        elif annotation is Message:
+            kind = "message"
+        else:
+            raise HandlerSignatureError(
+                f"handler {name}: parameter {param.name!r} ({annotation!r}) would be a second "
+                f"payload; the payload is already {payload_type!r}. Only one payload parameter, "
+                "plus Delivery / Message, can be injected"
+            )
+        params.append((param.name, kind))
+    return HandlerSpec(
+        func=func,
+        name=name,
+        params=tuple(params),
+        payload_type=payload_type,
+        inbox_type=inbox_type,
+        is_async=inspect.iscoroutinefunction(func),
+    )

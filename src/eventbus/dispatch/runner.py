@@ -1,0 +1,412 @@
+"""One subscription's consume loop: fetch -> key lane -> decode -> dedup -> handler -> settle.
+
+This is the single dispatch pipeline every transport runs under (DESIGN 5). The rules it keeps
+(DESIGN 3): a message is settled only after its handler finished with it; a failure is retried
+with backoff, then dead-lettered; a poison message is dead-lettered and the loop goes on;
+nothing unsettled is ever acked at shutdown.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from eventbus import headers as h
+from eventbus.codecs.base import Codec, DecodeError
+from eventbus.dedup.base import ClaimResult, InboxStore
+from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
+from eventbus.dispatch.lanes import KeyLanes
+from eventbus.dispatch.settle import DeliveryState
+from eventbus.dispatch.subscriber import Subscriber
+from eventbus.errors import Reject, Retry
+from eventbus.message import Delivery, Message
+from eventbus.transports.base import Destination, Subscription, Transport
+
+__all__ = ["Handler", "Middleware", "SubscriptionRunner"]
+
+log = logging.getLogger("eventbus.dispatch")
+
+Handler = Callable[[Delivery], Awaitable[None]]
+"""What middleware wraps: a call that handles one delivery (payload already bound)."""
+Middleware = Callable[[Handler], Handler]
+"""``Callable[[Handler], Handler]``; the first middleware given is the outermost."""
+
+_REPUBLISH_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class SubscriptionRunner:
+    """Runs one `Subscriber` over one transport subscription until told to stop."""
+
+    def __init__(
+        self,
+        subscriber: Subscriber,
+        transport: Transport,
+        codec: Codec,
+        middleware: Sequence[Middleware] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.subscriber = subscriber
+        self._transport = transport
+        self._codec = codec
+        self._middleware = tuple(middleware)
+        self._rng = rng or random.Random()
+        self._limiter = anyio.CapacityLimiter(subscriber.concurrency)
+        self._slots = anyio.Semaphore(subscriber.max_in_flight)
+        self._unsettled: set[DeliveryState] = set()
+        self._busy: set[DeliveryState] = set()
+        self._stopping = False
+        self._stop_event = anyio.Event()
+        self._quiet = anyio.Event()
+        self._abort = anyio.Event()
+        self.closed = anyio.Event()
+        self._sub: Subscription | None = None
+        self._work: TaskGroup | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe (live once ``task_status.started()`` fires), then consume until aborted."""
+        try:
+            self._sub = await self._transport.subscribe(self.subscriber.spec)
+        except BaseException:
+            self.closed.set()
+            raise
+        try:
+            async with anyio.create_task_group() as work:
+                self._work = work
+                lanes: KeyLanes[DeliveryState] = KeyLanes(
+                    work, self._handle, lambda: not self._stopping
+                )
+                work.start_soon(self._fetch, self._sub, lanes)
+                task_status.started()
+                await self._abort.wait()
+                # Past the graceful timeout: cancel what still runs. Its messages stay
+                # unsettled and are released below, so they are redelivered, never acked.
+                work.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._release_unsettled()
+                try:
+                    await self._sub.close()
+                except Exception:
+                    log.exception("%s: closing the subscription failed", self.subscriber.describe())
+                self.closed.set()
+
+    async def drain(self) -> None:
+        """Stop fetching and wait until every started handler finished and every started
+        manual-ack delivery is settled. Unstarted deliveries are left for `abort` to release."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._sub is not None:
+            try:
+                await self._sub.stop()
+            except Exception:
+                log.exception("%s: stopping the subscription failed", self.subscriber.describe())
+        if not self._busy:
+            self._quiet.set()
+        await self._quiet.wait()
+
+    def abort(self) -> None:
+        """End `run`: cancel remaining work, release what is unsettled, close."""
+        self._stopping = True
+        self._stop_event.set()
+        self._abort.set()
+
+    async def _release_unsettled(self) -> None:
+        for state in list(self._unsettled):
+            if state.settled:
+                continue
+            state.settled = True
+            try:
+                await state.raw.release()
+            except Exception:
+                log.exception("%s: release failed", self.subscriber.describe())
+            self.forget(state)
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def _fetch(self, sub: Subscription, lanes: KeyLanes[DeliveryState]) -> None:
+        stats = self.subscriber.stats
+        iterator = sub.__aiter__()
+        while not self._stopping:
+            # Bound what is fetched but unsettled (DESIGN 3.7): take a slot before pulling.
+            await self._slots.acquire()
+            try:
+                raw = await iterator.__anext__()
+            except StopAsyncIteration:
+                self._slots.release()
+                return
+            except BaseException:
+                self._slots.release()
+                raise
+            stats.received += 1
+            state = DeliveryState(self, raw)
+            self._unsettled.add(state)
+            if self._stopping:
+                continue  # fetched during stop: released, not started
+            lanes.submit(raw.message.key, state)
+
+    def forget(self, state: DeliveryState) -> None:
+        """Called once a delivery is settled: frees its in-flight slot."""
+        if state in self._unsettled:
+            self._unsettled.discard(state)
+            self._slots.release()
+        self._leave_busy(state)
+
+    def _leave_busy(self, state: DeliveryState) -> None:
+        self._busy.discard(state)
+        if self._stopping and not self._busy:
+            self._quiet.set()
+
+    # -- handling ---------------------------------------------------------------------------
+
+    async def _handle(self, state: DeliveryState) -> None:
+        if self._stopping:
+            return
+        self._busy.add(state)
+        keep_busy = False
+        try:
+            keep_busy = await self._attempts(state)
+        except Exception:
+            # Nothing may escape the worker; the message stays unsettled and is redelivered.
+            log.exception("%s: internal error handling %s", self.subscriber.describe(), state.raw.message.id)
+        finally:
+            if not keep_busy or state.settled:
+                self._leave_busy(state)
+
+    async def _attempts(self, state: DeliveryState) -> bool:
+        """Run attempts until the message is settled or parked. Returns True when a manual-ack
+        delivery is left for the user to settle (it stays busy for graceful shutdown)."""
+        sub = self.subscriber
+        message = state.raw.message
+        target = message.headers.get(h.TARGET_GROUP)
+        if target and sub.group and target != sub.group:
+            await state.ack()  # meant for another group of this topic (retry or replay)
+            return False
+        try:
+            payload = self._decode(message)
+        except DecodeError as exc:
+            log.error("%s: undecodable message %s: %s", sub.describe(), message.id, exc)
+            await state.fail("undecodable", exc)
+            return False
+
+        while True:
+            if self._stopping:
+                return False
+            if sub.dedup is not None and not await self._claim(state):
+                return False
+            delivery = Delivery(
+                message,
+                attempt=state.attempt,
+                redelivered=state.raw.redelivered or state.attempt > 1,
+                settler=state,
+            )
+            try:
+                async with self._limiter:
+                    await self._invoke(delivery, payload, state)
+            except Exception as exc:
+                sub.stats.failed_attempts += 1
+                if state.settled:
+                    log.warning("%s: handler raised after settling %s: %r", sub.describe(), message.id, exc)
+                    return False
+                await self.release_claim(state)
+                delay = self._next_delay(exc, state.attempt)
+                if delay is None:
+                    reason: DeadLetterReason = (
+                        "retries-exhausted" if self._retryable(exc) else "rejected"
+                    )
+                    log.warning(
+                        "%s: dead-lettering %s after attempt %d (%s): %r",
+                        sub.describe(), message.id, state.attempt, reason, exc,
+                    )
+                    await state.fail(reason, exc)
+                    return False
+                sub.stats.retried += 1
+                broadcast = sub.kind == "topic" and sub.group is None
+                if sub.retry.via_broker and not broadcast:
+                    await state.retry_via_broker(delay)
+                    return False
+                log.info(
+                    "%s: attempt %d of %s failed (%r); retrying in %.3fs",
+                    sub.describe(), state.attempt, message.id, exc, delay,
+                )
+                # The key lane waits here without a concurrency slot; other keys flow.
+                if await self._sleep_unless_stopping(delay):
+                    return False
+                state.attempt += 1
+                continue
+            sub.stats.handled += 1
+            if state.settled:
+                return False
+            if sub.ack == "auto":
+                await state.ack()
+                return False
+            if sub.ack_timeout is not None and self._work is not None:
+                self._work.start_soon(self._expire, state, sub.ack_timeout)
+            return True
+
+    def _decode(self, message: Message) -> object:
+        target = self.subscriber.handler.payload_type
+        if target is None or target is Message:
+            return message
+        return self._codec.decode(message, target)
+
+    def _retryable(self, exc: Exception) -> bool:
+        return not isinstance(exc, Reject) and (
+            isinstance(exc, Retry) or self.subscriber.retry.retryable(exc)
+        )
+
+    def _next_delay(self, exc: Exception, attempt: int) -> float | None:
+        """Seconds until the next attempt, or None to dead-letter now."""
+        policy = self.subscriber.retry
+        if not self._retryable(exc) or attempt >= policy.max_attempts:
+            return None
+        if isinstance(exc, Retry) and exc.delay is not None:
+            return exc.delay
+        return policy.delay(attempt, self._rng)
+
+    async def _invoke(self, delivery: Delivery, payload: object, state: DeliveryState) -> None:
+        sub = self.subscriber
+        spec = sub.handler
+        store = sub.dedup
+
+        async def call(d: Delivery) -> None:
+            if spec.inbox_type is not None and isinstance(store, InboxStore):
+                assert state.claim_owner is not None
+                async with store.inbox(
+                    sub.scope, self._dedup_key(d.message), owner=state.claim_owner, ttl=sub.dedup_ttl
+                ) as resource:
+                    await _call(spec.kwargs(payload, d, resource))
+                state.inbox_done = True
+            else:
+                await _call(spec.kwargs(payload, d))
+
+        async def _call(kwargs: dict[str, object]) -> None:
+            if spec.is_async:
+                await spec.func(**kwargs)
+            else:
+                # A blocking handler would stall every other handler of the process.
+                await anyio.to_thread.run_sync(functools.partial(spec.func, **kwargs))
+
+        handler: Handler = call
+        for middleware in reversed(self._middleware):
+            handler = middleware(handler)
+        await handler(delivery)
+
+    async def _expire(self, state: DeliveryState, timeout: float) -> None:
+        await anyio.sleep(timeout)
+        await state.expire()
+
+    async def _sleep_unless_stopping(self, seconds: float) -> bool:
+        """Sleep; True if the subscription started stopping meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self._stop_event.wait()
+        return self._stopping
+
+    # -- deduplication ----------------------------------------------------------------------
+
+    def _dedup_key(self, message: Message) -> str:
+        key_of = self.subscriber.dedup_key
+        return key_of(message) if key_of is not None else message.id
+
+    async def _claim(self, state: DeliveryState) -> bool:
+        """True when this attempt may run the handler. A key already done is acked and skipped;
+        a key another worker is processing is waited for (its claim completes or expires)."""
+        sub = self.subscriber
+        assert sub.dedup is not None
+        key = self._dedup_key(state.raw.message)
+        owner = uuid.uuid4().hex
+        wait = 0.05
+        while True:
+            result = await sub.dedup.claim(sub.scope, key, owner=owner, lease=sub.dedup_lease)
+            if result is ClaimResult.CLAIMED:
+                state.claim_owner = owner
+                return True
+            if result is ClaimResult.DONE:
+                sub.stats.duplicates += 1
+                await state.ack()
+                return False
+            if await self._sleep_unless_stopping(wait):
+                return False
+            wait = min(wait * 2, 1.0)
+
+    async def complete_claim(self, state: DeliveryState) -> None:
+        sub = self.subscriber
+        if sub.dedup is None or state.claim_owner is None:
+            return
+        owner, state.claim_owner = state.claim_owner, None
+        if not state.inbox_done:
+            key = self._dedup_key(state.raw.message)
+            await sub.dedup.complete(sub.scope, key, owner=owner, ttl=sub.dedup_ttl)
+
+    async def release_claim(self, state: DeliveryState) -> None:
+        """After a failure: let a retry (here or in another worker) claim the key again."""
+        sub = self.subscriber
+        if sub.dedup is None or state.claim_owner is None:
+            return
+        owner, state.claim_owner = state.claim_owner, None
+        await sub.dedup.release(sub.scope, self._dedup_key(state.raw.message), owner=owner)
+
+    # -- settling through the broker --------------------------------------------------------
+
+    async def dead_letter(
+        self, state: DeliveryState, reason: DeadLetterReason, error: BaseException
+    ) -> None:
+        sub = self.subscriber
+        sub.stats.dead_lettered += 1
+        if sub.dead_letter is None:
+            log.error(
+                "%s: dropping message %s (%s; dead_letter=None): %r",
+                sub.describe(), state.raw.message.id, reason, error,
+            )
+            await state.raw.ack()
+            return
+        letter = dead_letter_message(
+            state.raw.message,
+            reason=reason,
+            error=error,
+            kind=sub.kind,
+            group=sub.group,
+            attempts=state.attempt,
+            native=state.raw.native,
+        )
+        await self._publish_then_ack(state, Destination(sub.dead_letter, "queue"), letter)
+
+    async def redeliver(self, state: DeliveryState, delay: float) -> None:
+        """Send the message back through the broker for the next attempt, to this group only.
+        Broadcast subscriptions have no group to target: the transport requeues it instead."""
+        sub = self.subscriber
+        if sub.kind == "topic" and sub.group is None:
+            await state.raw.release()
+            return
+        sub.stats.redelivered += 1
+        message = state.raw.message
+        extra = {h.ATTEMPT: str(state.attempt + 1)}
+        if sub.group is not None:
+            extra[h.TARGET_GROUP] = sub.group
+        to = Destination(sub.name, sub.kind, group=sub.group, delay=max(0.0, delay))
+        await self._publish_then_ack(state, to, message.replace_headers({**message.headers, **extra}))
+
+    async def _publish_then_ack(self, state: DeliveryState, to: Destination, message: Message) -> None:
+        # Publish first, ack second: a crash in between duplicates the message, never loses it.
+        for attempt, pause in enumerate((*_REPUBLISH_BACKOFF, None), start=1):
+            try:
+                await self._transport.publish(to, [message])
+                break
+            except Exception as exc:
+                if pause is None or self._stopping:
+                    log.error(
+                        "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
+                        self.subscriber.describe(), message.id, to.name, exc,
+                    )
+                    await state.raw.release()
+                    return
+                log.warning("%s: publish to %s failed (try %d): %r", self.subscriber.describe(), to.name, attempt, exc)
+                await anyio.sleep(pause)
+        await state.raw.ack()

@@ -1,0 +1,111 @@
+"""Settling one delivery: ack, redeliver through the broker, or dead-letter. Idempotent."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from eventbus import headers as h
+from eventbus.dispatch.deadletter import DeadLetterReason
+from eventbus.errors import Reject
+from eventbus.transports.base import RawDelivery
+
+if TYPE_CHECKING:
+    from eventbus.dispatch.runner import SubscriptionRunner
+
+__all__ = ["DeliveryState", "NackedError", "attempt_of"]
+
+log = logging.getLogger("eventbus.dispatch")
+
+
+class NackedError(Exception):
+    """Stands for the cause of a dead letter when the last attempt ended in ``nack()``."""
+
+
+def attempt_of(raw: RawDelivery) -> int:
+    try:
+        return max(1, int(raw.message.headers.get(h.ATTEMPT, "1")))
+    except ValueError:
+        return 1
+
+
+class DeliveryState:
+    """The settlement of one raw delivery, shared by the runtime and every `Delivery` handed to
+    the handler for it. The first settle call wins; later ones are no-ops (STYLE 3).
+
+    Until settled the delivery counts against ``max_in_flight``; whatever is still unsettled
+    when the subscription stops is released (redelivered later), never acked.
+    """
+
+    __slots__ = ("_runner", "attempt", "claim_owner", "inbox_done", "raw", "settled")
+
+    def __init__(self, runner: SubscriptionRunner, raw: RawDelivery) -> None:
+        self._runner = runner
+        self.raw = raw
+        self.attempt = attempt_of(raw)
+        self.settled = False
+        self.claim_owner: str | None = None
+        """Owner token of the dedup claim this attempt holds, if any."""
+        self.inbox_done = False
+        """The handler's inbox transaction already recorded the key as done."""
+
+    def _settle(self) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        return True
+
+    async def ack(self) -> None:
+        if not self._settle():
+            return
+        try:
+            await self._runner.complete_claim(self)
+            await self.raw.ack()
+        finally:
+            self._runner.forget(self)
+
+    async def nack(self, delay: float | None) -> None:
+        if not self._settle():
+            return
+        try:
+            await self._runner.release_claim(self)
+            if self.attempt >= self._runner.subscriber.retry.max_attempts:
+                error = NackedError(f"nacked on attempt {self.attempt}")
+                await self._runner.dead_letter(self, "retries-exhausted", error)
+            else:
+                await self._runner.redeliver(self, delay or 0.0)
+        finally:
+            self._runner.forget(self)
+
+    async def reject(self, reason: str | None) -> None:
+        await self.fail("rejected", Reject(reason))
+
+    async def fail(self, reason: DeadLetterReason, error: BaseException) -> None:
+        """Dead-letter (the runtime's path for exceptions and poison messages)."""
+        if not self._settle():
+            return
+        try:
+            await self._runner.release_claim(self)
+            await self._runner.dead_letter(self, reason, error)
+        finally:
+            self._runner.forget(self)
+
+    async def retry_via_broker(self, delay: float) -> None:
+        if not self._settle():
+            return
+        try:
+            await self._runner.release_claim(self)
+            await self._runner.redeliver(self, delay)
+        finally:
+            self._runner.forget(self)
+
+    async def expire(self) -> None:
+        """``ack_timeout`` ran out on a manual-ack delivery: counts as a failed attempt."""
+        if self.settled:
+            return
+        log.warning(
+            "%s: message %s not settled within ack_timeout; redelivering",
+            self._runner.subscriber.describe(),
+            self.raw.message.id,
+        )
+        await self.nack(None)

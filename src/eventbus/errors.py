@@ -1,0 +1,91 @@
+"""The exception tree users catch. Adapters translate driver exceptions into these at the boundary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "EventBusError",
+    "HandlerSignatureError",
+    "MessageTooLargeError",
+    "PublishError",
+    "Reject",
+    "Retry",
+    "UnknownSchemeError",
+    "UnroutableError",
+]
+
+
+class EventBusError(Exception):
+    """Base class of every error eventbus raises on purpose."""
+
+
+class ConfigurationError(EventBusError, ValueError):
+    """Bad URL, bad option, invalid name: the caller must change something."""
+
+
+class UnknownSchemeError(ConfigurationError):
+    """No installed transport handles the URL's scheme."""
+
+    def __init__(self, scheme: str, installed: list[str]) -> None:
+        self.scheme = scheme
+        self.installed = installed
+        shown = ", ".join(f"{s}://" for s in installed) or "none"
+        super().__init__(
+            f"no eventbus transport is installed for scheme {scheme!r}; installed: {shown} "
+            f"(Kafka needs 'pip install eventbus-kafka', RabbitMQ 'pip install eventbus-rabbitmq')"
+        )
+
+
+class HandlerSignatureError(ConfigurationError, TypeError):
+    """A handler's parameters cannot be injected; raised at decoration time."""
+
+
+class BrokerUnavailableError(EventBusError, ConnectionError):
+    """The broker at ``address`` could not be reached (after the bounded wait)."""
+
+    def __init__(self, address: str, detail: str = "") -> None:
+        self.address = address
+        super().__init__(f"cannot reach broker at {address}" + (f": {detail}" if detail else ""))
+
+
+class PublishError(EventBusError):
+    """The broker did not confirm a publish.
+
+    For batches, ``failures`` maps the index of each failed message to its cause; the other
+    messages were confirmed.
+    """
+
+    def __init__(self, message: str, failures: Mapping[int, BaseException] | None = None) -> None:
+        super().__init__(message)
+        self.failures: dict[int, BaseException] = dict(failures or {})
+
+
+class UnroutableError(PublishError):
+    """The broker had nowhere to put the message (e.g. a RabbitMQ exchange with no bound queue)."""
+
+
+class MessageTooLargeError(PublishError):
+    """The message exceeds what the broker accepts."""
+
+
+class Reject(Exception):  # noqa: N818 - part of the public API by design
+    """Raise from a handler to dead-letter the message at once, without retries."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or "rejected by handler")
+        self.reason = reason
+
+
+class Retry(Exception):  # noqa: N818 - part of the public API by design
+    """Raise from a handler to ask for another attempt after ``delay`` seconds.
+
+    The attempt counts against the subscription's ``RetryPolicy.max_attempts``; when none are
+    left the message is dead-lettered as ``retries-exhausted``.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str | None = None) -> None:
+        super().__init__(reason or "retry requested by handler")
+        self.delay = delay

@@ -1,0 +1,37 @@
+"""Header names eventbus writes and reads. Kept in one place: they are part of the wire format."""
+
+ATTEMPT = "eventbus-attempt"
+"""1-based attempt number of the delivery that carries it; incremented on every redelivery through
+the broker so the count travels with the message (several processes share it)."""
+
+TARGET_GROUP = "eventbus-target-group"
+"""Set on a message republished for one group only (retry through the broker, DLQ replay)."""
+
+NOT_BEFORE = "eventbus-not-before"
+"""Unix time (seconds, float) before which a delayed redelivery must not be handled."""
+
+DLQ_REASON = "eventbus-dlq-reason"
+ERROR_TYPE = "eventbus-error-type"
+ERROR_MESSAGE = "eventbus-error-message"
+ERROR_TRACEBACK = "eventbus-error-traceback"
+ORIGINAL_TOPIC = "eventbus-original-topic"
+ORIGINAL_GROUP = "eventbus-original-group"
+ORIGINAL_KIND = "eventbus-original-kind"
+ATTEMPTS = "eventbus-attempts"
+FAILED_AT = "eventbus-failed-at"
+ORIGINAL_PARTITION = "eventbus-original-partition"
+ORIGINAL_OFFSET = "eventbus-original-offset"
+
+DEAD_LETTER_HEADERS = (
+    DLQ_REASON,
+    ERROR_TYPE,
+    ERROR_MESSAGE,
+    ERROR_TRACEBACK,
+    ORIGINAL_TOPIC,
+    ORIGINAL_GROUP,
+    ORIGINAL_KIND,
+    ATTEMPTS,
+    FAILED_AT,
+    ORIGINAL_PARTITION,
+    ORIGINAL_OFFSET,
+)

@@ -1,0 +1,111 @@
+"""`Message` (what travels) and `Delivery` (one attempt at handling it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+__all__ = ["Delivery", "Message", "new_message_id"]
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as it travels: an envelope (CloudEvents attributes) around an encoded body.
+
+    ``topic`` is the topic or queue it was published to. ``headers`` are the application's plus
+    eventbus's own (``eventbus-*``); values are text. ``timestamp`` is when it was first
+    published (UTC).
+    """
+
+    id: str
+    topic: str
+    body: bytes
+    key: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    type: str | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+    correlation_id: str | None = None
+
+    def with_headers(self, **changes: str) -> Message:
+        """A copy with ``changes`` merged into the headers (names with dashes: pass a dict)."""
+        return self.replace_headers({**self.headers, **changes})
+
+    def replace_headers(self, headers: Mapping[str, str]) -> Message:
+        return Message(
+            id=self.id,
+            topic=self.topic,
+            body=self.body,
+            key=self.key,
+            headers=dict(headers),
+            content_type=self.content_type,
+            type=self.type,
+            timestamp=self.timestamp,
+            correlation_id=self.correlation_id,
+        )
+
+
+class _Settler(Protocol):
+    """What a `Delivery` delegates to: the dispatcher that owns it."""
+
+    async def ack(self) -> None: ...
+    async def nack(self, delay: float | None) -> None: ...
+    async def reject(self, reason: str | None) -> None: ...
+    @property
+    def settled(self) -> bool: ...
+
+
+class Delivery:
+    """One attempt at handling a `Message`; inject it by annotating a handler parameter.
+
+    Settling is idempotent: the first of ``ack``/``nack``/``reject`` wins and later calls are
+    no-ops, so code may settle defensively. In ``ack="auto"`` mode the runtime settles when the
+    handler returns or raises, unless the handler settled first. In ``ack="manual"`` mode the
+    delivery may be handed to other tasks and settled after the handler returned; until then it
+    counts against ``max_in_flight``, and after ``ack_timeout`` it is redelivered.
+
+    Safe to call from any task of the event loop that runs the bus; not thread-safe.
+    """
+
+    __slots__ = ("_settler", "attempt", "message", "redelivered")
+
+    def __init__(
+        self, message: Message, *, attempt: int, redelivered: bool, settler: _Settler
+    ) -> None:
+        self.message = message
+        self.attempt = attempt
+        """1-based: 1 on first delivery, incremented on each retry, whichever process runs it."""
+        self.redelivered = redelivered
+        """True when the broker may have delivered this message before (e.g. after a crash)."""
+        self._settler = settler
+
+    @property
+    def settled(self) -> bool:
+        return self._settler.settled
+
+    async def ack(self) -> None:
+        """Done: the message will not be delivered to this group again."""
+        await self._settler.ack()
+
+    async def nack(self, delay: float | None = None) -> None:
+        """Failed this attempt: deliver again after ``delay`` seconds (at once when None).
+
+        Counts as an attempt: once the retry policy's attempts are spent the message is
+        dead-lettered instead.
+        """
+        await self._settler.nack(delay)
+
+    async def reject(self, reason: str | None = None) -> None:
+        """Give up: send the message to the dead-letter destination now."""
+        await self._settler.reject(reason)
+
+    def __repr__(self) -> str:
+        m = self.message
+        return f"<Delivery {m.topic} id={m.id} key={m.key} attempt={self.attempt}>"

@@ -1,0 +1,1 @@
+"""Transports: the SPI (`eventbus.transports.base`) and the in-memory transport."""

@@ -1,0 +1,304 @@
+"""The in-memory transport: a broker inside the process, for tests, demos and examples.
+
+``memory://`` buses of one process share one broker, so two buses behave like two service
+instances (competing consumers within a group, fan-out across groups); ``memory://NAME`` gives a
+broker of its own, shared only by buses with the same NAME. Nothing outlives the process.
+
+It models a partitioned log with groups: a topic's group (and a queue) holds 16 partitions, a
+key always maps to the same one, and each partition has one owner subscription at a time. A
+partition changes owner only when its previous owner has nothing of it in flight, so per-key
+order holds across subscriptions, as on Kafka.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import anyio
+
+from eventbus.errors import ConfigurationError
+from eventbus.message import Message
+from eventbus.transports.base import (
+    Capabilities,
+    Destination,
+    Kind,
+    RawDelivery,
+    Subscription,
+    SubscriptionSpec,
+)
+
+__all__ = ["MemoryBroker", "MemoryTransport", "memory_broker"]
+
+PARTITIONS = 16
+_seq = itertools.count()
+
+
+@dataclass(slots=True)
+class _Entry:
+    message: Message
+    partition: int
+    redelivered: bool = False
+    taken: int = 0
+
+
+@dataclass(slots=True)
+class _Group:
+    """A topic's consumer group, a queue, or one broadcast subscriber's private queue."""
+
+    partitions: list[deque[_Entry]] = field(
+        default_factory=lambda: [deque() for _ in range(PARTITIONS)]
+    )
+    owners: list[_MemorySubscription | None] = field(default_factory=lambda: [None] * PARTITIONS)
+    next_owners: list[_MemorySubscription | None] = field(
+        default_factory=lambda: [None] * PARTITIONS
+    )
+    in_flight: list[int] = field(default_factory=lambda: [0] * PARTITIONS)
+    delayed: list[tuple[float, int, _Entry]] = field(default_factory=list)
+    subs: list[_MemorySubscription] = field(default_factory=list)
+    round_robin: int = 0
+
+    def put(self, message: Message, delay: float = 0.0) -> None:
+        if message.key is None:
+            partition = self.round_robin % PARTITIONS
+            self.round_robin += 1
+        else:
+            partition = zlib.crc32(message.key.encode()) % PARTITIONS
+        entry = _Entry(message, partition)
+        if delay > 0:
+            heapq.heappush(self.delayed, (time.monotonic() + delay, next(_seq), entry))
+        else:
+            self.partitions[partition].append(entry)
+        self.wake()
+
+    def take(self, sub: _MemorySubscription) -> _Entry | None:
+        now = time.monotonic()
+        while self.delayed and self.delayed[0][0] <= now:
+            _, _, entry = heapq.heappop(self.delayed)
+            self.partitions[entry.partition].append(entry)
+        for i in range(PARTITIONS):
+            p = (sub.cursor + i) % PARTITIONS
+            if self.owners[p] is sub and self.partitions[p]:
+                sub.cursor = p + 1
+                entry = self.partitions[p].popleft()
+                entry.taken = next(_seq)
+                self.in_flight[p] += 1
+                return entry
+        return None
+
+    def seconds_to_next_due(self) -> float:
+        if not self.delayed:
+            return math.inf
+        return max(0.0, self.delayed[0][0] - time.monotonic())
+
+    def done(self, entry: _Entry) -> None:
+        p = entry.partition
+        self.in_flight[p] -= 1
+        if self.in_flight[p] == 0 and self.next_owners[p] is not None:
+            self.owners[p], self.next_owners[p] = self.next_owners[p], None
+        self.wake()
+
+    def requeue(self, entry: _Entry) -> None:
+        entry.redelivered = True
+        self.partitions[entry.partition].appendleft(entry)
+        self.done(entry)
+
+    def join(self, sub: _MemorySubscription) -> None:
+        self.subs.append(sub)
+        self.rebalance()
+
+    def leave(self, sub: _MemorySubscription) -> None:
+        self.subs.remove(sub)
+        self.rebalance()
+
+    def rebalance(self) -> None:
+        for p in range(PARTITIONS):
+            desired = self.subs[p % len(self.subs)] if self.subs else None
+            if self.owners[p] is None or self.in_flight[p] == 0:
+                self.owners[p], self.next_owners[p] = desired, None
+            else:
+                # Hand over only once the old owner has nothing of this partition in flight.
+                self.next_owners[p] = desired
+        self.wake()
+
+    def wake(self) -> None:
+        for sub in self.subs:
+            sub.wakeup.set()
+
+    def ready(self) -> list[Message]:
+        entries = [e for part in self.partitions for e in part]
+        entries += [e for _, _, e in sorted(self.delayed)]
+        return [e.message for e in entries]
+
+
+class MemoryBroker:
+    """An in-process broker. Its inspection methods are meant for users' unit tests."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[Destination, Message]] = []
+        """Every publish, in order: where it went and what it was."""
+        self._topics: dict[str, dict[str, _Group]] = {}
+        self._broadcasts: dict[str, list[_Group]] = {}
+        self._queues: dict[str, _Group] = {}
+
+    def published(self, name: str) -> list[Message]:
+        """Messages published to topic or queue ``name`` (dead letters included), in order."""
+        return [m for d, m in self.log if d.name == name]
+
+    def ready(self, name: str, group: str | None = None) -> list[Message]:
+        """Messages waiting (not yet delivered) in queue ``name``, or in ``group`` of topic ``name``."""
+        found = self._topics.get(name, {}).get(group) if group else self._queues.get(name)
+        return found.ready() if found else []
+
+    def reset(self) -> None:
+        self.log.clear()
+        self._topics.clear()
+        self._broadcasts.clear()
+        self._queues.clear()
+
+    def publish(self, to: Destination, message: Message) -> None:
+        self.log.append((to, message))
+        if to.kind == "queue":
+            self._queues.setdefault(to.name, _Group()).put(message, to.delay)
+            return
+        groups = self._topics.setdefault(to.name, {})
+        if to.group is not None:
+            groups.setdefault(to.group, _Group()).put(message, to.delay)
+            return
+        for group in (*groups.values(), *self._broadcasts.get(to.name, ())):
+            group.put(message, to.delay)
+
+    def group_for(self, spec: SubscriptionSpec) -> _Group:
+        if spec.kind == "queue":
+            return self._queues.setdefault(spec.name, _Group())
+        if spec.group is not None:
+            return self._topics.setdefault(spec.name, {}).setdefault(spec.group, _Group())
+        group = _Group()
+        self._broadcasts.setdefault(spec.name, []).append(group)
+        return group
+
+    def drop_broadcast(self, name: str, group: _Group) -> None:
+        self._broadcasts[name].remove(group)
+
+    def depth(self, name: str, kind: Kind) -> int | None:
+        found = self._queues.get(name) if kind == "queue" else None
+        return len(found.ready()) if found else None
+
+
+_brokers: dict[str, MemoryBroker] = {}
+
+
+def memory_broker(name: str = "default") -> MemoryBroker:
+    """The process's broker called ``name`` (``memory://NAME``; plain ``memory://`` is "default")."""
+    return _brokers.setdefault(name, MemoryBroker())
+
+
+class _MemoryDelivery:
+    __slots__ = ("_entry", "_sub", "message", "native", "redelivered", "settled")
+
+    def __init__(self, sub: _MemorySubscription, entry: _Entry) -> None:
+        self._sub = sub
+        self._entry = entry
+        self.message = entry.message
+        self.redelivered = entry.redelivered
+        self.native: Mapping[str, str] = {"partition": str(entry.partition)}
+        self.settled = False
+
+    async def ack(self) -> None:
+        if self._settle():
+            self._sub.group.done(self._entry)
+
+    async def release(self) -> None:
+        if self._settle():
+            self._sub.group.requeue(self._entry)
+
+    def _settle(self) -> bool:
+        if self.settled or self._sub.closed:
+            return False
+        self.settled = True
+        self._sub.unsettled.pop(self._entry.taken, None)
+        return True
+
+
+class _MemorySubscription:
+    def __init__(self, broker: MemoryBroker, spec: SubscriptionSpec) -> None:
+        self.spec = spec
+        self._broker = broker
+        self.group = broker.group_for(spec)
+        self.unsettled: dict[int, _MemoryDelivery] = {}
+        self.wakeup = anyio.Event()
+        self.cursor = 0
+        self.stopped = False
+        self.closed = False
+        self.group.join(self)
+
+    def __aiter__(self) -> AsyncIterator[RawDelivery]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[RawDelivery]:
+        while not self.stopped:
+            entry = self.group.take(self)
+            if entry is None:
+                self.wakeup = anyio.Event()
+                with anyio.move_on_after(self.group.seconds_to_next_due()):
+                    await self.wakeup.wait()
+                continue
+            delivery = _MemoryDelivery(self, entry)
+            self.unsettled[entry.taken] = delivery
+            yield delivery
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.wakeup.set()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        await self.stop()
+        # Newest first, each to the front of its partition: the original order is restored.
+        for taken in sorted(self.unsettled, reverse=True):
+            await self.unsettled[taken].release()
+        self.closed = True
+        self.group.leave(self)
+        if self.spec.kind == "topic" and self.spec.group is None:
+            self._broker.drop_broadcast(self.spec.name, self.group)
+
+
+class MemoryTransport:
+    """`Transport` over a `MemoryBroker`. URL: ``memory://`` or ``memory://NAME``."""
+
+    capabilities = Capabilities(durable=False, redelivered_flag=True, max_message_size=None)
+
+    def __init__(self, url: str = "memory://") -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query:
+            raise ConfigurationError(f"bad memory transport URL {url!r}; use memory:// or memory://NAME")
+        self.broker = memory_broker(parts.netloc or "default")
+        self._subscriptions: list[_MemorySubscription] = []
+
+    async def connect(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        for sub in self._subscriptions:
+            await sub.close()
+        self._subscriptions.clear()
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        for message in messages:
+            self.broker.publish(to, message)
+
+    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+        sub = _MemorySubscription(self.broker, spec)
+        self._subscriptions.append(sub)
+        return sub
+
+    async def depth(self, name: str, kind: Kind) -> int | None:
+        return self.broker.depth(name, kind)
