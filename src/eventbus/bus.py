@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -79,7 +79,7 @@ class EventBus:
         self.middleware = tuple(middleware)
         self.graceful_timeout = graceful_timeout
         self._subscribers: list[Subscriber] = []
-        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._runners: list[SubscriptionRunner] = []
         self._task_group: TaskGroup | None = None
         self._hooks_scope: anyio.CancelScope | None = None
@@ -120,8 +120,17 @@ class EventBus:
         if group is not None:
             _check_name("group", group)
         return self._register(
-            topic, "topic", group, concurrency, max_in_flight, ack, ack_timeout, retry,
-            dead_letter, dedup, dedup_key,
+            topic,
+            "topic",
+            group,
+            concurrency,
+            max_in_flight,
+            ack,
+            ack_timeout,
+            retry,
+            dead_letter,
+            dedup,
+            dedup_key,
         )
 
     def consume(
@@ -140,11 +149,22 @@ class EventBus:
         """Register a handler for ``queue``: each message goes to exactly one consumer."""
         _check_name("queue", queue)
         return self._register(
-            queue, "queue", None, concurrency, max_in_flight, ack, ack_timeout, retry,
-            dead_letter, dedup, dedup_key,
+            queue,
+            "queue",
+            None,
+            concurrency,
+            max_in_flight,
+            ack,
+            ack_timeout,
+            retry,
+            dead_letter,
+            dedup,
+            dedup_key,
         )
 
-    def on_startup(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    def on_startup(
+        self, func: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
         """Run ``func`` in the background once every subscription is live (e.g. a producer
         loop); it is cancelled first when the bus stops."""
         self._startup.append(func)
@@ -261,8 +281,12 @@ class EventBus:
         """Publish an event to every group of ``topic``; returns the message id once the broker
         confirmed it. Messages with the same ``key`` are handled in publish order."""
         message = self.build_message(
-            _check_name("topic", topic), payload, key=key, headers=headers,
-            message_id=message_id, correlation_id=correlation_id,
+            _check_name("topic", topic),
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
         )
         await self._connected().publish(Destination(topic, "topic"), [message])
         return message.id
@@ -279,8 +303,12 @@ class EventBus:
     ) -> str:
         """Send a command to ``queue``: exactly one consumer handles it."""
         message = self.build_message(
-            _check_name("queue", queue), payload, key=key, headers=headers,
-            message_id=message_id, correlation_id=correlation_id,
+            _check_name("queue", queue),
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
         )
         await self._connected().publish(Destination(queue, "queue"), [message])
         return message.id

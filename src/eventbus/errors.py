@@ -1,4 +1,4 @@
-"""The exception tree users catch. Adapters translate driver exceptions into these at the boundary."""
+"""The exception tree users catch; adapters translate driver exceptions into it at the boundary."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ class MessageTooLargeError(PublishError):
     """The message exceeds what the broker accepts."""
 
 
-class Reject(Exception):  # noqa: N818 - part of the public API by design
+class Reject(Exception):
     """Raise from a handler to dead-letter the message at once, without retries."""
 
     def __init__(self, reason: str | None = None) -> None:
@@ -79,7 +79,7 @@ class Reject(Exception):  # noqa: N818 - part of the public API by design
         self.reason = reason
 
 
-class Retry(Exception):  # noqa: N818 - part of the public API by design
+class Retry(Exception):
     """Raise from a handler to ask for another attempt after ``delay`` seconds.
 
     The attempt counts against the subscription's ``RetryPolicy.max_attempts``; when none are

@@ -35,7 +35,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ConfigurationError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise ConfigurationError(
+                f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}"
+            )
         if self.initial_delay < 0 or self.max_delay < 0:
             raise ConfigurationError("RetryPolicy delays must be >= 0 seconds")
         if self.multiplier < 1:

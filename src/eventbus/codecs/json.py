@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import pydantic
+import pydantic_core
 
 from eventbus.codecs.base import DecodeError, Encoded
 from eventbus.message import Message
@@ -19,8 +20,15 @@ BYTES = "application/octet-stream"
 
 
 @lru_cache(maxsize=512)
-def _adapter(target: Any) -> pydantic.TypeAdapter[Any]:
+def _cached_adapter(target: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(target)
+
+
+def _adapter(target: Any) -> pydantic.TypeAdapter[Any]:
+    try:
+        return _cached_adapter(target)
+    except TypeError:  # unhashable annotation: build it each time
+        return pydantic.TypeAdapter(target)
 
 
 class JsonCodec:
@@ -39,7 +47,7 @@ class JsonCodec:
             return Encoded(payload.encode(), TEXT)
         try:
             body = _adapter(type(payload)).dump_json(payload)
-        except pydantic.PydanticSerializationError as exc:
+        except pydantic_core.PydanticSerializationError as exc:
             raise TypeError(f"cannot encode {type(payload).__name__} as JSON: {exc}") from exc
         return Encoded(body, JSON)
 
@@ -56,4 +64,6 @@ class JsonCodec:
                 return value
             return _adapter(target).validate_json(message.body)
         except (UnicodeDecodeError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
-            raise DecodeError(f"cannot decode body as {getattr(target, '__name__', target)}: {exc}") from exc
+            raise DecodeError(
+                f"cannot decode body as {getattr(target, '__name__', target)}: {exc}"
+            ) from exc

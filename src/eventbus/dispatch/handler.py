@@ -40,7 +40,9 @@ class HandlerSpec:
         return {name: values[kind] for name, kind in self.params}
 
 
-def inspect_handler(func: Callable[..., Any], inbox_types: tuple[type[Any], ...] = ()) -> HandlerSpec:
+def inspect_handler(
+    func: Callable[..., Any], inbox_types: tuple[type[Any], ...] = ()
+) -> HandlerSpec:
     """Read ``func``'s annotations; raise `HandlerSignatureError` naming it if they cannot be
     served. The first parameter that is not a `Delivery` or `Message` (or an inbox resource) is
     the payload; its annotation is what the body is validated into."""
@@ -51,7 +53,9 @@ def inspect_handler(func: Callable[..., Any], inbox_types: tuple[type[Any], ...]
         signature = inspect.signature(func)
         hints = get_type_hints(func)
     except (NameError, TypeError) as exc:
-        raise HandlerSignatureError(f"handler {name}: cannot resolve its annotations: {exc}") from exc
+        raise HandlerSignatureError(
+            f"handler {name}: cannot resolve its annotations: {exc}"
+        ) from exc
 
     params: list[tuple[str, ParamKind]] = []
     payload_type: Any = None

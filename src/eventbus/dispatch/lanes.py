@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Generic, TypeVar
 
 from anyio.abc import TaskGroup
@@ -25,7 +25,7 @@ class KeyLanes(Generic[T]):
     def __init__(
         self,
         task_group: TaskGroup,
-        process: Callable[[T], Awaitable[None]],
+        process: Callable[[T], Coroutine[object, object, None]],
         keep_going: Callable[[], bool],
     ) -> None:
         self._tg = task_group

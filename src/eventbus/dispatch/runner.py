@@ -175,7 +175,9 @@ class SubscriptionRunner:
             keep_busy = await self._attempts(state)
         except Exception:
             # Nothing may escape the worker; the message stays unsettled and is redelivered.
-            log.exception("%s: internal error handling %s", self.subscriber.describe(), state.raw.message.id)
+            log.exception(
+                "%s: internal error handling %s", self.subscriber.describe(), state.raw.message.id
+            )
         finally:
             if not keep_busy or state.settled:
                 self._leave_busy(state)
@@ -213,7 +215,9 @@ class SubscriptionRunner:
             except Exception as exc:
                 sub.stats.failed_attempts += 1
                 if state.settled:
-                    log.warning("%s: handler raised after settling %s: %r", sub.describe(), message.id, exc)
+                    log.warning(
+                        "%s: handler raised after settling %s: %r", sub.describe(), message.id, exc
+                    )
                     return False
                 await self.release_claim(state)
                 delay = self._next_delay(exc, state.attempt)
@@ -223,7 +227,11 @@ class SubscriptionRunner:
                     )
                     log.warning(
                         "%s: dead-lettering %s after attempt %d (%s): %r",
-                        sub.describe(), message.id, state.attempt, reason, exc,
+                        sub.describe(),
+                        message.id,
+                        state.attempt,
+                        reason,
+                        exc,
                     )
                     await state.fail(reason, exc)
                     return False
@@ -234,7 +242,11 @@ class SubscriptionRunner:
                     return False
                 log.info(
                     "%s: attempt %d of %s failed (%r); retrying in %.3fs",
-                    sub.describe(), state.attempt, message.id, exc, delay,
+                    sub.describe(),
+                    state.attempt,
+                    message.id,
+                    exc,
+                    delay,
                 )
                 # The key lane waits here without a concurrency slot; other keys flow.
                 if await self._sleep_unless_stopping(delay):
@@ -280,7 +292,10 @@ class SubscriptionRunner:
             if spec.inbox_type is not None and isinstance(store, InboxStore):
                 assert state.claim_owner is not None
                 async with store.inbox(
-                    sub.scope, self._dedup_key(d.message), owner=state.claim_owner, ttl=sub.dedup_ttl
+                    sub.scope,
+                    self._dedup_key(d.message),
+                    owner=state.claim_owner,
+                    ttl=sub.dedup_ttl,
                 ) as resource:
                     await _call(spec.kwargs(payload, d, resource))
                 state.inbox_done = True
@@ -299,8 +314,8 @@ class SubscriptionRunner:
             handler = middleware(handler)
         await handler(delivery)
 
-    async def _expire(self, state: DeliveryState, timeout: float) -> None:
-        await anyio.sleep(timeout)
+    async def _expire(self, state: DeliveryState, after: float) -> None:
+        await anyio.sleep(after)
         await state.expire()
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
@@ -363,7 +378,10 @@ class SubscriptionRunner:
         if sub.dead_letter is None:
             log.error(
                 "%s: dropping message %s (%s; dead_letter=None): %r",
-                sub.describe(), state.raw.message.id, reason, error,
+                sub.describe(),
+                state.raw.message.id,
+                reason,
+                error,
             )
             await state.raw.ack()
             return
@@ -391,9 +409,13 @@ class SubscriptionRunner:
         if sub.group is not None:
             extra[h.TARGET_GROUP] = sub.group
         to = Destination(sub.name, sub.kind, group=sub.group, delay=max(0.0, delay))
-        await self._publish_then_ack(state, to, message.replace_headers({**message.headers, **extra}))
+        await self._publish_then_ack(
+            state, to, message.replace_headers({**message.headers, **extra})
+        )
 
-    async def _publish_then_ack(self, state: DeliveryState, to: Destination, message: Message) -> None:
+    async def _publish_then_ack(
+        self, state: DeliveryState, to: Destination, message: Message
+    ) -> None:
         # Publish first, ack second: a crash in between duplicates the message, never loses it.
         for attempt, pause in enumerate((*_REPUBLISH_BACKOFF, None), start=1):
             try:
@@ -403,10 +425,19 @@ class SubscriptionRunner:
                 if pause is None or self._stopping:
                     log.error(
                         "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
-                        self.subscriber.describe(), message.id, to.name, exc,
+                        self.subscriber.describe(),
+                        message.id,
+                        to.name,
+                        exc,
                     )
                     await state.raw.release()
                     return
-                log.warning("%s: publish to %s failed (try %d): %r", self.subscriber.describe(), to.name, attempt, exc)
+                log.warning(
+                    "%s: publish to %s failed (try %d): %r",
+                    self.subscriber.describe(),
+                    to.name,
+                    attempt,
+                    exc,
+                )
                 await anyio.sleep(pause)
         await state.raw.ack()

@@ -153,7 +153,7 @@ class MemoryBroker:
         return [m for d, m in self.log if d.name == name]
 
     def ready(self, name: str, group: str | None = None) -> list[Message]:
-        """Messages waiting (not yet delivered) in queue ``name``, or in ``group`` of topic ``name``."""
+        """Messages not yet delivered in queue ``name``, or in ``group`` of topic ``name``."""
         found = self._topics.get(name, {}).get(group) if group else self._queues.get(name)
         return found.ready() if found else []
 
@@ -196,7 +196,7 @@ _brokers: dict[str, MemoryBroker] = {}
 
 
 def memory_broker(name: str = "default") -> MemoryBroker:
-    """The process's broker called ``name`` (``memory://NAME``; plain ``memory://`` is "default")."""
+    """The process's broker ``name`` (``memory://NAME``; plain ``memory://`` is "default")."""
     return _brokers.setdefault(name, MemoryBroker())
 
 
@@ -279,7 +279,9 @@ class MemoryTransport:
     def __init__(self, url: str = "memory://") -> None:
         parts = urlsplit(url)
         if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query:
-            raise ConfigurationError(f"bad memory transport URL {url!r}; use memory:// or memory://NAME")
+            raise ConfigurationError(
+                f"bad memory transport URL {url!r}; use memory:// or memory://NAME"
+            )
         self.broker = memory_broker(parts.netloc or "default")
         self._subscriptions: list[_MemorySubscription] = []
 

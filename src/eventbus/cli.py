@@ -1,0 +1,324 @@
+"""The ``eventbus`` command: run workers, publish, inspect and redrive dead letters.
+
+Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
+4 bad configuration (URL, scheme, handler), 5 broker unreachable, 130 stopped by a second signal
+before the drain finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+import anyio
+
+from eventbus.bus import EventBus
+from eventbus.dlq import dlq_depths, dlq_purge, dlq_replay, dlq_show
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.message import Message
+from eventbus.transports.base import Transport
+from eventbus.transports.registry import transport_for_url
+
+__all__ = ["main"]
+
+EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
+
+log = logging.getLogger("eventbus.cli")
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def load_bus(target: str) -> EventBus:
+    """Import ``module:attribute`` (attribute defaults to ``bus``) from the working directory."""
+    module_name, _, attr = target.partition(":")
+    attr = attr or "bus"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        raise CliError(
+            f"cannot import {module_name!r}: {type(exc).__name__}: {exc}", EXIT_IMPORT
+        ) from exc
+    bus = getattr(module, attr, None)
+    if not isinstance(bus, EventBus):
+        found = type(bus).__name__ if bus is not None else "nothing"
+        raise CliError(
+            f"{target}: expected an EventBus at {module_name}.{attr}, found {found}", EXIT_IMPORT
+        )
+    return bus
+
+
+# -- run ----------------------------------------------------------------------------------------
+
+
+async def _serve(bus: EventBus) -> int:
+    """Run until SIGTERM/SIGINT; a second signal cuts the drain short."""
+    signals_seen = 0
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            run_scope = anyio.CancelScope()
+
+            async def run() -> None:
+                with run_scope:
+                    await bus.run()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            async for signum in signals:
+                signals_seen += 1
+                if signals_seen == 1:
+                    log.info(
+                        "%s: stopping; in-flight handlers get %.1fs (signal again to stop now)",
+                        signal.Signals(signum).name,
+                        bus.graceful_timeout,
+                    )
+                    run_scope.cancel()
+                else:
+                    log.warning("second signal: releasing unfinished messages and exiting")
+                    bus.abort_drain()
+    return 130 if signals_seen > 1 else 0
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Fork ``--workers`` processes that share the work through the transport's groups."""
+    command = [
+        sys.executable,
+        "-m",
+        "eventbus",
+        "run",
+        args.target,
+        "--workers",
+        "1",
+        "--graceful-timeout",
+        str(args.graceful_timeout),
+        "--log-level",
+        args.log_level,
+    ]
+    if args.url:
+        command += ["--url", args.url]
+    # Own sessions: a Ctrl-C in the terminal reaches the parent only, which forwards it once
+    # (a second SIGINT would cut the children's drain short).
+    children = [subprocess.Popen(command, start_new_session=True) for _ in range(args.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.url:
+        os.environ["EVENTBUS_URL"] = args.url
+    bus = load_bus(args.target)
+    if args.url and bus.url != args.url:
+        bus.url, bus.transport = args.url, transport_for_url(args.url)
+    if args.graceful_timeout is not None:
+        bus.graceful_timeout = args.graceful_timeout
+    if args.workers > 1:
+        if bus.url.startswith("memory:"):
+            raise CliError(
+                "memory:// lives inside one process; --workers > 1 needs a broker URL "
+                "(--url kafka://... or amqp://...)",
+                EXIT_CONFIG,
+            )
+        args.graceful_timeout = bus.graceful_timeout
+        return _run_workers(args)
+    log.info(
+        "eventbus worker pid %d on %s with %d handler(s)",
+        os.getpid(),
+        bus.url,
+        len(bus.subscribers),
+    )
+    return anyio.run(_serve, bus)
+
+
+# -- publish and dlq ----------------------------------------------------------------------------
+
+
+def _transport(url: str | None) -> Transport:
+    url = url or os.environ.get("EVENTBUS_URL")
+    if not url:
+        raise CliError("give --url or set EVENTBUS_URL", EXIT_USAGE)
+    return transport_for_url(url)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.json)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--json is not valid JSON: {exc}", EXIT_USAGE) from exc
+    headers = dict(_header(h) for h in args.header)
+    bus = EventBus(args.url)
+
+    async def publish() -> str:
+        async with bus:
+            if args.queue:
+                return await bus.send(args.topic, payload, key=args.key, headers=headers)
+            return await bus.publish(args.topic, payload, key=args.key, headers=headers)
+
+    print(anyio.run(publish))
+    return 0
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise CliError(f"--header expects name=value, got {text!r}", EXIT_USAGE)
+    return name, value
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    if args.dlq_command == "list" and args.app:
+        bus = load_bus(args.app)
+        transport = bus.transport if not args.url else _transport(args.url)
+        names = list(args.names) + [s.dead_letter for s in bus.subscribers if s.dead_letter]
+    else:
+        transport = _transport(args.url)
+        names = list(getattr(args, "names", None) or [getattr(args, "name", "")])
+    if not any(names):
+        raise CliError(
+            "name a dead-letter queue (or give --app MODULE:ATTR to list its DLQs)", EXIT_USAGE
+        )
+
+    async def act() -> int:
+        await transport.connect()
+        try:
+            if args.dlq_command == "list":
+                for name, depth in (await dlq_depths(transport, names)).items():
+                    print(f"{name}\t{'-' if depth is None else depth}")
+            elif args.dlq_command == "show":
+                for letter in await dlq_show(transport, args.name, limit=args.limit):
+                    print(json.dumps(_describe(letter), ensure_ascii=False))
+            elif args.dlq_command == "replay":
+                print(f"replayed {await dlq_replay(transport, args.name, limit=args.limit)}")
+            elif args.dlq_command == "purge":
+                if not args.yes:
+                    raise CliError("purge deletes dead letters for good: add --yes", EXIT_USAGE)
+                print(f"purged {await dlq_purge(transport, args.name, limit=args.limit)}")
+        finally:
+            await transport.close()
+        return 0
+
+    return anyio.run(act)
+
+
+def _describe(letter: Message) -> dict[str, object]:
+    try:
+        body: object = json.loads(letter.body)
+    except ValueError:
+        body = letter.body.decode(errors="replace")
+    return {
+        "id": letter.id,
+        "key": letter.key,
+        "type": letter.type,
+        "headers": dict(letter.headers),
+        "body": body,
+    }
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eventbus", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run an app's handlers until SIGTERM/SIGINT")
+    run.add_argument("target", help="MODULE:ATTR of an EventBus (ATTR defaults to 'bus')")
+    run.add_argument("--url", help="transport URL (overrides the app's and EVENTBUS_URL)")
+    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    run.add_argument("--graceful-timeout", type=float, default=None, metavar="S")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(func=cmd_run)
+
+    pub = commands.add_parser("publish", help="publish one JSON message")
+    pub.add_argument("url")
+    pub.add_argument("topic")
+    pub.add_argument("--json", required=True, help="the payload, as JSON")
+    pub.add_argument("--key")
+    pub.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    pub.add_argument("--queue", action="store_true", help="send to a queue instead of a topic")
+    pub.set_defaults(func=cmd_publish)
+
+    dlq = commands.add_parser("dlq", help="inspect and redrive dead letters")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
+    lst = dlq_commands.add_parser("list", help="how many dead letters wait in each DLQ")
+    lst.add_argument("names", nargs="*")
+    lst.add_argument("--app", metavar="MODULE:ATTR", help="list the DLQs of this app's handlers")
+    for sub_name, text in (
+        ("show", "print dead letters (left in place)"),
+        ("replay", "send dead letters back to the group that failed them"),
+        ("purge", "delete dead letters"),
+    ):
+        sub = dlq_commands.add_parser(sub_name, help=text)
+        sub.add_argument("name")
+        sub.add_argument("--limit", type=int, default=20 if sub_name == "show" else None)
+        if sub_name == "purge":
+            sub.add_argument("--yes", action="store_true")
+    for sub in dlq_commands.choices.values():
+        sub.add_argument("--url", help="transport URL (default: EVENTBUS_URL)")
+    dlq.set_defaults(func=cmd_dlq)
+    return parser
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"eventbus: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        known = _known_error(exc)
+        if known is None:
+            raise
+        _fail(str(known), _exit_code(known))
+    return code
+
+
+def _known_error(exc: BaseException) -> Exception | None:
+    """The error to report; task groups wrap failures in exception groups, so look inside."""
+    if isinstance(exc, CliError | BrokerUnavailableError | ConfigurationError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _known_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _exit_code(exc: Exception) -> int:
+    if isinstance(exc, CliError):
+        return exc.code
+    return EXIT_UNREACHABLE if isinstance(exc, BrokerUnavailableError) else EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Dead-letter queue operations through the transport SPI: list, show, replay, purge.
+
+They work on every transport because a dead-letter destination is an ordinary queue. Reading
+stops after the queue's depth at the start (so a replayed message that fails again is not
+replayed twice in one run) or after ``idle`` seconds without a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from eventbus import headers as h
+from eventbus.message import Message
+from eventbus.transports.base import Destination, Kind, RawDelivery, SubscriptionSpec, Transport
+
+__all__ = ["dlq_depths", "dlq_purge", "dlq_replay", "dlq_show", "replay_destination"]
+
+DEFAULT_IDLE = 3.0
+
+
+async def dlq_depths(transport: Transport, names: Sequence[str]) -> dict[str, int | None]:
+    """Messages waiting in each dead-letter queue (None: unknown or does not exist)."""
+    return {name: await transport.depth(name, "queue") for name in names}
+
+
+async def _each(
+    transport: Transport,
+    name: str,
+    limit: int | None,
+    idle: float,
+    visit: Callable[[RawDelivery], Awaitable[None]],
+) -> int:
+    depth = await transport.depth(name, "queue")
+    if limit is None:
+        limit = depth if depth is not None else 1_000_000
+    if limit <= 0:
+        return 0
+    sub = await transport.subscribe(SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500)))
+    seen = 0
+    try:
+        iterator = sub.__aiter__()
+        while seen < limit:
+            raw: RawDelivery | None = None
+            with anyio.move_on_after(idle):
+                raw = await iterator.__anext__()
+            if raw is None:
+                break
+            seen += 1
+            await visit(raw)
+    except StopAsyncIteration:
+        pass
+    finally:
+        await sub.close()  # releases whatever was read and not acked
+    return seen
+
+
+async def dlq_show(
+    transport: Transport, name: str, *, limit: int = 20, idle: float = DEFAULT_IDLE
+) -> list[Message]:
+    """The first ``limit`` dead letters, left in the queue."""
+    found: list[Message] = []
+
+    async def keep(raw: RawDelivery) -> None:
+        found.append(raw.message)
+
+    await _each(transport, name, limit, idle, keep)
+    return found
+
+
+def replay_destination(letter: Message) -> tuple[Destination, Message]:
+    """Where a dead letter goes back to (the group that failed it only) and what is sent: the
+    original message with the dead-letter headers removed and a fresh attempt count."""
+    kind: Kind = "queue" if letter.headers.get(h.ORIGINAL_KIND) == "queue" else "topic"
+    topic = letter.headers.get(h.ORIGINAL_TOPIC) or letter.topic
+    group = letter.headers.get(h.ORIGINAL_GROUP) or None
+    kept = {
+        k: v
+        for k, v in letter.headers.items()
+        if k not in h.DEAD_LETTER_HEADERS
+        and k != h.ATTEMPT
+        and not k.startswith("eventbus-original-")
+    }
+    if group is not None:
+        kept[h.TARGET_GROUP] = group
+    original = Message(
+        id=letter.id,
+        topic=topic,
+        body=letter.body,
+        key=letter.key,
+        headers=kept,
+        content_type=letter.content_type,
+        type=letter.type,
+        timestamp=letter.timestamp,
+        correlation_id=letter.correlation_id,
+    )
+    return Destination(topic, kind, group=group), original
+
+
+async def dlq_replay(
+    transport: Transport, name: str, *, limit: int | None = None, idle: float = DEFAULT_IDLE
+) -> int:
+    """Send dead letters back to the group (or queue) that failed them; returns how many.
+    Each is published (and confirmed) before it is removed from the dead-letter queue."""
+    moved = 0
+
+    async def replay(raw: RawDelivery) -> None:
+        nonlocal moved
+        to, original = replay_destination(raw.message)
+        await transport.publish(to, [original])
+        await raw.ack()
+        moved += 1
+
+    await _each(transport, name, limit, idle, replay)
+    return moved
+
+
+async def dlq_purge(
+    transport: Transport, name: str, *, limit: int | None = None, idle: float = DEFAULT_IDLE
+) -> int:
+    """Delete dead letters; returns how many."""
+
+    async def drop(raw: RawDelivery) -> None:
+        await raw.ack()
+
+    return await _each(transport, name, limit, idle, drop)
