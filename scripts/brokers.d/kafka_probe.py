@@ -43,7 +43,9 @@ class _Reader:
         return raw.decode("utf-8", "replace")
 
 
-def _request(sock: socket.socket, api_key: int, version: int, correlation: int, body: bytes) -> _Reader:
+def _request(
+    sock: socket.socket, api_key: int, version: int, correlation: int, body: bytes
+) -> _Reader:
     client_id = b"eventbus-brokers-probe"
     header = struct.pack(">hhih", api_key, version, correlation, len(client_id)) + client_id
     payload = header + body

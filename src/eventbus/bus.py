@@ -345,6 +345,7 @@ class EventBus:
         if self._running:
             raise RuntimeError("this bus is already running")
         await self.transport.connect()
+        self._hooks_scope = anyio.CancelScope()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._running = True
@@ -382,8 +383,9 @@ class EventBus:
             self._drain_scope.cancel()
 
     async def _run_startup_hooks(self) -> None:
-        with anyio.CancelScope() as scope:
-            self._hooks_scope = scope
+        # The scope exists before this task runs: a stop that comes first still cancels it.
+        assert self._hooks_scope is not None
+        with self._hooks_scope:
             async with anyio.create_task_group() as tg:
                 for hook in self._startup:
                     tg.start_soon(hook)

@@ -7,7 +7,7 @@ import re
 
 from eventbus.errors import ConfigurationError
 
-__all__ = ["check_identifier", "check_seconds", "check_positive_int"]
+__all__ = ["check_identifier", "check_positive_int", "check_seconds"]
 
 # Schema-qualified SQL names (``dedup`` or ``infra.dedup``): interpolated into statements, so
 # only plain identifiers are accepted, never quoting tricks.
@@ -22,7 +22,9 @@ def check_seconds(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{name} must be a finite number of seconds above 0, got {value!r}")
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds above 0, got {value!r}"
+        )
     return float(value)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from eventbus.dedup._validate import check_seconds
 from eventbus.dedup.base import ClaimResult
-from eventbus.errors import ConfigurationError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -86,8 +88,7 @@ class RedisDedupStore:
         self._release_script: AsyncScript | None = None
 
     def __repr__(self) -> str:
-        where = self._url if self._url is not None else repr(self._client)
-        return f"RedisDedupStore({where!r}, prefix={self._prefix!r})"
+        return f"RedisDedupStore({self._address()!r}, prefix={self._prefix!r})"
 
     def key_for(self, scope: str, key: str) -> str:
         """The Redis key that holds ``key``'s record in ``scope`` (for inspection and tests)."""
@@ -96,24 +97,30 @@ class RedisDedupStore:
 
     async def open(self) -> None:
         """Connect now (and check that Redis answers) rather than on first use."""
-        await self._redis().ping()
+        with self._errors():
+            await self._redis().ping()
 
     async def claim(self, scope: str, key: str, *, owner: str, lease: float) -> ClaimResult:
         lease_ms = _millis(check_seconds("lease", lease))
         if self._claim_script is None:
             self._claim_script = self._redis().register_script(_CLAIM)
-        reply = await self._claim_script(keys=[self.key_for(scope, key)], args=[owner, lease_ms])
+        with self._errors():
+            reply = await self._claim_script(
+                keys=[self.key_for(scope, key)], args=[owner, lease_ms]
+            )
         return _RESULTS[reply]
 
     async def complete(self, scope: str, key: str, *, owner: str, ttl: float) -> None:
         # Unconditional (DedupStore.complete): the effect happened even if the lease ran out.
         ttl_ms = _millis(check_seconds("ttl", ttl))
-        await self._redis().set(self.key_for(scope, key), "d:" + owner, px=ttl_ms)
+        with self._errors():
+            await self._redis().set(self.key_for(scope, key), "d:" + owner, px=ttl_ms)
 
     async def release(self, scope: str, key: str, *, owner: str) -> None:
         if self._release_script is None:
             self._release_script = self._redis().register_script(_RELEASE)
-        await self._release_script(keys=[self.key_for(scope, key)], args=[owner])
+        with self._errors():
+            await self._release_script(keys=[self.key_for(scope, key)], args=[owner])
 
     async def purge_expired(self, *, limit: int | None = None) -> int:
         """Always 0: Redis deletes expired keys itself."""
@@ -125,6 +132,22 @@ class RedisDedupStore:
             client, self._client = self._client, None
             self._claim_script = self._release_script = None
             await client.aclose()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """redis-py's connection errors are not builtin ConnectionErrors: translate them."""
+        import redis.exceptions
+
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise BrokerUnavailableError(self._address(), str(exc)) from exc
+
+    def _address(self) -> str:
+        if self._url is None:
+            return repr(self._client)
+        scheme, _, rest = self._url.partition("://")
+        return f"{scheme}://{rest.rpartition('@')[2]}"  # without credentials
 
     def _redis(self) -> Redis:
         if self._client is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -18,6 +19,8 @@ from eventbus.errors import ConfigurationError
 __all__ = ["SqliteDedupStore"]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("eventbus.dedup.sqlite")
 
 
 class SqliteDedupStore:
@@ -57,7 +60,9 @@ class SqliteDedupStore:
             raise ConfigurationError("path must name a database file, e.g. 'var/dedup.sqlite3'")
         self._table = check_identifier("table", table)
         if "." in table:
-            raise ConfigurationError(f"table must not be schema-qualified for SQLite, got {table!r}")
+            raise ConfigurationError(
+                f"table must not be schema-qualified for SQLite, got {table!r}"
+            )
         self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
         if synchronous not in ("NORMAL", "FULL"):
             raise ConfigurationError(f"synchronous must be 'NORMAL' or 'FULL', got {synchronous!r}")
@@ -137,7 +142,7 @@ class SqliteDedupStore:
             check_same_thread=False,  # used by one worker thread at a time (the limiter)
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {self._table} ("
@@ -146,8 +151,7 @@ class SqliteDedupStore:
                 " PRIMARY KEY (scope, key))"
             )
             conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._table}_expires_at"
-                f" ON {self._table} (expires_at)"
+                f"CREATE INDEX IF NOT EXISTS {self._table}_expires_at ON {self._table} (expires_at)"
             )
         except BaseException:
             conn.close()
@@ -155,8 +159,31 @@ class SqliteDedupStore:
         self._conn = conn
         return conn
 
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # WAL lets readers and the writer proceed together. The mode is stored in the file, so
+        # only its first user switches it; that switch fails with "locked" (without calling the
+        # busy handler) while another process opens the file at the same moment: retry.
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            return
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
     def _claim(self, scope: str, key: str, owner: str, lease: float) -> ClaimResult:
         conn = self._connection()
+        self._claims += 1
+        if self._claims % self._cleanup_every == 0:
+            # Before the claim, never after: a failed cleanup must not lose a recorded claim.
+            try:
+                self._purge(self._cleanup_batch)
+            except sqlite3.Error as exc:  # best effort; the next round tries again
+                log.warning("dedup cleanup of %s failed: %r", self._path, exc)
         # IMMEDIATE takes the write lock up front: the read and the write below are one atomic
         # step for every process sharing the file (waiting up to busy_timeout for the lock).
         conn.execute("BEGIN IMMEDIATE")
@@ -182,9 +209,6 @@ class SqliteDedupStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self._claims += 1
-        if self._claims % self._cleanup_every == 0:
-            self._purge(self._cleanup_batch)
         return result
 
     def _purge(self, limit: int) -> int:

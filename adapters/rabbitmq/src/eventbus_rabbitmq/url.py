@@ -84,7 +84,7 @@ def parse_url(url: str) -> Settings:
         elif name in _AIORMQ_OPTIONS:
             passthrough.append((name, value))
         else:
-            known = ", ".join(sorted(_OPTIONS | _AIORMQ_OPTIONS))
+            known = ", ".join(sorted(_OPTIONS.keys() | _AIORMQ_OPTIONS))
             raise ConfigurationError(f"unknown RabbitMQ URL option {name!r}; known: {known}")
 
     settings = {name: _OPTIONS[name](name, value) for name, value in ours.items()}
@@ -99,7 +99,7 @@ def _positive_int(name: str, value: str) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise ConfigurationError(f"RabbitMQ URL option {name} must be an integer >= 1, got {value!r}")
+        raise ConfigurationError(f"RabbitMQ URL option {name} must be an integer >= 1: {value!r}")
     return number
 
 
@@ -115,7 +115,7 @@ def _positive_float(name: str, value: str) -> float:
 
 def _queue_type(name: str, value: str) -> str:
     if value not in ("classic", "quorum"):
-        raise ConfigurationError(f"RabbitMQ URL option {name} must be classic or quorum, got {value!r}")
+        raise ConfigurationError(f"RabbitMQ URL option {name} must be classic or quorum: {value!r}")
     return value
 
 
