@@ -65,6 +65,13 @@ def inspect_handler(
             raise HandlerSignatureError(
                 f"handler {name}: *args/**kwargs cannot be injected; annotate each parameter"
             )
+        if param.kind is param.POSITIONAL_ONLY:
+            # Values are passed by name (`HandlerSpec.kwargs`): refuse now rather than fail
+            # with a TypeError on every message (DESIGN 3.10: at decoration time).
+            raise HandlerSignatureError(
+                f"handler {name}: parameter {param.name!r} is positional-only; parameters are "
+                "injected by name"
+            )
         if param.name not in hints:
             if param.default is not param.empty:
                 continue
@@ -76,14 +83,15 @@ def inspect_handler(
         kind: ParamKind
         if annotation is Delivery:
             kind = "delivery"
-        elif annotation is Message and payload_type is not None:
+        elif annotation is Message:
+            # Always the raw message, wherever it stands: `(message: Message, order: Order)`
+            # must make ``order`` the payload. A handler with no other payload parameter gets
+            # payload_type None, which decodes to the Message itself.
             kind = "message"
         elif isinstance(annotation, type) and inbox_types and issubclass(annotation, inbox_types):
             kind, inbox_type = "inbox", annotation
         elif payload_type is None:
             kind, payload_type = "payload", annotation
-        elif annotation is Message:
-            kind = "message"
         else:
             raise HandlerSignatureError(
                 f"handler {name}: parameter {param.name!r} ({annotation!r}) would be a second "

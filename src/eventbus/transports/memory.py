@@ -85,7 +85,11 @@ class _Group:
             self.partitions[entry.partition].append(entry)
         for i in range(PARTITIONS):
             p = (sub.cursor + i) % PARTITIONS
-            if self.owners[p] is sub and self.partitions[p]:
+            # A partition promised to another subscription gets no new takes: its in-flight
+            # count must reach zero for the handoff, which never happens under steady load
+            # if the old owner keeps taking (a joining consumer would get nothing).
+            handing_over = self.next_owners[p] not in (None, sub)
+            if self.owners[p] is sub and self.partitions[p] and not handing_over:
                 sub.cursor = p + 1
                 entry = self.partitions[p].popleft()
                 entry.taken = next(_seq)

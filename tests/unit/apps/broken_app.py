@@ -1,0 +1,3 @@
+"""An app that fails while being imported (exit code 3)."""
+
+raise RuntimeError("broken at import time")

@@ -1,0 +1,326 @@
+"""The ``eventbus`` command: ``run`` in real processes (signals, exit codes), ``publish`` and
+``dlq`` in process through `eventbus.cli.main`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from eventbus import EventBus, Message, Reject, RetryPolicy
+from eventbus import headers as h
+from eventbus.cli import main
+from eventbus.testing import MemoryBroker
+from eventbus.testing.conformance import wait_for
+
+APPS = Path(__file__).parent / "apps"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Worker:
+    """``python -m eventbus ARGS`` run from the apps directory, its output collected live."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        environment.pop("EVENTBUS_URL", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventbus", *args],
+            cwd=APPS,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self.out)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def wait_for_output(self, text: str, *, stderr: bool = False, within: float = 60.0) -> None:
+        deadline = time.monotonic() + within
+        while text not in (self.stderr if stderr else self.stdout):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.finish(within=5)
+                raise AssertionError(
+                    f"no {text!r} (exit {self.proc.returncode}); stdout:\n{self.stdout}\n"
+                    f"stderr:\n{self.stderr}"
+                )
+            time.sleep(0.05)
+
+    def finish(self, within: float = 60.0) -> int:
+        code = self.proc.wait(timeout=within)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+def run_cli(workers: list[Worker], *args: str, env: dict[str, str] | None = None) -> Worker:
+    worker = Worker(*args, env=env)
+    workers.append(worker)
+    return worker
+
+
+# -- eventbus run -------------------------------------------------------------------------------
+
+
+def test_sigterm_drains_the_in_flight_handler(workers: list[Worker]) -> None:
+    worker = run_cli(workers, "run", "slow_app:bus", env={"APP_SLEEP": "2"})
+    worker.wait_for_output("started 1")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.stderr
+    assert worker.stdout.splitlines() == ["started 1", "finished 1"]
+    assert "subscribed: work <- topic jobs group workers" in worker.stderr
+
+
+def test_second_sigterm_during_the_drain_exits_130(workers: list[Worker]) -> None:
+    worker = run_cli(
+        workers,
+        "run",
+        "slow_app:bus",
+        "--graceful-timeout",
+        "600",
+        env={"APP_SLEEP": "300"},
+    )
+    worker.wait_for_output("started 1")
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_output("stopping", stderr=True)
+    worker.proc.send_signal(signal.SIGTERM)
+    # Promptly: far sooner than the handler (300 s) or the graceful timeout (600 s).
+    assert worker.finish(within=60) == 130, worker.stderr
+    assert "finished" not in worker.stdout
+    assert "second signal" in worker.stderr
+
+
+def test_sigint_is_handled_like_sigterm(workers: list[Worker]) -> None:
+    worker = run_cli(workers, "run", "slow_app", env={"APP_SLEEP": "0.5"})  # ATTR defaults to bus
+    worker.wait_for_output("started 1")
+    worker.proc.send_signal(signal.SIGINT)
+    assert worker.finish() == 0, worker.stderr
+    assert "finished 1" in worker.stdout
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("no_such_module:bus", "cannot import 'no_such_module'"),
+        ("broken_app:bus", "broken at import time"),
+        ("slow_app:missing", "expected an EventBus at slow_app.missing, found nothing"),
+        ("slow_app:not_a_bus", "found str"),
+        ("slow_app:work", "found function"),
+    ],
+)
+def test_import_problems_exit_3(workers: list[Worker], target: str, message: str) -> None:
+    worker = run_cli(workers, "run", target)
+    assert worker.finish() == 3, worker.stderr
+    assert message in worker.stderr
+    assert worker.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["bad_scheme_app:bus"], "no eventbus transport is installed for scheme 'nosuch'"),
+        (["slow_app:bus", "--url", "nosuch://x:1"], "installed: "),
+        (["slow_app:bus", "--url", "not-a-url"], "bad eventbus URL"),
+        (["slow_app:bus", "--url", "memory://x/y"], "bad memory transport URL"),
+        (["bad_handler_app:bus"], "untyped_job_handler"),
+        (["slow_app:bus", "--workers", "2"], "memory:// lives inside one process"),
+    ],
+)
+def test_configuration_problems_exit_4(
+    workers: list[Worker], args: list[str], message: str
+) -> None:
+    worker = run_cli(workers, "run", *args)
+    assert worker.finish() == 4, worker.stderr
+    assert message in worker.stderr
+    if "nosuch" in " ".join(args) or "bad_scheme" in args[0]:
+        assert "memory://" in worker.stderr, "the installed schemes are listed"
+    assert "started" not in worker.stdout
+
+
+def test_bad_command_line_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([])
+    assert caught.value.code == 2
+    with pytest.raises(SystemExit) as caught:
+        main(["run"])
+    assert caught.value.code == 2
+
+
+# -- eventbus publish -----------------------------------------------------------------------------
+
+
+def test_publish_to_a_queue(
+    url: str, broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["publish", url, "jobs", "--json", '{"id": 1}', "--queue", "--key", "k"]
+    assert main([*args, "--header", "tenant=a=b"]) == 0
+    printed = capsys.readouterr().out.strip()
+    [message] = broker.ready("jobs")
+    assert message.id == printed
+    assert message.key == "k" and message.headers == {"tenant": "a=b"}
+    assert json.loads(message.body) == {"id": 1}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(["--json", "{nope"], "not valid JSON"), (["--json", "{}", "--header", "x"], "name=value")],
+)
+def test_publish_bad_input_exits_2(
+    url: str,
+    broker: MemoryBroker,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["publish", url, "jobs", "--queue", *extra])
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+    assert broker.log == []
+
+
+# -- eventbus dlq ----------------------------------------------------------------------------------
+
+
+def _fill_dead_letters(url: str, count: int) -> None:
+    """Run a bus whose billing group rejects ``count`` orders (shipping handles them fine)."""
+
+    async def fill() -> None:
+        bus = EventBus(url)
+        once = RetryPolicy(max_attempts=1)
+
+        @bus.subscribe("orders", group="billing", retry=once)
+        async def bill(order: dict, message: Message) -> None:  # type: ignore[type-arg]
+            raise Reject(f"cannot bill {message.id}")
+
+        @bus.subscribe("orders", group="shipping")
+        async def ship(order: dict) -> None:  # type: ignore[type-arg]
+            pass
+
+        async with bus:
+            for i in range(count):
+                await bus.publish("orders", {"id": i}, message_id=f"d{i}", headers={"t": "x"})
+            await wait_for(lambda: bus.subscribers[0].stats.dead_lettered == count)
+            await wait_for(lambda: bus.subscribers[1].stats.handled == count)
+
+    anyio.run(fill)
+
+
+DLQ = "orders.billing.dlq"
+
+
+def _depth(url: str, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["dlq", "list", DLQ, "--url", url]) == 0
+    return capsys.readouterr().out.strip()
+
+
+def test_dlq_list_show_replay_purge(
+    url: str, broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill_dead_letters(url, 3)
+    assert _depth(url, capsys) == f"{DLQ}\t3"
+    assert main(["dlq", "list", DLQ, "nothing.dlq", "--url", url]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{DLQ}\t3", "nothing.dlq\t-"]
+
+    assert main(["dlq", "show", DLQ, "--limit", "3", "--url", url]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [s["id"] for s in shown] == ["d0", "d1", "d2"]
+    assert shown[0]["body"] == {"id": 0}
+    assert shown[0]["headers"][h.DLQ_REASON] == "rejected"
+    assert shown[0]["headers"][h.ERROR_MESSAGE] == "cannot bill d0"
+    assert shown[0]["headers"]["t"] == "x"
+    assert _depth(url, capsys) == f"{DLQ}\t3", "show leaves them in place"
+
+    with pytest.raises(SystemExit) as caught:
+        main(["dlq", "purge", DLQ, "--url", url])
+    assert caught.value.code == 2
+    assert "--yes" in capsys.readouterr().err
+    assert _depth(url, capsys) == f"{DLQ}\t3", "purge without --yes deletes nothing"
+
+    assert main(["dlq", "replay", DLQ, "--limit", "1", "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == "replayed 1"
+    assert _depth(url, capsys) == f"{DLQ}\t2"
+    [replayed] = broker.ready("orders", "billing")
+    assert replayed.id == "d0" and json.loads(replayed.body) == {"id": 0}
+    assert replayed.headers[h.TARGET_GROUP] == "billing"
+    assert replayed.headers["t"] == "x"
+    assert not [k for k in replayed.headers if k in h.DEAD_LETTER_HEADERS or k == h.ATTEMPT]
+    assert broker.ready("orders", "shipping") == [], "only the failed group gets the replay"
+
+    assert main(["dlq", "purge", DLQ, "--yes", "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == "purged 2"
+    assert _depth(url, capsys) == f"{DLQ}\t0"
+    assert [m.id for m in broker.ready("orders", "billing")] == ["d0"]
+
+
+def test_dlq_replay_everything(
+    url: str, broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill_dead_letters(url, 4)
+    assert main(["dlq", "replay", DLQ, "--url", url]) == 0
+    assert capsys.readouterr().out.strip() == "replayed 4"
+    assert [m.id for m in broker.ready("orders", "billing")] == ["d0", "d1", "d2", "d3"]
+    assert broker.ready(DLQ) == []
+
+
+def test_dlq_list_for_an_app(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fill_dead_letters(url, 2)
+    monkeypatch.chdir(APPS)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_bus adds the working directory
+    assert main(["dlq", "list", "--app", "dlq_app:bus", "--url", url]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{DLQ}\t2", "emails.dlq\t-"]
+
+
+def test_dlq_needs_a_name_and_a_url(
+    url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["dlq", "list", "--url", url])
+    assert caught.value.code == 2
+    assert "name a dead-letter queue" in capsys.readouterr().err
+    monkeypatch.delenv("EVENTBUS_URL", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        main(["dlq", "show", DLQ])
+    assert caught.value.code == 2
+    assert "--url" in capsys.readouterr().err

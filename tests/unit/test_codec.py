@@ -1,0 +1,65 @@
+"""The default codec (DESIGN 2, payloads): what each payload type becomes on the wire and back."""
+
+from typing import Any
+
+import pydantic
+import pytest
+
+from eventbus import JsonCodec, Message
+from eventbus.codecs import DecodeError
+
+
+class Order(pydantic.BaseModel):
+    id: int
+    note: str = ""
+
+
+def decode(body: bytes, target: Any) -> object:
+    return JsonCodec().decode(Message(id="1", topic="t", body=body), target)
+
+
+@pytest.mark.parametrize(
+    ("payload", "body", "content_type", "type_"),
+    [
+        (Order(id=1, note="ß"), b'{"id":1,"note":"\xc3\x9f"}', "application/json", "Order"),
+        (b"\x00\xff", b"\x00\xff", "application/octet-stream", None),
+        (bytearray(b"ab"), b"ab", "application/octet-stream", None),
+        ("héllo", "héllo".encode(), "text/plain; charset=utf-8", None),
+        ({"a": [1, None]}, b'{"a":[1,null]}', "application/json", None),
+        ([1, 2], b"[1,2]", "application/json", None),
+        (7, b"7", "application/json", None),
+    ],
+)
+def test_encode(payload: object, body: bytes, content_type: str, type_: str | None) -> None:
+    encoded = JsonCodec().encode(payload)
+    assert (encoded.body, encoded.content_type, encoded.type) == (body, content_type, type_)
+
+
+def test_unencodable_payload() -> None:
+    with pytest.raises(TypeError, match="cannot encode object as JSON"):
+        JsonCodec().encode(object())
+
+
+def test_decode_follows_the_annotation() -> None:
+    assert decode(b'{"id": 2}', Order) == Order(id=2)
+    assert decode(b"\xff raw", bytes) == b"\xff raw"
+    assert decode("ünï".encode(), str) == "ünï"
+    assert decode(b'{"k": 1}', dict) == {"k": 1}
+    assert decode(b"[1, 2]", list[int]) == [1, 2]
+    assert decode(b"5", int) == 5
+
+
+@pytest.mark.parametrize(
+    ("body", "target"),
+    [
+        (b'{"id": "x"}', Order),
+        (b"{", Order),
+        (b"\xff", str),
+        (b"[1]", dict),
+        (b"nope", dict),
+        (b'"a"', int),
+    ],
+)
+def test_decode_errors_are_decode_errors(body: bytes, target: Any) -> None:
+    with pytest.raises(DecodeError, match=r"cannot decode body|expected a JSON object"):
+        decode(body, target)
