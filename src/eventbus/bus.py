@@ -12,7 +12,6 @@ from typing import Any, Literal, TypeVar
 import anyio
 from anyio.abc import TaskGroup
 
-from eventbus import headers as h
 from eventbus.codecs.base import Codec
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
@@ -71,6 +70,8 @@ class EventBus:
             raise ConfigurationError("give EventBus either a url or a transport, not both")
         if graceful_timeout < 0:
             raise ConfigurationError("graceful_timeout must be >= 0 seconds")
+        if url == "":
+            raise ConfigurationError("empty eventbus URL; pass None to use EVENTBUS_URL")
         self.url = url or os.environ.get("EVENTBUS_URL") or "memory://"
         # Resolve the transport now so a bad URL or a missing adapter fails at construction.
         self.transport: Transport = transport or transport_for_url(self.url)
@@ -167,6 +168,8 @@ class EventBus:
     ) -> Callable[[], Coroutine[Any, Any, None]]:
         """Run ``func`` in the background once every subscription is live (e.g. a producer
         loop); it is cancelled first when the bus stops."""
+        if self._running:
+            raise RuntimeError("register startup hooks before the bus starts")
         self._startup.append(func)
         return func
 
@@ -255,7 +258,7 @@ class EventBus:
         for k, v in (headers or {}).items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
-            if k.startswith("eventbus-") and k != h.ATTEMPT:
+            if k.startswith("eventbus-"):
                 raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
         return Message(
             id=message_id or new_message_id(),

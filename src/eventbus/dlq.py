@@ -35,6 +35,8 @@ async def _each(
     depth = await transport.depth(name, "queue")
     if limit is None:
         limit = depth if depth is not None else 1_000_000
+    elif depth is not None:
+        limit = min(limit, depth)  # no idle wait for letters that are not there
     if limit <= 0:
         return 0
     sub = await transport.subscribe(SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500)))

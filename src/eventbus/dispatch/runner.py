@@ -9,6 +9,7 @@ nothing unsettled is ever acked at shutdown.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import random
 import uuid
@@ -38,6 +39,7 @@ Middleware = Callable[[Handler], Handler]
 """``Callable[[Handler], Handler]``; the first middleware given is the outermost."""
 
 _REPUBLISH_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+_REQUEUED_LIMIT = 10_000
 
 
 class SubscriptionRunner:
@@ -58,8 +60,11 @@ class SubscriptionRunner:
         self._rng = rng or random.Random()
         self._limiter = anyio.CapacityLimiter(subscriber.concurrency)
         self._slots = anyio.Semaphore(subscriber.max_in_flight)
-        self._unsettled: set[DeliveryState] = set()
+        # A dict as an ordered set: `_release_unsettled` needs the fetch order.
+        self._unsettled: dict[DeliveryState, None] = {}
         self._busy: set[DeliveryState] = set()
+        self._requeued: dict[str, int] = {}
+        """Next attempt of broadcast messages sent back by `redeliver`, by message id."""
         self._stopping = False
         self._stop_event = anyio.Event()
         self._quiet = anyio.Event()
@@ -78,17 +83,21 @@ class SubscriptionRunner:
             self.closed.set()
             raise
         try:
-            async with anyio.create_task_group() as work:
-                self._work = work
-                lanes: KeyLanes[DeliveryState] = KeyLanes(
-                    work, self._handle, lambda: not self._stopping
-                )
-                work.start_soon(self._fetch, self._sub, lanes)
-                task_status.started()
-                await self._abort.wait()
-                # Past the graceful timeout: cancel what still runs. Its messages stay
-                # unsettled and are released below, so they are redelivered, never acked.
-                work.cancel_scope.cancel()
+            # Shielded: only `abort` (after the drain) ends the work. Otherwise cancelling the
+            # scope that hosts the bus -- a cancelled `bus.run()`, which is how the CLI stops on
+            # SIGTERM -- would cancel in-flight handlers at once instead of draining (DESIGN 3.8).
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as work:
+                    self._work = work
+                    lanes: KeyLanes[DeliveryState] = KeyLanes(
+                        work, self._handle, lambda: not self._stopping
+                    )
+                    work.start_soon(self._fetch, self._sub, lanes)
+                    task_status.started()
+                    await self._abort.wait()
+                    # Past the graceful timeout: cancel what still runs. Its messages stay
+                    # unsettled and are released below, so they are redelivered, never acked.
+                    work.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._release_unsettled()
@@ -119,7 +128,10 @@ class SubscriptionRunner:
         self._abort.set()
 
     async def _release_unsettled(self) -> None:
-        for state in list(self._unsettled):
+        # Newest first: a transport that puts a released message back at the front of its
+        # partition (memory) then restores the original order, so same-key messages reach the
+        # next consumer in publish order (DESIGN 3.5), as its own close does.
+        for state in reversed(list(self._unsettled)):
             if state.settled:
                 continue
             state.settled = True
@@ -147,7 +159,8 @@ class SubscriptionRunner:
                 raise
             stats.received += 1
             state = DeliveryState(self, raw)
-            self._unsettled.add(state)
+            state.attempt = max(state.attempt, self._requeued.pop(raw.message.id, 0))
+            self._unsettled[state] = None
             if self._stopping:
                 continue  # fetched during stop: released, not started
             lanes.submit(raw.message.key, state)
@@ -155,7 +168,7 @@ class SubscriptionRunner:
     def forget(self, state: DeliveryState) -> None:
         """Called once a delivery is settled: frees its in-flight slot."""
         if state in self._unsettled:
-            self._unsettled.discard(state)
+            del self._unsettled[state]
             self._slots.release()
         self._leave_busy(state)
 
@@ -307,7 +320,12 @@ class SubscriptionRunner:
                 await spec.func(**kwargs)
             else:
                 # A blocking handler would stall every other handler of the process.
-                await anyio.to_thread.run_sync(functools.partial(spec.func, **kwargs))
+                result = await anyio.to_thread.run_sync(functools.partial(spec.func, **kwargs))
+                if inspect.isawaitable(result):
+                    # A plain `def` returning a coroutine (a decorator's sync wrapper around an
+                    # async handler): unless awaited, its body never runs and the message would
+                    # be acked unhandled (DESIGN 3.1).
+                    await result
 
         handler: Handler = call
         for middleware in reversed(self._middleware):
@@ -315,7 +333,9 @@ class SubscriptionRunner:
         await handler(delivery)
 
     async def _expire(self, state: DeliveryState, after: float) -> None:
-        await anyio.sleep(after)
+        # Ends as soon as the delivery is settled, so timers do not pile up under load.
+        with anyio.move_on_after(after):
+            await state.wait_settled()
         await state.expire()
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
@@ -401,6 +421,12 @@ class SubscriptionRunner:
         Broadcast subscriptions have no group to target: the transport requeues it instead."""
         sub = self.subscriber
         if sub.kind == "topic" and sub.group is None:
+            # A requeued message comes back unchanged, so the attempt count cannot travel in it;
+            # this runner lives as long as the ephemeral subscription and keeps it instead.
+            # Without it a nack or ack_timeout loop on a broadcast never ends (DESIGN 3.4).
+            self._requeued[state.raw.message.id] = state.attempt + 1
+            if len(self._requeued) > _REQUEUED_LIMIT:  # a message that never came back
+                del self._requeued[next(iter(self._requeued))]
             await state.raw.release()
             return
         sub.stats.redelivered += 1

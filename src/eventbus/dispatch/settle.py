@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
+
 from eventbus import headers as h
 from eventbus.dispatch.deadletter import DeadLetterReason
 from eventbus.errors import Reject
@@ -22,6 +24,10 @@ class NackedError(Exception):
     """Stands for the cause of a dead letter when the last attempt ended in ``nack()``."""
 
 
+class AckTimeoutError(Exception):
+    """Stands for the cause when a manual-ack delivery was not settled within ``ack_timeout``."""
+
+
 def attempt_of(raw: RawDelivery) -> int:
     try:
         return max(1, int(raw.message.headers.get(h.ATTEMPT, "1")))
@@ -37,13 +43,22 @@ class DeliveryState:
     when the subscription stops is released (redelivered later), never acked.
     """
 
-    __slots__ = ("_runner", "attempt", "claim_owner", "inbox_done", "raw", "settled")
+    __slots__ = (
+        "_runner",
+        "_settled_event",
+        "attempt",
+        "claim_owner",
+        "inbox_done",
+        "raw",
+        "settled",
+    )
 
     def __init__(self, runner: SubscriptionRunner, raw: RawDelivery) -> None:
         self._runner = runner
         self.raw = raw
         self.attempt = attempt_of(raw)
         self.settled = False
+        self._settled_event: anyio.Event | None = None
         self.claim_owner: str | None = None
         """Owner token of the dedup claim this attempt holds, if any."""
         self.inbox_done = False
@@ -53,7 +68,15 @@ class DeliveryState:
         if self.settled:
             return False
         self.settled = True
+        if self._settled_event is not None:
+            self._settled_event.set()
         return True
+
+    async def wait_settled(self) -> None:
+        if not self.settled:
+            if self._settled_event is None:
+                self._settled_event = anyio.Event()
+            await self._settled_event.wait()
 
     async def ack(self) -> None:
         if not self._settle():
@@ -64,13 +87,13 @@ class DeliveryState:
         finally:
             self._runner.forget(self)
 
-    async def nack(self, delay: float | None) -> None:
+    async def nack(self, delay: float | None, error: Exception | None = None) -> None:
         if not self._settle():
             return
         try:
             await self._runner.release_claim(self)
             if self.attempt >= self._runner.subscriber.retry.max_attempts:
-                error = NackedError(f"nacked on attempt {self.attempt}")
+                error = error or NackedError(f"nacked on attempt {self.attempt}")
                 await self._runner.dead_letter(self, "retries-exhausted", error)
             else:
                 await self._runner.redeliver(self, delay or 0.0)
@@ -108,4 +131,6 @@ class DeliveryState:
             self._runner.subscriber.describe(),
             self.raw.message.id,
         )
-        await self.nack(None)
+        await self.nack(
+            None, AckTimeoutError(f"not settled within ack_timeout on attempt {self.attempt}")
+        )
