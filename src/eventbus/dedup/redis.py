@@ -20,11 +20,13 @@ __all__ = ["RedisDedupStore"]
 # One key per (scope, key); its value says what it is, its PX expiry is the lease or the TTL:
 #   "c:<owner>"  claimed by <owner> until the key expires (the lease)
 #   "d:<owner>"  done (completed by <owner>) until the key expires (the TTL)
-# Every state change is one command or one Lua script, so each is atomic on the server.
+# Every state change is one command or one Lua script, so each is atomic on the server, and
+# each is idempotent (an owner claiming again gets its claim back, with the lease renewed), so
+# redis-py may safely retry one whose reply was lost.
 
 _CLAIM = """
 local v = redis.call('GET', KEYS[1])
-if v then
+if v and v ~= 'c:' .. ARGV[1] then
   if string.sub(v, 1, 2) == 'd:' then return 'done' end
   return 'busy'
 end
@@ -69,7 +71,8 @@ class RedisDedupStore:
             if not url_or_client.startswith(("redis://", "rediss://", "unix://")):
                 raise ConfigurationError(
                     "url_or_client must be a redis://, rediss:// or unix:// URL (e.g. "
-                    f"'redis://127.0.0.1:6379/0') or a redis.asyncio.Redis, got {url_or_client!r}"
+                    "'redis://127.0.0.1:6379/0') or a redis.asyncio.Redis, got a string starting "
+                    f"{url_or_client.partition('://')[0][:20]!r}"
                 )
             self._url: str | None = url_or_client
             self._client: Redis | None = None

@@ -190,10 +190,12 @@ class SqliteDedupStore:
         try:
             now = self._clock()  # after the lock wait, which may be long
             row = conn.execute(
-                f"SELECT state, expires_at FROM {self._table} WHERE scope = ? AND key = ?",
+                f"SELECT state, owner, expires_at FROM {self._table} WHERE scope = ? AND key = ?",
                 (scope, key),
             ).fetchone()
-            if row is not None and row[1] > now:
+            # A live record blocks the claim, unless it is this owner's own claim (a retried
+            # claim after an ambiguous failure gets it again, with its lease renewed).
+            if row is not None and row[2] > now and (row[0] == "done" or row[1] != owner):
                 result = ClaimResult.DONE if row[0] == "done" else ClaimResult.BUSY
             else:
                 conn.execute(
