@@ -9,6 +9,7 @@ __all__ = [
     "ConfigurationError",
     "EventBusError",
     "HandlerSignatureError",
+    "LeaseLostError",
     "MessageTooLargeError",
     "PublishError",
     "Reject",
@@ -69,6 +70,15 @@ class UnroutableError(PublishError):
 
 class MessageTooLargeError(PublishError):
     """The message exceeds what the broker accepts."""
+
+
+class LeaseLostError(EventBusError):
+    """An inbox transaction could not record its key as done and was rolled back.
+
+    The claim's lease ran out while the handler worked, and another worker claimed or completed
+    the key meanwhile. Nothing this attempt wrote was committed; the dispatcher claims the key
+    again (without counting an attempt), and the other worker's attempt decides.
+    """
 
 
 class Reject(Exception):

@@ -12,7 +12,6 @@ from eventbus.testing.dedup_conformance import DedupStoreConformance
 
 class TestMemoryDedupStore(DedupStoreConformance):
     validates_durations = False
-    reentrant_claims = False  # differs from DedupStore.claim's text; reported to the core
 
     @pytest.fixture
     async def store(self) -> AsyncIterator[MemoryDedupStore]:

@@ -1,6 +1,7 @@
 """Consumer-side deduplication (DESIGN 3.6) in the dispatcher, and the bounded in-memory store."""
 
 import time
+import uuid
 from collections.abc import Callable
 
 import anyio
@@ -172,3 +173,42 @@ async def test_memory_store_scopes_and_release() -> None:
 def test_memory_store_needs_room() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         MemoryDedupStore(max_entries=0)
+
+
+class _FlakyStore(MemoryDedupStore):
+    """Fails its first calls of each kind, as a store does while its server restarts."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = {"claim": failures, "complete": failures}
+
+    def _maybe_fail(self, what: str) -> None:
+        if self.failures[what] > 0:
+            self.failures[what] -= 1
+            raise ConnectionError(f"store down ({what})")
+
+    async def claim(self, scope: str, key: str, *, owner: str, lease: float) -> ClaimResult:
+        self._maybe_fail("claim")
+        return await super().claim(scope, key, owner=owner, lease=lease)
+
+    async def complete(self, scope: str, key: str, *, owner: str, ttl: float) -> None:
+        self._maybe_fail("complete")
+        await super().complete(scope, key, owner=owner, ttl=ttl)
+
+
+async def test_store_outage_delays_but_neither_strands_nor_duplicates() -> None:
+    store = _FlakyStore(failures=2)
+    bus = EventBus(f"memory://{uuid.uuid4().hex}", dedup_store=store)
+    handled: list[str] = []
+
+    @bus.subscribe("t", group="g", dedup=True)
+    async def handle(message: Message) -> None:
+        handled.append(message.id)
+
+    async with bus:
+        await bus.publish("t", b"x", message_id="a")
+        await wait_for(lambda: bus.subscribers[0].stats.handled == 1, what="handled despite outage")
+        await wait_for(lambda: store.failures["complete"] == 0, what="complete retried")
+        await bus.publish("t", b"x", message_id="a")
+        await wait_for(lambda: bus.subscribers[0].stats.duplicates == 1, what="duplicate skipped")
+    assert handled == ["a"]

@@ -31,7 +31,11 @@ class MemoryDedupStore:
         now = self._clock()
         entry = self._entries.get((scope, key))
         if entry is not None and entry[1] > now:
-            return ClaimResult.DONE if entry[0] is None else ClaimResult.BUSY
+            if entry[0] is None:
+                return ClaimResult.DONE
+            if entry[0] != owner:
+                return ClaimResult.BUSY
+            # The owner's own claim again (e.g. retried after a lost reply): renew the lease.
         self._put((scope, key), owner, now + lease)
         return ClaimResult.CLAIMED
 

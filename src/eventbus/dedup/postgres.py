@@ -27,7 +27,7 @@ import anyio
 
 from eventbus.dedup._validate import check_identifier, check_positive_int, check_seconds
 from eventbus.dedup.base import ClaimResult
-from eventbus.errors import BrokerUnavailableError, ConfigurationError, EventBusError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError, LeaseLostError
 
 if TYPE_CHECKING:
     import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -40,15 +40,6 @@ log = logging.getLogger("eventbus.dedup.postgres")
 _ABORT_TIMEOUT = 10.0
 # Pauses before running a statement again after its connection was lost.
 _RETRY_DELAYS = (0.05, 0.5, 2.0)
-
-
-class LeaseLostError(EventBusError):
-    """An inbox transaction could not record its key as done and was rolled back.
-
-    The claim's lease ran out while the handler worked, and another worker claimed or completed
-    the key meanwhile. Nothing this attempt wrote was committed; claiming the key again returns
-    DONE or BUSY (the other worker's attempt decides).
-    """
 
 
 class PostgresDedupStore:

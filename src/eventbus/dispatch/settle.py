@@ -46,9 +46,11 @@ class DeliveryState:
     __slots__ = (
         "_runner",
         "_settled_event",
+        "ack_deferred",
         "attempt",
         "claim_owner",
         "inbox_done",
+        "inbox_open",
         "raw",
         "settled",
     )
@@ -62,6 +64,10 @@ class DeliveryState:
         self.claim_owner: str | None = None
         """Owner token of the dedup claim this attempt holds, if any."""
         self.inbox_done = False
+        self.inbox_open = False
+        """The handler runs inside an inbox transaction that has not committed yet."""
+        self.ack_deferred = False
+        """``ack()`` was called inside the open inbox: applied once it commits."""
         """The handler's inbox transaction already recorded the key as done."""
 
     def _settle(self) -> bool:
@@ -79,6 +85,11 @@ class DeliveryState:
             await self._settled_event.wait()
 
     async def ack(self) -> None:
+        if self.inbox_open:
+            # Acking now would mark the key done before the handler's writes commit; if the
+            # handler then raised, the effect would be lost and its redelivery skipped.
+            self.ack_deferred = True
+            return
         if not self._settle():
             return
         try:
@@ -88,6 +99,7 @@ class DeliveryState:
             self._runner.forget(self)
 
     async def nack(self, delay: float | None, error: Exception | None = None) -> None:
+        self._refuse_inside_inbox("nack")
         if not self._settle():
             return
         try:
@@ -101,7 +113,15 @@ class DeliveryState:
             self._runner.forget(self)
 
     async def reject(self, reason: str | None) -> None:
+        self._refuse_inside_inbox("reject")
         await self.fail("rejected", Reject(reason))
+
+    def _refuse_inside_inbox(self, what: str) -> None:
+        if self.inbox_open:
+            raise RuntimeError(
+                f"{what}() inside an inbox transaction would settle before it commits; raise "
+                "eventbus.Retry or eventbus.Reject instead (the transaction then rolls back)"
+            )
 
     async def fail(self, reason: DeadLetterReason, error: BaseException) -> None:
         """Dead-letter (the runtime's path for exceptions and poison messages)."""
