@@ -1,0 +1,144 @@
+"""Topic creation and offset queries through Kafka's admin API.
+
+Topics are created explicitly (never by broker auto-creation) with the configured partition
+count and replication factor, idempotently: an existing topic is fine and is left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
+from aiokafka.errors import for_code  # type: ignore[import-untyped]
+
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus_kafka.errors import is_transient
+from eventbus_kafka.url import KafkaSettings
+
+__all__ = ["TopicAdmin"]
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+_AUTHORIZATION_FAILED = (29, 31)  # topic / cluster authorization failed
+# Room for the CloudEvents headers, the key and the batch framing on top of the largest body.
+HEADROOM = 64 * 1024
+
+
+class TopicAdmin:
+    """One admin connection per transport; remembers which topics it already ensured."""
+
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._client: Any = None
+        self._ensured: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        client = AIOKafkaAdminClient(**self._settings.client_options())
+        await client.start()
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("the Kafka transport is not connected; call connect() first")
+        return self._client
+
+    async def ensure_topics(self, names: Iterable[str]) -> None:
+        """Create the topics that do not exist yet. Raises `ConfigurationError` naming the
+        topic and the broker's reason when the broker refuses (bad name, replication factor
+        above the broker count, policy, ACL), `BrokerUnavailableError` when it cannot be
+        reached in time."""
+        missing = [name for name in dict.fromkeys(names) if name not in self._ensured]
+        if not missing:
+            return
+        async with self._lock:  # concurrent publishers to a new topic create it once
+            missing = [name for name in missing if name not in self._ensured]
+            if missing:
+                await self._create(missing)
+
+    async def _create(self, names: list[str]) -> None:
+        settings = self._settings
+        configs = {"max.message.bytes": str(settings.max_message_size + HEADROOM)}
+        topics = [
+            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+            for name in names
+        ]
+        try:
+            response = await asyncio.wait_for(
+                self.client.create_topics(topics), settings.publish_timeout
+            )
+        except (TimeoutError, OSError) as exc:
+            raise BrokerUnavailableError(
+                settings.address, f"cannot create topics {names}: {exc!r}"
+            ) from exc
+        except Exception as exc:
+            if is_transient(exc):
+                raise BrokerUnavailableError(
+                    settings.address, f"cannot create topics {names}: {exc!r}"
+                ) from exc
+            raise ConfigurationError(f"cannot create Kafka topics {names}: {exc!r}") from exc
+        created: list[str] = []
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            message = entry[2] if len(entry) > 2 else None
+            if code in (0, _TOPIC_ALREADY_EXISTS):
+                if code == 0:
+                    created.append(name)
+                self._ensured.add(name)
+                continue
+            if code in _AUTHORIZATION_FAILED and await self.topic_partitions(name) is not None:
+                self._ensured.add(name)  # may not create topics, but this one exists: fine
+                continue
+            error = for_code(code)
+            raise ConfigurationError(
+                f"cannot create Kafka topic {name!r} ({settings.partitions} partitions, "
+                f"replication factor {settings.replication_factor}): "
+                f"{error.__name__}: {message or error.description}"
+            )
+
+        if created:
+            await self._wait_for_leaders(created)
+
+    async def _wait_for_leaders(self, names: list[str]) -> None:
+        """A new topic's partitions get their leaders a moment after creation; clients that
+        use it before then only log errors and retry, so wait (bounded) for them here."""
+        deadline = asyncio.get_running_loop().time() + 10.0
+        waiting = set(names)
+        while waiting and asyncio.get_running_loop().time() < deadline:
+            for topic in await self.client.describe_topics(sorted(waiting)):
+                partitions = topic["partitions"]
+                if (
+                    topic["error_code"] == 0
+                    and partitions
+                    and all(p["error_code"] == 0 and p["leader"] >= 0 for p in partitions)
+                ):
+                    waiting.discard(topic["topic"])
+            if waiting:
+                await asyncio.sleep(0.05)
+
+    async def topic_partitions(self, name: str) -> list[int] | None:
+        """Partition ids of an existing topic, None if it does not exist."""
+        described = await self.client.describe_topics([name])
+        for topic in described:
+            if topic["topic"] == name and topic["error_code"] == 0:
+                return sorted(p["partition"] for p in topic["partitions"])
+        return None
+
+    async def group_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str]]:
+        """Committed offsets of a consumer group: ``(topic, partition) -> (offset, metadata)``
+        (offset -1: nothing committed)."""
+        found = await self.client.list_consumer_group_offsets(group)
+        return {
+            (tp.topic, tp.partition): (meta.offset, meta.metadata or "")
+            for tp, meta in found.items()
+        }

@@ -1,0 +1,80 @@
+"""`KafkaDelivery`: one consumed record handed to the core, settled through its subscription."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from eventbus.message import Message
+from eventbus_kafka.offsets import PartitionOffsets
+from eventbus_kafka.wire import from_record
+
+__all__ = ["KafkaDelivery", "Taken"]
+
+
+@dataclass(slots=True)
+class Taken:
+    """A record taken from the consumer and not finished: buffered, or yielded as a delivery.
+    ``tracker`` is its partition's bookkeeping for the assignment it was fetched under."""
+
+    tracker: PartitionOffsets
+    partition: int
+    record: Any  # aiokafka ConsumerRecord
+    redelivered: bool = False
+
+    @property
+    def offset(self) -> int:
+        return int(self.record.offset)
+
+    def to_message(self, topic: str) -> Message:
+        record = self.record
+        return from_record(
+            topic=topic,
+            record_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record.headers or (),
+            timestamp_ms=record.timestamp,
+        )
+
+
+class _Settler(Protocol):
+    def settled(self, taken: Taken, *, done: bool) -> None: ...
+
+
+class KafkaDelivery:
+    """`RawDelivery` for Kafka. ``ack`` marks the offset finished (committed later, never past
+    an unfinished one); ``release`` leaves it unfinished so it comes back. Both are idempotent
+    and no-ops once the partition was revoked or the subscription closed."""
+
+    __slots__ = ("_settled", "_settler", "_taken", "message", "native", "redelivered")
+
+    def __init__(self, settler: _Settler, taken: Taken, message: Message) -> None:
+        self._settler = settler
+        self._taken = taken
+        self._settled = False
+        self.message = message
+        self.redelivered = taken.redelivered
+        self.native: Mapping[str, str] = {
+            "partition": str(taken.partition),
+            "offset": str(taken.offset),
+        }
+
+    async def ack(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._settler.settled(self._taken, done=True)
+
+    async def release(self) -> None:
+        if not self._settled:
+            self._settled = True
+            self._settler.settled(self._taken, done=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"<KafkaDelivery {self._taken.record.topic}/{self._taken.partition}/"
+            f"{self._taken.offset} id={self.message.id}>"
+        )

@@ -1,0 +1,72 @@
+"""The one place where aiokafka's exceptions become eventbus's (STYLE 7)."""
+
+from __future__ import annotations
+
+from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
+
+from eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    EventBusError,
+    MessageTooLargeError,
+)
+
+__all__ = ["is_fatal", "is_transient", "translate"]
+
+# Errors that say "the cluster is not reachable or not ready yet": retried with backoff.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.NodeNotReadyError,
+    kafka_errors.RequestTimedOutError,
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.NoBrokersAvailable,
+    kafka_errors.NotLeaderForPartitionError,
+    kafka_errors.LeaderNotAvailableError,
+    kafka_errors.GroupCoordinatorNotAvailableError,
+    kafka_errors.NotCoordinatorForGroupError,
+    kafka_errors.GroupLoadInProgressError,
+    kafka_errors.UnknownTopicOrPartitionError,
+    kafka_errors.StaleMetadata,
+    kafka_errors.KafkaUnavailableError,
+    ConnectionError,
+    OSError,
+)
+
+# Errors retrying cannot fix: the caller must change credentials, ACLs or configuration.
+_FATAL: tuple[type[BaseException], ...] = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.AuthenticationFailedError,
+    kafka_errors.AuthenticationMethodNotSupported,
+    kafka_errors.UnsupportedSaslMechanismError,
+    kafka_errors.SaslAuthenticationFailed,
+    kafka_errors.InvalidTopicError,
+    kafka_errors.InvalidGroupIdError,
+    kafka_errors.IncompatibleBrokerVersion,
+    kafka_errors.UnsupportedVersionError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, kafka_errors.KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def is_fatal(exc: BaseException) -> bool:
+    return isinstance(exc, _FATAL)
+
+
+def translate(exc: BaseException, address: str) -> EventBusError:
+    """The eventbus exception for a driver exception (the original becomes its ``__cause__``
+    where the caller raises ``from``)."""
+    if isinstance(exc, EventBusError):
+        return exc
+    if isinstance(exc, kafka_errors.MessageSizeTooLargeError | kafka_errors.RecordTooLargeError):
+        return MessageTooLargeError(f"message too large for Kafka: {exc}")
+    if isinstance(exc, _FATAL):
+        return ConfigurationError(f"Kafka at {address} refused: {type(exc).__name__}: {exc}")
+    if is_transient(exc):
+        return BrokerUnavailableError(address, f"{type(exc).__name__}: {exc}")
+    return EventBusError(f"Kafka client error: {type(exc).__name__}: {exc}")

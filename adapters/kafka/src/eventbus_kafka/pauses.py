@@ -1,0 +1,56 @@
+"""Which partitions the consumer must not fetch right now, and why.
+
+Two reasons: the subscription is full (``prefetch`` records taken and not settled for a while:
+every partition pauses, so aiokafka stops fetching and drops what it prefetched instead of
+buffering without bound), or a retry record at the head of a partition is not due yet (that
+partition alone pauses until then; the others keep flowing, and nothing busy-loops).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Pauses"]
+
+TP = Any  # aiokafka TopicPartition
+
+
+class Pauses:
+    def __init__(self) -> None:
+        self.full = False
+        self._due: dict[TP, float] = {}
+        """Partition -> unix time its head retry record is due."""
+
+    def delay(self, tp: TP, due: float) -> None:
+        self._due[tp] = due
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            self._due.pop(tp, None)
+
+    def due_in(self) -> float:
+        """Seconds until the next delayed partition is due (inf when none is delayed)."""
+        if not self._due:
+            return math.inf
+        return max(0.0, min(self._due.values()) - time.time())
+
+    def release_due(self) -> bool:
+        """Stop delaying partitions whose record is due; True if any was."""
+        now = time.time()
+        due = [tp for tp, at in self._due.items() if at <= now]
+        for tp in due:
+            del self._due[tp]
+        return bool(due)
+
+    def apply(self, consumer: Any, assigned: set[TP]) -> None:
+        """Make the consumer's paused partitions match what is wanted now."""
+        assigned = assigned & set(consumer.assignment())
+        want = set(assigned) if self.full else set(self._due) & assigned
+        paused = set(consumer.paused())
+        if want - paused:
+            consumer.pause(*(want - paused))
+        if (paused - want) & assigned:
+            consumer.resume(*((paused - want) & assigned))

@@ -1,0 +1,241 @@
+"""`KafkaTransport`: the eventbus transport SPI over aiokafka (``kafka://`` URLs)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+
+from eventbus import headers as h
+from eventbus.errors import (
+    BrokerUnavailableError,
+    EventBusError,
+    MessageTooLargeError,
+    PublishError,
+)
+from eventbus.message import Message
+from eventbus.transports.base import (
+    Capabilities,
+    Destination,
+    Kind,
+    Subscription,
+    SubscriptionSpec,
+)
+from eventbus_kafka.admin import TopicAdmin
+from eventbus_kafka.errors import is_fatal, translate
+from eventbus_kafka.producer import Producer
+from eventbus_kafka.subscription import KafkaSubscription
+from eventbus_kafka.topology import (
+    consumer_group,
+    destination_topic,
+    retry_topic,
+    subscribed_topics,
+    validate_name,
+)
+from eventbus_kafka.url import KafkaSettings, parse_url
+from eventbus_kafka.wire import to_record
+
+__all__ = ["KafkaTransport"]
+
+log = logging.getLogger(__name__)
+
+_CLIENT_CLOSE_TIMEOUT = 10.0
+
+
+class KafkaTransport:
+    """Kafka through aiokafka. One idempotent producer and one admin connection per transport;
+    one consumer per subscription (one consumer group per eventbus group).
+
+    Safe to use from many tasks of one event loop. ``connect`` retries for
+    ``connect_timeout`` seconds, then raises `BrokerUnavailableError` naming the bootstrap
+    servers; later outages are ridden out by aiokafka's reconnects (publishes wait up to
+    ``publish_timeout``).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.settings: KafkaSettings = parse_url(url)
+        self.capabilities = Capabilities(
+            durable=True,
+            # Kafka does not say whether a record was delivered before.
+            redelivered_flag=False,
+            max_message_size=self.settings.max_message_size,
+        )
+        self._admin = TopicAdmin(self.settings)
+        self._producer = Producer(self.settings)
+        self._subscriptions: set[KafkaSubscription] = set()
+        self._offsets_reader: Any = None
+        self._connected = False
+
+    def __repr__(self) -> str:
+        return f"<KafkaTransport {self.settings.address}>"
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        settings = self.settings
+        deadline = asyncio.get_running_loop().time() + settings.connect_timeout
+        backoff = 0.2
+        last: BaseException | None = None
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await self._producer.start()
+                    await self._admin.start()
+                self._connected = True
+                return
+            except TimeoutError as exc:
+                last = last or exc
+            except Exception as exc:
+                if is_fatal(exc):
+                    await self._stop_clients()
+                    raise translate(exc, settings.address) from exc
+                last = exc
+            await self._stop_clients()
+            if asyncio.get_running_loop().time() + backoff >= deadline:
+                raise BrokerUnavailableError(
+                    settings.address,
+                    f"no answer within connect_timeout={settings.connect_timeout}s ({last!r})",
+                ) from last
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def close(self) -> None:
+        subscriptions, self._subscriptions = list(self._subscriptions), set()
+        for sub in subscriptions:
+            try:
+                await sub.close()
+            except Exception:
+                log.exception("closing %r failed", sub)
+        await self._stop_clients()
+        self._connected = False
+
+    async def _stop_clients(self) -> None:
+        # The producer flushes what is queued first; with the broker gone that is bounded by
+        # publish_timeout (those publishes fail, their callers know).
+        bounded = (
+            (self._producer.stop, self.settings.publish_timeout),
+            (self._admin.close, _CLIENT_CLOSE_TIMEOUT),
+            (self._close_offsets_reader, _CLIENT_CLOSE_TIMEOUT),
+        )
+        for stop, within in bounded:
+            try:
+                await asyncio.wait_for(stop(), within)
+            except Exception:
+                log.warning("stopping a Kafka client failed", exc_info=True)
+
+    # -- publishing -------------------------------------------------------------------------
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        """Send every message and return once Kafka acknowledged all of them (``acks=all``).
+
+        This is also the high-throughput path: pass many messages in one call and they are
+        batched per partition, with one wait for all acknowledgements. On failure raises
+        `PublishError` listing only the failed indices (`MessageTooLargeError` when every
+        failure is a size error)."""
+        if not messages:
+            return
+        topic = destination_topic(to)
+        try:
+            await self._admin.ensure_topics([topic])
+        except BrokerUnavailableError as exc:
+            raise PublishError(
+                f"cannot publish to {topic!r}: {exc}", dict.fromkeys(range(len(messages)), exc)
+            ) from exc
+        not_before = time.time() + to.delay if to.delay > 0 else None
+        records = [to_record(_for_destination(m, to, not_before)) for m in messages]
+        failures = await self._producer.send_all(topic, records)
+        if not failures:
+            return
+        first = failures[min(failures)]
+        text = (
+            f"{len(failures)} of {len(messages)} messages to Kafka topic {topic!r} were not "
+            f"confirmed (first, #{min(failures)}: {first})"
+        )
+        if all(isinstance(exc, MessageTooLargeError) for exc in failures.values()):
+            raise MessageTooLargeError(text, failures) from first
+        raise PublishError(text, failures) from first
+
+    # -- consuming --------------------------------------------------------------------------
+
+    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+        topics = subscribed_topics(spec)
+        await self._admin.ensure_topics(topics)
+        sub = KafkaSubscription(
+            self.settings,
+            spec,
+            topics=topics,
+            group=consumer_group(spec),
+            admin=self._admin,
+            on_close=self._subscriptions.discard,
+        )
+        await sub.start()
+        self._subscriptions.add(sub)
+        return sub
+
+    # -- inspection -------------------------------------------------------------------------
+
+    async def depth(self, name: str, kind: Kind) -> int | None:
+        """For a queue: records not yet committed by its consumer group, retry topic included.
+        None for a topic (each group has its own backlog) or a queue that does not exist."""
+        if kind != "queue":
+            return None
+        validate_name(name)
+        partitions: list[Any] = []
+        for topic in (name, retry_topic(name, "queue", None)):
+            found = await self._admin.topic_partitions(topic)
+            if found is None:
+                if topic == name:
+                    return None
+                continue
+            partitions += [TopicPartition(topic, p) for p in found]
+        group = consumer_group(SubscriptionSpec(name, "queue", None, 1))
+        assert group is not None
+        try:
+            committed = await self._admin.group_offsets(group)
+            reader = await self._reader()
+            ends = await reader.end_offsets(partitions)
+            starts = await reader.beginning_offsets(partitions)
+        except EventBusError:
+            raise
+        except Exception as exc:
+            raise translate(exc, self.settings.address) from exc
+        total = 0
+        for tp in partitions:
+            start = max(committed.get((tp.topic, tp.partition), (-1, ""))[0], starts[tp])
+            total += max(0, ends[tp] - start)
+        return total
+
+    async def _reader(self) -> Any:
+        """A group-less consumer, used only to look up partition offsets."""
+        if self._offsets_reader is None:
+            reader = AIOKafkaConsumer(**self.settings.client_options(), enable_auto_commit=False)
+            await reader.start()
+            self._offsets_reader = reader
+        return self._offsets_reader
+
+    async def _close_offsets_reader(self) -> None:
+        reader, self._offsets_reader = self._offsets_reader, None
+        if reader is not None:
+            await reader.stop()
+
+
+def _for_destination(message: Message, to: Destination, not_before: float | None) -> Message:
+    """Stamp what the retry topic's consumer needs: when the message is due, and the group it
+    is meant for. A stale due time from an earlier retry is dropped."""
+    headers = dict(message.headers)
+    if not_before is not None:
+        headers[h.NOT_BEFORE] = f"{not_before:.3f}"
+    else:
+        headers.pop(h.NOT_BEFORE, None)
+    if to.group is not None and to.kind == "topic":
+        headers[h.TARGET_GROUP] = to.group
+    if headers == message.headers:
+        return message
+    return message.replace_headers(headers)

@@ -1,0 +1,75 @@
+"""kafka:// URL parsing: defaults, every option, and clear errors naming the bad option."""
+
+import pytest
+from eventbus_kafka.url import KafkaSettings, parse_url
+
+from eventbus.errors import ConfigurationError
+
+
+def test_defaults() -> None:
+    s = parse_url("kafka://127.0.0.1:9092")
+    assert s == KafkaSettings(bootstrap_servers=("127.0.0.1:9092",))
+    assert (s.partitions, s.replication_factor, s.offset_reset) == (6, 1, "earliest")
+    assert s.security_protocol == "PLAINTEXT"
+    assert s.max_message_size == 1024 * 1024
+
+
+def test_several_hosts_default_port_and_ipv6() -> None:
+    s = parse_url("kafka://a:1,b,[::1]:9093")
+    assert s.bootstrap_servers == ("a:1", "b:9092", "[::1]:9093")
+    assert s.address == "a:1,b:9092,[::1]:9093"
+
+
+def test_options() -> None:
+    s = parse_url(
+        "kafka://h:1?client_id=svc&partitions=12&replication_factor=3&offset_reset=latest"
+        "&max_message_size=5000000&connect_timeout=2.5&publish_timeout=30&join_timeout=20"
+        "&commit_interval=0.2"
+    )
+    assert s.client_id == "svc"
+    assert (s.partitions, s.replication_factor, s.offset_reset) == (12, 3, "latest")
+    assert s.max_message_size == 5_000_000
+    assert (s.connect_timeout, s.publish_timeout, s.join_timeout) == (2.5, 30.0, 20.0)
+    assert s.commit_interval == 0.2
+
+
+def test_sasl_from_options_and_from_userinfo() -> None:
+    s = parse_url(
+        "kafka://h:1?security_protocol=sasl_ssl&sasl_mechanism=SCRAM-SHA-512"
+        "&sasl_username=u&sasl_password=p"
+    )
+    assert (s.security_protocol, s.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (s.sasl_username, s.sasl_password) == ("u", "p")
+    options = s.client_options()
+    assert options["sasl_plain_username"] == "u"
+    assert options["ssl_context"] is not None
+    s = parse_url("kafka://us%40er:p%3Ass@h:1?security_protocol=SASL_PLAINTEXT")
+    assert (s.sasl_username, s.sasl_password) == ("us@er", "p:ss")
+    assert "p:ss" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("url", "names"),
+    [
+        ("kafka://h:1?partitions=0", "partitions"),
+        ("kafka://h:1?partitions=six", "partitions"),
+        ("kafka://h:1?replication_factor=-1", "replication_factor"),
+        ("kafka://h:1?offset_reset=middle", "offset_reset"),
+        ("kafka://h:1?security_protocol=TLS", "security_protocol"),
+        ("kafka://h:1?sasl_mechanism=GSSAPI", "sasl_mechanism"),
+        ("kafka://h:1?connect_timeout=0", "connect_timeout"),
+        ("kafka://h:1?connect_timeout=nan", "connect_timeout"),
+        ("kafka://h:1?client_id=", "client_id"),
+        ("kafka://h:1?bogus=1", "bogus"),
+        ("kafka://h:1?partitions=1&partitions=2", "partitions"),
+        ("kafka://h:99999", "99999"),
+        ("kafka://:9092", "host"),
+        ("kafka://h:1/path", "path"),
+        ("amqp://h:1", "kafka://"),
+        ("kafka://u:p@h:1", "security_protocol"),
+        ("kafka://h:1?security_protocol=SASL_SSL", "sasl_username"),
+    ],
+)
+def test_bad_values_name_the_option(url: str, names: str) -> None:
+    with pytest.raises(ConfigurationError, match=names):
+        parse_url(url)
