@@ -4,6 +4,7 @@ the dispatcher does with it."""
 import itertools
 import random
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -364,3 +365,23 @@ async def test_dead_letter_error_fields_are_bounded(
     assert 0 < len(letter.headers[h.ERROR_MESSAGE]) <= 1000
     assert 0 < len(letter.headers[h.ERROR_TRACEBACK]) <= 4000
     assert letter.headers[h.ERROR_TRACEBACK].rstrip().endswith("x"), "keeps the end: the raise"
+
+
+async def test_routing_headers_do_not_reach_the_handler() -> None:
+    """A broker retry is addressed to one group; a handler republishing it must not carry that."""
+    bus = EventBus(f"memory://{uuid.uuid4().hex}")
+    seen: list[dict[str, str]] = []
+    policy = RetryPolicy(max_attempts=2, initial_delay=0.01, jitter=False, via_broker=True)
+
+    @bus.subscribe("t", group="g", retry=policy)
+    async def flaky(message: Message, delivery: Delivery) -> None:
+        seen.append(dict(message.headers))
+        if delivery.attempt == 1:
+            raise ConnectionError("again")
+
+    async with bus:
+        await bus.publish("t", b"x", headers={"tenant": "a"})
+        await wait_for(lambda: len(seen) == 2)
+    assert seen[1]["tenant"] == "a"
+    assert seen[1]["eventbus-attempt"] == "2"
+    assert "eventbus-target-group" not in seen[1]

@@ -41,6 +41,7 @@ Middleware = Callable[[Handler], Handler]
 _REPUBLISH_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 _REQUEUED_LIMIT = 10_000
 _STORE_BACKOFF = (0.1, 0.5, 2.0)
+_ROUTING_HEADERS = (h.TARGET_GROUP, h.NOT_BEFORE)
 
 
 class SubscriptionRunner:
@@ -207,6 +208,12 @@ class SubscriptionRunner:
         if target and sub.group and target != sub.group:
             await state.ack()  # meant for another group of this topic (retry or replay)
             return False
+        if target or h.NOT_BEFORE in message.headers:
+            # Routing headers are for this hop only: a handler that republishes the message
+            # must not make other groups skip it.
+            message = message.replace_headers(
+                {k: v for k, v in message.headers.items() if k not in _ROUTING_HEADERS}
+            )
         try:
             payload = self._decode(message)
         except DecodeError as exc:

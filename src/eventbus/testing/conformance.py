@@ -96,7 +96,7 @@ class ConformanceSuite:
         bus, topic = make_bus(), name("meta")
         got: list[Message] = []
 
-        @bus.subscribe(topic, group="g")
+        @bus.subscribe(topic, group=name("g"))
         async def handler(body: bytes, message: Message) -> None:
             got.append(message)
 
@@ -140,11 +140,11 @@ class ConformanceSuite:
         bus, topic = make_bus(), name("fanout")
         seen: dict[str, list[int]] = defaultdict(list)
 
-        @bus.subscribe(topic, group="billing")
+        @bus.subscribe(topic, group=name("billing"))
         async def billing(order: Order) -> None:
             seen["billing"].append(order.id)
 
-        @bus.subscribe(topic, group="shipping")
+        @bus.subscribe(topic, group=name("shipping"))
         async def shipping(order: Order) -> None:
             seen["shipping"].append(order.id)
 
@@ -163,7 +163,7 @@ class ConformanceSuite:
         for n, bus in enumerate(buses):
 
             def register(bus: EventBus = bus, n: int = n) -> None:
-                @bus.subscribe(topic, group="workers", concurrency=4)
+                @bus.subscribe(topic, group=name("workers"), concurrency=4)
                 async def work(order: Order) -> None:
                     seen[n].append(order.id)
                     await anyio.sleep(0.01)
@@ -230,7 +230,7 @@ class ConformanceSuite:
         peak = 0
         rng = random.Random(5)
 
-        @bus.subscribe(topic, group="ordered", concurrency=16)
+        @bus.subscribe(topic, group=name("ordered"), concurrency=16)
         async def work(order: Order, delivery: Delivery) -> None:
             nonlocal concurrent, peak
             key = delivery.message.key or ""
@@ -267,7 +267,7 @@ class ConformanceSuite:
         second: list[int] = []
         bus1 = make_bus(graceful_timeout=0.5)
 
-        @bus1.subscribe(topic, group="g", ack="manual", max_in_flight=20)
+        @bus1.subscribe(topic, group=name("g"), ack="manual", max_in_flight=20)
         async def keep_odd(order: Order, delivery: Delivery) -> None:
             first.append(order.id)
             if order.id % 2 == 0:
@@ -279,7 +279,7 @@ class ConformanceSuite:
             await wait_for(lambda: len(first) == 10)
         bus2 = make_bus()
 
-        @bus2.subscribe(topic, group="g")
+        @bus2.subscribe(topic, group=name("g"))
         async def rest(order: Order) -> None:
             second.append(order.id)
 
@@ -295,7 +295,7 @@ class ConformanceSuite:
         held: list[Delivery] = []
         acked: list[int] = []
 
-        @bus.subscribe(topic, group="g", ack="manual")
+        @bus.subscribe(topic, group=name("g"), ack="manual")
         async def hold(order: Order, delivery: Delivery) -> None:
             held.append(delivery)
 
@@ -316,7 +316,7 @@ class ConformanceSuite:
         bus, topic = make_bus(), name("nack")
         attempts: list[tuple[int, int, float]] = []
 
-        @bus.subscribe(topic, group="g", ack="manual", retry=RetryPolicy(max_attempts=5))
+        @bus.subscribe(topic, group=name("g"), ack="manual", retry=RetryPolicy(max_attempts=5))
         async def flaky(order: Order, delivery: Delivery) -> None:
             attempts.append((order.id, delivery.attempt, time.monotonic()))
             if delivery.attempt == 1:
@@ -346,13 +346,13 @@ class ConformanceSuite:
         dead: list[Message] = []
         calls = 0
 
-        @bus.subscribe(topic, group="billing")
+        @bus.subscribe(topic, group=name("billing"))
         async def refuse(order: Order) -> None:
             nonlocal calls
             calls += 1
             raise Reject("card declined")
 
-        @bus.consume(f"{topic}.billing.dlq")
+        @bus.consume(f"{topic}.{name('billing')}.dlq")
         async def dlq(message: Message) -> None:
             dead.append(message)
 
@@ -376,7 +376,7 @@ class ConformanceSuite:
         assert letter.headers[h.ERROR_MESSAGE] == "card declined"
         assert "Reject" in letter.headers[h.ERROR_TRACEBACK]
         assert letter.headers[h.ORIGINAL_TOPIC] == topic
-        assert letter.headers[h.ORIGINAL_GROUP] == "billing"
+        assert letter.headers[h.ORIGINAL_GROUP] == name("billing")
         assert letter.headers[h.ATTEMPTS] == "1"
         datetime.fromisoformat(letter.headers[h.FAILED_AT])
         if bus.transport.capabilities.durable and "kafka" in bus.url:
@@ -389,7 +389,7 @@ class ConformanceSuite:
         times: list[float] = []
         policy = RetryPolicy(max_attempts=5, initial_delay=0.2, multiplier=2.0, jitter=False)
 
-        @bus.subscribe(topic, group="g", retry=policy)
+        @bus.subscribe(topic, group=name("g"), retry=policy)
         async def flaky(order: Order, delivery: Delivery) -> None:
             times.append(time.monotonic())
             assert delivery.attempt == len(times)
@@ -413,7 +413,7 @@ class ConformanceSuite:
         attempts: list[int] = []
         policy = RetryPolicy(max_attempts=3, initial_delay=0.1, jitter=False, via_broker=True)
 
-        @bus.subscribe(topic, group="g", retry=policy)
+        @bus.subscribe(topic, group=name("g"), retry=policy)
         async def flaky(order: Order, delivery: Delivery) -> None:
             attempts.append(delivery.attempt)
             if delivery.attempt < 3:
@@ -433,13 +433,13 @@ class ConformanceSuite:
         dead: list[Message] = []
         calls = 0
 
-        @bus.subscribe(topic, group="g", retry=_fast_retry(3))
+        @bus.subscribe(topic, group=name("g"), retry=_fast_retry(3))
         async def broken(order: Order) -> None:
             nonlocal calls
             calls += 1
             raise ValueError(f"bad order {order.id}")
 
-        @bus.consume(f"{topic}.g.dlq")
+        @bus.consume(f"{topic}.{name('g')}.dlq")
         async def dlq(message: Message) -> None:
             dead.append(message)
 
@@ -459,11 +459,11 @@ class ConformanceSuite:
         good: list[int] = []
         dead: list[Message] = []
 
-        @bus.subscribe(topic, group="g")
+        @bus.subscribe(topic, group=name("g"))
         async def handle(order: Order) -> None:
             good.append(order.id)
 
-        @bus.consume(f"{topic}.g.dlq")
+        @bus.consume(f"{topic}.{name('g')}.dlq")
         async def dlq(message: Message) -> None:
             dead.append(message)
 
@@ -489,11 +489,11 @@ class ConformanceSuite:
         def build() -> EventBus:
             bus = make_bus(dedup_store=store)
 
-            @bus.subscribe(topic, group="a", dedup=True)
+            @bus.subscribe(topic, group=name("a"), dedup=True)
             async def a(order: Order, message: Message) -> None:
                 calls[("a", message.id)] += 1
 
-            @bus.subscribe(topic, group="b", dedup=True)
+            @bus.subscribe(topic, group=name("b"), dedup=True)
             async def b(order: Order, message: Message) -> None:
                 calls[("b", message.id)] += 1
 
@@ -518,7 +518,7 @@ class ConformanceSuite:
         calls: list[int] = []
         done: list[int] = []
 
-        @bus.subscribe(topic, group="g", dedup=True, retry=_fast_retry(3))
+        @bus.subscribe(topic, group=name("g"), dedup=True, retry=_fast_retry(3))
         async def flaky(order: Order, delivery: Delivery) -> None:
             calls.append(delivery.attempt)
             if delivery.attempt == 1:
@@ -552,7 +552,7 @@ class ConformanceSuite:
 
         async with anyio.create_task_group() as settlers:
 
-            @bus.subscribe(topic, group="g", ack="manual", concurrency=5, max_in_flight=5)
+            @bus.subscribe(topic, group=name("g"), ack="manual", concurrency=5, max_in_flight=5)
             async def hold(order: Order, delivery: Delivery) -> None:
                 nonlocal outstanding, peak
                 outstanding += 1
@@ -575,7 +575,7 @@ class ConformanceSuite:
         later: list[int] = []
         bus1 = make_bus(graceful_timeout=10.0)
 
-        @bus1.subscribe(topic, group="g", concurrency=2, max_in_flight=10)
+        @bus1.subscribe(topic, group=name("g"), concurrency=2, max_in_flight=10)
         async def slow(order: Order) -> None:
             started.append(order.id)
             await anyio.sleep(0.5)
@@ -588,7 +588,7 @@ class ConformanceSuite:
         assert sorted(started) == sorted(finished), "every started handler finished"
         bus2 = make_bus()
 
-        @bus2.subscribe(topic, group="g", concurrency=8)
+        @bus2.subscribe(topic, group=name("g"), concurrency=8)
         async def rest(order: Order) -> None:
             later.append(order.id)
 
@@ -606,7 +606,7 @@ class ConformanceSuite:
         later: list[int] = []
         bus1 = make_bus(graceful_timeout=0.3)
 
-        @bus1.subscribe(topic, group="g")
+        @bus1.subscribe(topic, group=name("g"))
         async def stuck(order: Order) -> None:
             started.append(order.id)
             await anyio.sleep(60)
@@ -617,7 +617,7 @@ class ConformanceSuite:
         assert bus1.subscribers[0].stats.handled == 0
         bus2 = make_bus()
 
-        @bus2.subscribe(topic, group="g")
+        @bus2.subscribe(topic, group=name("g"))
         async def rest(order: Order, delivery: Delivery) -> None:
             later.append(order.id)
 
@@ -633,7 +633,7 @@ class ConformanceSuite:
         def build() -> EventBus:
             bus = make_bus()
 
-            @bus.subscribe(topic, group="g", concurrency=4)
+            @bus.subscribe(topic, group=name("g"), concurrency=4)
             async def collect(order: Order) -> None:
                 seen.append(order.id)
 
@@ -662,17 +662,17 @@ class ConformanceSuite:
         fail = True
         bus = make_bus()
 
-        @bus.subscribe(topic, group="a")
+        @bus.subscribe(topic, group=name("a"))
         async def a(order: Order, delivery: Delivery) -> None:
             a_calls.append(delivery.attempt)
             if fail:
                 raise Reject("not yet")
 
-        @bus.subscribe(topic, group="b")
+        @bus.subscribe(topic, group=name("b"))
         async def b(order: Order) -> None:
             b_calls.append(order.id)
 
-        dlq = f"{topic}.a.dlq"
+        dlq = f"{topic}.{name('a')}.dlq"
         async with bus:
             await bus.publish(topic, Order(id=1))
             await wait_for(lambda: len(a_calls) == 1 and len(b_calls) == 1)
@@ -702,7 +702,9 @@ class ConformanceSuite:
         for bus in buses:
 
             def register(bus: EventBus = bus) -> None:
-                @bus.subscribe(topic, group="g", concurrency=8, dedup=True, retry=_fast_retry(2))
+                @bus.subscribe(
+                    topic, group=name("g"), concurrency=8, dedup=True, retry=_fast_retry(2)
+                )
                 async def work(order: Order) -> None:
                     if order.id in poison:
                         raise ValueError("always fails")
@@ -711,7 +713,7 @@ class ConformanceSuite:
             register()
         reader = make_bus()
 
-        @reader.consume(f"{topic}.g.dlq", concurrency=8)
+        @reader.consume(f"{topic}.{name('g')}.dlq", concurrency=8)
         async def dlq(order: Order) -> None:
             dead.append(order.id)
 

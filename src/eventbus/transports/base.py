@@ -57,7 +57,9 @@ class Destination:
 
     ``delay``: do not deliver before ``delay`` seconds from now. Delayed messages must not block
     other messages (of other keys) of the same group or queue while they wait. Ordering
-    relative to other messages is not kept for delayed or group-targeted messages.
+    relative to other messages is not kept for delayed or group-targeted messages. The core
+    only delays group-targeted or queue messages; a delayed topic publish without a group
+    applies the delay for every group.
     """
 
     name: str
