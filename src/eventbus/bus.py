@@ -113,10 +113,13 @@ class EventBus:
         dead_letter: str | None = "auto",
         dedup: bool | DedupStore | None = None,
         dedup_key: Callable[[Message], str] | None = None,
+        dedup_lease: float = 300.0,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
-        published while it runs (ephemeral broadcast)."""
+        published while it runs (ephemeral broadcast). ``dedup_lease``: seconds a dedup claim
+        holds; when a worker dies mid-handler, others wait this long before taking the message
+        over, so keep it above the slowest handler's run time."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -132,6 +135,7 @@ class EventBus:
             dead_letter,
             dedup,
             dedup_key,
+            dedup_lease,
         )
 
     def consume(
@@ -146,6 +150,7 @@ class EventBus:
         dead_letter: str | None = "auto",
         dedup: bool | DedupStore | None = None,
         dedup_key: Callable[[Message], str] | None = None,
+        dedup_lease: float = 300.0,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer."""
         _check_name("queue", queue)
@@ -161,6 +166,7 @@ class EventBus:
             dead_letter,
             dedup,
             dedup_key,
+            dedup_lease,
         )
 
     def on_startup(
@@ -186,6 +192,7 @@ class EventBus:
         dead_letter: str | None,
         dedup: bool | DedupStore | None,
         dedup_key: Callable[[Message], str] | None,
+        dedup_lease: float,
     ) -> Callable[[F], F]:
         if self._running:
             raise RuntimeError("register handlers before the bus starts")
@@ -198,6 +205,8 @@ class EventBus:
             )
         if ack not in ("auto", "manual"):
             raise ConfigurationError(f"ack must be 'auto' or 'manual', got {ack!r}")
+        if dedup_lease <= 0:
+            raise ConfigurationError("dedup_lease must be > 0 seconds")
         if ack_timeout is not None and ack_timeout <= 0:
             raise ConfigurationError("ack_timeout must be > 0 seconds")
         if dead_letter == "auto":
@@ -236,6 +245,7 @@ class EventBus:
                     dead_letter=dead_letter,
                     dedup=store,
                     dedup_key=dedup_key,
+                    dedup_lease=dedup_lease,
                 )
             )
             return func

@@ -8,7 +8,7 @@ import anyio
 import pydantic
 import pytest
 
-from eventbus import ClaimResult, EventBus, MemoryDedupStore, Message
+from eventbus import ClaimResult, ConfigurationError, EventBus, MemoryDedupStore, Message
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 
@@ -212,3 +212,22 @@ async def test_store_outage_delays_but_neither_strands_nor_duplicates() -> None:
         await bus.publish("t", b"x", message_id="a")
         await wait_for(lambda: bus.subscribers[0].stats.duplicates == 1, what="duplicate skipped")
     assert handled == ["a"]
+
+
+async def test_dedup_lease_bounds_how_long_a_dead_workers_claim_blocks() -> None:
+    store = MemoryDedupStore()
+    bus = EventBus(f"memory://{uuid.uuid4().hex}", dedup_store=store)
+    handled: list[str] = []
+
+    @bus.subscribe("t", group="g", dedup=True, dedup_lease=0.3)
+    async def handle(message: Message) -> None:
+        handled.append(message.id)
+
+    # A worker that crashed while holding the claim: its lease is what this subscription sets.
+    assert bus.subscribers[0].dedup_lease == 0.3
+    await store.claim("t/g", "m", owner="dead-worker", lease=0.3)
+    async with bus:
+        await bus.publish("t", b"x", message_id="m")
+        await wait_for(lambda: handled == ["m"], what="the message after the dead claim expired")
+    with pytest.raises(ConfigurationError, match="dedup_lease"):
+        bus.subscribe("t", group="h", dedup=True, dedup_lease=0)
