@@ -458,7 +458,6 @@ class SubscriptionRunner:
         self, state: DeliveryState, reason: DeadLetterReason, error: BaseException
     ) -> None:
         sub = self.subscriber
-        sub.stats.dead_lettered += 1
         if sub.dead_letter is None:
             log.error(
                 "%s: dropping message %s (%s; dead_letter=None): %r",
@@ -468,6 +467,7 @@ class SubscriptionRunner:
                 error,
             )
             await state.raw.ack()
+            sub.stats.dead_lettered += 1
             return
         letter = dead_letter_message(
             state.raw.message,
@@ -479,6 +479,9 @@ class SubscriptionRunner:
             native=state.raw.native,
         )
         await self._publish_then_ack(state, Destination(sub.dead_letter, "queue"), letter)
+        # Counted once the dead letter is confirmed in its queue, so that whoever waits for
+        # the count (tests, the DLQ commands) finds it there.
+        sub.stats.dead_lettered += 1
 
     async def redeliver(self, state: DeliveryState, delay: float) -> None:
         """Send the message back through the broker for the next attempt, to this group only.

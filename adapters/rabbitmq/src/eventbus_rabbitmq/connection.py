@@ -1,0 +1,125 @@
+"""One AMQP connection, re-established with exponential backoff when it is lost.
+
+There is no background reconnect task: whoever needs the connection (a publish, a subscription's
+iterator) calls `Connector.get`, which reconnects under a lock. Publishers pass a deadline and get
+`BrokerUnavailableError` when it passes; subscriptions wait as long as it takes. aio-pika's
+``RobustConnection`` is not used: it retries on a fixed interval and restores consumers behind
+our back, while eventbus must decide itself what a lost channel means for unsettled deliveries.
+
+The transport keeps two connectors, one for publishing and one for consuming: RabbitMQ blocks a
+publishing connection under memory or disk alarms, and acks from consumers must still get
+through then (that is what lets the alarm clear).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import aiormq
+from aiormq import exceptions as amqp_errors
+from aiormq.abc import AbstractConnection
+
+from eventbus.errors import BrokerUnavailableError
+from eventbus_rabbitmq.url import Settings
+
+__all__ = ["Connector"]
+
+log = logging.getLogger("eventbus.rabbitmq")
+
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 5.0
+
+
+class Connector:
+    def __init__(self, settings: Settings, purpose: str) -> None:
+        self._settings = settings
+        self._purpose = purpose
+        self._connection: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._backoff = _FIRST_BACKOFF
+        self._last_error: BaseException | None = None
+        self.generation = 0
+        """Incremented on every new connection: things bound to an older one are stale."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def current(self) -> AbstractConnection | None:
+        """The open connection, if there is one right now (never connects)."""
+        conn = self._connection
+        return conn if conn is not None and not conn.is_closed else None
+
+    async def get(self, within: float | None) -> AbstractConnection:
+        """The open connection, connecting first if needed; ``within=None`` waits forever.
+
+        Raises `BrokerUnavailableError` naming the broker when the deadline passes, and at once
+        for errors that waiting cannot fix (bad credentials, unknown vhost)."""
+        conn = self.current
+        if conn is not None:
+            return conn
+        try:
+            async with asyncio.timeout(within):
+                return await self._reconnect()
+        except TimeoutError:
+            last = f" (last error: {self._last_error})" if self._last_error else ""
+            raise BrokerUnavailableError(
+                self._settings.address, f"no connection within {within:g} s{last}"
+            ) from None
+
+    async def _reconnect(self) -> AbstractConnection:
+        async with self._lock:
+            while True:
+                if self._closed:
+                    raise BrokerUnavailableError(self._settings.address, "transport closed")
+                conn = self.current
+                if conn is not None:
+                    return conn
+                try:
+                    # Bounded per attempt: a black-holed host would otherwise hang in connect().
+                    async with asyncio.timeout(self._settings.connect_timeout):
+                        conn = await aiormq.connect(
+                            self._settings.amqp_url,
+                            client_properties={"connection_name": f"eventbus {self._purpose}"},
+                        )
+                except (
+                    amqp_errors.AuthenticationError,
+                    amqp_errors.ProbableAuthenticationError,
+                    amqp_errors.ConnectionNotAllowed,  # an unknown vhost
+                ) as e:
+                    raise BrokerUnavailableError(
+                        self._settings.address, f"access refused ({e}); check user, password, vhost"
+                    ) from e
+                except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
+                    self._last_error = e
+                    delay = random.uniform(self._backoff / 2, self._backoff)
+                    self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+                    log.warning(
+                        "RabbitMQ %s connection to %s failed (%s); retrying in %.1f s",
+                        self._purpose,
+                        self._settings.address,
+                        e or type(e).__name__,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                self._connection = conn
+                self._backoff = _FIRST_BACKOFF
+                self._last_error = None
+                self.generation += 1
+                if self.generation > 1:
+                    log.info("RabbitMQ %s connection re-established", self._purpose)
+                return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        conn, self._connection = self._connection, None
+        if conn is not None and not conn.is_closed:
+            try:
+                await conn.close()
+            except (TimeoutError, OSError, amqp_errors.AMQPError):
+                log.debug("error while closing the RabbitMQ connection", exc_info=True)

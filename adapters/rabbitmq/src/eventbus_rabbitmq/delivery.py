@@ -1,0 +1,94 @@
+"""`AmqpDelivery`: one delivery handed to the core, settled on the channel it arrived on.
+
+Settling is idempotent (aio-pika and aiormq raise on a second ack; we do not), and never raises
+into the worker: if the channel is gone, RabbitMQ has already requeued the message when the
+channel closed, so the settle is a no-op and the message is redelivered, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from aiormq import exceptions as amqp
+from aiormq.abc import AbstractChannel
+
+from eventbus.message import Message
+
+__all__ = ["SETTLE_FAILURES", "AmqpDelivery"]
+
+log = logging.getLogger("eventbus.rabbitmq")
+
+SETTLE_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, RuntimeError)
+"""What a channel operation raises when the channel or its connection is gone (or refuses)."""
+
+
+class AmqpDelivery:
+    """A `RawDelivery` bound to the channel it arrived on."""
+
+    __slots__ = (
+        "_channel",
+        "_on_settled",
+        "_settled",
+        "_tag",
+        "message",
+        "native",
+        "queue",
+        "redelivered",
+    )
+
+    def __init__(
+        self,
+        message: Message,
+        *,
+        redelivered: bool,
+        channel: AbstractChannel,
+        tag: int,
+        queue: str,
+        on_settled: Callable[[AmqpDelivery], None],
+    ) -> None:
+        self.message = message
+        self.redelivered = redelivered
+        self.queue = queue
+        self.native: Mapping[str, str] = {"queue": queue}
+        self._channel = channel
+        self._tag = tag
+        self._on_settled = on_settled
+        self._settled = False
+
+    @property
+    def channel(self) -> AbstractChannel:
+        return self._channel
+
+    async def ack(self) -> None:
+        await self._settle(ack=True)
+
+    async def release(self) -> None:
+        await self._settle(ack=False)
+
+    @property
+    def tag(self) -> int:
+        return self._tag
+
+    async def _settle(self, *, ack: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        # Bookkeeping first: the handler is done with it whether or not the frame gets out.
+        self._on_settled(self)
+        try:
+            if self._channel.is_closed:
+                # RabbitMQ requeued it when the channel closed: nothing to do, nothing lost.
+                log.debug("settling %s after its channel closed: no-op", self.message.id)
+                return
+            if ack:
+                await self._channel.basic_ack(self._tag)
+            else:
+                await self._channel.basic_nack(self._tag, requeue=True)
+        except SETTLE_FAILURES as e:
+            log.info(
+                "could not %s message %s (%r); the broker will redeliver it",
+                "ack" if ack else "release",
+                self.message.id,
+                e,
+            )

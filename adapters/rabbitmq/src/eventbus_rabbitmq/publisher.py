@@ -1,0 +1,294 @@
+"""Publishing: publisher confirms, persistent messages, mandatory routing, pipelined batches.
+
+``publish(to, messages)`` sends every message, then waits for all the confirms together (a
+confirm for a durable queue arrives after the disk write, batched by the broker, so waiting for
+each in turn would be slow). A returned message (``mandatory``: no queue bound) fails with
+`UnroutableError`. A message whose connection or channel died before its confirm is sent again
+on a fresh one until the publish deadline: a lost confirm may mean a duplicate, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiormq import exceptions as amqp
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from pamqp.commands import Basic
+
+from eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    EventBusError,
+    MessageTooLargeError,
+    PublishError,
+    UnroutableError,
+)
+from eventbus.message import Message
+from eventbus.transports.base import Destination
+from eventbus_rabbitmq import wire
+from eventbus_rabbitmq.connection import Connector
+from eventbus_rabbitmq.errors import is_connection_lost, translate
+from eventbus_rabbitmq.topology import Topology, delay_ms, group_queue
+from eventbus_rabbitmq.url import Settings
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger("eventbus.rabbitmq")
+
+# Channel-level refusals (e.g. an exchange deleted behind our back) are retried this many times
+# after re-declaring; connection losses are retried until the deadline.
+_CHANNEL_RETRIES = 3
+_AMQP_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    exchange: str
+    routing_key: Callable[[Message], str]
+    expiration_ms: int | None = None
+
+
+def _fixed(name: str) -> Callable[[Message], str]:
+    return lambda _message: name
+
+
+class Publisher:
+    def __init__(self, connector: Connector, topology: Topology, settings: Settings) -> None:
+        self._connector = connector
+        self._topology = topology
+        self._settings = settings
+        self.max_message_size: int | None = settings.max_message_size
+        self._channel: AbstractChannel | None = None
+        self._admin: AbstractChannel | None = None
+        self._channel_lock = asyncio.Lock()
+        # aiormq matches a returned message to its publish by message_id: two publishes with
+        # the same id in flight on one channel would be confused. The core re-publishes ids
+        # (retries, dead letters), so publishes of one id are serialized.
+        self._in_flight: dict[str, asyncio.Future[None]] = {}
+        self._groups: dict[tuple[str, str], _Route] = {}
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.publish_timeout
+        failures: dict[int, BaseException] = {}
+        pending: list[int] = []
+        limit = self.max_message_size
+        for index, message in enumerate(messages):
+            if limit is not None and len(message.body) > limit:
+                failures[index] = MessageTooLargeError(
+                    f"message {message.id} is {len(message.body)} bytes; RabbitMQ accepts {limit}"
+                )
+            else:
+                pending.append(index)
+
+        channel_retries = 0
+        while pending:
+            try:
+                channel = await self._publish_channel(deadline)
+                route = await self._route(to, deadline)
+            except EventBusError as e:
+                failures.update(dict.fromkeys(pending, e))
+                break
+            except _AMQP_FAILURES as e:
+                if is_connection_lost(e) and loop.time() < deadline:
+                    continue
+                error = translate(e, address=self._settings.address, what=f"publish to {to.name!r}")
+                failures.update(dict.fromkeys(pending, error))
+                break
+            outcomes = await self._send_all(channel, route, messages, pending, deadline)
+            retry: list[int] = []
+            redeclare = False
+            for index, outcome in zip(pending, outcomes, strict=True):
+                if outcome is None:
+                    continue
+                if isinstance(outcome, EventBusError):
+                    failures[index] = outcome
+                elif is_connection_lost(outcome) and loop.time() < deadline:
+                    retry.append(index)
+                elif isinstance(outcome, amqp.ChannelClosed) and channel_retries < _CHANNEL_RETRIES:
+                    # The broker closed the channel, maybe for another publish on it (say, an
+                    # exchange deleted behind our back): declare again, then retry.
+                    retry.append(index)
+                    redeclare = True
+                else:
+                    failures[index] = translate(
+                        outcome, address=self._settings.address, what=f"publish to {to.name!r}"
+                    )
+            if redeclare:
+                channel_retries += 1
+                self._topology.forget()
+                self._groups.clear()
+            pending = retry
+        if failures:
+            raise _batch_error(to, len(messages), failures)
+
+    # -- routes -----------------------------------------------------------------------------
+
+    async def _route(self, to: Destination, deadline: float) -> _Route:
+        if to.kind == "queue":
+            await self._declare(lambda ch: self._topology.queue(ch, to.name), to, deadline)
+            final = _Route("", _fixed(to.name))
+        elif to.group is not None:
+            final = await self._group_route(to.name, to.group, deadline)
+        else:
+            await self._declare(lambda ch: self._topology.topic(ch, to.name), to, deadline)
+            final = _Route(to.name, wire.routing_key)
+        if to.delay <= 0:
+            return final
+        # Delayed: park it in a TTL queue that dead-letters to the final exchange with the
+        # message's routing key when its exact per-message expiration has passed.
+        ms = delay_ms(to.delay)
+        holder: list[str] = []
+
+        async def declare(channel: AbstractChannel) -> None:
+            holder.append(await self._topology.delay(channel, ms, final.exchange))
+
+        await self._declare(declare, to, deadline)
+        return _Route(holder[-1], final.routing_key, expiration_ms=ms)
+
+    async def _group_route(self, topic: str, group: str, deadline: float) -> _Route:
+        """Straight to one group. Whether it is partitioned is read from the broker, so a
+        publisher needs no ``partitions`` setting (a DLQ replay from the CLI, for instance)."""
+        cached = self._groups.get((topic, group))
+        if cached is not None:
+            return cached
+        name = group_queue(topic, group)
+        conn = await self._connection(deadline)
+        if await _exists(conn, "queue", name):
+            route = _Route("", _fixed(name))
+        elif await _exists(conn, "exchange", name):
+            route = _Route(name, wire.routing_key)
+        else:
+            raise UnroutableError(f"group {group!r} of topic {topic!r} does not exist")
+        self._groups[(topic, group)] = route
+        return route
+
+    async def _declare(
+        self,
+        declare: Callable[[AbstractChannel], Awaitable[object]],
+        to: Destination,
+        deadline: float,
+    ) -> None:
+        for attempt in (1, 2):
+            channel = await self._admin_channel(deadline)
+            try:
+                await declare(channel)
+                return
+            except _AMQP_FAILURES as e:
+                if is_connection_lost(e):
+                    raise  # publish() reconnects and tries again until its deadline
+                # The admin channel is shared: a refusal caused by a concurrent declaration
+                # closes it for us too, so one more try on a fresh channel.
+                if attempt == 2 or not isinstance(e, amqp.ChannelClosed):
+                    what = f"declare {to.name!r}"
+                    raise translate(e, address=self._settings.address, what=what) from e
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send_all(
+        self,
+        channel: AbstractChannel,
+        route: _Route,
+        messages: Sequence[Message],
+        indices: list[int],
+        deadline: float,
+    ) -> list[BaseException | None]:
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._send(channel, route, messages[i], deadline))
+                for i in indices
+            ]
+        return [task.result() for task in tasks]
+
+    async def _send(
+        self, channel: AbstractChannel, route: _Route, message: Message, deadline: float
+    ) -> BaseException | None:
+        """Publish one message and wait for its confirm; return the failure instead of raising
+        (so one failure does not cancel the rest of a batch)."""
+        properties = wire.encode(message, expiration_ms=route.expiration_ms)
+        message_id = properties.message_id or message.id
+        while (previous := self._in_flight.get(message_id)) is not None:
+            await asyncio.wait([previous])
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._in_flight[message_id] = done
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await channel.basic_publish(
+                    message.body,
+                    exchange=route.exchange,
+                    routing_key=route.routing_key(message),
+                    properties=properties,
+                    mandatory=True,
+                )
+        except TimeoutError:
+            return BrokerUnavailableError(
+                self._settings.address,
+                f"no publisher confirm within {self._settings.publish_timeout:g} s",
+            )
+        except Exception as e:
+            return e
+        finally:
+            del self._in_flight[message_id]
+            done.set_result(None)
+        if isinstance(result, DeliveredMessage):
+            return UnroutableError(
+                f"message {message.id} to {route.exchange or route.routing_key(message)!r} "
+                f"was returned by RabbitMQ: no queue is bound to receive it"
+            )
+        if isinstance(result, Basic.Ack):
+            return None
+        return PublishError(f"message {message.id} was not confirmed by RabbitMQ: {result!r}")
+
+    # -- channels ---------------------------------------------------------------------------
+
+    async def _connection(self, deadline: float) -> AbstractConnection:
+        remaining = deadline - asyncio.get_running_loop().time()
+        return await self._connector.get(within=max(remaining, 0.001))
+
+    async def _publish_channel(self, deadline: float) -> AbstractChannel:
+        async with self._channel_lock:
+            if self._channel is None or self._channel.is_closed:
+                conn = await self._connection(deadline)
+                self._channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
+            return self._channel
+
+    async def _admin_channel(self, deadline: float) -> AbstractChannel:
+        async with self._channel_lock:
+            if self._admin is None or self._admin.is_closed:
+                conn = await self._connection(deadline)
+                self._admin = await conn.channel(publisher_confirms=False)
+            return self._admin
+
+
+async def _exists(conn: AbstractConnection, kind: str, name: str) -> bool:
+    """Passive declare on a throwaway channel (a miss closes the channel)."""
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        if kind == "queue":
+            await channel.queue_declare(name, passive=True)
+        else:
+            await channel.exchange_declare(name, passive=True)
+    except amqp.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+def _batch_error(to: Destination, total: int, failures: dict[int, BaseException]) -> Exception:
+    kinds = {type(e) for e in failures.values()}
+    first = next(iter(failures.values()))
+    summary = f"{len(failures)} of {total} message(s) to {to.name!r} not published: {first}"
+    if len(failures) == total and kinds == {BrokerUnavailableError}:
+        return first if isinstance(first, Exception) else PublishError(summary, failures)
+    if len(failures) == total and kinds == {ConfigurationError}:
+        return first if isinstance(first, Exception) else PublishError(summary, failures)
+    if kinds == {UnroutableError}:
+        return UnroutableError(summary, failures)
+    if kinds == {MessageTooLargeError}:
+        return MessageTooLargeError(summary, failures)
+    return PublishError(summary, failures)

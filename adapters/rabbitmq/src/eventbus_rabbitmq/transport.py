@@ -1,0 +1,127 @@
+"""`RabbitMQTransport`: the eventbus transport SPI over RabbitMQ (AMQP 0-9-1, via aiormq).
+
+Entry points ``amqp`` and ``amqps`` load this class; the core builds it as
+``RabbitMQTransport(url)``. See the package README for topology and URL options.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from aiormq import exceptions as amqp
+
+from eventbus.errors import ConfigurationError
+from eventbus.message import Message
+from eventbus.transports.base import (
+    Capabilities,
+    Destination,
+    Kind,
+    Subscription,
+    SubscriptionSpec,
+)
+from eventbus_rabbitmq.connection import Connector
+from eventbus_rabbitmq.errors import translate
+from eventbus_rabbitmq.partitions import Locks
+from eventbus_rabbitmq.publisher import Publisher
+from eventbus_rabbitmq.subscription import RabbitSubscription
+from eventbus_rabbitmq.topology import Topology, check_name
+from eventbus_rabbitmq.url import parse_url
+
+__all__ = ["RabbitMQTransport"]
+
+log = logging.getLogger("eventbus.rabbitmq")
+
+# RabbitMQ's default max_message_size: 128 MiB up to 3.13, 16 MiB from 4.0.
+_MIB = 1024 * 1024
+
+
+class RabbitMQTransport:
+    """See `eventbus.transports.base.Transport` for the contract."""
+
+    def __init__(self, url: str) -> None:
+        self._settings = parse_url(url)
+        self._publishing = Connector(self._settings, "publisher")
+        # Consumers get their own connection: RabbitMQ blocks publishing connections under
+        # resource alarms, and acks must still flow then.
+        self._consuming = Connector(self._settings, "consumer")
+        self._topology = Topology(self._settings)
+        self._publisher = Publisher(self._publishing, self._topology, self._settings)
+        self._locks = Locks()
+        self._subscriptions: list[RabbitSubscription] = []
+        self.capabilities = Capabilities(
+            durable=True,
+            redelivered_flag=True,
+            max_message_size=self._settings.max_message_size or 128 * _MIB,
+        )
+        self._publisher.max_message_size = self.capabilities.max_message_size
+
+    def __repr__(self) -> str:
+        return f"<RabbitMQTransport {self._settings.address}>"
+
+    async def connect(self) -> None:
+        conn = await self._publishing.get(within=self._settings.connect_timeout)
+        if self._settings.max_message_size is None:
+            version = conn.server_properties.get("version", b"")
+            if isinstance(version, bytes):
+                version = version.decode(errors="replace")
+            major = str(version).split(".", 1)[0]
+            if major.isdigit() and int(major) >= 4:
+                self.capabilities = Capabilities(max_message_size=16 * _MIB)
+                self._publisher.max_message_size = 16 * _MIB
+
+    async def close(self) -> None:
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            await subscription.close()
+        await self._publishing.close()
+        await self._consuming.close()
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        if not messages:
+            return
+        check_name(to.name, group=to.group, partitions=self._settings.partitions)
+        if to.kind == "queue" and to.group is not None:
+            raise ConfigurationError(f"queue {to.name!r}: groups apply to topics only")
+        await self._publisher.publish(to, messages)
+
+    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+        check_name(spec.name, group=spec.group, partitions=self._settings.partitions)
+        if spec.kind == "queue" and spec.group is not None:
+            raise ConfigurationError(f"queue {spec.name!r}: groups apply to topics only")
+        if spec.prefetch < 1:
+            raise ConfigurationError(f"prefetch must be >= 1, got {spec.prefetch}")
+        subscription = RabbitSubscription(
+            spec,
+            settings=self._settings,
+            connector=self._consuming,
+            topology=self._topology,
+            locks=self._locks,
+            on_closed=self._forget,
+        )
+        await subscription.start()
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def _forget(self, subscription: RabbitSubscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    async def depth(self, name: str, kind: Kind) -> int | None:
+        """Messages ready in queue ``name`` (not those delivered and unacked); None for topics,
+        which hold nothing themselves, and for queues that do not exist."""
+        if kind != "queue":
+            return None
+        conn = await self._publishing.get(within=self._settings.publish_timeout)
+        # A passive declare of a missing queue closes the channel: use a throwaway one.
+        channel = await conn.channel(publisher_confirms=False)
+        try:
+            ok = await channel.queue_declare(name, passive=True)
+        except amqp.ChannelNotFoundEntity:
+            return None
+        except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError) as e:
+            raise translate(e, address=self._settings.address, what=f"inspect {name!r}") from e
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        return ok.message_count

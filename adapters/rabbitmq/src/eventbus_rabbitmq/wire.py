@@ -1,0 +1,166 @@
+"""`Message` <-> AMQP 0-9-1 properties and headers (DESIGN 4, CloudEvents binary mode).
+
+CloudEvents attributes with a native AMQP property travel there (``message_id``, ``type``,
+``timestamp``, ``content_type``, ``correlation_id``); the others as ``cloudEvents_*`` headers.
+``timestamp`` is whole seconds on the wire, so the exact time also goes in ``cloudEvents_time``.
+The key goes in the ``eventbus-key`` header (the routing key may be a hash of it, or the id).
+
+Decoding never fails on what a foreign producer sends: header values of any AMQP type become
+text, and a message without ``message_id`` gets an id derived from its content, the same on
+every redelivery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pamqp.commands import Basic
+
+from eventbus.message import Message
+
+__all__ = ["KEY_HEADER", "decode", "encode", "routing_key"]
+
+KEY_HEADER = "eventbus-key"
+SPECVERSION = "cloudEvents_specversion"
+SOURCE = "cloudEvents_source"
+TIME = "cloudEvents_time"
+# Used only when the value is too long for its AMQP property (a 255-byte short string).
+_CE_ID = "cloudEvents_id"
+_CE_TYPE = "cloudEvents_type"
+_CE_CORRELATION = "cloudEvents_correlationid"
+_SOURCE_VALUE = "eventbus"
+_PERSISTENT = 2
+_MAX_SHORTSTR = 255
+
+# Headers RabbitMQ adds (dead-lettering through delay queues, quorum redeliveries): facts about
+# one hop, not part of the message; left out so they do not pile up on every retry.
+_BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+_OURS = frozenset({KEY_HEADER, SPECVERSION, SOURCE, TIME, _CE_ID, _CE_TYPE, _CE_CORRELATION})
+
+
+def routing_key(message: Message) -> str:
+    """The routing key a topic publish uses: the key (so consistent hashing keeps a key on one
+    partition), else the id (spreads keyless messages). Longer than AMQP's 255-byte limit:
+    a digest of it, stable for the same key."""
+    value = message.key if message.key is not None else message.id
+    return _short(value)
+
+
+def _short(value: str) -> str:
+    if len(value.encode()) > _MAX_SHORTSTR:
+        return hashlib.sha256(value.encode()).hexdigest()
+    return value
+
+
+def _property(headers: dict[str, Any], header: str, value: str | None) -> str | None:
+    """``value`` for a short-string property; a too long one goes whole in ``header``."""
+    if value is None or len(value.encode()) <= _MAX_SHORTSTR:
+        return value
+    headers[header] = value
+    return _short(value)
+
+
+def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Properties:
+    headers: dict[str, Any] = dict(message.headers)
+    headers[SPECVERSION] = "1.0"
+    headers.setdefault(SOURCE, _SOURCE_VALUE)
+    headers[TIME] = message.timestamp.astimezone(UTC).isoformat()
+    if message.key is not None:
+        headers[KEY_HEADER] = message.key
+    return Basic.Properties(
+        message_id=_property(headers, _CE_ID, message.id),
+        message_type=_property(headers, _CE_TYPE, message.type),
+        timestamp=message.timestamp,
+        content_type=message.content_type,
+        correlation_id=_property(headers, _CE_CORRELATION, message.correlation_id),
+        delivery_mode=_PERSISTENT,
+        expiration=str(expiration_ms) if expiration_ms is not None else None,
+        headers=headers,
+    )
+
+
+def decode(
+    topic: str, body: bytes, properties: Basic.Properties, *, exchange: str, routing_key: str
+) -> Message:
+    raw = dict(properties.headers or {})
+    headers = {
+        str(name): text(value)
+        for name, value in raw.items()
+        if name not in _OURS and not str(name).startswith(_BROKER_HEADER_PREFIXES)
+    }
+    foreign = SPECVERSION not in raw
+    key = _optional_text(raw.get(KEY_HEADER))
+    if key is None and foreign and exchange and routing_key:
+        # A producer that does not know eventbus keys by routing key, like we do.
+        key = routing_key
+    message_id = _optional_text(raw.get(_CE_ID)) or properties.message_id
+    if not message_id:
+        message_id = _derived_id(body, raw, properties)
+    return Message(
+        id=message_id,
+        topic=topic,
+        body=body,
+        key=key,
+        headers=headers,
+        content_type=properties.content_type,
+        type=_optional_text(raw.get(_CE_TYPE)) or properties.message_type,
+        timestamp=_timestamp(raw.get(TIME), properties.timestamp),
+        correlation_id=_optional_text(raw.get(_CE_CORRELATION)) or properties.correlation_id,
+    )
+
+
+def text(value: Any) -> str:
+    """Any AMQP field value as text (headers of foreign messages can be of every type)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if isinstance(value, int | float | Decimal) or value is None:
+        return str(value)
+    return json.dumps(value, default=text, ensure_ascii=False, sort_keys=True)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else text(value)
+
+
+def _timestamp(header: Any, native: datetime | None) -> datetime:
+    if header is not None:
+        try:
+            parsed = datetime.fromisoformat(text(header))
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if native is not None:
+        return native if native.tzinfo else native.replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+def _derived_id(body: bytes, headers: Mapping[str, Any], properties: Basic.Properties) -> str:
+    """Stable for the same message however often it is redelivered (delivery tags and the
+    redelivered flag change; body, headers and properties do not)."""
+    digest = hashlib.sha256(body)
+    stable = {
+        name: text(value)
+        for name, value in headers.items()
+        if not str(name).startswith(_BROKER_HEADER_PREFIXES)
+    }
+    meta = [
+        stable,
+        properties.message_type,
+        properties.correlation_id,
+        properties.content_type,
+        text(properties.timestamp) if properties.timestamp else None,
+    ]
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    return "amqp-" + digest.hexdigest()[:32]

@@ -1,0 +1,335 @@
+"""The RabbitMQ transport through the SPI, on a real broker: routing, confirms, settling."""
+
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+
+import aiormq
+import anyio
+import pytest
+from eventbus_rabbitmq import RabbitMQTransport
+from pamqp.commands import Basic
+from rabbit_helpers import nothing_more, take
+
+from eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    MessageTooLargeError,
+    UnroutableError,
+)
+from eventbus.message import Message
+from eventbus.transports.base import Destination, Subscription, SubscriptionSpec
+
+pytestmark = pytest.mark.amqp
+
+Make = Callable[..., Awaitable[RabbitMQTransport]]
+
+
+def msg(topic: str, i: int, key: str | None = None, **headers: str) -> Message:
+    return Message(id=f"m{i}", topic=topic, body=str(i).encode(), key=key, headers=headers)
+
+
+def group(topic: str, name: str | None, prefetch: int = 10) -> SubscriptionSpec:
+    return SubscriptionSpec(name=topic, kind="topic", group=name, prefetch=prefetch)
+
+
+def queue(name: str, prefetch: int = 10) -> SubscriptionSpec:
+    return SubscriptionSpec(name=name, kind="queue", group=None, prefetch=prefetch)
+
+
+async def test_unroutable_publish_raises(make_transport: Make, name: Callable[[str], str]) -> None:
+    transport = await make_transport()
+    topic = name("nobody")
+    with pytest.raises(UnroutableError) as info:
+        await transport.publish(Destination(topic), [msg(topic, 1), msg(topic, 2)])
+    assert set(info.value.failures) == {0, 1}
+    with pytest.raises(UnroutableError):
+        await transport.publish(Destination(topic, group="missing"), [msg(topic, 1)])
+
+
+async def test_batch_is_confirmed_and_delivered_in_order(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    topic = name("batch")
+    sub = await transport.subscribe(group(topic, "g", prefetch=50))
+    await transport.publish(Destination(topic), [msg(topic, i) for i in range(300)])
+    got = []
+    for _ in range(300):
+        (delivery,) = await take(sub, 1)
+        got.append(delivery.message.id)
+        await delivery.ack()
+    assert got == [f"m{i}" for i in range(300)]
+    assert await transport.depth(f"{topic}.g", "queue") == 0
+
+
+async def test_same_id_twice_in_one_batch_both_confirmed(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    topic = name("dupid")
+    sub = await transport.subscribe(group(topic, "g"))
+    same = msg(topic, 1)
+    await transport.publish(Destination(topic), [same, same, same])
+    assert [d.message.id for d in await take(sub, 3)] == ["m1"] * 3
+
+
+async def test_every_group_gets_every_message_and_targeting_reaches_one(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    topic = name("fanout")
+    a = await transport.subscribe(group(topic, "a"))
+    b = await transport.subscribe(group(topic, "b"))
+    await transport.publish(Destination(topic), [msg(topic, 1)])
+    assert [d.message.id for d in await take(a, 1)] == ["m1"]
+    assert [d.message.id for d in await take(b, 1)] == ["m1"]
+    await transport.publish(Destination(topic, group="b"), [msg(topic, 2)])
+    assert [d.message.id for d in await take(b, 1)] == ["m2"]
+    assert await nothing_more(a)
+
+
+async def test_group_targeted_publish_finds_a_partitioned_group(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    """The publisher has no ``partitions`` option (think: a DLQ replay from the CLI)."""
+    worker = await make_transport("partitions=3")
+    publisher = await make_transport()
+    topic = name("partitioned-target")
+    sub = await worker.subscribe(group(topic, "g"))
+    other = await worker.subscribe(group(topic, "other"))
+    await publisher.publish(Destination(topic, group="g"), [msg(topic, 1, key="k")])
+    await publisher.publish(Destination(topic, group="g", delay=0.2), [msg(topic, 2, key="k")])
+    assert sorted(d.message.id for d in await take(sub, 2)) == ["m1", "m2"]
+    assert await nothing_more(other)
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_delayed_message_is_not_early_and_does_not_block_others(
+    make_transport: Make, name: Callable[[str], str], queue_type: str
+) -> None:
+    transport = await make_transport(f"queue_type={queue_type}")
+    topic = name("delay")
+    sub = await transport.subscribe(group(topic, "g"))
+    start = time.monotonic()
+    await transport.publish(Destination(topic, group="g", delay=1.5), [msg(topic, 1)])
+    await transport.publish(Destination(topic), [msg(topic, 2)])
+    first, second = await take(sub, 2)
+    assert (first.message.id, second.message.id) == ("m2", "m1"), "the delay blocks nothing"
+    assert time.monotonic() - start >= 1.5, "never delivered before its delay"
+    assert "x-death" not in second.message.headers
+
+
+async def test_delayed_send_to_a_queue(make_transport: Make, name: Callable[[str], str]) -> None:
+    transport = await make_transport()
+    q = name("delayq")
+    await transport.publish(Destination(q, kind="queue", delay=0.3), [msg(q, 1)])
+    sub = await transport.subscribe(queue(q))
+    assert [d.message.id for d in await take(sub, 1)] == ["m1"]
+
+
+async def test_release_redelivers_with_the_redelivered_flag(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    q = name("release")
+    await transport.publish(Destination(q, kind="queue"), [msg(q, 1, key="k", a="b")])
+    sub = await transport.subscribe(queue(q))
+    (first,) = await take(sub, 1)
+    assert not first.redelivered
+    await first.release()
+    await first.release()
+    await first.ack()  # already settled: a no-op
+    (again,) = await take(sub, 1)
+    assert again.redelivered
+    assert (again.message.id, again.message.key, again.message.headers) == ("m1", "k", {"a": "b"})
+
+
+async def test_unsettled_is_redelivered_after_close_and_late_settling_is_harmless(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    q = name("close")
+    await transport.publish(Destination(q, kind="queue"), [msg(q, i) for i in range(3)])
+    sub = await transport.subscribe(queue(q))
+    first, second, third = await take(sub, 3)
+    await first.ack()
+    await sub.stop()
+    await second.ack()  # still possible after stop
+    await sub.close()
+    await sub.close()
+    await third.ack()  # after close: a no-op, never an exception
+    again = await transport.subscribe(queue(q))
+    (redelivered,) = await take(again, 1)
+    assert redelivered.message.id == "m2"
+    assert redelivered.redelivered
+    assert await nothing_more(again)
+
+
+async def test_stop_gives_back_what_was_prefetched(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    q = name("stop")
+    await transport.publish(Destination(q, kind="queue"), [msg(q, i) for i in range(5)])
+    slow = await transport.subscribe(queue(q, prefetch=5))
+    (held,) = await take(slow, 1)  # four more sit in its buffer
+    await slow.stop()
+    other = await transport.subscribe(queue(q))
+    assert sorted(d.message.id for d in await take(other, 4)) == ["m1", "m2", "m3", "m4"]
+    await held.ack()
+
+
+async def test_depth(make_transport: Make, name: Callable[[str], str]) -> None:
+    transport = await make_transport()
+    q = name("depth")
+    assert await transport.depth(q, "queue") is None
+    await transport.publish(Destination(q, kind="queue"), [msg(q, i) for i in range(3)])
+    assert await transport.depth(q, "queue") == 3
+    assert await transport.depth(q, "topic") is None
+
+
+async def test_broadcast_subscriptions_each_get_everything(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    topic = name("broadcast")
+    one = await transport.subscribe(group(topic, None))
+    two = await transport.subscribe(group(topic, None))
+    await transport.publish(Destination(topic), [msg(topic, i) for i in range(3)])
+    for sub in (one, two):
+        assert [d.message.id for d in await take(sub, 3)] == ["m0", "m1", "m2"]
+    await one.close()
+    await two.close()
+    with pytest.raises(UnroutableError):
+        await transport.publish(Destination(topic), [msg(topic, 9)])
+
+
+async def test_foreign_message_without_id_or_cloudevents(
+    make_transport: Make, name: Callable[[str], str], amqp_url: str
+) -> None:
+    transport = await make_transport()
+    topic = name("foreign")
+    sub = await transport.subscribe(group(topic, "g"))
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for _ in range(2):
+            await channel.basic_publish(
+                b'{"x": 1}',
+                exchange=topic,
+                routing_key="customer-7",
+                properties=Basic.Properties(
+                    headers={"raw": bytearray(b"\xff"), "n": 3, "nested": {"a": [1]}}
+                ),
+            )
+    finally:
+        await connection.close()
+    # (aiormq always sets a message_id; ids derived for messages without one: test_wire.py)
+    first, second = await take(sub, 2)
+    assert first.message.id and first.message.id != second.message.id
+    assert first.message.key == "customer-7"
+    assert first.message.headers["raw"] == "\ufffd"
+    assert first.message.headers["n"] == "3"
+    assert first.message.body == b'{"x": 1}'
+
+
+async def test_quorum_group_round_trip(make_transport: Make, name: Callable[[str], str]) -> None:
+    transport = await make_transport("queue_type=quorum&prefetch=100")
+    topic = name("quorum")
+    sub = await transport.subscribe(group(topic, "g"))
+    await transport.publish(Destination(topic), [msg(topic, i, key="k") for i in range(20)])
+    got = await take(sub, 20)
+    assert [d.message.id for d in got] == [f"m{i}" for i in range(20)]
+    await got[0].release()
+    (again,) = await take(sub, 1)
+    assert again.message.id == "m0"
+    assert "x-delivery-count" not in again.message.headers
+
+
+async def test_queue_type_mismatch_is_a_configuration_error(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    classic = await make_transport()
+    quorum = await make_transport("queue_type=quorum")
+    q = name("mismatch")
+    await classic.publish(Destination(q, kind="queue"), [msg(q, 1)])
+    with pytest.raises(ConfigurationError, match="queue_type"):
+        await quorum.subscribe(queue(q))
+    with pytest.raises(ConfigurationError):
+        await quorum.publish(Destination(q, kind="queue"), [msg(q, 2)])
+    # The failure did not poison the transport.
+    other = name("fine")
+    await quorum.publish(Destination(other, kind="queue"), [msg(other, 1)])
+
+
+async def test_too_large_message_is_refused_before_sending(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport("max_message_size=1000")
+    q = name("large")
+    big = Message(id="big", topic=q, body=b"x" * 1001)
+    with pytest.raises(MessageTooLargeError):
+        await transport.publish(Destination(q, kind="queue"), [big])
+    assert transport.capabilities.max_message_size == 1000
+
+
+async def test_default_max_message_size_is_the_brokers(make_transport: Make) -> None:
+    transport = await make_transport()
+    assert transport.capabilities.max_message_size == 128 * 1024 * 1024
+
+
+async def test_connect_to_unreachable_broker_names_the_address() -> None:
+    transport = RabbitMQTransport("amqp://guest:guest@127.0.0.1:1/?connect_timeout=1")
+    with pytest.raises(BrokerUnavailableError, match=r"127\.0\.0\.1:1\b"):
+        await transport.connect()
+    await transport.close()
+
+
+async def test_bad_credentials_fail_at_once(amqp_url: str) -> None:
+    url = amqp_url.replace("guest:guest@", "guest:wrong@")
+    transport = RabbitMQTransport(url)
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="access refused"):
+        await transport.connect()
+    assert time.monotonic() - start < 10, "no retrying what waiting cannot fix"
+    await transport.close()
+
+
+async def test_partitions_spread_keys_over_subscribers_and_keep_order(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    """Two subscribers of a partitioned group, consumed concurrently (as the core does): the
+    second one's subscribe returns once the first handed it its share of the partitions."""
+    one = await make_transport("partitions=4")
+    two = await make_transport("partitions=4")
+    publisher = await make_transport()
+    topic = name("spread")
+    handled: list[tuple[int, str, int]] = []  # (subscriber, key, seq) in handling order
+    done = anyio.Event()
+
+    async def consume(n: int, sub: Subscription) -> None:
+        async for delivery in sub:
+            assert delivery.message.key is not None
+            handled.append((n, delivery.message.key, int(delivery.message.body)))
+            await delivery.ack()
+            if len(handled) == 200:
+                done.set()
+
+    async with anyio.create_task_group() as tasks:
+        first = await one.subscribe(group(topic, "g", 50))
+        tasks.start_soon(consume, 0, first)
+        second = await two.subscribe(group(topic, "g", 50))
+        tasks.start_soon(consume, 1, second)
+        messages = [msg(topic, i, key=f"key-{i % 10}") for i in range(200)]
+        await publisher.publish(Destination(topic), messages)
+        with anyio.fail_after(60):
+            await done.wait()
+        await first.stop()
+        await second.stop()
+    assert {n for n, _, _ in handled} == {0, 1}, "both subscribers got keys"
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for _, key, seq in handled:
+        per_key[key].append(seq)
+    for key, seqs in per_key.items():
+        assert seqs == sorted(seqs) and len(seqs) == 20, f"{key}: once each, in order"

@@ -1,0 +1,56 @@
+"""URL parsing and validation (no broker needed)."""
+
+import pytest
+from eventbus_rabbitmq.url import parse_url
+
+from eventbus.errors import ConfigurationError
+
+
+def test_defaults_and_address() -> None:
+    settings = parse_url("amqp://guest:guest@127.0.0.1:5672/")
+    assert settings.address == "127.0.0.1:5672"
+    assert settings.queue_type == "classic"
+    assert settings.partitions == 1
+    assert settings.prefetch is None
+    assert settings.publish_timeout == 30.0
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def test_eventbus_options_are_parsed_and_stripped_aiormq_options_kept() -> None:
+    settings = parse_url(
+        "amqps://u:p@broker/vhost?prefetch=200&queue_type=quorum&partitions=8"
+        "&heartbeat=30&delivery_limit=50&publish_timeout=5&name=billing"
+    )
+    assert settings.address == "broker:5671"
+    assert (settings.prefetch, settings.queue_type, settings.partitions) == (200, "quorum", 8)
+    assert settings.delivery_limit == 50
+    assert settings.publish_timeout == 5.0
+    assert settings.amqp_url == "amqps://u:p@broker/vhost?heartbeat=30&name=billing"
+
+
+@pytest.mark.parametrize(
+    ("url", "option"),
+    [
+        ("amqp://h/?queue_type=stream", "queue_type"),
+        ("amqp://h/?partitions=0", "partitions"),
+        ("amqp://h/?prefetch=lots", "prefetch"),
+        ("amqp://h/?publish_timeout=-1", "publish_timeout"),
+        ("amqp://h/?queue_typo=quorum", "queue_typo"),
+        ("amqp://h/?partitions=2&partitions=3", "partitions"),
+    ],
+)
+def test_bad_options_name_the_option(url: str, option: str) -> None:
+    with pytest.raises(ConfigurationError, match=option):
+        parse_url(url)
+
+
+@pytest.mark.parametrize("url", ["kafka://h:9092", "amqp:///vhost", "amqp://h:notaport/"])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        parse_url(url)
+
+
+def test_error_messages_do_not_show_the_password() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        parse_url("amqp://user:s3cret@h:bad/")
+    assert "s3cret" not in str(info.value)

@@ -1,0 +1,112 @@
+"""Message <-> AMQP properties and headers (no broker needed)."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from eventbus_rabbitmq import wire
+from pamqp.commands import Basic
+
+from eventbus.message import Message
+
+
+def _roundtrip(message: Message) -> Message:
+    properties = wire.encode(message)
+    return wire.decode(
+        message.topic,
+        message.body,
+        properties,
+        exchange=message.topic,
+        routing_key=wire.routing_key(message),
+    )
+
+
+def test_roundtrip_keeps_every_attribute() -> None:
+    message = Message(
+        id="id-1",
+        topic="orders",
+        body=b"\x00\xffbinary",
+        key="order-42",
+        headers={"tenant": "a", "unicode": "Grüße ✓"},
+        content_type="application/json",
+        type="OrderPlaced",
+        timestamp=datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
+        correlation_id="corr-1",
+    )
+    assert _roundtrip(message) == message
+
+
+def test_native_properties_and_cloudevents_headers() -> None:
+    message = Message(id="id-1", topic="t", body=b"{}", key="k", type="T", content_type="a/b")
+    properties = wire.encode(message)
+    assert properties.message_id == "id-1"
+    assert properties.message_type == "T"
+    assert properties.content_type == "a/b"
+    assert properties.delivery_mode == 2
+    assert properties.timestamp is not None
+    headers = properties.headers or {}
+    assert headers["cloudEvents_specversion"] == "1.0"
+    assert headers["cloudEvents_source"]
+    assert headers["cloudEvents_time"] == message.timestamp.isoformat()
+    assert headers[wire.KEY_HEADER] == "k"
+
+
+def test_routing_key_is_the_key_or_the_id_and_fits_amqp() -> None:
+    assert wire.routing_key(Message(id="i", topic="t", body=b"", key="k")) == "k"
+    assert wire.routing_key(Message(id="i", topic="t", body=b"")) == "i"
+    long_key = "k" * 300
+    routed = wire.routing_key(Message(id="i", topic="t", body=b"", key=long_key))
+    assert len(routed) <= 255
+    assert routed == wire.routing_key(Message(id="j", topic="t", body=b"", key=long_key))
+
+
+def test_overlong_short_strings_travel_in_headers() -> None:
+    message = Message(id="i" * 400, topic="t", body=b"", type="T" * 300, correlation_id="c" * 256)
+    properties = wire.encode(message)
+    assert len((properties.message_id or "").encode()) <= 255
+    back = _roundtrip(message)
+    assert (back.id, back.type, back.correlation_id) == (
+        message.id,
+        message.type,
+        message.correlation_id,
+    )
+
+
+def test_foreign_message_with_odd_headers_is_decoded() -> None:
+    properties = Basic.Properties(
+        headers={
+            "bytes": b"caf\xc3\xa9",
+            "bad-bytes": b"\xff\xfe",
+            "int": 7,
+            "bool": True,
+            "decimal": Decimal("1.5"),
+            "when": datetime(2024, 1, 1, tzinfo=UTC),
+            "nested": {"a": [1, b"x"]},
+            "none": None,
+            "x-death": [{"count": 1, "queue": "q"}],
+        },
+        timestamp=datetime(2024, 1, 1, tzinfo=UTC),
+    )
+    message = wire.decode("orders", b"body", properties, exchange="orders", routing_key="rk-7")
+    assert message.headers["bytes"] == "café"
+    assert message.headers["int"] == "7"
+    assert message.headers["bool"] == "true"
+    assert message.headers["decimal"] == "1.5"
+    assert message.headers["when"].startswith("2024-01-01")
+    assert message.headers["none"] == "None"
+    assert "x-death" not in message.headers
+    assert isinstance(message.headers["nested"], str)
+    assert message.key == "rk-7", "a foreign producer's routing key is its key"
+    assert message.timestamp == datetime(2024, 1, 1, tzinfo=UTC)
+    again = wire.decode("orders", b"body", properties, exchange="orders", routing_key="rk-7")
+    assert message.id == again.id, "derived id is stable across redeliveries"
+    other = wire.decode("orders", b"other", properties, exchange="orders", routing_key="rk-7")
+    assert other.id != message.id
+
+
+def test_broker_hop_headers_do_not_change_the_derived_id() -> None:
+    plain = Basic.Properties(headers={"a": "1"})
+    dead_lettered = Basic.Properties(headers={"a": "1", "x-death": [{"count": 2}]})
+    first = wire.decode("q", b"b", plain, exchange="", routing_key="q")
+    second = wire.decode("q", b"b", dead_lettered, exchange="", routing_key="q")
+    assert first.id == second.id
+    assert first.key is None, "no key from the default exchange's routing key (a queue name)"
