@@ -61,7 +61,23 @@ async def _restart_mid_stream(transport: KafkaTransport, topic: str) -> None:
     finally:
         if not publisher.done():
             publisher.cancel()
-    expected = {f"m{i}" for i in range(total)}
+    # The same producer keeps publishing after the restart, one by one and concurrently
+    # (aiokafka can be left out of sequence with the broker: the producer is then replaced).
+    after = [
+        Message(id=f"a{i}", topic=topic, body=str(i).encode(), key=f"k{i % 13}") for i in range(200)
+    ]
+    for message in after[:50]:
+        await transport.publish(Destination(topic), [message])
+        confirmed.append(message.id)
+
+    async def publish_one(message: Message) -> None:
+        await transport.publish(Destination(topic), [message])
+        confirmed.append(message.id)
+
+    await asyncio.wait_for(asyncio.gather(*(publish_one(m) for m in after[50:150])), 120)
+    await asyncio.wait_for(transport.publish(Destination(topic), after[150:]), 120)
+    confirmed.extend(m.id for m in after[150:])
+    expected = {f"m{i}" for i in range(total)} | {m.id for m in after}
     assert set(confirmed) == expected
     await wait_until(lambda: set(worker.received) >= expected, within=180)
     await worker.close()

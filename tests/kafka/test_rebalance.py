@@ -10,7 +10,7 @@ import pytest
 from eventbus_kafka import KafkaTransport
 from kafka_helpers import Worker, group_of, messages, nothing_more, take, wait_until
 
-from eventbus.transports.base import Destination, SubscriptionSpec
+from eventbus.transports.base import Destination, RawDelivery, Subscription, SubscriptionSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -91,3 +91,78 @@ async def test_late_ack_after_revocation_is_not_committed(
     finally:
         await other.close()
     await first.close()
+
+
+async def test_rebalance_never_handles_a_key_in_two_consumers_at_once(
+    transport: KafkaTransport,
+    open_transport: Callable[..., KafkaTransport],
+    name: Callable[[str], str],
+) -> None:
+    """A slow handler holds a key when a second consumer joins: the revocation waits for what
+    was handed out, so the new owner never handles that key concurrently, and per-key order
+    (by sequence number) is kept across the move."""
+    topic, keys, per_key = name("keyorder"), 8, 12
+    active: dict[str, str] = {}  # key -> consumer handling it now
+    overlaps: list[str] = []
+    handled: dict[str, list[int]] = {}
+
+    class KeyWorker:
+        """Handles each key's messages one at a time, in order, like the core's key lanes."""
+
+        def __init__(self, who: str, sub: Subscription, slow: float) -> None:
+            self.who, self.sub, self.slow = who, sub, slow
+            self.lanes: dict[str, asyncio.Queue[RawDelivery]] = {}
+            self.tasks: list[asyncio.Task[None]] = []
+            self.runner = asyncio.create_task(self._run())
+
+        async def _run(self) -> None:
+            async for delivery in self.sub:
+                key = delivery.message.key or ""
+                if key not in self.lanes:
+                    self.lanes[key] = asyncio.Queue()
+                    self.tasks.append(asyncio.create_task(self._lane(self.lanes[key])))
+                self.lanes[key].put_nowait(delivery)
+
+        async def _lane(self, lane: asyncio.Queue[RawDelivery]) -> None:
+            while True:
+                delivery = await lane.get()
+                key = delivery.message.key or ""
+                if key in active:
+                    overlaps.append(f"{key}: {active[key]} and {self.who}")
+                active[key] = self.who
+                try:
+                    await asyncio.sleep(self.slow)
+                    handled.setdefault(key, []).append(int(delivery.message.body) // keys)
+                finally:
+                    if active.get(key) == self.who:
+                        del active[key]
+                await delivery.ack()
+
+        async def close(self) -> None:
+            await self.sub.stop()
+            await self.runner
+            for task in self.tasks:
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.sub.close()
+
+    other = open_transport()
+    await other.connect()
+    try:
+        first = KeyWorker("A", await transport.subscribe(spec(topic, prefetch=64)), slow=0.25)
+        batch = messages(topic, keys * per_key, key=lambda i: f"k{i % keys}")
+        await transport.publish(Destination(topic), batch)
+        await wait_until(lambda: sum(map(len, handled.values())) >= keys)  # A is busy
+        second = KeyWorker("B", await other.subscribe(spec(topic, prefetch=64)), slow=0.05)
+        await wait_until(
+            lambda: len(handled) == keys and all(len(set(v)) == per_key for v in handled.values()),
+            within=120,
+        )
+        await first.close()
+        await second.close()
+        assert not overlaps, overlaps
+        for key, seqs in handled.items():
+            firsts = [seqs.index(n) for n in range(per_key)]
+            assert firsts == sorted(firsts), f"{key} handled out of order: {seqs}"
+    finally:
+        await other.close()

@@ -15,6 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+)
 
 from eventbus.errors import BrokerUnavailableError, MessageTooLargeError
 from eventbus_kafka.admin import HEADROOM
@@ -28,16 +34,29 @@ log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
 """Per-partition batch size: big enough that a burst of small messages goes in few requests."""
+_STUCK: tuple[type[BaseException], ...] = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+)
+"""The idempotent producer's state is out of step with the broker (after a broker restart
+aiokafka burns sequence numbers on failed batches and never resets its producer id, aiokafka
+issue #1017): every later send fails the same way until a new producer id is obtained."""
+_STOP_OLD_TIMEOUT = 10.0
 
 
 class Producer:
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer: Any = None
+        self._generation = 0
+        """Bumped each time the producer is replaced: concurrent failures replace it once."""
+        self._replace_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
+    def _new_producer(self) -> Any:
         settings = self._settings
-        producer = AIOKafkaProducer(
+        return AIOKafkaProducer(
             **settings.client_options(),
             acks="all",
             enable_idempotence=True,
@@ -46,6 +65,9 @@ class Producer:
             # Bounded waits for metadata and full batches; the whole publish is bounded too.
             request_timeout_ms=int(settings.publish_timeout * 1000),
         )
+
+    async def start(self) -> None:
+        producer = self._new_producer()
         try:
             await producer.start()
         except BaseException:
@@ -58,26 +80,103 @@ class Producer:
         if producer is not None:
             # Flushes what is queued: a publish still waiting gets its confirmation or error.
             await producer.stop()
+        if self._retired:
+            await asyncio.wait(set(self._retired))
+
+    async def _replace(self, generation: int, deadline: float) -> None:
+        """Replace the producer of ``generation`` by a new one (a new producer id, sequence
+        numbers from zero). Once per generation: a caller that lost the race just returns,
+        and its resend goes to the producer the winner started."""
+        async with asyncio.timeout_at(deadline), self._replace_lock:
+            if generation != self._generation or self._producer is None:
+                return
+            log.warning(
+                "kafka producer at %s is out of sequence with the broker; starting a new one",
+                self._settings.address,
+            )
+            fresh = self._new_producer()
+            try:
+                await fresh.start()
+            except BaseException:
+                await fresh.stop()
+                raise
+            if self._producer is None:  # the transport closed meanwhile
+                await fresh.stop()
+                return
+            old, self._producer = self._producer, fresh
+            self._generation += 1
+        # The old producer fails what it still holds (those publishes resend on the new one).
+        task = asyncio.create_task(self._retire(old), name="eventbus-kafka-retire-producer")
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def _retire(self, producer: Any) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), _STOP_OLD_TIMEOUT)
+        except Exception:
+            log.debug("retired kafka producer did not stop cleanly", exc_info=True)
 
     async def send_all(
         self, topic: str, records: Sequence[KafkaRecord]
     ) -> dict[int, BaseException]:
         """Send every record to ``topic``, wait for all acknowledgements (bounded by
-        ``publish_timeout``) and return the failures by index (empty when all confirmed)."""
-        producer = self._producer
-        if producer is None:
+        ``publish_timeout``) and return the failures by index (empty when all confirmed).
+
+        Records refused because the producer's idempotence state is out of step with the
+        broker are sent again on a new producer, within the same ``publish_timeout``."""
+        if self._producer is None:
             raise RuntimeError("the Kafka transport is not connected; call connect() first")
-        settings = self._settings
-        failures: dict[int, BaseException] = {}
-        pending: dict[asyncio.Future[Any], int] = {}
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.publish_timeout
-        for index, record in enumerate(records):
+        deadline = loop.time() + self._settings.publish_timeout
+        failures: dict[int, BaseException] = {}
+        todo = list(range(len(records)))
+        while True:
+            producer, generation = self._producer, self._generation
+            if producer is None:
+                raise RuntimeError("the Kafka transport is not connected; call connect() first")
+            failed = await self._send_once(producer, topic, records, todo, deadline)
+            replaced = generation != self._generation
+            # Out of sequence, or failed by a producer another publish has replaced meanwhile
+            # (stopping it fails what it still held): send again on the current producer.
+            stuck = [
+                i
+                for i, (_, raw) in failed.items()
+                if isinstance(raw, _STUCK) or (replaced and isinstance(raw, KafkaError))
+            ]
+            for index, (error, _) in failed.items():
+                failures[index] = error
+            if not stuck or loop.time() >= deadline:
+                return failures
+            try:
+                await self._replace(generation, deadline)
+            except Exception as exc:
+                log.warning("could not replace the kafka producer: %r", exc)
+                return failures
+            for index in stuck:
+                del failures[index]
+            todo = sorted(stuck)  # in the caller's order: per-key order holds
+
+    async def _send_once(
+        self,
+        producer: Any,
+        topic: str,
+        records: Sequence[KafkaRecord],
+        indexes: Sequence[int],
+        deadline: float,
+    ) -> dict[int, tuple[BaseException, BaseException]]:
+        """Send ``records[i]`` for each index; the failures as (translated, raw) by index."""
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        failures: dict[int, tuple[BaseException, BaseException]] = {}
+        pending: dict[asyncio.Future[Any], int] = {}
+        for index in indexes:
+            record = records[index]
             if len(record.value) > settings.max_message_size:
-                failures[index] = MessageTooLargeError(
+                error: BaseException = MessageTooLargeError(
                     f"message body of {len(record.value)} bytes exceeds max_message_size "
                     f"({settings.max_message_size} bytes; set it in the kafka:// URL)"
                 )
+                failures[index] = (error, error)
                 continue
             try:
                 async with asyncio.timeout_at(deadline):
@@ -85,13 +184,14 @@ class Producer:
                         topic, record.value, key=record.key, headers=record.headers
                     )
             except TimeoutError:
-                failures[index] = BrokerUnavailableError(
+                error = BrokerUnavailableError(
                     settings.address,
                     f"could not queue the message within {settings.publish_timeout}s",
                 )
+                failures[index] = (error, error)
                 continue
             except Exception as exc:
-                failures[index] = _translated(exc, settings.address)
+                failures[index] = (_translated(exc, settings.address), exc)
                 continue
             pending[future] = index
         if pending:
@@ -99,14 +199,15 @@ class Producer:
             # the deadline is a duplicate when the caller retries, never a loss.
             done, not_done = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
             for future in done:
-                error = future.exception()
-                if error is not None:
-                    failures[pending[future]] = _translated(error, settings.address)
+                raised = future.exception()
+                if raised is not None:
+                    failures[pending[future]] = (_translated(raised, settings.address), raised)
             for future in not_done:
-                failures[pending[future]] = BrokerUnavailableError(
+                error = BrokerUnavailableError(
                     settings.address,
                     f"no acknowledgement within publish_timeout={settings.publish_timeout}s",
                 )
+                failures[pending[future]] = (error, error)
         return failures
 
 

@@ -29,6 +29,7 @@ from eventbus_kafka.admin import HEADROOM, TopicAdmin
 from eventbus_kafka.committer import Committer, pending_commits
 from eventbus_kafka.delivery import KafkaDelivery, Taken
 from eventbus_kafka.errors import is_fatal, translate
+from eventbus_kafka.offsets import PartitionOffsets
 from eventbus_kafka.ownership import Ownership
 from eventbus_kafka.pauses import Pauses
 from eventbus_kafka.url import KafkaSettings
@@ -47,6 +48,11 @@ _FULL_GRACE = 1.0
 prefetched records around; resumed as soon as there is room."""
 _COMMIT_TIMEOUT = 10.0
 _REVOKE_COMMIT_TIMEOUT = 5.0
+_REVOKE_DRAIN_TIMEOUT = 10.0
+"""On revocation, how long to wait for the deliveries already handed out for the revoked
+partitions to be settled before committing and letting them go: the new owner must not
+handle a key while this process still does. Drain plus commit stay well inside the group's
+rebalance timeout (see ``rebalance_timeout_ms``)."""
 _LEAVE_TIMEOUT = 15.0
 _MAX_BACKOFF = 5.0
 
@@ -89,6 +95,11 @@ class KafkaSubscription:
         self._buffer: deque[Taken] = deque()
         self._held = 0
         """Handed out and not settled."""
+        self._held_by: dict[PartitionOffsets, int] = {}
+        """Handed out and not settled, per partition tracker."""
+        self._draining: set[PartitionOffsets] = set()
+        """Trackers of partitions being revoked: nothing more of them is handed out."""
+        self._settle = asyncio.Event()
         self._live = asyncio.Event()
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -141,7 +152,7 @@ class KafkaSubscription:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=settings.max_message_size + HEADROOM,
             heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=int((_REVOKE_COMMIT_TIMEOUT + 15) * 1000),
+            rebalance_timeout_ms=int((_REVOKE_DRAIN_TIMEOUT + _REVOKE_COMMIT_TIMEOUT + 15) * 1000),
         )
         self._consumer = consumer
         if self._group is not None:
@@ -175,7 +186,12 @@ class KafkaSubscription:
                 await self._ready.wait()
                 continue
             taken = self._buffer.popleft()
+            tracker = taken.tracker
+            if tracker.revoked or tracker in self._draining:
+                self._room.set()
+                continue  # its partition is being revoked: the new owner has it
             self._held += 1
+            self._held_by[tracker] = self._held_by.get(tracker, 0) + 1
             yield KafkaDelivery(self, taken, self._message_of(taken))
 
     def _message_of(self, taken: Taken) -> Message:
@@ -238,9 +254,15 @@ class KafkaSubscription:
     def settled(self, taken: Taken, *, done: bool) -> None:
         self._held -= 1
         tracker = taken.tracker
+        left = self._held_by.get(tracker, 0) - 1
+        if left > 0:
+            self._held_by[tracker] = left
+        else:
+            self._held_by.pop(tracker, None)
+        self._settle.set()
         if done:
             tracker.finish(taken.offset)
-        elif not (tracker.revoked or self._stopped):
+        elif not (tracker.revoked or tracker in self._draining or self._stopped):
             # Released while running: hand it out again. It stays unfinished meanwhile, so no
             # commit passes it; after stop it just stays unfinished (redelivered after restart).
             taken.redelivered = True
@@ -316,7 +338,20 @@ class KafkaSubscription:
         for tp, records in batch.items():
             if not records:
                 continue
-            tracker = self._owned.tracker_for(tp, records[0].offset)
+            tracker = self._owned.trackers.get(tp)
+            if tracker is None:
+                if self._group is not None:
+                    if tp in self._owned.assigned:
+                        # Assigned during this getmany and not adopted yet: the previous
+                        # owner's commit metadata (what it finished above its commit) is not
+                        # read yet. Give the records back; they are taken once adopted.
+                        self._owned.adopt_needed = True
+                        with contextlib.suppress(IllegalStateError):
+                            self._consumer.seek(tp, records[0].offset)
+                    continue
+                tracker = self._owned.tracker_for(tp, records[0].offset)
+            if tracker.revoked or tracker in self._draining:
+                continue  # being revoked: the new owner gets these from the commit
             for record in records:
                 if limit <= 0:
                     self._consumer.seek(tp, record.offset)
@@ -347,12 +382,44 @@ class KafkaSubscription:
 
     async def _on_revoked(self, revoked: set[TP]) -> None:
         """Before a rebalance: commit what is safe for the partitions we lose; from now on
-        their late settles are no-ops and the new owner redelivers what was unfinished."""
+        their late settles are no-ops and the new owner redelivers what was unfinished.
+
+        First, for at most `_REVOKE_DRAIN_TIMEOUT`, wait until the deliveries already handed
+        out for those partitions are settled: the new owner must not get (and handle) a key
+        this process is still handling. Settling never needs the fetch loop, so waiting here,
+        inside aiokafka's rebalance, cannot deadlock with it."""
+        draining = {t for tp in revoked if (t := self._owned.trackers.get(tp)) is not None}
+        if draining and self._group is not None:
+            self._draining |= draining
+            self._drop_revoked_from_buffer()
+            try:
+                await self._drain(draining)
+            finally:
+                self._draining -= draining
         frozen = self._owned.revoke(revoked)
         self._pauses.forget(revoked)
         self._drop_revoked_from_buffer()
         if frozen and self._consumer is not None:
             await self._committer.commit(self._consumer, frozen, _REVOKE_COMMIT_TIMEOUT)
+
+    async def _drain(self, trackers: set[PartitionOffsets]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _REVOKE_DRAIN_TIMEOUT
+        while any(self._held_by.get(t, 0) > 0 for t in trackers):
+            left = deadline - loop.time()
+            if left <= 0 or self._closed:
+                held = sum(self._held_by.get(t, 0) for t in trackers)
+                log.warning(
+                    "%s: %d deliveries of revoked partitions still unsettled after %.0fs; "
+                    "the new owner gets them again",
+                    self._describe(),
+                    held,
+                    _REVOKE_DRAIN_TIMEOUT,
+                )
+                return
+            self._settle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle.wait(), left)
 
     def _on_assigned(self, assigned: set[TP]) -> None:
         self._owned.assign(assigned)
@@ -361,7 +428,9 @@ class KafkaSubscription:
     def _drop_revoked_from_buffer(self) -> None:
         """Fetched but not handed out yet, from partitions we lost: the new owner has them."""
         before = len(self._buffer)
-        self._buffer = deque(t for t in self._buffer if not t.tracker.revoked)
+        self._buffer = deque(
+            t for t in self._buffer if not (t.tracker.revoked or t.tracker in self._draining)
+        )
         if len(self._buffer) != before:
             self._room.set()
 
