@@ -1,0 +1,110 @@
+"""eventbus on Kafka, through its public API only (``EventBus("kafka://...")``).
+
+Its producer is always idempotent with ``acks=all``; its consumer always commits only what was
+handled (at-least-once), batched on a timer (``commit_interval``, 0.5 s by default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.harness import Measurement, Run
+from benchmarks.kafka_common import Order, body, delete_topics, filled_topic, kafka_topics
+from eventbus import EventBus
+
+__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
+
+WARM = 50
+
+
+def _bus(run: Run) -> EventBus:
+    return EventBus(run.settings.kafka_url)
+
+
+async def publish_sequential(run: Run) -> Measurement:
+    settings = run.settings
+    topic = run.name("pub")
+    payload = body(settings.message_size)
+    async with kafka_topics(settings, [topic]), _bus(run) as bus:
+        for _ in range(WARM):
+            await bus.publish(topic, payload)
+        return await timed_calls(run.messages, lambda: bus.publish(topic, payload), per_call=True)
+
+
+async def publish_batch(run: Run) -> Measurement:
+    settings = run.settings
+    topic = run.name("pub")
+    payload = body(settings.message_size)
+    async with kafka_topics(settings, [topic]), _bus(run) as bus:
+        await bus.publish_many(topic, [payload] * WARM)
+        return await timed_batches(
+            run.messages, settings.batch_size, lambda n: bus.publish_many(topic, [payload] * n)
+        )
+
+
+async def consume(run: Run, payload: str = "bytes", **options: Any) -> Measurement:
+    """``options`` go to ``bus.subscribe`` (e.g. ``max_in_flight``)."""
+    settings = run.settings
+    topic, group = run.name("in"), run.name("g")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+    subscribe = bus.subscribe(topic, group=group, **options)
+    if payload == "json":
+
+        @subscribe
+        async def handle_model(order: Order) -> None:
+            tally.hit()
+
+    else:
+
+        @subscribe
+        async def handle(value: bytes) -> None:
+            tally.hit()
+
+    try:
+        async with filled_topic(settings, topic, run.messages, payload=payload), bus:
+            return await tally.wait("eventbus consume")
+    finally:
+        await delete_topics(settings, [f"{topic}.{group}.retry"])
+
+
+async def keyed(run: Run, concurrency: int) -> Measurement:
+    """Scenario (e): one partition, 64 keys, a 2 ms handler; key lanes give concurrency
+    inside the partition while keeping each key's order."""
+    settings = run.settings
+    topic, group = run.name("keyed"), run.name("g")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+
+    @bus.subscribe(topic, group=group, concurrency=concurrency)
+    async def handle(value: bytes) -> None:
+        await asyncio.sleep(settings.handler_seconds)
+        tally.hit()
+
+    try:
+        async with (
+            filled_topic(settings, topic, run.messages, partitions=1, keys=settings.keys),
+            bus,
+        ):
+            return await tally.wait("eventbus keyed")
+    finally:
+        await delete_topics(settings, [f"{topic}.{group}.retry"])
+
+
+async def latency(run: Run) -> Measurement:
+    settings = run.settings
+    topic, group = run.name("lat"), run.name("g")
+    latencies = Latencies(run.messages)
+    bus = _bus(run)
+
+    @bus.subscribe(topic, group=group)
+    async def handle(value: bytes) -> None:
+        latencies.record(value)
+
+    try:
+        async with kafka_topics(settings, [topic]), bus:
+            return await paced(run, lambda b: bus.publish(topic, b), latencies)
+    finally:
+        await delete_topics(settings, [f"{topic}.{group}.retry"])

@@ -1,0 +1,95 @@
+"""eventbus on RabbitMQ, through its public API only (``EventBus("amqp://...")``).
+
+Its publisher always waits for publisher confirms of persistent, mandatory messages; its
+consumer acks each message after the handler returned. The broker prefetch is the
+subscription's ``max_in_flight`` (set to the scenario's prefetch here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.harness import Measurement, Run
+from benchmarks.rabbit_common import declared, filled_queue
+from eventbus import EventBus
+
+__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
+
+WARM = 50
+
+
+def _bus(run: Run) -> EventBus:
+    return EventBus(run.settings.amqp_url)
+
+
+async def publish_sequential(run: Run) -> Measurement:
+    settings = run.settings
+    topic = run.name("pub")
+    payload = os.urandom(settings.message_size)
+    async with declared(settings, topic=topic, queues=[f"{topic}.g"]), _bus(run) as bus:
+        for _ in range(WARM):
+            await bus.publish(topic, payload)
+        return await timed_calls(run.messages, lambda: bus.publish(topic, payload), per_call=True)
+
+
+async def publish_batch(run: Run) -> Measurement:
+    settings = run.settings
+    topic = run.name("pub")
+    payload = os.urandom(settings.message_size)
+    async with declared(settings, topic=topic, queues=[f"{topic}.g"]), _bus(run) as bus:
+        await bus.publish_many(topic, [payload] * WARM)
+        return await timed_batches(
+            run.messages, settings.batch_size, lambda n: bus.publish_many(topic, [payload] * n)
+        )
+
+
+async def consume(run: Run) -> Measurement:
+    settings = run.settings
+    queue = run.name("in")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+
+    @bus.consume(queue, max_in_flight=settings.prefetch)
+    async def handle(value: bytes) -> None:
+        tally.hit()
+
+    async with filled_queue(settings, queue, run.messages, also_delete=[f"{queue}.dlq"]), bus:
+        return await tally.wait("eventbus consume")
+
+
+async def keyed(run: Run, concurrency: int) -> Measurement:
+    """Scenario (e): one queue, 64 keys, a 2 ms handler; key lanes give concurrency while
+    keeping each key's order."""
+    settings = run.settings
+    queue = run.name("keyed")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+
+    @bus.consume(queue, concurrency=concurrency)
+    async def handle(value: bytes) -> None:
+        await asyncio.sleep(settings.handler_seconds)
+        tally.hit()
+
+    async with (
+        filled_queue(
+            settings, queue, run.messages, keys=settings.keys, also_delete=[f"{queue}.dlq"]
+        ),
+        bus,
+    ):
+        return await tally.wait("eventbus keyed")
+
+
+async def latency(run: Run) -> Measurement:
+    settings = run.settings
+    queue = run.name("lat")
+    latencies = Latencies(run.messages)
+    bus = _bus(run)
+
+    @bus.consume(queue, max_in_flight=settings.prefetch)
+    async def handle(value: bytes) -> None:
+        latencies.record(value)
+
+    async with declared(settings, queues=[queue], also_delete=[f"{queue}.dlq"]), bus:
+        return await paced(run, lambda b: bus.send(queue, b), latencies)
