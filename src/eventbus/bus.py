@@ -293,16 +293,14 @@ class EventBus:
     ) -> str:
         """Publish an event to every group of ``topic``; returns the message id once the broker
         confirmed it. Messages with the same ``key`` are handled in publish order."""
-        message = self.build_message(
-            _check_name("topic", topic),
+        return await self._publish_one(
+            Destination(_check_name("topic", topic), "topic"),
             payload,
             key=key,
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
         )
-        await self._connected().publish(Destination(topic, "topic"), [message])
-        return message.id
 
     async def send(
         self,
@@ -315,15 +313,34 @@ class EventBus:
         correlation_id: str | None = None,
     ) -> str:
         """Send a command to ``queue``: exactly one consumer handles it."""
-        message = self.build_message(
-            _check_name("queue", queue),
+        return await self._publish_one(
+            Destination(_check_name("queue", queue), "queue"),
             payload,
             key=key,
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
         )
-        await self._connected().publish(Destination(queue, "queue"), [message])
+
+    async def _publish_one(
+        self,
+        to: Destination,
+        payload: object,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+    ) -> str:
+        message = self.build_message(
+            to.name,
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+        await self._connected().publish(to, [message])
         return message.id
 
     async def publish_many(
