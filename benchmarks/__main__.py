@@ -59,7 +59,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="pre-filled messages of the Kafka consume scenarios (default 200000)",
     )
-    parser.add_argument("--max-seconds", type=float, help="time cap of one consume run (15)")
+    parser.add_argument("--max-seconds", type=float, help="time cap of one consume run (10)")
     parser.add_argument("--only", help=f"comma-separated scenario keys: {', '.join(keys)}")
     parser.add_argument("--contenders", help="comma-separated contender names to keep")
     parser.add_argument("--kafka", default=os.environ.get("EVENTBUS_TEST_KAFKA", DEFAULT_KAFKA))

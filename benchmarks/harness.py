@@ -14,6 +14,7 @@ taken seconds apart, which cancels most of the drift between rounds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import math
 import statistics
@@ -59,16 +60,16 @@ class Settings:
     """Messages per run of a batched (pipelined) publish."""
     batch_size: int = 1_000
     kafka_consume_messages: int = 200_000
-    rabbit_consume_messages: int = 30_000
-    rabbit_batch_messages: int = 30_000
+    rabbit_consume_messages: int = 20_000
+    rabbit_batch_messages: int = 20_000
     prefetch: int = 200
     partitions: int = 6
-    keyed_messages: int = 3_000
+    keyed_messages: int = 2_000
     keys: int = 64
     handler_seconds: float = 0.002
     latency_rate: float = 1_000.0
     latency_seconds: float = 5.0
-    max_seconds: float = 15.0
+    max_seconds: float = 10.0
     """A consume run stops after this long (the slow contenders); throughput is over what it
     handled by then, and the JSON says how many that was."""
     run_timeout: float = 300.0
@@ -215,11 +216,15 @@ async def run_scenario(
     def messages(contender: Contender) -> int:
         return (contender.messages or scenario.messages)(settings)
 
+    # Warm-ups need not run long: they only warm imports, connections and caches.
+    warm_settings = dataclasses.replace(settings, max_seconds=min(settings.max_seconds, 3.0))
+
     async def attempt(contender: Contender, count: int, label: str, warmup: bool) -> Measurement:
         for n in (1, 2):
             tag = f"{scenario.key}.{_slug(contender.name)}.{label}.{suffix}{'' if n == 1 else 'b'}"
+            run = Run(warm_settings if warmup else settings, count, tag, warmup)
             try:
-                return await _one(contender, Run(settings, count, tag, warmup))
+                return await _one(contender, run)
             except Exception as exc:
                 error = f"{label}: {type(exc).__name__}: {exc}"
                 if n == 2:

@@ -22,7 +22,7 @@ def print_table(results: dict[str, Any], out: Callable[[str], None] = print) -> 
         latency = scenario["latency"] != "none"
         columns = ["contender", "msg/s (median)", "min-max", "ratio", "CPU us/msg"]
         if latency:
-            columns += ["p50 ms", "p99 ms"]
+            columns += ["p50 ms", "p99 ms", "p99 by round"]
         out("| " + " | ".join(columns) + " |")
         out("|---" + "|---:" * (len(columns) - 1) + "|")
         for name, c in scenario["contenders"].items():
@@ -39,6 +39,7 @@ def print_table(results: dict[str, Any], out: Callable[[str], None] = print) -> 
             ]
             if latency:
                 cells += [f"{c[q]:.2f}" if q in c else "-" for q in ("p50_ms", "p99_ms")]
+                cells.append(" / ".join(f"{r['p99_ms']:.1f}" for r in c["rounds"] if "p99_ms" in r))
             out("| " + " | ".join(cells) + " |")
         if scenario["targets"]:
             out("")
