@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -33,6 +35,18 @@ log = logging.getLogger("eventbus")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy of the application's headers, refused if not text or in eventbus's namespace."""
+    if not headers:
+        return {}
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
+        if k.startswith("eventbus-"):
+            raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
+    return dict(headers)
 
 
 def _check_name(what: str, name: str) -> str:
@@ -265,17 +279,12 @@ class EventBus:
         correlation_id: str | None = None,
     ) -> Message:
         encoded = self.codec.encode(payload)
-        for k, v in (headers or {}).items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
-            if k.startswith("eventbus-"):
-                raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
         return Message(
             id=message_id or new_message_id(),
             topic=name,
             body=encoded.body,
             key=key,
-            headers=dict(headers or {}),
+            headers=_checked_headers(headers),
             content_type=encoded.content_type,
             type=encoded.type,
             correlation_id=correlation_id,
@@ -357,10 +366,25 @@ class EventBus:
         if keys is not None and len(keys) != len(payloads):
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
-        messages = [
-            self.build_message(topic, p, key=keys[i] if keys else None, headers=headers)
-            for i, p in enumerate(payloads)
-        ]
+        common = _checked_headers(headers)  # checked once, copied per message
+        encode = self.codec.encode
+        # One call, one publish time: the wire format then formats it once, not per message.
+        now = datetime.now(UTC)
+        messages: list[Message] = []
+        for payload, key in zip(payloads, keys or itertools.repeat(None), strict=False):
+            encoded = encode(payload)
+            messages.append(
+                Message(
+                    id=new_message_id(),
+                    topic=topic,
+                    body=encoded.body,
+                    key=key,
+                    headers=dict(common),
+                    content_type=encoded.content_type,
+                    type=encoded.type,
+                    timestamp=now,
+                )
+            )
         await self._connected().publish(Destination(topic, "topic"), messages)
         return [m.id for m in messages]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,8 +13,47 @@ from typing import Protocol
 __all__ = ["Delivery", "Message", "new_message_id"]
 
 
+_COUNTER_BITS = 48
+_COUNTER_LIMIT = 1 << _COUNTER_BITS
+
+
+class _IdSource:
+    """Message ids: a random per-process prefix plus a counter.
+
+    A fresh ``uuid4()`` per message costs an ``os.urandom`` call and a UUID object (about 5 us,
+    a sixth of a small Kafka ``publish_many``). Here the first 80 bits of a version-4 UUID are
+    drawn once (74 random bits) and the last 48 bits count from a random start (47 random
+    bits), so every id is still a valid UUID string, and two processes collide only if they
+    draw the same prefix *and* overlapping counter ranges. The prefix and start are drawn again
+    after a fork (a child must not repeat its parent's ids) and when the counter wraps."""
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.counter: itertools.count[int] = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = str(uuid.uuid4())[:23]  # "xxxxxxxx-xxxx-4xxx-yxxx", version and variant
+        start = int.from_bytes(os.urandom(6)) >> 1  # at least 2**47 ids before a wrap
+        self.counter = itertools.count(start)
+
+    def next(self) -> str:
+        n = next(self.counter)  # atomic under the GIL: safe from several threads
+        if n >= _COUNTER_LIMIT:
+            self.reseed()
+            n = next(self.counter)
+        return f"{self.prefix}-{n:012x}"
+
+
+_ids = _IdSource()
+os.register_at_fork(after_in_child=_ids.reseed)
+
+
 def new_message_id() -> str:
-    return str(uuid.uuid4())
+    """A globally unique message id (a UUID string); cheap enough to call per message."""
+    return _ids.next()
 
 
 @dataclass(frozen=True, slots=True)
