@@ -1,8 +1,8 @@
 """CloudEvents binary mode on Kafka records (DESIGN 4), and lenient reading of foreign ones."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
-from eventbus_kafka.wire import from_record, to_record
+from eventbus_kafka.wire import format_time, from_record, to_record
 
 from eventbus.message import Message
 
@@ -92,3 +92,49 @@ def test_foreign_cloudevent_keeps_its_source_and_extensions() -> None:
 
 def test_tombstone_reads_as_empty_body() -> None:
     assert _read([], value=None).body == b""
+
+
+def _reference_time(moment: datetime) -> str:
+    """The formatting before `format_time` cached and sliced: the result must not change."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def test_format_time_is_rfc3339_utc_whatever_the_zone_and_the_cache() -> None:
+    paris = timezone(timedelta(hours=2))
+    moments = [
+        datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+        datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),  # cached
+        datetime(2024, 5, 6, 7, 8, 9, 123456),  # naive, equal wall time: not the cached one
+        datetime(2024, 5, 6, 9, 8, 9, 123456, tzinfo=paris),  # same instant as the first
+        datetime(2024, 5, 6, 7, 8, 9, tzinfo=paris),
+        datetime(2024, 5, 6, 7, 8, 9, tzinfo=paris),
+        datetime.min,
+        datetime.min.replace(tzinfo=UTC),
+        datetime(2024, 5, 6, 7, 8, 9, 123457, tzinfo=UTC),
+    ]
+    for moment in moments:
+        assert format_time(moment) == _reference_time(moment)
+    assert format_time(moments[3]) == "2024-05-06T07:08:09.123456Z"
+    assert format_time(moments[4]) == "2024-05-06T05:08:09.000000Z"
+
+
+def test_messages_sharing_a_timestamp_each_get_their_own_id_and_time() -> None:
+    moment = datetime(2024, 5, 6, 7, 8, 9, 1, tzinfo=UTC)
+    first, second = (
+        to_record(Message(id=f"id-{i}", topic="t", body=b"", timestamp=moment)) for i in (1, 2)
+    )
+    later = to_record(Message(id="id-3", topic="t", body=b"", timestamp=moment.replace(second=10)))
+    assert dict(first.headers)["ce_id"] == b"id-1" and dict(second.headers)["ce_id"] == b"id-2"
+    assert dict(first.headers)["ce_time"] == dict(second.headers)["ce_time"]
+    assert dict(later.headers)["ce_time"] == b"2024-05-06T07:08:10.000001Z"
+
+
+def test_a_foreign_source_header_is_kept_and_ours_is_added_otherwise() -> None:
+    ours = dict(to_record(Message(id="x", topic="t", body=b"", headers={"a": "1"})).headers)
+    foreign = dict(
+        to_record(Message(id="x", topic="t", body=b"", headers={"ce_source": "erp"})).headers
+    )
+    assert ours["ce_source"] == b"eventbus" and ours["a"] == b"1"
+    assert foreign["ce_source"] == b"erp"

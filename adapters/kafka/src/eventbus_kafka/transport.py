@@ -229,13 +229,16 @@ class KafkaTransport:
 def _for_destination(message: Message, to: Destination, not_before: float | None) -> Message:
     """Stamp what the retry topic's consumer needs: when the message is due, and the group it
     is meant for. A stale due time from an earlier retry is dropped."""
+    group = to.group if to.kind == "topic" else None
+    if not_before is None and group is None and h.NOT_BEFORE not in message.headers:
+        return message  # the common case, without copying the headers per message
     headers = dict(message.headers)
     if not_before is not None:
         headers[h.NOT_BEFORE] = f"{not_before:.3f}"
     else:
         headers.pop(h.NOT_BEFORE, None)
-    if to.group is not None and to.kind == "topic":
-        headers[h.TARGET_GROUP] = to.group
+    if group is not None:
+        headers[h.TARGET_GROUP] = group
     if headers == message.headers:
         return message
     return message.replace_headers(headers)

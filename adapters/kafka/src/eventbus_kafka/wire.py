@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from eventbus.headers import NOT_BEFORE
 from eventbus.message import Message
@@ -39,20 +39,37 @@ SPEC_VERSION = "1.0"
 _ENVELOPE = frozenset({CE_ID, CE_TYPE, CE_SPECVERSION, CE_TIME, CE_CORRELATION_ID, CONTENT_TYPE})
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaRecord:
-    """What the producer sends: ``value`` is never None (eventbus does not write tombstones)."""
+class KafkaRecord(NamedTuple):
+    """What the producer sends: ``value`` is never None (eventbus does not write tombstones).
+
+    A named tuple rather than a frozen dataclass: one is built per published message, and a
+    frozen dataclass's ``__init__`` costs several times a tuple's."""
 
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
 
 
+_last_time: tuple[datetime | None, str] = (None, "")
+"""The last `format_time` result: the messages of one ``publish_many`` share a timestamp."""
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, as CloudEvents writers usually emit it."""
+    global _last_time
+    last = _last_time  # one read: another thread may replace it, never tear it
+    if last[0] == moment:  # the same instant: the same text (a naive one never equals an aware)
+        return last[1]
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        utc = moment.replace(tzinfo=UTC)
+    elif moment.tzinfo is not UTC:
+        utc = moment.astimezone(UTC)
+    else:
+        utc = moment
+    # isoformat of a UTC datetime always ends with "+00:00"
+    text = utc.isoformat(timespec="microseconds")[:-6] + "Z"
+    _last_time = (moment, text)
+    return text
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -60,6 +77,8 @@ def _parse_time(text: str) -> datetime | None:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
+    if moment.tzinfo is UTC:  # what eventbus writes ("Z"): nothing to convert
+        return moment
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
@@ -73,15 +92,26 @@ def decode_text(raw: bytes | None) -> str:
         return raw.decode("latin-1")
 
 
+_SOURCE_HEADER = (CE_SOURCE, SOURCE.encode("ascii"))
+_SPEC_HEADER = (CE_SPECVERSION, SPEC_VERSION.encode("ascii"))
+_NOT_APPLICATION = _ENVELOPE | {CE_SOURCE}
+
+
 def to_record(message: Message) -> KafkaRecord:
-    headers: list[tuple[str, bytes]] = [
-        (name, value.encode("utf-8"))
-        for name, value in message.headers.items()
-        if name not in _ENVELOPE and name != CE_SOURCE
-    ]
+    app = message.headers
+    if app:
+        headers: list[tuple[str, bytes]] = [
+            (name, value.encode("utf-8"))
+            for name, value in app.items()
+            if name not in _NOT_APPLICATION
+        ]
+        source = app.get(CE_SOURCE)
+    else:
+        headers = []
+        source = None
     headers.append((CE_ID, message.id.encode("utf-8")))
-    headers.append((CE_SOURCE, message.headers.get(CE_SOURCE, SOURCE).encode("utf-8")))
-    headers.append((CE_SPECVERSION, SPEC_VERSION.encode("ascii")))
+    headers.append(_SOURCE_HEADER if source is None else (CE_SOURCE, source.encode("utf-8")))
+    headers.append(_SPEC_HEADER)
     headers.append((CE_TIME, format_time(message.timestamp).encode("ascii")))
     if message.type is not None:
         headers.append((CE_TYPE, message.type.encode("utf-8")))
@@ -90,7 +120,7 @@ def to_record(message: Message) -> KafkaRecord:
     if message.correlation_id is not None:
         headers.append((CE_CORRELATION_ID, message.correlation_id.encode("utf-8")))
     key = message.key.encode("utf-8") if message.key is not None else None
-    return KafkaRecord(key=key, value=message.body, headers=headers)
+    return KafkaRecord(key, message.body, headers)
 
 
 def from_record(
