@@ -3,8 +3,10 @@
 The batch path is the only path: every record of a `publish` is handed to the producer first,
 then all their acknowledgements are awaited together, so N messages cost about one round trip
 per partition instead of N (PITFALLS: awaiting sends one by one from many tasks wakes up
-quadratically). Failures are reported per message index. The key picks the partition with
-aiokafka's default partitioner: murmur2 of the key bytes, as Java clients do.
+quadratically). A large publish builds its record batches itself, one per partition, and
+submits them whole; a small one uses ``send`` per record. Failures are reported per message
+index. The key picks the partition with aiokafka's default partitioner: murmur2 of the key
+bytes, as Java clients do.
 """
 
 from __future__ import annotations
@@ -18,8 +20,13 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     InvalidProducerEpoch,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     UnknownProducerId,
+)
+from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
+from aiokafka.record.default_records import (  # type: ignore[import-untyped]
+    DefaultRecordBatchBuilder,
 )
 
 from eventbus.errors import BrokerUnavailableError, MessageTooLargeError
@@ -34,6 +41,12 @@ log = logging.getLogger(__name__)
 
 _BATCH_BYTES = 256 * 1024
 """Per-partition batch size: big enough that a burst of small messages goes in few requests."""
+_MIN_BATCH = 16
+"""From this many records in one call, build the record batches ourselves (`_queue_batches`);
+below it, ``send`` each (`_queue_each`)."""
+_PARTITIONER = DefaultPartitioner()
+"""Given to every producer and used by `_queue_batches` too, so both paths agree."""
+_estimate_size = DefaultRecordBatchBuilder.estimate_size_in_bytes
 _STUCK: tuple[type[BaseException], ...] = (
     OutOfOrderSequenceNumber,
     UnknownProducerId,
@@ -62,6 +75,7 @@ class Producer:
             enable_idempotence=True,
             max_request_size=settings.max_message_size + HEADROOM,
             max_batch_size=_BATCH_BYTES,
+            partitioner=_PARTITIONER,
             # Bounded waits for metadata and full batches; the whole publish is bounded too.
             request_timeout_ms=int(settings.publish_timeout * 1000),
         )
@@ -165,50 +179,176 @@ class Producer:
         deadline: float,
     ) -> dict[int, tuple[BaseException, BaseException]]:
         """Send ``records[i]`` for each index; the failures as (translated, raw) by index."""
-        settings = self._settings
-        loop = asyncio.get_running_loop()
         failures: dict[int, tuple[BaseException, BaseException]] = {}
-        pending: dict[asyncio.Future[Any], int] = {}
+        pending: dict[asyncio.Future[Any], list[int]] = {}
+        refused: dict[int, BaseException] = {}  # by the producer, before being queued
+        todo = [i for i in indexes if self._fits(records[i], i, failures)]
+        # One deadline for queueing the whole call (not a timeout per record: that was a
+        # seventh of the CPU of a large publish). What is not queued by then fails.
+        try:
+            async with asyncio.timeout_at(deadline):
+                if len(todo) < _MIN_BATCH:
+                    await self._queue_each(producer, topic, records, todo, pending, refused)
+                else:
+                    await self._queue_batches(producer, topic, records, todo, pending, refused)
+        except Exception as exc:
+            raw: BaseException = exc
+            error: BaseException
+            if isinstance(exc, TimeoutError):
+                error = raw = BrokerUnavailableError(
+                    self._settings.address,
+                    f"could not queue the message within {self._settings.publish_timeout}s",
+                )
+            else:  # before the records could be partitioned (e.g. no metadata)
+                error = _translated(exc, self._settings.address)
+            accounted = {i for members in pending.values() for i in members}
+            for index in todo:
+                if index not in accounted and index not in refused:
+                    failures[index] = (error, raw)
+        for index, cause in refused.items():
+            failures[index] = (_translated(cause, self._settings.address), cause)
+        if pending:
+            await self._await_acks(pending, deadline, failures)
+        return failures
+
+    def _fits(
+        self,
+        record: KafkaRecord,
+        index: int,
+        failures: dict[int, tuple[BaseException, BaseException]],
+    ) -> bool:
+        """The size checks ``AIOKafkaProducer.send`` makes, done before partitioning so a too
+        large record fails alone in a batch path too (aiokafka's batch builder does not check)."""
+        settings = self._settings
+        if len(record.value) > settings.max_message_size:
+            error: BaseException = MessageTooLargeError(
+                f"message body of {len(record.value)} bytes exceeds max_message_size "
+                f"({settings.max_message_size} bytes; set it in the kafka:// URL)"
+            )
+            failures[index] = (error, error)
+            return False
+        size = _estimate_size(record.key, record.value, record.headers)
+        if size > settings.max_message_size + HEADROOM:
+            raw = MessageSizeTooLargeError(
+                f"The message is {size} bytes when serialized which is larger than the "
+                "maximum request size you have configured with the max_request_size "
+                "configuration"
+            )
+            failures[index] = (_translated(raw, settings.address), raw)
+            return False
+        return True
+
+    async def _queue_each(
+        self,
+        producer: Any,
+        topic: str,
+        records: Sequence[KafkaRecord],
+        indexes: Sequence[int],
+        pending: dict[asyncio.Future[Any], list[int]],
+        refused: dict[int, BaseException],
+    ) -> None:
+        """A few records: ``send`` each, so concurrent small publishes share the producer's
+        open batch (a batch of our own per call would wait for the previous one to drain:
+        one round trip per publish)."""
         for index in indexes:
             record = records[index]
-            if len(record.value) > settings.max_message_size:
-                error: BaseException = MessageTooLargeError(
-                    f"message body of {len(record.value)} bytes exceeds max_message_size "
-                    f"({settings.max_message_size} bytes; set it in the kafka:// URL)"
-                )
-                failures[index] = (error, error)
-                continue
             try:
-                async with asyncio.timeout_at(deadline):
-                    future = await producer.send(
-                        topic, record.value, key=record.key, headers=record.headers
-                    )
-            except TimeoutError:
-                error = BrokerUnavailableError(
-                    settings.address,
-                    f"could not queue the message within {settings.publish_timeout}s",
+                future = await producer.send(
+                    topic, record.value, key=record.key, headers=record.headers
                 )
-                failures[index] = (error, error)
-                continue
             except Exception as exc:
-                failures[index] = (_translated(exc, settings.address), exc)
+                refused[index] = exc
                 continue
-            pending[future] = index
-        if pending:
-            # asyncio.wait does not cancel what is still in flight: a message confirmed after
-            # the deadline is a duplicate when the caller retries, never a loss.
-            done, not_done = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
-            for future in done:
-                raised = future.exception()
-                if raised is not None:
-                    failures[pending[future]] = (_translated(raised, settings.address), raised)
+            pending[future] = [index]
+
+    async def _queue_batches(
+        self,
+        producer: Any,
+        topic: str,
+        records: Sequence[KafkaRecord],
+        indexes: Sequence[int],
+        pending: dict[asyncio.Future[Any], list[int]],
+        refused: dict[int, BaseException],
+    ) -> None:
+        """Many records: build one record batch per partition ourselves (``create_batch``) and
+        submit it whole (``send_batch``): no future, metadata tuple or coroutine per record.
+
+        The partition is chosen exactly as ``AIOKafkaProducer.send`` chooses it: the same
+        partitioner object, called with the same lists (murmur2 of the key, Java-compatible;
+        a random available partition for no key). Within a partition records keep the
+        caller's order and batches are submitted in order, so per-key order holds."""
+        await producer.partitions_for(topic)  # waits for the topic's metadata, as send() does
+        cluster = producer.client.cluster
+        all_partitions = list(cluster.partitions_for_topic(topic))
+        available = list(cluster.available_partitions_for_topic(topic) or ())
+        by_key: dict[bytes, int] = {}
+        open_batches: dict[int, tuple[Any, list[int]]] = {}
+        full: list[tuple[int, Any, list[int]]] = []
+        for index in indexes:
+            record = records[index]
+            key = record.key
+            if key is None:
+                partition = _PARTITIONER(None, all_partitions, available)
+            else:
+                partition = by_key.get(key)
+                if partition is None:
+                    partition = by_key[key] = _PARTITIONER(key, all_partitions, available)
+            entry = open_batches.get(partition)
+            if entry is None:
+                entry = open_batches[partition] = (producer.create_batch(), [])
+            builder, members = entry
+            if (
+                builder.append(timestamp=None, key=key, value=record.value, headers=record.headers)
+                is None
+            ):
+                # Full (a builder always takes its first record, whatever its size).
+                full.append((partition, builder, members))
+                builder, members = producer.create_batch(), []
+                open_batches[partition] = (builder, members)
+                builder.append(timestamp=None, key=key, value=record.value, headers=record.headers)
+            members.append(index)
+        batches = full + [(p, b, m) for p, (b, m) in open_batches.items()]
+        failed: dict[int, BaseException] = {}
+        for partition, builder, members in batches:
+            # Closed, so no concurrent send() appends to it; it is sent as built.
+            builder.close()
+            if partition not in failed:
+                try:
+                    pending[await producer.send_batch(builder, topic, partition=partition)] = (
+                        members
+                    )
+                    continue
+                except Exception as exc:
+                    failed[partition] = exc
+            # This batch, or an earlier one of its partition, was refused: later records of
+            # its keys must not overtake the refused ones.
+            refused.update(dict.fromkeys(members, failed[partition]))
+
+    async def _await_acks(
+        self,
+        pending: dict[asyncio.Future[Any], list[int]],
+        deadline: float,
+        failures: dict[int, tuple[BaseException, BaseException]],
+    ) -> None:
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        # asyncio.wait does not cancel what is still in flight: a message confirmed after
+        # the deadline is a duplicate when the caller retries, never a loss.
+        done, not_done = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()))
+        for future in done:
+            raised = future.exception()
+            if raised is not None:
+                translated = _translated(raised, settings.address)
+                for index in pending[future]:
+                    failures[index] = (translated, raised)
+        if not_done:
+            error = BrokerUnavailableError(
+                settings.address,
+                f"no acknowledgement within publish_timeout={settings.publish_timeout}s",
+            )
             for future in not_done:
-                error = BrokerUnavailableError(
-                    settings.address,
-                    f"no acknowledgement within publish_timeout={settings.publish_timeout}s",
-                )
-                failures[pending[future]] = (error, error)
-        return failures
+                for index in pending[future]:
+                    failures[index] = (error, error)
 
 
 def _translated(exc: BaseException, address: str) -> BaseException:
