@@ -210,3 +210,34 @@ async def test_ids_are_unique_valid_uuids(kafka_url: str, name: Name) -> None:
         ids += [await bus.publish(topic, b"y") for _ in range(3)]
     assert len(set(ids)) == len(ids)
     assert all(uuid.UUID(i).version == 4 for i in ids)
+
+
+async def test_batches_refused_out_of_sequence_are_resent_on_a_new_producer(
+    transport: KafkaTransport, name: Name
+) -> None:
+    """The idempotent producer out of step with the broker (aiokafka issue #1017): provoked
+    for real by skipping the sequence numbers aiokafka keeps; the broker refuses the batches
+    with OutOfOrderSequenceNumber, the producer is replaced and every record sent again."""
+    topic = name("out-of-sequence")
+    sub = await transport.subscribe(spec(topic))
+    await transport.publish(Destination(topic), [Message(id="first", topic=topic, body=b"-1")])
+    producer = transport._producer
+    generation = producer._generation
+    sequences = producer._producer._txn_manager._sequence_numbers
+    assert sequences, "the first publish set a sequence number"
+    for tp in list(sequences):
+        sequences[tp] += 1000  # the broker expects the next one: this is out of order
+    count = 300
+    batch = [
+        Message(id=f"m{i}", topic=topic, body=b"%d" % i, key=f"k{i % 9}") for i in range(count)
+    ]
+    await transport.publish(Destination(topic), batch)  # no PublishError: all resent
+    assert producer._generation == generation + 1
+    got = await take_acked(sub, count + 1)
+    assert sorted(d.message.id for d in got) == sorted(["first"] + [m.id for m in batch])
+    by_key: dict[str | None, list[int]] = {}
+    for d in got:
+        if d.message.id != "first":
+            by_key.setdefault(d.message.key, []).append(int(d.message.body))
+    assert all(bodies == sorted(bodies) for bodies in by_key.values())
+    await sub.close()

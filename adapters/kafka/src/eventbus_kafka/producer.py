@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from random import choice
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
@@ -273,14 +274,17 @@ class Producer:
         """Many records: build one record batch per partition ourselves (``create_batch``) and
         submit it whole (``send_batch``): no future, metadata tuple or coroutine per record.
 
-        The partition is chosen exactly as ``AIOKafkaProducer.send`` chooses it: the same
-        partitioner object, called with the same lists (murmur2 of the key, Java-compatible;
-        a random available partition for no key). Within a partition records keep the
-        caller's order and batches are submitted in order, so per-key order holds."""
+        The partition is chosen exactly as ``AIOKafkaProducer.send`` chooses it: for a key,
+        the same partitioner object called with the same lists (murmur2, Java-compatible),
+        once per distinct key; for no key, a random available partition per record. Within a
+        partition records keep the caller's order and batches are submitted in order, so
+        per-key order holds."""
         await producer.partitions_for(topic)  # waits for the topic's metadata, as send() does
         cluster = producer.client.cluster
         all_partitions = list(cluster.partitions_for_topic(topic))
         available = list(cluster.available_partitions_for_topic(topic) or ())
+        # No key: what DefaultPartitioner does for None, without its call per record.
+        keyless = available or all_partitions
         by_key: dict[bytes, int] = {}
         open_batches: dict[int, tuple[Any, list[int]]] = {}
         full: list[tuple[int, Any, list[int]]] = []
@@ -288,7 +292,7 @@ class Producer:
             record = records[index]
             key = record.key
             if key is None:
-                partition = _PARTITIONER(None, all_partitions, available)
+                partition = choice(keyless)
             else:
                 partition = by_key.get(key)
                 if partition is None:
