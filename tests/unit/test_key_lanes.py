@@ -168,3 +168,26 @@ async def test_fetching_stops_at_max_in_flight(make_bus: Callable[..., EventBus]
         gate.set()
         await wait_for(lambda: len(seen) == 50)
     assert seen == list(range(50))
+
+
+async def test_keyless_messages_flow_while_one_waits_for_its_retry(
+    make_bus: Callable[..., EventBus],
+) -> None:
+    # Keyless messages share a small pool of workers; the one waiting for its backoff must not
+    # keep the only worker (concurrency=1) from the messages behind it.
+    bus = make_bus()
+    done: list[tuple[int, int]] = []
+    policy = RetryPolicy(max_attempts=2, initial_delay=2.0, jitter=False)
+
+    @bus.subscribe("orders", group="g", concurrency=1, retry=policy)
+    async def handler(order: Order, delivery: Delivery) -> None:
+        if order.id == 1 and delivery.attempt == 1:
+            raise ConnectionError("transient")
+        done.append((order.id, delivery.attempt))
+
+    async with bus:
+        for i in range(1, 6):
+            await bus.publish("orders", Order(id=i))
+        await wait_for(lambda: len(done) == 5, what="all five handled")
+    assert done[:4] == [(2, 1), (3, 1), (4, 1), (5, 1)], done
+    assert done[4] == (1, 2)

@@ -31,13 +31,18 @@ class HandlerSpec:
     def kwargs(
         self, payload: object, delivery: Delivery, inbox: object = None
     ) -> dict[str, object]:
-        values: dict[ParamKind, object] = {
-            "payload": payload,
-            "delivery": delivery,
-            "message": delivery.message,
-            "inbox": inbox,
-        }
-        return {name: values[kind] for name, kind in self.params}
+        # Runs once per message: a plain loop, no lookup table built per call.
+        out: dict[str, object] = {}
+        for name, kind in self.params:
+            if kind == "payload":
+                out[name] = payload
+            elif kind == "delivery":
+                out[name] = delivery
+            elif kind == "message":
+                out[name] = delivery.message
+            else:
+                out[name] = inbox
+        return out
 
 
 def inspect_handler(

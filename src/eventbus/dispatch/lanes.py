@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Generic, TypeVar
 
+import anyio
 from anyio.abc import TaskGroup
 
 __all__ = ["KeyLanes"]
@@ -14,12 +16,20 @@ T = TypeVar("T")
 
 
 class KeyLanes(Generic[T]):
-    """Routes items to one lane per key; each lane is a task that handles its items in arrival
-    order and ends when its queue is empty. Keyless items each get a task of their own.
+    """Routes items to one lane per key and runs them on a small pool of worker tasks.
+
+    A lane holds a key's items in arrival order; it is *ready* when it has items and none of
+    them is running, and only then is it in the ready queue, so a key never runs twice at once.
+    A keyless item is ready on its own. Workers take ready entries in turn and end when none
+    is left.
+
+    Workers are started on demand, up to ``workers`` (the caller's ``concurrency``) that are not
+    `parked`: an item waiting for a retry backoff parks its worker and another one starts, so
+    other keys flow meanwhile. A pool rather than a task per item: starting a task costs more
+    than handling a message with a trivial handler (benchmarks/ measured it).
 
     The total number of queued items is bounded by the caller (``max_in_flight``), and how many
-    handlers run at once by the caller's limiter (``concurrency``): a lane waiting for a retry
-    backoff holds no concurrency slot, so other keys flow meanwhile.
+    handlers run at once by the caller's limiter (``concurrency``).
     """
 
     def __init__(
@@ -27,34 +37,73 @@ class KeyLanes(Generic[T]):
         task_group: TaskGroup,
         process: Callable[[T], Coroutine[object, object, None]],
         keep_going: Callable[[], bool],
+        workers: int,
     ) -> None:
         self._tg = task_group
         self._process = process
         self._keep_going = keep_going
+        self._limit = workers
         self._lanes: dict[str, deque[T]] = {}
+        self._ready: deque[tuple[str | None, T | None]] = deque()
+        """Keys whose lane is ready, as ``(key, None)``; keyless items as ``(None, item)``."""
+        self._workers = 0
+        self._parked = 0
 
     def submit(self, key: str | None, item: T) -> None:
         if key is None:
-            self._tg.start_soon(self._process, item)
-            return
-        lane = self._lanes.get(key)
-        if lane is not None:
-            lane.append(item)
-            return
-        self._lanes[key] = deque((item,))
-        self._tg.start_soon(self._run_lane, key)
+            self._ready.append((None, item))
+        else:
+            lane = self._lanes.get(key)
+            if lane is not None:
+                lane.append(item)  # running or already ready: its worker gets to it in turn
+                return
+            self._lanes[key] = deque((item,))
+            self._ready.append((key, None))
+        if self._workers - self._parked < self._limit:
+            self._workers += 1
+            self._tg.start_soon(self._work)
 
-    async def _run_lane(self, key: str) -> None:
-        lane = self._lanes[key]
+    @contextlib.contextmanager
+    def parked(self) -> Iterator[None]:
+        """Around a wait that holds a worker but no concurrency slot (a retry backoff)."""
+        self._parked += 1
         try:
-            while lane and self._keep_going():
-                # The item stays at the head while it runs so the lane is not reopened (and a
-                # later message of this key started) before it finishes.
+            if self._ready and self._workers - self._parked < self._limit:
+                self._workers += 1
+                self._tg.start_soon(self._work)
+            yield
+        finally:
+            self._parked -= 1
+
+    async def _work(self) -> None:
+        try:
+            while self._keep_going():
+                if not self._ready:
+                    # Let the fetcher refill before leaving: with fast handlers the queue empties
+                    # every few messages, and staying costs less than a new task.
+                    await anyio.lowlevel.checkpoint()
+                    if not self._ready:
+                        return
+                    continue
+                key, item = self._ready.popleft()
+                if key is None:
+                    await self._process(item)  # type: ignore[arg-type]
+                    continue
+                lane = self._lanes[key]
+                # The item stays at the head while it runs so that `submit` appends behind it
+                # instead of making the key ready again.
                 await self._process(lane[0])
                 lane.popleft()
+                if lane:
+                    self._ready.append((key, None))  # behind the keys that waited meanwhile
+                else:
+                    del self._lanes[key]
         finally:
-            # Items left behind when stopping are still unsettled; the runner releases them.
-            del self._lanes[key]
+            # Items left behind when stopping (or cancelled) are still unsettled; the runner
+            # releases them.
+            self._workers -= 1
 
     def __len__(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return sum(len(lane) for lane in self._lanes.values()) + sum(
+            1 for key, _ in self._ready if key is None
+        )

@@ -8,6 +8,7 @@ nothing unsettled is ever acked at shutdown.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -24,6 +25,7 @@ from eventbus.dedup.base import ClaimResult, InboxStore
 from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
 from eventbus.dispatch.lanes import KeyLanes
 from eventbus.dispatch.settle import DeliveryState
+from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import LeaseLostError, Reject, Retry
 from eventbus.message import Delivery, Message
@@ -60,10 +62,12 @@ class SubscriptionRunner:
         self._codec = codec
         self._middleware = tuple(middleware)
         self._rng = rng or random.Random()
-        self._limiter = anyio.CapacityLimiter(subscriber.concurrency)
-        # fast_acquire: no extra trip through the event loop per message when a slot is free
-        # (the fetch that follows is the checkpoint); benchmarks/ measured it per message.
-        self._slots = anyio.Semaphore(subscriber.max_in_flight, fast_acquire=True)
+        self._limiter = Slots(subscriber.concurrency)
+        self._in_flight = 0
+        """Fetched and not settled; bounded by ``max_in_flight`` (DESIGN 3.7)."""
+        self._room: anyio.Event | None = None
+        """Set when a settle frees room while the fetcher waits for it."""
+        self._lanes: KeyLanes[DeliveryState] | None = None
         # A dict as an ordered set: `_release_unsettled` needs the fetch order.
         self._unsettled: dict[DeliveryState, None] = {}
         self._busy: set[DeliveryState] = set()
@@ -94,8 +98,9 @@ class SubscriptionRunner:
                 async with anyio.create_task_group() as work:
                     self._work = work
                     lanes: KeyLanes[DeliveryState] = KeyLanes(
-                        work, self._handle, lambda: not self._stopping
+                        work, self._handle, lambda: not self._stopping, self.subscriber.concurrency
                     )
+                    self._lanes = lanes
                     work.start_soon(self._fetch, self._sub, lanes)
                     task_status.started()
                     await self._abort.wait()
@@ -121,6 +126,8 @@ class SubscriptionRunner:
                 await self._sub.stop()
             except Exception:
                 log.exception("%s: stopping the subscription failed", self.subscriber.describe())
+        if self._room is not None:
+            self._room.set()  # a fetcher waiting for room sees the stop
         if not self._busy:
             self._quiet.set()
         await self._quiet.wait()
@@ -149,31 +156,38 @@ class SubscriptionRunner:
 
     async def _fetch(self, sub: Subscription, lanes: KeyLanes[DeliveryState]) -> None:
         stats = self.subscriber.stats
+        limit = self.subscriber.max_in_flight
         iterator = sub.__aiter__()
         while not self._stopping:
-            # Bound what is fetched but unsettled (DESIGN 3.7): take a slot before pulling.
-            await self._slots.acquire()
+            # Bound what is fetched but unsettled (DESIGN 3.7): wait for room before pulling.
+            # A counter and an event rather than a semaphore: this runs once per message.
+            while self._in_flight >= limit:
+                self._room = anyio.Event()
+                await self._room.wait()
+                if self._stopping:
+                    return
             try:
                 raw = await iterator.__anext__()
             except StopAsyncIteration:
-                self._slots.release()
                 return
-            except BaseException:
-                self._slots.release()
-                raise
             stats.received += 1
             state = DeliveryState(self, raw)
-            state.attempt = max(state.attempt, self._requeued.pop(raw.message.id, 0))
+            if self._requeued:
+                state.attempt = max(state.attempt, self._requeued.pop(raw.message.id, 0))
             self._unsettled[state] = None
+            self._in_flight += 1
             if self._stopping:
                 continue  # fetched during stop: released, not started
             lanes.submit(raw.message.key, state)
 
     def forget(self, state: DeliveryState) -> None:
-        """Called once a delivery is settled: frees its in-flight slot."""
+        """Called once a delivery is settled: frees its in-flight room."""
         if state in self._unsettled:
             del self._unsettled[state]
-            self._slots.release()
+            self._in_flight -= 1
+            if self._room is not None:
+                self._room.set()
+                self._room = None
         self._leave_busy(state)
 
     def _leave_busy(self, state: DeliveryState) -> None:
@@ -233,7 +247,7 @@ class SubscriptionRunner:
                 settler=state,
             )
             try:
-                await self._take_handler_slot()
+                await self._limiter.acquire()
                 try:
                     await self._invoke(delivery, payload, state)
                 finally:
@@ -296,15 +310,6 @@ class SubscriptionRunner:
                 self._work.start_soon(self._expire, state, sub.ack_timeout)
             return True
 
-    async def _take_handler_slot(self) -> None:
-        """A `concurrency` slot for this task. Most of the time one is free: take it without
-        anyio's two checkpoints (each a trip through the event loop, a large share of the
-        per-message cost); the handler awaited next is the checkpoint."""
-        try:
-            self._limiter.acquire_nowait()
-        except anyio.WouldBlock:
-            await self._limiter.acquire()
-
     def _decode(self, message: Message) -> object:
         target = self.subscriber.handler.payload_type
         if target is None or target is Message:
@@ -329,6 +334,10 @@ class SubscriptionRunner:
         sub = self.subscriber
         spec = sub.handler
         store = sub.dedup
+        if spec.is_async and spec.inbox_type is None and not self._middleware:
+            # The common case, without the two closures below (this runs once per message).
+            await spec.func(**spec.kwargs(payload, delivery))
+            return
 
         async def call(d: Delivery) -> None:
             if spec.inbox_type is not None and isinstance(store, InboxStore):
@@ -372,9 +381,11 @@ class SubscriptionRunner:
         await state.expire()
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
-        """Sleep; True if the subscription started stopping meanwhile."""
-        with anyio.move_on_after(seconds):
-            await self._stop_event.wait()
+        """Sleep without a worker's turn (others start meanwhile); True if the subscription
+        started stopping meanwhile."""
+        with self._lanes.parked() if self._lanes is not None else contextlib.nullcontext():
+            with anyio.move_on_after(seconds):
+                await self._stop_event.wait()
         return self._stopping
 
     # -- deduplication ----------------------------------------------------------------------

@@ -93,7 +93,8 @@ class DeliveryState:
         if not self._settle():
             return
         try:
-            await self._runner.complete_claim(self)
+            if self.claim_owner is not None:
+                await self._runner.complete_claim(self)
             await self.raw.ack()
         finally:
             self._runner.forget(self)
