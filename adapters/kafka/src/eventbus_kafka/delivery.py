@@ -27,6 +27,12 @@ class Taken:
     def offset(self) -> int:
         return int(self.record.offset)
 
+    @property
+    def size(self) -> int:
+        """Bytes of the value, for the read-ahead budget."""
+        value = self.record.value
+        return len(value) if value is not None else 0
+
     def to_message(self, topic: str) -> Message:
         record = self.record
         return from_record(

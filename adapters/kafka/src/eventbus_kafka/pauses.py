@@ -1,9 +1,10 @@
 """Which partitions the consumer must not fetch right now, and why.
 
-Two reasons: the subscription is full (``prefetch`` records taken and not settled for a while:
-every partition pauses, so aiokafka stops fetching and drops what it prefetched instead of
-buffering without bound), or a retry record at the head of a partition is not due yet (that
-partition alone pauses until then; the others keep flowing, and nothing busy-loops).
+Two reasons: the subscription is full (its read-ahead buffer stayed full while nothing was
+handed out for a while: every partition pauses, so aiokafka stops fetching and drops what it
+prefetched instead of buffering without bound), or a retry record at the head of a partition
+is not due yet (that partition alone pauses until then; the others keep flowing, and nothing
+busy-loops).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`KafkaSubscription`: one consumer, a fetch task feeding a bounded buffer, and the commits.
 
-Tasks: the fetch task calls ``getmany`` for at most the free capacity (``prefetch`` minus what
-is buffered or handed out and unsettled) and fills the buffer the iterator drains; the commit
+Tasks: the fetch task calls ``getmany`` for at most the free room of a read-ahead buffer the
+iterator drains (records aiokafka has already fetched; how many are handed out and unsettled
+is bounded above, by the core's ``max_in_flight``); the commit
 task commits every ``commit_interval`` what `PartitionOffsets` allows. Both belong to the
 subscription: `stop` cancels and awaits the fetch task, `close` the commit task, then commits
 one last time and leaves the group (aiokafka calls no revoke hook on stop).
@@ -46,6 +47,11 @@ _POLL_SECONDS = 0.5
 _FULL_GRACE = 1.0
 """Full this long without a settle: pause every partition rather than keep aiokafka's
 prefetched records around; resumed as soon as there is room."""
+_READ_AHEAD_RECORDS = 256
+_READ_AHEAD_BYTES = 4 * 1024 * 1024
+"""The read-ahead buffer holds at most this many records and (roughly) bytes of values. Taking
+records from aiokafka in batches rather than a few at a time (as many as the core has room for)
+makes each ``getmany`` worth its cost; benchmarks/ measured it."""
 _COMMIT_TIMEOUT = 10.0
 _REVOKE_COMMIT_TIMEOUT = 5.0
 _REVOKE_DRAIN_TIMEOUT = 10.0
@@ -93,7 +99,13 @@ class KafkaSubscription:
         self._pauses = Pauses()
         self._committer = Committer(self._describe())
         self._buffer: deque[Taken] = deque()
+        self._buffered_bytes = 0
+        self._read_ahead = max(self._prefetch, _READ_AHEAD_RECORDS)
+        self._low_water = self._read_ahead // 2
+        """The fetch task waits until the buffer is down to this many records."""
         self._held = 0
+        self._handed_out = 0
+        """Deliveries yielded so far (progress, for the full-pause decision)."""
         """Handed out and not settled."""
         self._held_by: dict[PartitionOffsets, int] = {}
         """Handed out and not settled, per partition tracker."""
@@ -185,12 +197,21 @@ class KafkaSubscription:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
+            if self._held >= self._prefetch:
+                # The core never holds more than ``prefetch``; this keeps the promise for any
+                # other caller of the SPI.
+                self._settle.clear()
+                await self._settle.wait()
+                continue
             taken = self._buffer.popleft()
+            self._buffered_bytes -= taken.size
+            if len(self._buffer) <= self._low_water:
+                self._room.set()
             tracker = taken.tracker
             if tracker.revoked or tracker in self._draining:
-                self._room.set()
                 continue  # its partition is being revoked: the new owner has it
             self._held += 1
+            self._handed_out += 1
             self._held_by[tracker] = self._held_by.get(tracker, 0) + 1
             yield KafkaDelivery(self, taken, self._message_of(taken))
 
@@ -212,6 +233,7 @@ class KafkaSubscription:
             return
         self._stopped = True
         self._ready.set()
+        self._settle.set()  # an iterator waiting for a settle sees the stop
         await _cancel(self._fetch_task)
         if self._consumer is not None and self._owned.assigned:
             try:  # no more network fetches; heartbeats go on, so the group keeps us
@@ -238,10 +260,12 @@ class KafkaSubscription:
         """Forget every tracked record and stop the consumer (leaving the group)."""
         self._stopped = True
         self._ready.set()
+        self._settle.set()  # an iterator waiting for a settle sees the stop
         await _cancel(self._fetch_task)
         await _cancel(self._commit_task)
         self._owned.revoke_all()
         self._buffer.clear()
+        self._buffered_bytes = 0
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -267,14 +291,16 @@ class KafkaSubscription:
             # commit passes it; after stop it just stays unfinished (redelivered after restart).
             taken.redelivered = True
             self._buffer.appendleft(taken)
+            self._buffered_bytes += taken.size
             self._ready.set()
-            return
-        self._room.set()
 
     # -- fetching ---------------------------------------------------------------------------
 
     def _free(self) -> int:
-        return self._prefetch - len(self._buffer) - self._held
+        """Records the fetch task may take now: none until the buffer is down to low water."""
+        if self._buffered_bytes >= _READ_AHEAD_BYTES or len(self._buffer) > self._low_water:
+            return 0
+        return self._read_ahead - len(self._buffer)
 
     async def _fetch_loop(self) -> None:
         backoff = 0.1
@@ -318,10 +344,13 @@ class KafkaSubscription:
     async def _wait_for_room(self) -> None:
         self._room.clear()
         if not self._pauses.full:
+            handed_out = self._handed_out
             try:
-                await asyncio.wait_for(self._room.wait(), min(_FULL_GRACE, self._pauses.due_in()))
+                async with asyncio.timeout(min(_FULL_GRACE, self._pauses.due_in())):
+                    await self._room.wait()
             except TimeoutError:
-                if self._free() <= 0:
+                # Full, and nothing taken from the buffer meanwhile: the handlers are stuck.
+                if self._free() <= 0 and self._handed_out == handed_out:
                     self._pauses.full = True
                     self._apply_pauses()
             return
@@ -329,7 +358,8 @@ class KafkaSubscription:
         self._apply_pauses()
         self._take(await self._consumer.getmany(timeout_ms=0), 0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._room.wait(), min(_POLL_SECONDS * 2, self._pauses.due_in()))
+            async with asyncio.timeout(min(_POLL_SECONDS * 2, self._pauses.due_in())):
+                await self._room.wait()
 
     def _take(self, batch: dict[TP, list[Any]], limit: int) -> None:
         """Buffer up to ``limit`` records; give the rest back (seek) so they are fetched again."""
@@ -368,7 +398,9 @@ class KafkaSubscription:
                     break
                 # A re-read after an offset reset is not tracked again, but still delivered.
                 tracker.track(record.offset)
-                self._buffer.append(Taken(tracker, tp.partition, record))
+                taken = Taken(tracker, tp.partition, record)
+                self._buffer.append(taken)
+                self._buffered_bytes += taken.size
                 limit -= 1
         if delayed:
             self._apply_pauses()
@@ -431,6 +463,7 @@ class KafkaSubscription:
         self._buffer = deque(
             t for t in self._buffer if not (t.tracker.revoked or t.tracker in self._draining)
         )
+        self._buffered_bytes = sum(t.size for t in self._buffer)
         if len(self._buffer) != before:
             self._room.set()
 

@@ -140,7 +140,14 @@ def from_record(
     attributes: dict[str, str] = {}
     app_headers: dict[str, str] = {}
     for name, raw in headers:
-        text = decode_text(raw)
+        # `decode_text` inlined: this runs for every header of every record.
+        if raw is None:
+            text = ""
+        else:
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                text = raw.decode("latin-1")
         if name in _ENVELOPE:
             attributes[name] = text
         elif name == CE_SOURCE and text == SOURCE:
@@ -148,12 +155,14 @@ def from_record(
         else:
             app_headers[name] = text  # duplicate names: the last one wins, as in most clients
 
-    record_time = (
-        datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-        if timestamp_ms is not None and timestamp_ms >= 0
-        else datetime.now(UTC)
-    )
-    timestamp = _parse_time(attributes[CE_TIME]) if CE_TIME in attributes else None
+    ce_time = attributes.get(CE_TIME)
+    timestamp = _parse_time(ce_time) if ce_time is not None else None
+    if timestamp is None:
+        timestamp = (
+            datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+            if timestamp_ms is not None and timestamp_ms >= 0
+            else datetime.now(UTC)
+        )
     return Message(
         id=attributes.get(CE_ID) or f"{record_topic}/{partition}/{offset}",
         topic=topic,
@@ -162,7 +171,7 @@ def from_record(
         headers=app_headers,
         content_type=attributes.get(CONTENT_TYPE),
         type=attributes.get(CE_TYPE),
-        timestamp=timestamp or record_time,
+        timestamp=timestamp,
         correlation_id=attributes.get(CE_CORRELATION_ID),
     )
 
