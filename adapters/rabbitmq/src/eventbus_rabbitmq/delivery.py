@@ -1,5 +1,8 @@
 """`AmqpDelivery`: one delivery handed to the core, settled on the channel it arrived on.
 
+Acks go through the channel's `ChannelAcks`, which coalesces them (see acks.py); releases are
+sent at once.
+
 Settling is idempotent (aio-pika and aiormq raise on a second ack; we do not), and never raises
 into the worker: if the channel is gone, RabbitMQ has already requeued the message when the
 channel closed, so the settle is a no-op and the message is redelivered, never lost.
@@ -14,6 +17,7 @@ from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel
 
 from eventbus.message import Message
+from eventbus_rabbitmq.acks import ChannelAcks
 
 __all__ = ["SETTLE_FAILURES", "AmqpDelivery"]
 
@@ -27,6 +31,7 @@ class AmqpDelivery:
     """A `RawDelivery` bound to the channel it arrived on."""
 
     __slots__ = (
+        "_acks",
         "_channel",
         "_on_settled",
         "_settled",
@@ -42,7 +47,7 @@ class AmqpDelivery:
         message: Message,
         *,
         redelivered: bool,
-        channel: AbstractChannel,
+        acks: ChannelAcks,
         tag: int,
         queue: str,
         on_settled: Callable[[AmqpDelivery], None],
@@ -51,7 +56,8 @@ class AmqpDelivery:
         self.redelivered = redelivered
         self.queue = queue
         self.native: Mapping[str, str] = {"queue": queue}
-        self._channel = channel
+        self._acks = acks
+        self._channel = acks.channel
         self._tag = tag
         self._on_settled = on_settled
         self._settled = False
@@ -82,9 +88,9 @@ class AmqpDelivery:
                 log.debug("settling %s after its channel closed: no-op", self.message.id)
                 return
             if ack:
-                await self._channel.basic_ack(self._tag)
+                self._acks.ack(self._tag)
             else:
-                await self._channel.basic_nack(self._tag, requeue=True)
+                await self._acks.release(self._tag)
         except SETTLE_FAILURES as e:
             log.info(
                 "could not %s message %s (%r); the broker will redeliver it",

@@ -55,6 +55,7 @@ class _Consumer(Protocol):
     def in_flight(self, queue: str) -> int: ...
     async def consume(self, queue: str) -> None: ...
     async def cancel(self, queue: str) -> None: ...
+    async def flush_acks(self) -> None: ...
 
 
 class Locks:
@@ -242,6 +243,9 @@ class Balancer:
         return True
 
     async def _unlock(self, index: int) -> None:
+        # Our acks reach the broker before the next owner may consume: were our channel to die
+        # with them unsent, those messages would come back after ones it already handled.
+        await self._consumer.flush_acks()
         name = self._lock_name(index)
         channel = await self._get_lock_channel()
         await channel.queue_delete(name)

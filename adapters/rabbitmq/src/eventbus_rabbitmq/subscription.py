@@ -1,10 +1,10 @@
 """Consuming: one channel per subscription, manual acks, deliveries yielded in arrival order.
 
 The broker pushes up to ``prefetch`` unacked deliveries per consumer into a local buffer; the
-iterator yields from it. Settling maps to ``basic.ack`` / ``basic.nack(requeue=True)`` on the
-channel the delivery came from, and is idempotent. If that channel is gone, RabbitMQ has already
-requeued the message, so settling is a no-op: it will be redelivered, never lost, and a dead
-channel never raises into the worker.
+iterator yields from it. Settling maps to ``basic.ack`` (coalesced per channel, see acks.py) /
+``basic.nack(requeue=True)`` on the channel the delivery came from, and is idempotent. If
+that channel is gone, RabbitMQ has already requeued the message, so settling is a no-op: it
+will be redelivered, never lost, and a dead channel never raises into the worker.
 
 A lost channel or connection is restored by the iterator itself (no background task): it
 reconnects with backoff, declares again, consumes again, and drops what was buffered from the
@@ -27,6 +27,7 @@ from pamqp.commands import Basic
 from eventbus.errors import BrokerUnavailableError
 from eventbus.transports.base import RawDelivery, SubscriptionSpec
 from eventbus_rabbitmq import wire
+from eventbus_rabbitmq.acks import ChannelAcks
 from eventbus_rabbitmq.connection import Connector
 from eventbus_rabbitmq.delivery import SETTLE_FAILURES as _SETTLE_FAILURES
 from eventbus_rabbitmq.delivery import AmqpDelivery
@@ -63,7 +64,8 @@ class RabbitSubscription:
         self._topology = topology
         self._prefetch = settings.prefetch or spec.prefetch
         self._channel: AbstractChannel | None = None
-        self._abandoned: AbstractChannel | None = None
+        self._acks: ChannelAcks | None = None  # of the current channel
+        self._abandoned: ChannelAcks | None = None  # of a channel the broker cancelled us on
         self._consumers: dict[str, str] = {}  # queue -> consumer tag
         self._queues: list[str] = []  # consumed through the current channel
         self._unsettled: dict[int, str] = {}  # delivery tag -> queue, on the current channel
@@ -109,6 +111,7 @@ class RabbitSubscription:
         self._consumers.clear()
         # Nothing buffered will be yielded any more: let other consumers have it now.
         await self._release_buffered(lambda _delivery: True)
+        await self._flush_acks(self._acks)
 
     async def close(self) -> None:
         if self._closed:
@@ -116,8 +119,12 @@ class RabbitSubscription:
         await self.stop()
         self._closed = True
         channel, self._channel = self._channel, None
+        acks, self._acks = self._acks, None
         if channel is not None and not channel.is_closed:
             try:
+                # Acks recorded since stop() (handlers that finished meanwhile) go out before
+                # the requeue below and the close, which would otherwise requeue them too.
+                await self._flush_acks(acks)
                 if self._balancer is None:
                     await self._requeue_all(channel)
                 # Closing the channel makes RabbitMQ requeue everything unacked on it, in order.
@@ -212,11 +219,16 @@ class RabbitSubscription:
     def in_flight(self, queue: str) -> int:
         return self._in_flight.get(queue, 0) + sum(1 for d in self._buffer if d.queue == queue)
 
+    async def flush_acks(self) -> None:
+        """Send the acks recorded so far (before a partition is handed to someone else)."""
+        await self._flush_acks(self._acks)
+
     async def consume(self, queue: str) -> None:
         channel = self._channel
         if channel is None or channel.is_closed:
             raise amqp.ChannelInvalidStateError("subscription channel is closed")
-        ok = await channel.basic_consume(queue, self._receiver(channel, queue))
+        assert self._acks is not None and self._acks.channel is channel
+        ok = await channel.basic_consume(queue, self._receiver(self._acks, queue))
         assert ok.consumer_tag is not None
         self._consumers[queue] = ok.consumer_tag
 
@@ -228,6 +240,7 @@ class RabbitSubscription:
             return
         await channel.basic_cancel(tag)
         await self._release_buffered(lambda delivery: delivery.queue == queue)
+        await self._flush_acks(self._acks)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -246,6 +259,7 @@ class RabbitSubscription:
         channel.closing.add_done_callback(lambda _f: self._wakeup.set())
         channel.on_consumer_cancel_callbacks.add(self._on_broker_cancel)
         self._channel = channel
+        self._acks = ChannelAcks(channel, batch=self._prefetch // 10)
         self._consumers.clear()
         self._in_flight.clear()
         self._queues = queues
@@ -272,10 +286,12 @@ class RabbitSubscription:
     async def _restore(self) -> None:
         """Open a fresh channel (and connection if needed) and consume again."""
         abandoned, self._abandoned = self._abandoned, None
-        if abandoned is not None and not abandoned.is_closed:
-            # Closing it makes the broker requeue what we had unacked on it.
+        if abandoned is not None and not abandoned.channel.is_closed:
+            # Closing it makes the broker requeue what we had unacked on it; what was acked
+            # goes out first.
+            await self._flush_acks(abandoned)
             try:
-                await abandoned.close()
+                await abandoned.channel.close()
             except _SETTLE_FAILURES:
                 log.debug("closing an abandoned channel failed", exc_info=True)
         self._buffer.clear()  # their channel is gone; the broker redelivers them
@@ -301,17 +317,22 @@ class RabbitSubscription:
             delay = min(delay * 2, 5.0)
 
     def _receiver(
-        self, channel: AbstractChannel, queue: str
+        self, acks: ChannelAcks, queue: str
     ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         topic = self._spec.name
+        channel = acks.channel
 
         async def receive(raw: DeliveredMessage) -> None:
             # aiormq runs this in a new task per delivery, in arrival order; nothing here awaits,
             # so the buffer keeps the broker's order.
             delivery = raw.delivery
             assert isinstance(delivery, Basic.Deliver)
+            tag = delivery.delivery_tag or 0
+            # Every tag of the channel, even one never handed out: an ack with multiple=True
+            # must not pass over a tag it does not know is settled.
+            acks.delivered(tag)
             if channel is self._channel:
-                self._unsettled[delivery.delivery_tag or 0] = queue
+                self._unsettled[tag] = queue
             message = wire.decode(
                 topic,
                 raw.body,
@@ -323,8 +344,8 @@ class RabbitSubscription:
                 AmqpDelivery(
                     message,
                     redelivered=bool(delivery.redelivered),
-                    channel=channel,
-                    tag=delivery.delivery_tag or 0,
+                    acks=acks,
+                    tag=tag,
                     queue=queue,
                     on_settled=self._settled,
                 )
@@ -345,7 +366,7 @@ class RabbitSubscription:
         # over on a fresh channel, which declares the queue again.
         log.warning("RabbitMQ cancelled consumer %s of %s", frame.consumer_tag, self._spec.name)
         if self._channel is not None and not self._stopped:
-            self._abandoned, self._channel = self._channel, None
+            self._abandoned, self._acks, self._channel = self._acks, None, None
             self._wakeup.set()
 
     async def _release_buffered(self, which: Callable[[AmqpDelivery], bool]) -> None:
@@ -357,3 +378,11 @@ class RabbitSubscription:
         for delivery in give_back:
             self._in_flight[delivery.queue] = self._in_flight.get(delivery.queue, 0) + 1
             await delivery.release()
+
+    async def _flush_acks(self, acks: ChannelAcks | None) -> None:
+        if acks is None or acks.channel.is_closed:
+            return  # the broker requeued what was unacked on it; it comes back redelivered
+        try:
+            await acks.flush()
+        except _SETTLE_FAILURES:
+            log.debug("flushing acks failed; the broker will redeliver them", exc_info=True)
