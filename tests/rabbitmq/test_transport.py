@@ -333,3 +333,42 @@ async def test_partitions_spread_keys_over_subscribers_and_keep_order(
         per_key[key].append(seq)
     for key, seqs in per_key.items():
         assert seqs == sorted(seqs) and len(seqs) == 20, f"{key}: once each, in order"
+
+
+async def test_publish_declares_again_what_was_deleted_behind_its_back(
+    make_transport: Make, name: Callable[[str], str], amqp_url: str
+) -> None:
+    """Known entities skip the declaration; a publish the broker refuses for a missing
+    exchange (a closed channel) forgets them, declares again and retries."""
+    transport = await make_transport()
+    q = name("redeclare-q")
+    await transport.publish(Destination(q, kind="queue"), [msg(q, 1)])
+    topic = name("redeclare-x")
+    sub = await transport.subscribe(group(topic, "g"))
+    await transport.publish(Destination(topic), [msg(topic, 1)])
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.exchange_delete(topic)
+    finally:
+        await connection.close()
+    with pytest.raises(UnroutableError):  # declared again, but no longer bound to the group
+        await transport.publish(Destination(topic), [msg(topic, 2)])
+    (first,) = await take(sub, 1)
+    assert first.message.id == "m1"
+    await first.ack()
+    assert await transport.depth(q, "queue") == 1
+
+
+async def test_concurrent_publishes_of_one_id_are_all_confirmed(
+    make_transport: Make, name: Callable[[str], str]
+) -> None:
+    transport = await make_transport()
+    q = name("same-id")
+    to = Destination(q, kind="queue")
+    await transport.publish(to, [msg(q, 0)])
+    same = msg(q, 1)
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(transport.publish, to, [same])
+    assert await transport.depth(q, "queue") == 6

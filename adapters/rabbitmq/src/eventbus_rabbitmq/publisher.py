@@ -66,8 +66,9 @@ class Publisher:
         self._channel_lock = asyncio.Lock()
         # aiormq matches a returned message to its publish by message_id: two publishes with
         # the same id in flight on one channel would be confused. The core re-publishes ids
-        # (retries, dead letters), so publishes of one id are serialized.
-        self._in_flight: dict[str, asyncio.Future[None]] = {}
+        # (retries, dead letters), so publishes of one id are serialized: id -> the publishes
+        # waiting for it (a future is only made for a second publish of an id in flight).
+        self._in_flight: dict[str, list[asyncio.Future[None]]] = {}
         self._groups: dict[tuple[str, str], _Route] = {}
 
     async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
@@ -129,12 +130,14 @@ class Publisher:
 
     async def _route(self, to: Destination, deadline: float) -> _Route:
         if to.kind == "queue":
-            await self._declare(lambda ch: self._topology.queue(ch, to.name), to, deadline)
+            if not self._topology.declared("q", to.name):  # no admin channel when known
+                await self._declare(lambda ch: self._topology.queue(ch, to.name), to, deadline)
             final = _Route("", _fixed(to.name))
         elif to.group is not None:
             final = await self._group_route(to.name, to.group, deadline)
         else:
-            await self._declare(lambda ch: self._topology.topic(ch, to.name), to, deadline)
+            if not self._topology.declared("x", to.name):
+                await self._declare(lambda ch: self._topology.topic(ch, to.name), to, deadline)
             final = _Route(to.name, wire.routing_key)
         if to.delay <= 0:
             return final
@@ -196,6 +199,8 @@ class Publisher:
         indices: list[int],
         deadline: float,
     ) -> list[BaseException | None]:
+        if len(indices) == 1:  # publish(): no task group, no task
+            return [await self._send(channel, route, messages[indices[0]], deadline)]
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._send(channel, route, messages[i], deadline))
@@ -210,10 +215,11 @@ class Publisher:
         (so one failure does not cancel the rest of a batch)."""
         properties = wire.encode(message, expiration_ms=route.expiration_ms)
         message_id = properties.message_id or message.id
-        while (previous := self._in_flight.get(message_id)) is not None:
-            await asyncio.wait([previous])
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._in_flight[message_id] = done
+        while (waiting := self._in_flight.get(message_id)) is not None:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiting.append(turn)
+            await turn
+        self._in_flight[message_id] = []
         try:
             async with asyncio.timeout_at(deadline):
                 result = await channel.basic_publish(
@@ -231,8 +237,9 @@ class Publisher:
         except Exception as e:
             return e
         finally:
-            del self._in_flight[message_id]
-            done.set_result(None)
+            for turn in self._in_flight.pop(message_id):
+                if not turn.done():  # not cancelled: it checks again whether the id is free
+                    turn.set_result(None)
         if isinstance(result, DeliveredMessage):
             return UnroutableError(
                 f"message {message.id} to {route.exchange or route.routing_key(message)!r} "
@@ -249,6 +256,9 @@ class Publisher:
         return await self._connector.get(within=max(remaining, 0.001))
 
     async def _publish_channel(self, deadline: float) -> AbstractChannel:
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel  # the common case, without the lock
         async with self._channel_lock:
             if self._channel is None or self._channel.is_closed:
                 conn = await self._connection(deadline)

@@ -114,6 +114,10 @@ class Topology:
         self._settings = settings
         self._declared: set[tuple[str, str]] = set()
 
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether ``name`` is known to exist (``kind``: "x" topic, "q" queue)."""
+        return (kind, name) in self._declared
+
     def forget(self) -> None:
         """Something we declared is gone: declare again from now on."""
         self._declared.clear()
