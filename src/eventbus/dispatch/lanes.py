@@ -102,8 +102,3 @@ class KeyLanes(Generic[T]):
             # Items left behind when stopping (or cancelled) are still unsettled; the runner
             # releases them.
             self._workers -= 1
-
-    def __len__(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values()) + sum(
-            1 for key, _ in self._ready if key is None
-        )
