@@ -168,3 +168,38 @@ async def test_acks_recorded_when_the_channel_dies_are_redelivered_not_lost(
     assert set(ids) <= {"m0", "m1", "m2", "m3", "m4"}
     assert len(ids) == len(set(ids))
     assert all(d.redelivered for d in back)
+
+
+async def test_acks_racing_a_close_never_break_the_channel(
+    make_transport: Make, name: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Handlers finishing while close() requeues what is unsettled: an ack written after that
+    requeue would name a tag the broker no longer knows (406, the channel dies with an error).
+    Settling after the requeue is a no-op instead; nothing acked before it comes back."""
+    caplog.set_level("DEBUG", logger="eventbus.rabbitmq")
+    transport = await make_transport()
+    q = name("acks-close-race")
+    await filled(transport, q, 40)
+    sub = await transport.subscribe(spec(q, prefetch=100))
+    got = await take(sub, 40)
+    acked: list[str] = []
+
+    async def settle_meanwhile() -> None:
+        for d in got:
+            await d.ack()
+            acked.append(d.message.id)
+            await anyio.sleep(0.0005)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(settle_meanwhile)
+        await anyio.sleep(0.002)
+        await sub.close()
+    assert not [r for r in caplog.records if "close failed" in r.getMessage()]
+    reopened = await transport.subscribe(spec(q, prefetch=100))
+    back: list[str] = []
+    while (d := await next_or_none(reopened, quiet=1.0)) is not None:
+        back.append(d.message.id)
+        await d.ack()
+    assert len(back) == len(set(back))
+    # Nothing lost: every message was acked in time or comes back.
+    assert set(back) | set(acked) == {f"m{i}" for i in range(40)}

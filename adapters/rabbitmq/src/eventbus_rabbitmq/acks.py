@@ -53,7 +53,15 @@ class ChannelAcks:
     event loop; not thread-safe.
     """
 
-    __slots__ = ("_batch", "_channel", "_delivered", "_pending", "_settled", "_timer")
+    __slots__ = (
+        "_abandoned",
+        "_batch",
+        "_channel",
+        "_delivered",
+        "_pending",
+        "_settled",
+        "_timer",
+    )
 
     def __init__(self, channel: AbstractChannel, *, batch: int) -> None:
         self._channel = channel
@@ -63,6 +71,7 @@ class ChannelAcks:
         self._settled: set[int] = set()  # in _delivered, and acked or released
         self._pending: list[int] = []  # acked, frame not yet queued for the socket
         self._timer: asyncio.TimerHandle | None = None
+        self._abandoned = False
 
     @property
     def channel(self) -> AbstractChannel:
@@ -78,6 +87,8 @@ class ChannelAcks:
 
     def ack(self, tag: int) -> None:
         """Record the ack; it is written within `WINDOW` seconds."""
+        if self._abandoned:
+            return
         self._pending.append(tag)
         self._settled.add(tag)
         if len(self._pending) >= self._batch:
@@ -87,6 +98,8 @@ class ChannelAcks:
 
     async def release(self, tag: int) -> None:
         """``basic.nack(requeue=True)`` now; only then may a ``multiple`` ack pass over it."""
+        if self._abandoned:
+            return
         await self._channel.basic_nack(tag, requeue=True)
         self._settled.add(tag)
 
@@ -98,6 +111,17 @@ class ChannelAcks:
             if loop.time() >= deadline:
                 return  # a stalled connection: the broker redelivers what stays unacked
             await asyncio.sleep(0.001)
+
+    def abandon(self) -> None:
+        """Everything unacked on the channel is being requeued (a ``nack(multiple=True)`` or
+        the channel's close follows): from now on settling is a no-op, as on a closed channel.
+        An ack written after that requeue would name a tag the broker no longer knows, and it
+        would close the channel with an error; the message is redelivered either way."""
+        self._abandoned = True
+        self._pending.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _on_timer(self) -> None:
         self._timer = None

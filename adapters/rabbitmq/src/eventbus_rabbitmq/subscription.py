@@ -124,7 +124,11 @@ class RabbitSubscription:
             try:
                 # Acks recorded since stop() (handlers that finished meanwhile) go out before
                 # the requeue below and the close, which would otherwise requeue them too.
+                # From then on settling is a no-op: an ack written after the requeue would
+                # name a tag the broker no longer knows, and it would fail the channel.
                 await self._flush_acks(acks)
+                if acks is not None:
+                    acks.abandon()
                 if self._balancer is None:
                     await self._requeue_all(channel)
                 # Closing the channel makes RabbitMQ requeue everything unacked on it, in order.
@@ -147,6 +151,8 @@ class RabbitSubscription:
         queue applies a requeue only after its log write, so there is no cheaper barrier)."""
         if not self._unsettled:
             return
+        # Settling is a no-op by now (acks abandoned): every tag here is still unacked.
+        top = max(self._unsettled)
         returning: dict[str, int] = {}
         for queue in self._unsettled.values():
             returning[queue] = returning.get(queue, 0) + 1
@@ -155,7 +161,7 @@ class RabbitSubscription:
             ok = await channel.queue_declare(queue, passive=True)
             expected[queue] = (ok.message_count or 0) + count
         # "multiple" covers every unacked tag up to this one; acked tags are not touched.
-        await channel.basic_nack(max(self._unsettled), multiple=True, requeue=True)
+        await channel.basic_nack(top, multiple=True, requeue=True)
         self._unsettled.clear()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + _REQUEUE_WAIT
