@@ -8,6 +8,8 @@ import aiormq
 import anyio
 import pytest
 from eventbus_rabbitmq import RabbitMQTransport
+from eventbus_rabbitmq.connection import open_channel
+from eventbus_rabbitmq.errors import is_connection_lost
 from pamqp.commands import Basic
 from rabbit_helpers import nothing_more, take
 
@@ -372,3 +374,18 @@ async def test_concurrent_publishes_of_one_id_are_all_confirmed(
         for _ in range(5):
             tg.start_soon(transport.publish, to, [same])
     assert await transport.depth(q, "queue") == 6
+
+
+async def test_opening_a_channel_on_a_closed_connection_is_a_lost_connection(
+    amqp_url: str,
+) -> None:
+    # aiormq says so with a bare RuntimeError; the adapter's callers retry lost connections
+    # (or report the broker unavailable), so it must come out as one.
+    conn = await aiormq.connect(amqp_url)
+    channel = await open_channel(conn, publisher_confirms=False)
+    assert not channel.is_closed
+    await conn.close()
+    with pytest.raises(aiormq.exceptions.AMQPConnectionError) as caught:
+        await open_channel(conn, publisher_confirms=False)
+    assert is_connection_lost(caught.value)
+    assert isinstance(caught.value.__cause__, RuntimeError)

@@ -16,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from typing import Any
 
 import aiormq
 from aiormq import exceptions as amqp_errors
-from aiormq.abc import AbstractConnection
+from aiormq.abc import AbstractChannel, AbstractConnection
 
 from eventbus.errors import BrokerUnavailableError
 from eventbus_rabbitmq.url import Settings
 
-__all__ = ["Connector"]
+__all__ = ["Connector", "open_channel"]
 
 log = logging.getLogger("eventbus.rabbitmq")
 
@@ -123,3 +124,20 @@ class Connector:
                 await conn.close()
             except (TimeoutError, OSError, amqp_errors.AMQPError):
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
+
+
+async def open_channel(conn: AbstractConnection, **options: Any) -> AbstractChannel:
+    """``conn.channel(**options)``. aiormq raises a bare ``RuntimeError`` when the connection
+    closed before the channel could open; it is raised here as aiormq's `AMQPConnectionError`,
+    a lost connection, which every caller already retries on a fresh one or reports as the
+    broker being unavailable (DESIGN 3.9)."""
+    try:
+        return await conn.channel(**options)
+    except amqp_errors.ChannelInvalidStateError:
+        raise  # a RuntimeError too, and already counted as a lost connection
+    except RuntimeError as exc:
+        if not conn.is_closed:
+            raise
+        raise amqp_errors.AMQPConnectionError(
+            f"the connection closed before a channel could open ({exc})"
+        ) from exc

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from eventbus_rabbitmq.connection import open_channel
+
 __all__ = ["Balancer", "Locks"]
 
 log = logging.getLogger("eventbus.rabbitmq")
@@ -258,7 +260,7 @@ class Balancer:
             data = self._consumer.channel
             if data is None or data.is_closed:
                 raise amqp.ChannelInvalidStateError("subscription channel is closed")
-            channel = await data.connection.channel(publisher_confirms=False)
+            channel = await open_channel(data.connection, publisher_confirms=False)
             self._lock_channel = channel
         return channel
 

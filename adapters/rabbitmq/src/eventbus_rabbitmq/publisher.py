@@ -29,7 +29,7 @@ from eventbus.errors import (
 from eventbus.message import Message
 from eventbus.transports.base import Destination
 from eventbus_rabbitmq import wire
-from eventbus_rabbitmq.connection import Connector
+from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import is_connection_lost, translate
 from eventbus_rabbitmq.topology import Topology, delay_ms, group_queue
 from eventbus_rabbitmq.url import Settings
@@ -262,20 +262,22 @@ class Publisher:
         async with self._channel_lock:
             if self._channel is None or self._channel.is_closed:
                 conn = await self._connection(deadline)
-                self._channel = await conn.channel(publisher_confirms=True, on_return_raises=False)
+                self._channel = await open_channel(
+                    conn, publisher_confirms=True, on_return_raises=False
+                )
             return self._channel
 
     async def _admin_channel(self, deadline: float) -> AbstractChannel:
         async with self._channel_lock:
             if self._admin is None or self._admin.is_closed:
                 conn = await self._connection(deadline)
-                self._admin = await conn.channel(publisher_confirms=False)
+                self._admin = await open_channel(conn, publisher_confirms=False)
             return self._admin
 
 
 async def _exists(conn: AbstractConnection, kind: str, name: str) -> bool:
     """Passive declare on a throwaway channel (a miss closes the channel)."""
-    channel = await conn.channel(publisher_confirms=False)
+    channel = await open_channel(conn, publisher_confirms=False)
     try:
         if kind == "queue":
             await channel.queue_declare(name, passive=True)

@@ -28,7 +28,7 @@ from eventbus.errors import BrokerUnavailableError
 from eventbus.transports.base import RawDelivery, SubscriptionSpec
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.acks import ChannelAcks
-from eventbus_rabbitmq.connection import Connector
+from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.delivery import SETTLE_FAILURES as _SETTLE_FAILURES
 from eventbus_rabbitmq.delivery import AmqpDelivery
 from eventbus_rabbitmq.errors import is_connection_lost, translate
@@ -253,7 +253,7 @@ class RabbitSubscription:
     async def _open(self, within: float | None) -> None:
         conn = await self._connector.get(within=within)
         generation = self._connector.generation
-        channel = await conn.channel(publisher_confirms=False)
+        channel = await open_channel(conn, publisher_confirms=False)
         try:
             # Per consumer (RabbitMQ's global=false): quorum queues support no other kind.
             await channel.basic_qos(prefetch_count=self._prefetch)

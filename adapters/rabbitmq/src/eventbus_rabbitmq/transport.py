@@ -20,7 +20,7 @@ from eventbus.transports.base import (
     Subscription,
     SubscriptionSpec,
 )
-from eventbus_rabbitmq.connection import Connector
+from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import translate
 from eventbus_rabbitmq.partitions import Locks
 from eventbus_rabbitmq.publisher import Publisher
@@ -114,7 +114,7 @@ class RabbitMQTransport:
             return None
         conn = await self._publishing.get(within=self._settings.publish_timeout)
         # A passive declare of a missing queue closes the channel: use a throwaway one.
-        channel = await conn.channel(publisher_confirms=False)
+        channel = await open_channel(conn, publisher_confirms=False)
         try:
             ok = await channel.queue_declare(name, passive=True)
         except amqp.ChannelNotFoundEntity:
