@@ -1,11 +1,11 @@
 """`KafkaSubscription`: one consumer, a fetch task feeding a bounded buffer, and the commits.
 
-Tasks: the fetch task calls ``getmany`` for at most the free room of a read-ahead buffer the
-iterator drains (records aiokafka has already fetched; how many are handed out and unsettled
-is bounded above, by the core's ``max_in_flight``); the commit
-task commits every ``commit_interval`` what `PartitionOffsets` allows. Both belong to the
-subscription: `stop` cancels and awaits the fetch task, `close` the commit task, then commits
-one last time and leaves the group (aiokafka calls no revoke hook on stop).
+Tasks: the fetch task calls ``getmany`` for at most the free room of a read-ahead buffer that
+the iterator drains (records aiokafka has already fetched; the iterator hands out at most
+``prefetch`` unsettled ones); the commit task commits every ``commit_interval`` what
+`PartitionOffsets` allows. Both belong to the subscription: `stop` cancels and awaits the
+fetch task, `close` the commit task, then commits one last time and leaves the group (aiokafka
+calls no revoke hook on stop).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ TP = Any  # aiokafka TopicPartition: a named tuple (topic, partition)
 _POLL_SECONDS = 0.5
 """Longest ``getmany`` wait: bounds how late a due retry partition is resumed."""
 _FULL_GRACE = 1.0
-"""Full this long without a settle: pause every partition rather than keep aiokafka's
+"""Full this long with nothing handed out: pause every partition rather than keep aiokafka's
 prefetched records around; resumed as soon as there is room."""
 _READ_AHEAD_RECORDS = 256
 _READ_AHEAD_BYTES = 4 * 1024 * 1024
@@ -104,9 +104,9 @@ class KafkaSubscription:
         self._low_water = self._read_ahead // 2
         """The fetch task waits until the buffer is down to this many records."""
         self._held = 0
+        """Handed out and not settled."""
         self._handed_out = 0
         """Deliveries yielded so far (progress, for the full-pause decision)."""
-        """Handed out and not settled."""
         self._held_by: dict[PartitionOffsets, int] = {}
         """Handed out and not settled, per partition tracker."""
         self._draining: set[PartitionOffsets] = set()
