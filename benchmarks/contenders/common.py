@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from benchmarks.harness import Measurement, Run
 
@@ -13,6 +15,7 @@ __all__ = [
     "Latencies",
     "Tally",
     "paced",
+    "running",
     "stamp",
     "stamped_latency",
     "timed_batches",
@@ -21,6 +24,18 @@ __all__ = [
 
 STALL_SECONDS = 60.0
 """A consume run that gets nothing for this long (plus its time cap) failed."""
+
+
+@contextlib.asynccontextmanager
+async def running(loop: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run a contender's consume ``loop`` in a task for the block, then cancel and await it."""
+    task = asyncio.create_task(loop)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Tally:

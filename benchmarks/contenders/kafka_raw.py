@@ -15,7 +15,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
-from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.contenders.common import (
+    Latencies,
+    Tally,
+    paced,
+    running,
+    timed_batches,
+    timed_calls,
+)
 from benchmarks.harness import Measurement, Run
 from benchmarks.kafka_common import Order, body, filled_topic, kafka_topics, producer
 
@@ -93,14 +100,9 @@ async def consume(run: Run, payload: str = "bytes") -> Measurement:
     async with (
         filled_topic(settings, topic, run.messages, payload=payload),
         _consumer(run, topic) as consumer,
+        running(_loop(consumer, handle, tally)),
     ):
-        task = asyncio.create_task(_loop(consumer, handle, tally))
-        try:
-            return await tally.wait("aiokafka consume")
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return await tally.wait("aiokafka consume")
 
 
 async def latency(run: Run) -> Measurement:
@@ -124,11 +126,6 @@ async def latency(run: Run) -> Measurement:
         kafka_topics(settings, [topic]),
         producer(settings) as p,
         _consumer(run, topic) as consumer,
+        running(loop(consumer)),
     ):
-        task = asyncio.create_task(loop(consumer))
-        try:
-            return await paced(run, lambda b: p.send_and_wait(topic, b), latencies)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        return await paced(run, lambda b: p.send_and_wait(topic, b), latencies)

@@ -9,13 +9,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from typing import Any
 
 import aio_pika
 
-from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.contenders.common import (
+    Latencies,
+    Tally,
+    paced,
+    running,
+    timed_batches,
+    timed_calls,
+)
 from benchmarks.harness import Measurement, Run
 from benchmarks.rabbit_common import connection, declared, filled_queue
 
@@ -84,13 +90,8 @@ async def consume(run: Run) -> Measurement:
         channel = await c.channel()
         await channel.set_qos(prefetch_count=settings.prefetch)
         queue = await channel.get_queue(queue_name)
-        task = asyncio.create_task(loop(queue))
-        try:
+        async with running(loop(queue)):
             return await tally.wait("aio-pika consume")
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 async def latency(run: Run) -> Measurement:
