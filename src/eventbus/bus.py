@@ -278,15 +278,38 @@ class EventBus:
         message_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Message:
+        return self._encoded(
+            name,
+            payload,
+            key=key,
+            headers=_checked_headers(headers),
+            message_id=message_id,
+            correlation_id=correlation_id,
+            timestamp=datetime.now(UTC),
+        )
+
+    def _encoded(
+        self,
+        name: str,
+        payload: object,
+        *,
+        key: str | None,
+        headers: dict[str, str],
+        message_id: str | None,
+        correlation_id: str | None,
+        timestamp: datetime,
+    ) -> Message:
+        """The message for ``payload``; ``headers`` already checked (`_checked_headers`)."""
         encoded = self.codec.encode(payload)
         return Message(
             id=message_id or new_message_id(),
             topic=name,
             body=encoded.body,
             key=key,
-            headers=_checked_headers(headers),
+            headers=headers,
             content_type=encoded.content_type,
             type=encoded.type,
+            timestamp=timestamp,
             correlation_id=correlation_id,
         )
 
@@ -367,24 +390,20 @@ class EventBus:
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
         common = _checked_headers(headers)  # checked once, copied per message
-        encode = self.codec.encode
         # One call, one publish time: the wire format then formats it once, not per message.
         now = datetime.now(UTC)
-        messages: list[Message] = []
-        for payload, key in zip(payloads, keys or itertools.repeat(None), strict=False):
-            encoded = encode(payload)
-            messages.append(
-                Message(
-                    id=new_message_id(),
-                    topic=topic,
-                    body=encoded.body,
-                    key=key,
-                    headers=dict(common),
-                    content_type=encoded.content_type,
-                    type=encoded.type,
-                    timestamp=now,
-                )
+        messages = [
+            self._encoded(
+                topic,
+                payload,
+                key=key,
+                headers=dict(common),
+                message_id=None,
+                correlation_id=None,
+                timestamp=now,
             )
+            for payload, key in zip(payloads, keys or itertools.repeat(None), strict=False)
+        ]
         await self._connected().publish(Destination(topic, "topic"), messages)
         return [m.id for m in messages]
 
