@@ -59,21 +59,23 @@ class KeyLanes(Generic[T]):
                 return
             self._lanes[key] = deque((item,))
             self._ready.append((key, None))
-        if self._workers - self._parked < self._limit:
-            self._workers += 1
-            self._tg.start_soon(self._work)
+        self._start_worker_if_short()
 
     @contextlib.contextmanager
     def parked(self) -> Iterator[None]:
         """Around a wait that holds a worker but no concurrency slot (a retry backoff)."""
         self._parked += 1
         try:
-            if self._ready and self._workers - self._parked < self._limit:
-                self._workers += 1
-                self._tg.start_soon(self._work)
+            if self._ready:
+                self._start_worker_if_short()
             yield
         finally:
             self._parked -= 1
+
+    def _start_worker_if_short(self) -> None:
+        if self._workers - self._parked < self._limit:
+            self._workers += 1
+            self._tg.start_soon(self._work)
 
     async def _work(self) -> None:
         try:

@@ -93,8 +93,7 @@ class DeliveryState:
         if not self._settle():
             return
         try:
-            if self.claim_owner is not None:
-                await self._runner.complete_claim(self)
+            await self._runner.complete_claim(self)
             await self.raw.ack()
         finally:
             self._runner.forget(self)
