@@ -74,6 +74,8 @@ class Message:
     type: str | None = None
     timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
     correlation_id: str | None = None
+    reply_to: str | None = None
+    """Where a reply to this message goes (a queue name), for request-reply."""
 
     def with_headers(self, **changes: str) -> Message:
         """A copy with ``changes`` merged into the headers (names with dashes: pass a dict)."""
@@ -90,6 +92,7 @@ class Message:
             type=self.type,
             timestamp=self.timestamp,
             correlation_id=self.correlation_id,
+            reply_to=self.reply_to,
         )
 
 

@@ -1,4 +1,4 @@
-"""The transport SPI: the few operations a broker adapter implements.
+"""The transport SPI, version 2: the few operations a broker adapter implements.
 
 A transport only moves bytes and settles deliveries natively. Everything with a policy in it --
 decoding, retries and backoff, dead letters, deduplication, key lanes, in-flight bounds, graceful
@@ -8,31 +8,49 @@ every broker.
 The core uses a transport like this::
 
     transport = Factory(url)                  # entry point in group "eventbus.transports"
+    assert transport.spi_version == SPI_VERSION
     await transport.connect()
-    sub = await transport.subscribe(spec)     # returns once the subscription is live
-    async for raw in sub:                     # at most spec.prefetch unsettled at a time
-        ...; await raw.ack()                  # or publish elsewhere, then ack
-    await sub.stop(); ...; await sub.close()
+    sub = await transport.subscribe(spec, owner)
+    await task_group.start(sub.run)           # background work; started() once live
+    async for batch in sub:                   # at most spec.prefetch unsettled at a time
+        for raw in batch: ...; await raw.ack()  # or publish elsewhere, then ack
+    await sub.stop(); ...; await sub.close()  # close() makes run() return
     await transport.close()
+
+Three things a transport tells or is told beyond moving messages:
+
+- **Ownership.** When deliveries it handed out stop being this process's (Kafka partitions
+  revoked, an AMQP channel lost), it awaits ``owner.lost(deliveries)``: the core stops work on
+  them and returns once no handler runs any of them. Settling them afterwards is a no-op.
+- **Lifecycle.** Fetch loops and timers live in `Subscription.run`, which the core runs in its
+  own task group: no detached task. If ``run`` raises, the core treats every delivery of the
+  subscription as lost, closes it and subscribes again with backoff.
+- **Flow.** `Subscription.pause`/`resume` stop and restart fetching without leaving the group.
 
 Redelivery through the broker (retry with delay, ``nack``, ``ack_timeout``) and dead-lettering
 are done by the core as *publish, then ack*: the transport needs no native retry or dead-letter
-machinery, only `Destination.group` and `Destination.delay` on publish.
+machinery, only `Destination.group` and `Destination.not_before` on publish.
 
-Third-party transports prove themselves with `eventbus.testing.conformance`.
+Third-party transports prove themselves with `eventbus.testing.conformance`
+(docs/conformance.md).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
+from anyio.abc import TaskStatus
+
 from eventbus.message import Message
 
 __all__ = [
+    "SPI_VERSION",
     "Capabilities",
     "Destination",
+    "DeliveryOwner",
     "Kind",
     "RawDelivery",
     "Subscription",
@@ -40,6 +58,10 @@ __all__ = [
     "Transport",
     "TransportFactory",
 ]
+
+SPI_VERSION = 2
+"""The version of this interface. A transport states the one it implements as
+``spi_version``; the core refuses a transport built for another one (`transport_for_url`)."""
 
 Kind = Literal["topic", "queue"]
 """``topic``: every group gets every message, one consumer per group (pub/sub).
@@ -55,17 +77,25 @@ class Destination:
     subscription must receive it even if the transport implements this with a separate
     per-group destination.
 
-    ``delay``: do not deliver before ``delay`` seconds from now. Delayed messages must not block
-    other messages (of other keys) of the same group or queue while they wait. Ordering
-    relative to other messages is not kept for delayed or group-targeted messages. The core
-    only delays group-targeted or queue messages; a delayed topic publish without a group
-    applies the delay for every group.
+    ``not_before``: absolute Unix time (seconds) before which the message must not be
+    delivered; ``None`` for at once. An absolute time rather than a delay, so that a publish
+    that waits (a reconnect, a retried publish) does not push the due time further out.
+    Delayed messages must not block other messages (of other keys) of the same group or queue
+    while they wait. Ordering relative to other messages is not kept for delayed or
+    group-targeted messages. A delayed topic publish without a group applies for every group.
     """
 
     name: str
     kind: Kind = "topic"
     group: str | None = None
-    delay: float = 0.0
+    not_before: float | None = None
+
+    @property
+    def delay(self) -> float:
+        """Seconds from now until ``not_before`` (0 when due or not delayed)."""
+        if self.not_before is None:
+            return 0.0
+        return max(0.0, self.not_before - time.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +123,24 @@ class SubscriptionSpec:
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
-    """What a transport can do natively; the conformance suite reads these flags.
+    """What a transport does natively; the conformance suite gates its cases on these flags,
+    never on the URL.
 
     ``durable``: messages and group positions outlive the client process (false for memory,
     whose broker lives in the process). ``redelivered_flag``: `RawDelivery.redelivered` is
     reported by the broker. ``max_message_size``: largest body the broker accepts, if known.
+    ``unbound_topic``: what a topic publish does before any group subscribed to the topic:
+    ``"keep"`` (Kafka: the log keeps it; a group created later with ``offset_reset=earliest``
+    reads it) or ``"refuse"`` (RabbitMQ: nothing would receive it, so the publish raises
+    `eventbus.UnroutableError`). ``native``: the `RawDelivery.native` facts every delivery
+    carries (copied into dead letters as ``eventbus-original-<name>``).
     """
 
     durable: bool = True
     redelivered_flag: bool = True
     max_message_size: int | None = None
+    unbound_topic: Literal["keep", "refuse"] = "keep"
+    native: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -112,15 +150,16 @@ class RawDelivery(Protocol):
     Settle operations are idempotent: only the first call of either has an effect (later calls
     return at once). They may be called from any task of the loop, in any order across
     deliveries; the transport maps them to its native model (Kafka: commit only up to the lowest
-    unsettled offset of a partition). After the subscription was closed, or the partition was
-    revoked, settling is a no-op (the message will be redelivered to whoever owns it now).
+    unsettled offset of a partition). After the subscription was closed, or once the delivery
+    was reported lost (`DeliveryOwner.lost`), settling is a no-op (the message will be
+    redelivered to whoever owns it now).
     """
 
     message: Message
     redelivered: bool
     native: Mapping[str, str]
     """Transport facts copied into dead letters as ``eventbus-original-<name>``
-    (Kafka: ``partition`` and ``offset``)."""
+    (Kafka: ``partition`` and ``offset``); the names are `Capabilities.native`."""
 
     async def ack(self) -> None:
         """Done: never deliver this message to this group or queue again."""
@@ -134,21 +173,57 @@ class RawDelivery(Protocol):
 
 
 @runtime_checkable
-class Subscription(Protocol):
-    """A live subscription: an async iterator of `RawDelivery`.
+class DeliveryOwner(Protocol):
+    """The core's side of a subscription, given to `Transport.subscribe`."""
 
-    Iterate it from one task only. Iteration ends after `stop`. Raises
-    `eventbus.BrokerUnavailableError` only when the transport gave up reconnecting.
+    async def lost(self, deliveries: Sequence[RawDelivery]) -> None:
+        """These handed-out deliveries are no longer this process's (partitions revoked, channel
+        lost): another consumer may get them now or soon. Returns once no handler runs any of
+        them: unstarted ones never start, async handlers still running them are cancelled, and
+        a synchronous handler (a thread, which cannot be cancelled) is waited for. Never raises.
+        A transport calls it before it lets the deliveries go when it can (Kafka: inside the
+        revocation, before the commit), so that no key is handled in two places at once."""
+        ...
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """A live subscription: an async iterator of batches of `RawDelivery`.
+
+    Each batch is a non-empty sequence in fetch order (a transport that fetches one at a time
+    yields one-element batches); the deliveries of all batches yielded and not settled never
+    exceed ``spec.prefetch``. Iterate from one task only. Iteration ends after `stop`; it raises
+    `eventbus.BrokerUnavailableError` only when the transport gave up reconnecting (the core
+    then subscribes again with backoff).
     """
 
-    def __aiter__(self) -> AsyncIterator[RawDelivery]: ...
+    def __aiter__(self) -> AsyncIterator[Sequence[RawDelivery]]: ...
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        """The subscription's background work (fetch loops, commit timers, connection
+        watchers), run by the core in its task group. Calls ``task_status.started()`` once the
+        subscription is live (a message published after that is delivered to it, group joined
+        included); returns after `close`. Raising means the subscription is broken: the core
+        reports its deliveries lost, closes it and subscribes again with backoff."""
+        ...
+
+    def pause(self) -> None:
+        """Stop fetching, keeping the group membership (heartbeats, partitions, consumers).
+        Deliveries already yielded can still be settled. Idempotent; takes effect at the
+        transport's next fetch."""
+        ...
+
+    def resume(self) -> None:
+        """Undo `pause`. Idempotent."""
+        ...
 
     async def stop(self) -> None:
-        """Stop fetching. Deliveries already yielded can still be settled. Idempotent."""
+        """Stop fetching for good. Deliveries already yielded can still be settled. Idempotent."""
         ...
 
     async def close(self) -> None:
-        """Release every unsettled delivery, leave the group, free resources. Idempotent."""
+        """Release every unsettled delivery, leave the group, free resources, end `run`.
+        Idempotent."""
         ...
 
 
@@ -161,6 +236,8 @@ class Transport(Protocol):
     re-established with backoff and publishes wait (bounded) instead of failing at once.
     """
 
+    spi_version: int
+    """`SPI_VERSION` the transport implements."""
     capabilities: Capabilities
 
     async def connect(self) -> None: ...
@@ -177,9 +254,10 @@ class Transport(Protocol):
         `MessageTooLargeError` when it is too big)."""
         ...
 
-    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
-        """Declare what is needed and start consuming; return once the subscription is live
-        (a message published after this returns is delivered to it, group joined included)."""
+    async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
+        """Declare what is needed and return the subscription, not yet live: the core then
+        starts `Subscription.run`, which joins and fetches. ``owner`` is told of lost
+        deliveries."""
         ...
 
     async def depth(self, name: str, kind: Kind) -> int | None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import Distribution, entry_points
 from urllib.parse import urlsplit
 
 from eventbus.errors import ConfigurationError, UnknownSchemeError
-from eventbus.transports.base import Transport, TransportFactory
+from eventbus.transports.base import SPI_VERSION, Transport, TransportFactory
 
-__all__ = ["installed_schemes", "transport_for_url"]
+__all__ = ["check_spi_version", "installed_schemes", "transport_for_url"]
 
 GROUP = "eventbus.transports"
 
@@ -27,5 +27,23 @@ def transport_for_url(url: str) -> Transport:
     found = entry_points(group=GROUP, name=scheme)
     if not found:
         raise UnknownSchemeError(scheme, installed_schemes())
-    factory: TransportFactory = next(iter(found)).load()
-    return factory(url)
+    entry = next(iter(found))
+    factory: TransportFactory = entry.load()
+    check_spi_version(scheme, getattr(factory, "spi_version", 1), entry.dist)
+    transport = factory(url)
+    check_spi_version(scheme, getattr(transport, "spi_version", 1), entry.dist)
+    return transport
+
+
+def check_spi_version(scheme: str, version: object, dist: Distribution | None = None) -> None:
+    """Refuse a transport built for another SPI version, saying which package to change."""
+    if version == SPI_VERSION:
+        return
+    from eventbus import __version__
+
+    who = f"{dist.name} {dist.version}" if dist is not None else f"the {scheme}:// transport"
+    raise ConfigurationError(
+        f"{who} implements transport SPI version {version}, but eventbus {__version__} needs "
+        f"version {SPI_VERSION}: install a {scheme}:// adapter built for this eventbus "
+        f"(e.g. pip install -U {dist.name if dist is not None else 'eventbus-' + scheme})"
+    )
