@@ -250,6 +250,8 @@ class SubscriptionRunner:
                 finally:
                     self._limiter.release()
             except Exception as exc:
+                if state.lost:
+                    return False  # no longer ours: its next owner handles it
                 state.ack_deferred = False  # an ack inside a rolled-back inbox never happened
                 if isinstance(exc, LeaseLostError):
                     # Another worker took the key over while this one worked; nothing was
@@ -290,6 +292,8 @@ class SubscriptionRunner:
                     return False
                 state.attempt += 1
                 continue
+            if state.lost:
+                return False  # a thread that could not be interrupted: it counts for nothing
             sub.stats.handled += 1
             if state.settled:
                 return False
