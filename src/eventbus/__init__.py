@@ -6,6 +6,8 @@ from eventbus.codecs import Codec, JsonCodec
 from eventbus.dedup import ClaimResult, DedupStore, InboxStore, MemoryDedupStore
 from eventbus.dispatch.invoke import Handler, Middleware
 from eventbus.errors import (
+    AuthenticationError,
+    AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
@@ -23,6 +25,8 @@ from eventbus.retry import RetryPolicy
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BrokerUnavailableError",
     "ClaimResult",
     "Codec",
