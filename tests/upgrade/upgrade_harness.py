@@ -9,12 +9,12 @@ Timeline (`RollingDeploy.run`):
 
 1. start a new worker (`eventbus run upgrade_app:bus`, a real process) and wait until it is
    live (its startup hook writes a file);
-2. start an old worker in the same groups and, meanwhile, publish the first ``first`` messages
-   from this process (the repository's eventbus, 0.2), paced; the old worker joins mid-stream
-   (`RollingDeploy._deploy`), so retries the new worker has waiting in the broker move to it;
-3. once the old worker is live, start a second new worker; once that one is live, SIGTERM the old
-   worker (a graceful stop mid-stream: it is handling messages and has retries of its own
-   waiting in the broker, which move to the new workers);
+2. publish the first ``first`` messages from this process (the repository's eventbus, 0.2),
+   paced; meanwhile (`RollingDeploy._deploy`), once the new worker has retries waiting in the
+   broker, an old worker joins its groups, so some of those retries move to it;
+3. halfway through (the old worker live), start a second new worker; once it is live, SIGTERM
+   the old worker (a graceful stop mid-stream: it is handling messages and has retries of its
+   own waiting in the broker, which move to the new workers);
 4. once the old worker has exited, publish the ``more`` messages;
 5. wait until every message is handled or dead-lettered in both groups; SIGTERM the workers.
 
@@ -272,6 +272,9 @@ class GroupResult:
     key_overlaps: int = 0
     headers_seen: Counter[str] = field(default_factory=Counter)
     """eventbus-* headers (other than the attempt) handlers saw: "version:header" -> attempts."""
+    dead_letters_by_version: Counter[str] = field(default_factory=Counter)
+    """Dead letters by the version of the worker that ran the message's last attempt (the one
+    that wrote it), all read by this process's 0.2 bus."""
     dead_letter_headers: Counter[str] = field(default_factory=Counter)
     """Routing headers (`ROUTING_HEADERS`) in dead letters: "version:header" -> dead letters,
     by the version of the worker that ran the message's last attempt."""
@@ -321,8 +324,14 @@ class UpgradeLedger:
                     if not g.by_version[version]:
                         found.append(f"{where}: no message handled by a {version} worker")
         broker_group = next(g for g in self.groups if g.group == "broker")
-        if mixed and not broker_group.crossings:
-            found.append("no retry crossed versions in the group with broker retries")
+        if mixed:
+            old, new = self.versions
+            for direction in (f"{old}->{new}", f"{new}->{old}"):
+                if not broker_group.crossings[direction]:
+                    found.append(
+                        f"no retry through the broker went {direction}: the run did not test "
+                        "that direction (no retry was waiting when partitions moved)"
+                    )
         return found
 
     def routing_header_leaks(self) -> list[str]:
@@ -354,7 +363,8 @@ class UpgradeLedger:
                 f"{g.duplicates}, attempts {g.attempts}, successes by version "
                 f"{dict(g.by_version)}, crossings {dict(g.crossings)}, order violations "
                 f"{g.order_violations} over {g.order_checked_keys} keys, key overlaps "
-                f"{g.key_overlaps}; routing headers seen by handlers "
+                f"{g.key_overlaps}, dead letters by writer {dict(g.dead_letters_by_version)}; "
+                f"routing headers seen by handlers "
                 f"{dict(g.headers_seen)}, in dead letters {dict(g.dead_letter_headers)}"
             )
         parts.append(f"  old worker's attempts around its SIGTERM: {self.old_stop}")
@@ -407,6 +417,7 @@ def analyse(
     r.unexpected_dead_letters += [i for i in letters if i not in by_id]
     last_label = {line.id: line.label for line in mine}  # `mine` is in start order
     for letter in dead_letters:
+        r.dead_letters_by_version[last_label.get(letter.id, "?")] += 1
         for name in letter.headers:
             if name in ROUTING_HEADERS:
                 r.dead_letter_headers[f"{last_label.get(letter.id, '?')}:{name}"] += 1
@@ -472,7 +483,7 @@ class RollingDeploy:
         old: tuple[str, Path],
         new: tuple[str, Path],
         workdir: Path,
-        first: int = 300,
+        first: int = 360,
         more: int = 100,
         keys: int = 30,
         clean_keys: int = 10,
@@ -570,8 +581,7 @@ class RollingDeploy:
         exit_codes: dict[str, int | None] = {}
         async with bus:
             first, more = plan[: self.first], plan[self.first :]
-            old = self.worker("old", self.old)
-            deploying = asyncio.create_task(self._deploy(old, exit_codes))
+            deploying = asyncio.create_task(self._deploy(exit_codes))
             try:
                 await self._publish_all(bus, first)
                 self.event(f"published {len(first)}")
@@ -587,20 +597,27 @@ class RollingDeploy:
                     exit_codes[w.name] = await w.terminate(self.graceful_timeout + 20)
         return exit_codes
 
-    async def _deploy(self, old: WorkerProcess, exit_codes: dict[str, int | None]) -> None:
-        """The rolling deploy, while the first messages flow. The old worker joins the groups
-        of the running new one (as an old replica restarted mid-deploy would): the groups
-        rebalance, and retries the new worker had waiting in the broker move to the old one.
-        Then a second new worker starts; once it is live, the old worker gets SIGTERM while
+    async def _deploy(self, exit_codes: dict[str, int | None]) -> None:
+        """The rolling deploy, while the first messages flow. Once the new worker has retries
+        waiting in the broker, the old worker joins its groups (as an old replica restarted
+        mid-deploy would): the groups rebalance, and some of those retries move to it. Halfway
+        through, a second new worker starts; once it is live, the old worker gets SIGTERM while
         messages still flow (a graceful stop: it drains what it is handling, and the retries it
-        has waiting in the broker move to the new workers). Each join takes a rebalance (up to
-        a few seconds on Kafka): the first messages are paced to outlast it."""
+        has waiting in the broker move to the new workers). Each join takes a rebalance
+        (seconds on Kafka): the first messages are paced to outlast them."""
+        await self._published(self.first // 6)
+        old = self.worker("old", self.old)
         await old.wait_ready()
+        await self._published(self.first // 2)
         new2 = self.worker("new2", self.new)
         await new2.wait_ready()
         self.event(f"SIGTERM old ({self.published} published)")
         self.sigterm_at = time.time()
         exit_codes[old.name] = await old.terminate(self.graceful_timeout + 20)
+
+    async def _published(self, count: int) -> None:
+        while self.published < count:  # noqa: ASYNC110 (the publisher's progress)
+            await asyncio.sleep(0.02)
 
     async def _publish_all(self, bus: EventBus, items: list[Planned]) -> None:
         """Publish ``items`` in order, paced to `rate` (from the repository's eventbus)."""
