@@ -41,6 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from rel_harness import _delete_kafka, _delete_rabbit
 from rel_ledger import Invocation, late_in_order, overlapping
@@ -679,6 +680,7 @@ class RollingDeploy:
                     await _delete_kafka(self.url, self.topic, names)
                 else:
                     await _delete_rabbit(self.url, self.topic, names, RABBIT_PARTITIONS)
+                    await _delete_rabbit_delays(self.url, names)
 
     def logs(self) -> str:
         parts = [f"worker logs in {self.workdir}"]
@@ -686,6 +688,24 @@ class RollingDeploy:
             parts.append(f"--- {w.name} ({w.label}) exit {w.exit_code}")
             parts.append(w.tail(15))
         return "\n".join(parts)
+
+
+async def _delete_rabbit_delays(url: str, groups: list[str]) -> None:
+    """The delay queues and exchanges broker retries went through, one per delay bucket and
+    group (``eventbus.delay.<ms>.<topic>.<group>``): the retries here wait 1.5 s, so their
+    buckets are at most 2.5 s."""
+    import aiormq
+
+    conn = await aiormq.connect(urlunsplit(urlsplit(url)._replace(query="")))
+    try:
+        channel = await conn.channel()
+        for group in groups:
+            for bucket in (50, 100, 250, 500, 1000, 2500):
+                name = f"eventbus.delay.{bucket}.{group}"
+                await channel.queue_delete(name)  # a missing queue or exchange is fine
+                await channel.exchange_delete(name)
+    finally:
+        await conn.close()
 
 
 RABBIT_PARTITIONS = 4
