@@ -66,7 +66,6 @@ class Producer:
         self._generation = 0
         """Bumped each time the producer is replaced: concurrent failures replace it once."""
         self._replace_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[None]] = set()
         self._batching = False
         """A publish is queueing record batches of its own. Others meanwhile ``send`` each
         record: ``send_batch`` waits for the partition's previous batch to leave, so
@@ -101,8 +100,6 @@ class Producer:
         if producer is not None:
             # Flushes what is queued: a publish still waiting gets its confirmation or error.
             await producer.stop()
-        if self._retired:
-            await asyncio.wait(set(self._retired))
 
     async def _replace(self, generation: int, deadline: float) -> None:
         """Replace the producer of ``generation`` by a new one (a new producer id, sequence
@@ -127,9 +124,9 @@ class Producer:
             old, self._producer = self._producer, fresh
             self._generation += 1
         # The old producer fails what it still holds (those publishes resend on the new one).
-        task = asyncio.create_task(self._retire(old), name="eventbus-kafka-retire-producer")
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
+        # Stopped here, by the publish that replaced it, rather than in a detached task: it
+        # is rare, bounded, and nothing outlives the call that started it.
+        await self._retire(old)
 
     async def _retire(self, producer: Any) -> None:
         try:

@@ -7,7 +7,8 @@ Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
 ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``,
 ``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
 ``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
-``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5).
+``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5),
+``revoke_drain_timeout`` (10).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class KafkaSettings:
     join_timeout: float = 60.0
     """How long ``subscribe`` waits for the group join and partition assignment."""
     commit_interval: float = 0.5
+    revoke_drain_timeout: float = 10.0
+    """On revocation, how long handed-out deliveries of the revoked partitions may take to be
+    settled before they are reported lost and the partitions let go. The group's rebalance
+    timeout is derived from it, so a long drain does not get this member kicked out."""
 
     @property
     def address(self) -> str:
@@ -146,6 +151,7 @@ _OPTIONS: dict[str, Callable[[str, str], Any]] = {
     "publish_timeout": _seconds,
     "join_timeout": _seconds,
     "commit_interval": _seconds,
+    "revoke_drain_timeout": _seconds,
 }
 
 
