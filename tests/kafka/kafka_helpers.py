@@ -62,9 +62,14 @@ class Live:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
         async def host() -> None:
-            async with anyio.create_task_group() as tasks:
-                await tasks.start(self.sub.run)
-                started.set_result(None)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    await tasks.start(self.sub.run)
+                    started.set_result(None)
+            except BaseExceptionGroup as group:  # what run raised, as the core would see it
+                if len(group.exceptions) != 1:
+                    raise
+                raise group.exceptions[0] from None
 
         self._host = asyncio.create_task(host())
         await asyncio.wait({started, self._host}, return_when=asyncio.FIRST_COMPLETED)

@@ -19,16 +19,15 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
-from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from anyio.abc import TaskStatus
 
 from eventbus.errors import BrokerUnavailableError, EventBusError
 from eventbus.message import Message
 from eventbus.transports.base import DeliveryOwner, RawDelivery, SubscriptionSpec
-from eventbus_kafka.admin import HEADROOM, TopicAdmin
+from eventbus_kafka.admin import TopicAdmin
 from eventbus_kafka.assignment import Adopter
 from eventbus_kafka.committer import Committer, pending_commits
+from eventbus_kafka.consumer import assign_everything, new_consumer
 from eventbus_kafka.delivery import KafkaDelivery, Taken
 from eventbus_kafka.errors import translate
 from eventbus_kafka.fetcher import Fetcher
@@ -36,7 +35,7 @@ from eventbus_kafka.handed_out import HandedOut
 from eventbus_kafka.ownership import Ownership
 from eventbus_kafka.pauses import Pauses
 from eventbus_kafka.readahead import ReadAhead
-from eventbus_kafka.revocation import REVOKE_COMMIT_TIMEOUT, Revocation
+from eventbus_kafka.revocation import Revocation
 from eventbus_kafka.url import KafkaSettings
 
 __all__ = ["KafkaSubscription"]
@@ -45,9 +44,6 @@ log = logging.getLogger(__name__)
 
 _COMMIT_TIMEOUT = 10.0
 _LEAVE_TIMEOUT = 15.0
-_REBALANCE_SLACK = 15.0
-"""Added to the drain and the revocation commit for the group's rebalance timeout: a member
-still busy with a revocation is not kicked out of the group for it."""
 
 
 class KafkaSubscription:
@@ -114,6 +110,8 @@ class KafkaSubscription:
         to be delivered. Raises, before that, `BrokerUnavailableError` when the join does not
         complete within ``join_timeout`` and the translated error when the broker refuses;
         after it, the translated error when fetching cannot go on (credentials, ACLs)."""
+        if self._closed:
+            return  # closed before it ran: nothing to join
         self._running = True
         try:
             with self._run_scope:
@@ -149,16 +147,18 @@ class KafkaSubscription:
             if self._group is not None:
                 tasks.start_soon(self._commit_loop)
             with anyio.move_on_at(deadline):
-                await fetcher.live.wait()
-            if fetcher.live.is_set() and fetcher.failure is None:
-                task_status.started()
-                await self._fetch_done.wait()  # until stopped, or the fetch loop gave up
+                await _first_of(fetcher.live, self._fetch_done)
+            # Live, or stopped before that (nothing will come: the iterator just ends).
+            if self._fetch_done.is_set() or fetcher.live.is_set():
                 if fetcher.failure is None:
-                    await anyio.sleep_forever()  # deliveries handed out still commit; until close
+                    task_status.started()
+                    await self._fetch_done.wait()  # until stopped, or the fetch loop gave up
+                if fetcher.failure is None:
+                    await anyio.sleep_forever()  # what is handed out still commits; until close
             tasks.cancel_scope.cancel()
         if fetcher.failure is not None:
             raise fetcher.failure
-        if not fetcher.live.is_set():
+        if not (self._fetch_done.is_set() or fetcher.live.is_set()):
             raise self._join_timed_out()
 
     def _join_timed_out(self) -> BrokerUnavailableError:
@@ -170,48 +170,25 @@ class KafkaSubscription:
         )
 
     async def _start_consumer(self) -> None:
-        settings = self._settings
-        drain = settings.revoke_drain_timeout
-        consumer = AIOKafkaConsumer(
-            **settings.client_options(),
-            group_id=self._group,
-            enable_auto_commit=False,
-            # Queues and retry topics must never skip what was published before the group
-            # existed; offset_reset=latest is applied by hand to a topic group's main topic.
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=settings.max_message_size + HEADROOM,
-            heartbeat_interval_ms=1000,
-            rebalance_timeout_ms=int((drain + REVOKE_COMMIT_TIMEOUT + _REBALANCE_SLACK) * 1000),
-        )
+        consumer = new_consumer(self._settings, self._group)
         self._consumer = self._fetcher.consumer = consumer
-        if self._group is not None:
-            listener = Revocation(
-                consumer,
-                self._owner,
-                owned=self._owned,
-                pauses=self._pauses,
-                buffer=self._buffer,
-                handed_out=self._handed_out,
-                committer=self._committer,
-                drain_timeout=drain,
-                closing=lambda: self._closed,
-                describe=self._describe(),
-            )
-            consumer.subscribe(self._topics, listener=listener)
-            await consumer.start()  # returns once the group is joined and partitions assigned
+        if self._group is None:
+            self._owned.assign(await assign_everything(consumer, self._topics, self._admin))
             return
-        await consumer.start()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in self._topics
-            for p in await self._admin.topic_partitions(topic) or ()
-        ]
-        consumer.assign(tps)
-        # A broadcast receives what is published from now on: start at the end, commit nothing.
-        if tps:
-            while not await consumer.seek_to_end(*tps):
-                pass
-        self._owned.assign(tps)
+        listener = Revocation(
+            consumer,
+            self._owner,
+            owned=self._owned,
+            pauses=self._pauses,
+            buffer=self._buffer,
+            handed_out=self._handed_out,
+            committer=self._committer,
+            drain_timeout=self._settings.revoke_drain_timeout,
+            closing=lambda: self._closed,
+            describe=self._describe(),
+        )
+        consumer.subscribe(self._topics, listener=listener)
+        await consumer.start()  # returns once the group is joined
 
     async def _fetch(self) -> None:
         try:
@@ -367,3 +344,15 @@ class KafkaSubscription:
     def _describe(self) -> str:
         who = f"group {self._group}" if self._group else "broadcast"
         return f"kafka {self._spec.kind} {self._spec.name} ({who})"
+
+
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    async with anyio.create_task_group() as waiting:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            waiting.cancel_scope.cancel()
+
+        for event in events:
+            waiting.start_soon(wait, event)
