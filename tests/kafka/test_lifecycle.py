@@ -40,6 +40,20 @@ async def test_a_join_that_cannot_complete_raises_from_start_before_live() -> No
 
 
 @pytest.mark.kafka
+async def test_a_join_past_join_timeout_raises_from_start_naming_it(
+    open_transport: Callable[..., KafkaTransport], name: Name
+) -> None:
+    transport = open_transport("join_timeout=0.001")
+    await transport.connect()
+    try:
+        topic = name("slowjoin")
+        with pytest.raises(BrokerUnavailableError, match=r"join_timeout=0\.001s"):
+            await subscribe(transport, SubscriptionSpec(topic, "topic", group_of(topic), 10))
+    finally:
+        await transport.close()
+
+
+@pytest.mark.kafka
 async def test_close_ends_run_and_later_settles_do_nothing(
     transport: KafkaTransport, name: Name
 ) -> None:
