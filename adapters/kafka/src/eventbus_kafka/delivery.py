@@ -70,10 +70,6 @@ class KafkaDelivery:
             "offset": str(taken.offset),
         }
 
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
     def detach(self) -> None:
         """No longer this process's (reported lost): later settles do nothing."""
         self._settled = True

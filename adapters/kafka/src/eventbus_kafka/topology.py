@@ -48,8 +48,9 @@ def retry_topic(name: str, kind: Kind, group: str | None) -> str:
 
 def destination_topic(to: Destination) -> str:
     """The Kafka topic a publish goes to: the retry topic when it targets one group (topics)
-    or has a due time (``not_before``; topics need a group for that, queues do not). The
-    main topic never holds a delayed record: its partitions would wait behind it."""
+    or has a due time (``not_before``): then a queue's main topic does not wait behind it. A
+    delayed topic publish without a group is meant for every group, so it goes to the main
+    topic, whose partition then waits (paused) until it is due."""
     validate_name(to.name)
     if to.kind == "queue":
         return retry_topic(to.name, "queue", None) if to.not_before is not None else to.name
