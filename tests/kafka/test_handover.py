@@ -15,9 +15,10 @@ from collections.abc import Callable
 import anyio
 import pydantic
 import pytest
+from eventbus_kafka.wire import NOT_BEFORE, TARGET_GROUP
 from kafka_helpers import wait_until
 
-from eventbus import Delivery, EventBus
+from eventbus import Delivery, EventBus, Message, RetryPolicy
 
 pytestmark = [pytest.mark.kafka, pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -94,3 +95,35 @@ async def test_rebalance_with_a_handler_outliving_the_drain_keeps_keys_apart_and
     assert all(i.who == "A" for i in cancelled)
     assert all(i.end - i.start < SLOW for i in cancelled), "cancelled, not run to the end"
     assert any(i.who == "B" and i.completed for k in keys for i in intervals[k])
+
+
+async def test_a_retried_message_and_its_dead_letter_carry_no_routing_header(
+    kafka_url: str, name: Callable[[str], str]
+) -> None:
+    """Retried through the broker, the message reaches its handler through the group's retry
+    topic (it carried both routing headers there); neither the handler nor the dead letter,
+    built by the core from what the transport handed out, sees them."""
+    topic = name("routing")
+    group = f"{topic}-g"
+    seen: list[dict[str, str]] = []
+    dead: list[Message] = []
+    bus = EventBus(kafka_url, graceful_timeout=10.0)
+    policy = RetryPolicy(max_attempts=2, initial_delay=0.2, jitter=False, via_broker=True)
+
+    @bus.subscribe(topic, group=group, retry=policy)
+    async def flaky(order: Order, message: Message) -> None:
+        seen.append(dict(message.headers))
+        raise ConnectionError("down")
+
+    @bus.consume(f"{topic}.{group}.dlq")
+    async def letters(message: Message) -> None:
+        dead.append(message)
+
+    async with bus:
+        await bus.publish(topic, Order(seq=1))
+        await wait_until(lambda: len(dead) == 1)
+    assert len(seen) == 2
+    assert seen[1]["eventbus-attempt"] == "2"  # the second came through the retry topic
+    for headers in [*seen, dict(dead[0].headers)]:
+        assert not {TARGET_GROUP, NOT_BEFORE} & set(headers), headers
+    assert dead[0].headers["eventbus-dlq-reason"] == "retries-exhausted"
