@@ -79,3 +79,18 @@ def test_sasl_from_options_and_from_userinfo() -> None:
 def test_bad_values_name_the_option(url: str, names: str) -> None:
     with pytest.raises(ConfigurationError, match=names):
         parse_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://u:s3cret@h:1/path?security_protocol=SASL_PLAINTEXT",
+        "kafka://u:s3cret@h:99999?security_protocol=SASL_PLAINTEXT",
+        "kafka://u:s3cret@[::1?security_protocol=SASL_PLAINTEXT",
+        "kafka://h:1?sasl_password=s3cret&bogus=1",
+    ],
+)
+def test_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_url(url)
+    assert "s3cret" not in str(caught.value)
