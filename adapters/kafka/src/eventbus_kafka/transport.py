@@ -10,12 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
-from eventbus.errors import (
-    BrokerUnavailableError,
-    EventBusError,
-    MessageTooLargeError,
-    PublishError,
-)
+from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import (
     SPI_VERSION,
@@ -26,6 +21,7 @@ from eventbus.transports.base import (
     Subscription,
     SubscriptionSpec,
 )
+from eventbus.transports.publishing import publish_error
 from eventbus_kafka.admin import TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.producer import Producer
@@ -160,16 +156,8 @@ class KafkaTransport:
         group = to.group if to.kind == "topic" else None
         records = [to_record(m, target_group=group, not_before=to.not_before) for m in messages]
         failures = await self._producer.send_all(topic, records)
-        if not failures:
-            return
-        first = failures[min(failures)]
-        text = (
-            f"{len(failures)} of {len(messages)} messages to Kafka topic {topic!r} were not "
-            f"confirmed (first, #{min(failures)}: {first})"
-        )
-        if all(isinstance(exc, MessageTooLargeError) for exc in failures.values()):
-            raise MessageTooLargeError(text, failures) from first
-        raise PublishError(text, failures) from first
+        if failures:
+            raise publish_error(failures, messages, f"Kafka topic {topic!r}")
 
     # -- consuming --------------------------------------------------------------------------
 

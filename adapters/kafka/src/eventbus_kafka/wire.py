@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import NamedTuple
 
 from eventbus.message import Message
+from eventbus.transports.cloudevents import SOURCE, SPEC_VERSION, format_time, parse_time
 
 __all__ = [
     "NOT_BEFORE",
@@ -28,7 +29,6 @@ __all__ = [
     "TARGET_GROUP",
     "KafkaRecord",
     "decode_text",
-    "format_time",
     "from_record",
     "routing",
     "to_record",
@@ -49,8 +49,6 @@ CE_SPECVERSION = "ce_specversion"
 CE_TIME = "ce_time"
 CE_CORRELATION_ID = "ce_correlationid"
 CONTENT_TYPE = "content-type"
-SOURCE = "eventbus"
-SPEC_VERSION = "1.0"
 
 # Attributes that map onto Message fields; ce_source is kept as a header when it is foreign.
 _ENVELOPE = frozenset(
@@ -67,38 +65,6 @@ class KafkaRecord(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-_last_time: tuple[datetime | None, str] = (None, "")
-"""The last `format_time` result: the messages of one ``publish_many`` share a timestamp."""
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z``, as CloudEvents writers usually emit it."""
-    global _last_time
-    last = _last_time  # one read: another thread may replace it, never tear it
-    if last[0] == moment:  # the same instant: the same text (a naive one never equals an aware)
-        return last[1]
-    if moment.tzinfo is None:
-        utc = moment.replace(tzinfo=UTC)
-    elif moment.tzinfo is not UTC:
-        utc = moment.astimezone(UTC)
-    else:
-        utc = moment
-    # isoformat of a UTC datetime always ends with "+00:00"
-    text = utc.isoformat(timespec="microseconds")[:-6] + "Z"
-    _last_time = (moment, text)
-    return text
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is UTC:  # what eventbus writes ("Z"): nothing to convert
-        return moment
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def decode_text(raw: bytes | None) -> str:
@@ -188,7 +154,7 @@ def from_record(
             app_headers[name] = text  # duplicate names: the last one wins, as in most clients
 
     ce_time = attributes.get(CE_TIME)
-    timestamp = _parse_time(ce_time) if ce_time is not None else None
+    timestamp = parse_time(ce_time) if ce_time is not None else None
     if timestamp is None:
         timestamp = (
             datetime.fromtimestamp(timestamp_ms / 1000, UTC)
