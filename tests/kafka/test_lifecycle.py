@@ -15,7 +15,7 @@ from eventbus_kafka.subscription import KafkaSubscription
 from eventbus_kafka.url import parse_url
 from kafka_helpers import RecordingOwner, group_of, messages, subscribe, take, wait_until
 
-from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.errors import AuthorizationError, BrokerUnavailableError
 from eventbus.transports.base import Destination, SubscriptionSpec
 
 Name = Callable[[str], str]
@@ -72,7 +72,7 @@ async def test_close_ends_run_and_later_settles_do_nothing(
 
 
 @pytest.mark.kafka
-async def test_a_fetch_loop_that_cannot_go_on_ends_run_with_the_translated_error(
+async def test_a_fetch_loop_that_cannot_go_on_ends_run_with_the_access_error(
     transport: KafkaTransport, name: Name
 ) -> None:
     topic = name("crash")
@@ -86,9 +86,9 @@ async def test_a_fetch_loop_that_cannot_go_on_ends_run_with_the_translated_error
 
     sub._consumer.getmany = refused  # the broker starts refusing (ACLs changed)
     await wait_until(lambda: not live.running, within=30)
-    with pytest.raises(ConfigurationError, match="TopicAuthorizationFailedError"):
+    with pytest.raises(AuthorizationError, match="TopicAuthorizationFailedError"):
         await live.close()  # re-raises what ended run
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(AuthorizationError):
         await anext(live)  # the iterator says so too
     await got[0].ack()  # no-op: the new owner gets both again
     again = await subscribe(transport, SubscriptionSpec(topic, "topic", group_of(topic), 10))
