@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 
+from eventbus.backoff import Backoff
 from eventbus.errors import EventBusError
 from eventbus.transports.base import SubscriptionSpec
 from eventbus_kafka.assignment import Adopter
@@ -77,11 +78,14 @@ class Fetcher:
         """Fetch until cancelled. Returns early only when retrying cannot help (credentials,
         ACLs: `failure`); every other error is retried with backoff, since aiokafka
         reconnects by itself after broker restarts, leader moves and coordinator changes."""
-        backoff = 0.1
+        backoff = Backoff(0.1, _MAX_BACKOFF)
+        failing = False
         while True:
             try:
                 await self._fetch_once()
-                backoff = 0.1
+                if failing:
+                    failing = False
+                    backoff.up()  # the waits reset once fetching has worked for a while
             except Exception as exc:
                 if is_fatal(exc):
                     log.error("%s: giving up: %r", self._describe, exc)
@@ -89,9 +93,10 @@ class Fetcher:
                     self.failure.__cause__ = exc
                     self.live.set()
                     return
-                log.warning("%s: fetch failed, retrying in %.1fs: %r", self._describe, backoff, exc)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                failing = True
+                wait = backoff.next()
+                log.warning("%s: fetch failed, retrying in %.1fs: %r", self._describe, wait, exc)
+                await anyio.sleep(wait)
 
     async def _fetch_once(self) -> None:
         owned, pauses = self._owned, self._pauses

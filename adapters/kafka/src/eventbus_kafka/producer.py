@@ -30,6 +30,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
+from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, MessageTooLargeError
 from eventbus_kafka.admin import HEADROOM
 from eventbus_kafka.errors import is_transient, translate
@@ -370,7 +371,7 @@ async def _submit(producer: Any, builder: Any, topic: str, partition: int) -> An
     *that* batch when it failed. In both cases our batch was not queued, so submitting it again
     is safe; ``send`` (one record into the open batch) rarely waits at all, so without this a
     broker restart failed large publishes that small ones rode out (DESIGN 3.9)."""
-    backoff = 0.05
+    backoff = Backoff(0.05, 1.0)
     while True:
         try:
             return await producer.send_batch(builder, topic, partition=partition)
@@ -378,8 +379,7 @@ async def _submit(producer: Any, builder: Any, topic: str, partition: int) -> An
             if not is_transient(exc):
                 raise
             log.debug("kafka batch for %s/%d not queued yet: %r", topic, partition, exc)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 1.0)
+        await asyncio.sleep(backoff.next())
 
 
 def _translated(exc: BaseException, address: str) -> BaseException:

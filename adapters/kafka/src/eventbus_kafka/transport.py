@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
+from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import (
@@ -84,7 +85,7 @@ class KafkaTransport:
             return
         settings = self.settings
         deadline = asyncio.get_running_loop().time() + settings.connect_timeout
-        backoff = 0.2
+        backoff = Backoff(0.2, 2.0)
         last: BaseException | None = None
         while True:
             try:
@@ -101,13 +102,13 @@ class KafkaTransport:
                     raise translate(exc, settings.address) from exc
                 last = exc
             await self._stop_clients()
-            if asyncio.get_running_loop().time() + backoff >= deadline:
+            wait = backoff.next()
+            if asyncio.get_running_loop().time() + wait >= deadline:
                 raise BrokerUnavailableError(
                     settings.address,
                     f"no answer within connect_timeout={settings.connect_timeout}s ({last!r})",
                 ) from last
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
