@@ -17,8 +17,8 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Awaitable, Sequence
-from typing import cast
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, cast
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -84,33 +84,43 @@ class SubscriptionRunner:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe (live once ``task_status.started()`` fires), then consume until aborted."""
+        """Subscribe (live once ``task_status.started()`` fires), then consume until aborted.
+
+        Stopping goes in the order the SPI promises: handlers still running past the graceful
+        timeout are cancelled, what is unsettled is released, then the subscription is closed,
+        and only then does its background work end."""
         try:
             with anyio.CancelScope() as guard:
                 async with anyio.create_task_group() as work:
-                    self._work = work
-                    self._lanes = KeyLanes(
-                        work,
-                        self._handle,
-                        lambda: not self._stopping,
-                        self.subscriber.options.concurrency,
-                    )
-                    await work.start(self._consume.run)
-                    # Live: from now on only `abort` (after the drain) ends the work. Otherwise
-                    # cancelling the scope that hosts the bus -- a cancelled `bus.run()`, which
-                    # is how the CLI stops on SIGTERM -- would cancel in-flight handlers at
-                    # once instead of draining (DESIGN 3.8).
-                    guard.shield = True
-                    task_status.started()
-                    await self._abort.wait()
-                    # Past the graceful timeout: cancel what still runs. Its messages stay
-                    # unsettled and are released below, so they are redelivered, never acked.
-                    work.cancel_scope.cancel()
+                    async with anyio.create_task_group() as handlers:
+                        self._work = handlers
+                        self._lanes = KeyLanes(
+                            handlers,
+                            self._handle,
+                            lambda: not self._stopping,
+                            self.subscriber.options.concurrency,
+                        )
+                        await _start_unwrapped(work, self._consume.run)
+                        # Live: from now on only `abort` (after the drain) ends the work.
+                        # Otherwise cancelling the scope that hosts the bus -- a cancelled
+                        # `bus.run()`, which is how the CLI stops on SIGTERM -- would cancel
+                        # in-flight handlers at once instead of draining (DESIGN 3.8).
+                        guard.shield = True
+                        task_status.started()
+                        await self._abort.wait()
+                        # Past the graceful timeout: cancel what still runs. Its messages stay
+                        # unsettled and are released below: redelivered, never acked.
+                        handlers.cancel_scope.cancel()
+                    await self._close()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._release_unsettled()
-                await self._consume.aclose()
-                self.closed.set()
+                await self._close()
+
+    async def _close(self) -> None:
+        if not self.closed.is_set():
+            await self._release_unsettled()
+            await self._consume.aclose()
+            self.closed.set()
 
     async def drain(self) -> None:
         """Stop fetching and wait until every started handler finished and every started
@@ -337,3 +347,23 @@ class SubscriptionRunner:
             with anyio.move_on_after(seconds):
                 await self._stop_event.wait()
         return self._stopping
+
+
+async def _start_unwrapped(
+    group: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]]
+) -> None:
+    """`TaskGroup.start`, raising a start-up failure as itself: a user of ``async with bus``
+    whose broker is unreachable gets `BrokerUnavailableError`, not nested exception groups."""
+    try:
+        await group.start(func)
+    except BaseExceptionGroup as group_error:
+        leaves = _leaves(group_error)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
