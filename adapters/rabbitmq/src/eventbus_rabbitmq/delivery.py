@@ -76,6 +76,11 @@ class AmqpDelivery:
     def tag(self) -> int:
         return self._tag
 
+    def forget(self) -> None:
+        """Lost with its channel (the broker requeued it, or is about to): from now on
+        settling is a no-op, so no ack can reach the broker for a message someone else owns."""
+        self._settled = True
+
     async def _settle(self, *, ack: bool) -> None:
         if self._settled:
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,7 +49,15 @@ _AMQP_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, asynci
 class _Route:
     exchange: str
     routing_key: Callable[[Message], str]
-    expiration_ms: int | None = None
+    not_before: float | None = None  # through a delay queue: due at this Unix time
+
+    def expiration_ms(self) -> int | None:
+        """The delay left, for the message's expiration in the delay queue. Computed right
+        before the message is written, so that time spent waiting (a reconnect, a retry, the
+        turn of a same-id publish) is not added to the due time."""
+        if self.not_before is None:
+            return None
+        return delay_ms(max(self.not_before - time.time(), 0.0))
 
 
 def _fixed(name: str) -> Callable[[Message], str]:
@@ -142,7 +151,9 @@ class Publisher:
         if to.delay <= 0:
             return final
         # Delayed: park it in a TTL queue that dead-letters to the final exchange with the
-        # message's routing key when its exact per-message expiration has passed.
+        # message's routing key when its exact per-message expiration has passed. The bucket
+        # is chosen from the delay left now; the expiration, computed later, can only be
+        # shorter, so it still fits the bucket.
         ms = delay_ms(to.delay)
         holder: list[str] = []
 
@@ -150,7 +161,7 @@ class Publisher:
             holder.append(await self._topology.delay(channel, ms, final.exchange))
 
         await self._declare(declare, to, deadline)
-        return _Route(holder[-1], final.routing_key, expiration_ms=ms)
+        return _Route(holder[-1], final.routing_key, not_before=to.not_before)
 
     async def _group_route(self, topic: str, group: str, deadline: float) -> _Route:
         """Straight to one group. Whether it is partitioned is read from the broker, so a
@@ -213,14 +224,14 @@ class Publisher:
     ) -> BaseException | None:
         """Publish one message and wait for its confirm; return the failure instead of raising
         (so one failure does not cancel the rest of a batch)."""
-        properties = wire.encode(message, expiration_ms=route.expiration_ms)
-        message_id = properties.message_id or message.id
+        message_id = wire.amqp_message_id(message)
         while (waiting := self._in_flight.get(message_id)) is not None:
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             waiting.append(turn)
             await turn
         self._in_flight[message_id] = []
         try:
+            properties = wire.encode(message, expiration_ms=route.expiration_ms())
             async with asyncio.timeout_at(deadline):
                 result = await channel.basic_publish(
                     message.body,
