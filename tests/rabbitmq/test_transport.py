@@ -7,9 +7,10 @@ from collections.abc import Awaitable, Callable
 import aiormq
 import anyio
 import pytest
-from eventbus_rabbitmq import RabbitMQTransport
+from eventbus_rabbitmq import RabbitMQTransport, wire
 from eventbus_rabbitmq.connection import open_channel
 from eventbus_rabbitmq.errors import is_connection_lost
+from eventbus_rabbitmq.publisher import _Route
 from pamqp.commands import Basic
 from rabbit_helpers import Consumer, nothing_more, take
 
@@ -135,6 +136,30 @@ async def test_delayed_send_to_a_queue(
     await transport.publish(Destination(q, kind="queue", not_before=time.time() + 0.3), [msg(q, 1)])
     sub = await subscribe(transport, queue(q))
     assert [d.message.id for d in await take(sub, 1)] == ["m1"]
+
+
+async def test_a_due_time_already_passed_is_delivered_at_once(
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
+) -> None:
+    transport = await make_transport()
+    topic = name("overdue")
+    sub = await subscribe(transport, group(topic, "g"))
+    await transport.publish(
+        Destination(topic, group="g", not_before=time.time() - 5), [msg(topic, 1)]
+    )
+    assert [d.message.id for d in await take(sub, 1, within=1)] == ["m1"]
+
+
+def test_the_delay_left_is_computed_when_the_message_is_written() -> None:
+    """Destination.not_before is absolute: time spent before the write (a reconnect, a retry,
+    the turn of a publish of the same id) shortens the expiration instead of adding to it."""
+    route = _Route("eventbus.delay.1000", wire.routing_key, not_before=time.time() + 1.0)
+    first = route.expiration_ms()
+    time.sleep(0.2)
+    later = route.expiration_ms()
+    assert first is not None and later is not None
+    assert 900 <= first <= 1000 and later <= first - 150
+    assert _Route("", wire.routing_key).expiration_ms() is None
 
 
 async def test_release_redelivers_with_the_redelivered_flag(
@@ -289,6 +314,14 @@ async def test_too_large_message_is_refused_before_sending(
 async def test_default_max_message_size_is_the_brokers(make_transport: Make) -> None:
     transport = await make_transport()
     assert transport.capabilities.max_message_size == 128 * 1024 * 1024
+
+
+async def test_spi_version_and_capabilities(make_transport: Make) -> None:
+    transport = await make_transport()
+    assert RabbitMQTransport.spi_version == transport.spi_version == 2
+    assert transport.capabilities.unbound_topic == "refuse"  # see test_unroutable_publish_raises
+    assert transport.capabilities.native == ("queue",)
+    assert transport.capabilities.durable and transport.capabilities.redelivered_flag
 
 
 async def test_connect_to_unreachable_broker_names_the_address() -> None:

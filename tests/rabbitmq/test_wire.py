@@ -31,8 +31,34 @@ def test_roundtrip_keeps_every_attribute() -> None:
         type="OrderPlaced",
         timestamp=datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
         correlation_id="corr-1",
+        reply_to="replies.client-7",
     )
     assert _roundtrip(message) == message
+
+
+def test_reply_to_is_the_native_amqp_property() -> None:
+    message = Message(id="i", topic="t", body=b"", reply_to="replies.client-7")
+    properties = wire.encode(message)
+    assert properties.reply_to == "replies.client-7"
+    assert "eventbus-reply-to" not in (properties.headers or {})
+    assert _roundtrip(Message(id="i", topic="t", body=b"")).reply_to is None
+    # A foreign request (no CloudEvents headers) with a reply address: read back as it is.
+    foreign = wire.decode(
+        "t",
+        b"",
+        Basic.Properties(reply_to="amq.rabbitmq.reply-to.g1h"),
+        exchange="",
+        routing_key="t",
+    )
+    assert foreign.reply_to == "amq.rabbitmq.reply-to.g1h"
+
+
+def test_a_reply_address_too_long_for_the_property_travels_whole() -> None:
+    long_address = "replies." + "x" * 300
+    message = Message(id="i", topic="t", body=b"", reply_to=long_address)
+    properties = wire.encode(message)
+    assert properties.reply_to is not None and len(properties.reply_to.encode()) <= 255
+    assert _roundtrip(message).reply_to == long_address
 
 
 def test_native_properties_and_cloudevents_headers() -> None:

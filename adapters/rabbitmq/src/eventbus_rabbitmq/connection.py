@@ -17,6 +17,7 @@ import asyncio
 import logging
 import random
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiormq
 from aiormq import exceptions as amqp_errors
@@ -42,8 +43,17 @@ class Connector:
         self._closed = False
         self._backoff = _FIRST_BACKOFF
         self._last_error: BaseException | None = None
+        # The URL's ``name`` option names the connections in the broker's tools; each gets its
+        # purpose appended (aiormq would otherwise let our default name override it).
+        given = parse_qs(urlsplit(settings.amqp_url).query).get("name")
+        self._connection_name = f"{given[0] if given else 'eventbus'} {purpose}"
         self.generation = 0
         """Incremented on every new connection: things bound to an older one are stale."""
+
+    @property
+    def name(self) -> str:
+        """The connection name the broker's tools show (``rabbitmqctl list_connections``)."""
+        return self._connection_name
 
     @property
     def closed(self) -> bool:
@@ -85,7 +95,7 @@ class Connector:
                     async with asyncio.timeout(self._settings.connect_timeout):
                         conn = await aiormq.connect(
                             self._settings.amqp_url,
-                            client_properties={"connection_name": f"eventbus {self._purpose}"},
+                            client_properties={"connection_name": self._connection_name},
                         )
                 except (
                     amqp_errors.AuthenticationError,
