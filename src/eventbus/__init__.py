@@ -4,7 +4,7 @@ per-key ordering, deduplication and graceful shutdown done once, correctly."""
 from eventbus.bus import EventBus
 from eventbus.codecs import Codec, JsonCodec
 from eventbus.dedup import ClaimResult, DedupStore, InboxStore, MemoryDedupStore
-from eventbus.dispatch.runner import Handler, Middleware
+from eventbus.dispatch.invoke import Handler, Middleware
 from eventbus.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -20,7 +20,7 @@ from eventbus.errors import (
 from eventbus.message import Delivery, Message
 from eventbus.retry import RetryPolicy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "BrokerUnavailableError",

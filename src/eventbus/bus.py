@@ -18,9 +18,10 @@ from eventbus.codecs.base import Codec
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
-from eventbus.dispatch.deadletter import default_dead_letter_name
 from eventbus.dispatch.handler import inspect_handler
-from eventbus.dispatch.runner import Middleware, SubscriptionRunner
+from eventbus.dispatch.invoke import Middleware
+from eventbus.dispatch.options import SubscriptionOptions
+from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError
 from eventbus.message import Message, new_message_id
@@ -137,20 +138,18 @@ class EventBus:
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
-        return self._register(
-            topic,
-            "topic",
-            group,
-            concurrency,
-            max_in_flight,
-            ack,
-            ack_timeout,
-            retry,
-            dead_letter,
-            dedup,
-            dedup_key,
-            dedup_lease,
+        options = self._options(
+            concurrency=concurrency,
+            max_in_flight=max_in_flight,
+            ack=ack,
+            ack_timeout=ack_timeout,
+            retry=retry,
+            dead_letter=dead_letter,
+            dedup=dedup,
+            dedup_key=dedup_key,
+            dedup_lease=dedup_lease,
         )
+        return self._register(topic, "topic", group, options)
 
     def consume(
         self,
@@ -168,20 +167,18 @@ class EventBus:
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer."""
         _check_name("queue", queue)
-        return self._register(
-            queue,
-            "queue",
-            None,
-            concurrency,
-            max_in_flight,
-            ack,
-            ack_timeout,
-            retry,
-            dead_letter,
-            dedup,
-            dedup_key,
-            dedup_lease,
+        options = self._options(
+            concurrency=concurrency,
+            max_in_flight=max_in_flight,
+            ack=ack,
+            ack_timeout=ack_timeout,
+            retry=retry,
+            dead_letter=dead_letter,
+            dedup=dedup,
+            dedup_key=dedup_key,
+            dedup_lease=dedup_lease,
         )
+        return self._register(queue, "queue", None, options)
 
     def on_startup(
         self, func: Callable[[], Coroutine[Any, Any, None]]
@@ -193,39 +190,17 @@ class EventBus:
         self._startup.append(func)
         return func
 
-    def _register(
+    def _options(
         self,
-        name: str,
-        kind: Kind,
-        group: str | None,
-        concurrency: int,
-        max_in_flight: int | None,
-        ack: str,
-        ack_timeout: float | None,
+        *,
         retry: RetryPolicy | None,
         dead_letter: str | None,
         dedup: bool | DedupStore | None,
-        dedup_key: Callable[[Message], str] | None,
-        dedup_lease: float,
-    ) -> Callable[[F], F]:
+        **options: Any,
+    ) -> SubscriptionOptions:
         if self._running:
             raise RuntimeError("register handlers before the bus starts")
-        if concurrency < 1:
-            raise ConfigurationError(f"concurrency must be >= 1, got {concurrency}")
-        in_flight = max_in_flight if max_in_flight is not None else 4 * concurrency
-        if in_flight < concurrency:
-            raise ConfigurationError(
-                f"max_in_flight ({in_flight}) must be >= concurrency ({concurrency})"
-            )
-        if ack not in ("auto", "manual"):
-            raise ConfigurationError(f"ack must be 'auto' or 'manual', got {ack!r}")
-        if dedup_lease <= 0:
-            raise ConfigurationError("dedup_lease must be > 0 seconds")
-        if ack_timeout is not None and ack_timeout <= 0:
-            raise ConfigurationError("ack_timeout must be > 0 seconds")
-        if dead_letter == "auto":
-            dead_letter = default_dead_letter_name(name, kind, group)
-        elif dead_letter is not None:
+        if dead_letter not in ("auto", None):
             _check_name("dead-letter queue", dead_letter)
         store: DedupStore | None
         if dedup is True:
@@ -234,34 +209,24 @@ class EventBus:
             store = None
         else:
             store = dedup
+        return SubscriptionOptions(
+            retry=retry or DEFAULT_RETRY, dead_letter=dead_letter, dedup=store, **options
+        )
+
+    def _register(
+        self, name: str, kind: Kind, group: str | None, options: SubscriptionOptions
+    ) -> Callable[[F], F]:
+        store = options.dedup
 
         def decorator(func: F) -> F:
             inbox_types = (store.inbox_type,) if isinstance(store, InboxStore) else ()
             spec = inspect_handler(func, inbox_types)
-            if dedup_key is not None and store is None:
-                raise ConfigurationError(f"handler {spec.name}: dedup_key needs dedup=")
-            if ack == "manual" and not any(kind == "delivery" for _, kind in spec.params):
+            if options.ack == "manual" and not any(kind == "delivery" for _, kind in spec.params):
                 raise HandlerSignatureError(
                     f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "
                     "to settle with"
                 )
-            self._subscribers.append(
-                Subscriber(
-                    name=name,
-                    kind=kind,
-                    group=group,
-                    handler=spec,
-                    concurrency=concurrency,
-                    max_in_flight=in_flight,
-                    ack="manual" if ack == "manual" else "auto",
-                    ack_timeout=ack_timeout,
-                    retry=retry or DEFAULT_RETRY,
-                    dead_letter=dead_letter,
-                    dedup=store,
-                    dedup_key=dedup_key,
-                    dedup_lease=dedup_lease,
-                )
-            )
+            self._subscribers.append(Subscriber(name, kind, group, spec, options))
             return func
 
         return decorator

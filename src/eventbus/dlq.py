@@ -25,6 +25,14 @@ async def dlq_depths(transport: Transport, names: Sequence[str]) -> dict[str, in
     return {name: await transport.depth(name, "queue") for name in names}
 
 
+class _Reader:
+    """The owner of a DLQ command's subscription: each letter is visited and settled in turn,
+    so a lost one has nothing running to stop (its settle is then a no-op)."""
+
+    async def lost(self, deliveries: Sequence[RawDelivery]) -> None:
+        pass
+
+
 async def _each(
     transport: Transport,
     name: str,
@@ -39,22 +47,26 @@ async def _each(
         limit = min(limit, depth)  # no idle wait for letters that are not there
     if limit <= 0:
         return 0
-    sub = await transport.subscribe(SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500)))
+    spec = SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500))
+    sub = await transport.subscribe(spec, _Reader())
     seen = 0
     try:
-        iterator = sub.__aiter__()
-        while seen < limit:
-            raw: RawDelivery | None = None
-            with anyio.move_on_after(idle):
-                raw = await iterator.__anext__()
-            if raw is None:
-                break
-            seen += 1
-            await visit(raw)
-    except StopAsyncIteration:
-        pass
+        async with anyio.create_task_group() as tg:
+            await tg.start(sub.run)
+            batches = sub.__aiter__()
+            while seen < limit:
+                batch: Sequence[RawDelivery] | None = None
+                with anyio.move_on_after(idle):
+                    batch = await anext(batches, None)
+                if batch is None:
+                    break
+                for raw in batch[: limit - seen]:
+                    seen += 1
+                    await visit(raw)
+            tg.cancel_scope.cancel()
     finally:
-        await sub.close()  # releases whatever was read and not acked
+        with anyio.CancelScope(shield=True):
+            await sub.close()  # releases whatever was read and not acked
     return seen
 
 
@@ -84,8 +96,6 @@ def replay_destination(letter: Message) -> tuple[Destination, Message]:
         and k != h.ATTEMPT
         and not k.startswith("eventbus-original-")
     }
-    if group is not None:
-        kept[h.TARGET_GROUP] = group
     original = Message(
         id=letter.id,
         topic=topic,

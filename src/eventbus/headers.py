@@ -1,14 +1,11 @@
-"""Header names eventbus writes and reads. Kept in one place: they are part of the wire format."""
+"""Header names the core writes and reads. Kept in one place: they are part of the wire format.
+
+How a transport routes a message to one group or delays it is its own business (the Kafka
+adapter keeps its routing headers private); these are the ones every transport carries."""
 
 ATTEMPT = "eventbus-attempt"
 """1-based attempt number of the delivery that carries it; incremented on every redelivery through
 the broker so the count travels with the message (several processes share it)."""
-
-TARGET_GROUP = "eventbus-target-group"
-"""Set on a message republished for one group only (retry through the broker, DLQ replay)."""
-
-NOT_BEFORE = "eventbus-not-before"
-"""Unix time (seconds, float) before which a delayed redelivery must not be handled."""
 
 DLQ_REASON = "eventbus-dlq-reason"
 ERROR_TYPE = "eventbus-error-type"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import uuid
 from collections.abc import Mapping
@@ -118,12 +119,20 @@ class Delivery:
     Safe to call from any task of the event loop that runs the bus; not thread-safe.
     """
 
-    __slots__ = ("_settler", "attempt", "message", "redelivered")
+    __slots__ = ("_settler", "attempt", "message", "payload", "redelivered")
 
     def __init__(
-        self, message: Message, *, attempt: int, redelivered: bool, settler: _Settler
+        self,
+        message: Message,
+        *,
+        attempt: int,
+        redelivered: bool,
+        settler: _Settler,
+        payload: object = None,
     ) -> None:
         self.message = message
+        self.payload = payload
+        """The decoded body: what the handler's payload parameter gets (for middleware)."""
         self.attempt = attempt
         """1-based: 1 on first delivery, incremented on each retry, whichever process runs it."""
         self.redelivered = redelivered
@@ -139,11 +148,14 @@ class Delivery:
         await self._settler.ack()
 
     async def nack(self, delay: float | None = None) -> None:
-        """Failed this attempt: deliver again after ``delay`` seconds (at once when None).
+        """Failed this attempt: deliver again through the broker after ``delay`` seconds, or
+        after the retry policy's backoff when None.
 
         Counts as an attempt: once the retry policy's attempts are spent the message is
-        dead-lettered instead.
+        dead-lettered instead. Raises ``ValueError`` for a negative or non-finite delay.
         """
+        if delay is not None and not (0 <= delay < math.inf):
+            raise ValueError(f"nack delay must be a finite number of seconds >= 0, got {delay!r}")
         await self._settler.nack(delay)
 
     async def reject(self, reason: str | None = None) -> None:

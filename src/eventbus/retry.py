@@ -50,7 +50,11 @@ class RetryPolicy:
 
     def delay(self, failed_attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after the 1-based ``failed_attempt`` before the next one."""
-        ceiling = min(self.max_delay, self.initial_delay * self.multiplier ** (failed_attempt - 1))
+        try:
+            growth = self.multiplier ** (failed_attempt - 1)
+        except OverflowError:  # a huge attempt count from a foreign header: the cap applies
+            growth = float("inf")
+        ceiling = min(self.max_delay, self.initial_delay * growth) if self.initial_delay else 0.0
         if not self.jitter:
             return ceiling
         return (rng or random).uniform(0.0, ceiling)

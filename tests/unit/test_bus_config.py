@@ -143,12 +143,12 @@ def test_default_options(make_bus: Callable[..., EventBus]) -> None:
     bus.subscribe("orders")(noop)
     bus.consume("emails")(noop)
     billing, broadcast, emails = bus.subscribers
-    assert billing.max_in_flight == 12, "max_in_flight defaults to a small multiple"
+    assert billing.options.max_in_flight == 12, "max_in_flight defaults to a small multiple"
     assert billing.dead_letter == "orders.billing.dlq"
     assert broadcast.dead_letter == "orders.broadcast.dlq"
     assert emails.dead_letter == "emails.dlq"
-    assert billing.retry.max_attempts == 3, "no retry= still gets a bounded default policy"
-    assert billing.ack == "auto" and billing.dedup is None
+    assert billing.options.retry.max_attempts == 3, "no retry= still gets a bounded default"
+    assert billing.options.ack == "auto" and billing.options.dedup is None
 
 
 # -- headers -------------------------------------------------------------------------------------

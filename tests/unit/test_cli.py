@@ -281,7 +281,8 @@ def test_dlq_list_show_replay_purge(
     assert _depth(url, capsys) == f"{DLQ}\t2"
     [replayed] = broker.ready("orders", "billing")
     assert replayed.id == "d0" and json.loads(replayed.body) == {"id": 0}
-    assert replayed.headers[h.TARGET_GROUP] == "billing"
+    [(replay_to, _)] = [(d, m) for d, m in broker.log if m.id == "d0" and d.name == "orders"][-1:]
+    assert replay_to.group == "billing"
     assert replayed.headers["t"] == "x"
     assert not [k for k in replayed.headers if k in h.DEAD_LETTER_HEADERS or k == h.ATTEMPT]
     assert broker.ready("orders", "shipping") == [], "only the failed group gets the replay"

@@ -100,7 +100,7 @@ async def test_dedup_true_uses_the_bus_store(url: str) -> None:
         calls.append(order.id)
 
     assert bus.dedup_store is store
-    assert bus.subscribers[0].dedup is store
+    assert bus.subscribers[0].options.dedup is store
     await store.complete("jobs", "already-done", owner="o", ttl=60)
     async with bus:
         await bus.send("jobs", Order(id=1), message_id="already-done")
@@ -224,7 +224,7 @@ async def test_dedup_lease_bounds_how_long_a_dead_workers_claim_blocks() -> None
         handled.append(message.id)
 
     # A worker that crashed while holding the claim: its lease is what this subscription sets.
-    assert bus.subscribers[0].dedup_lease == 0.3
+    assert bus.subscribers[0].options.dedup_lease == 0.3
     await store.claim("t/g", "m", owner="dead-worker", lease=0.3)
     async with bus:
         await bus.publish("t", b"x", message_id="m")

@@ -4,7 +4,7 @@ isolation, and the inspection API users' tests rely on."""
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import anyio
 import pydantic
@@ -12,7 +12,8 @@ import pydantic
 from eventbus import EventBus, Message, Reject, RetryPolicy
 from eventbus.testing import MemoryBroker, memory_broker
 from eventbus.testing.conformance import wait_for
-from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
+from eventbus.testing.spi import Opened, RecordingOwner
+from eventbus.transports.base import Destination, SubscriptionSpec
 from eventbus.transports.memory import PARTITIONS, MemoryTransport
 
 
@@ -28,12 +29,9 @@ def queue_spec(name: str = "q") -> SubscriptionSpec:
     return SubscriptionSpec(name=name, kind="queue", group=None, prefetch=100)
 
 
-async def take(iterator: AsyncIterator[RawDelivery], n: int) -> list[RawDelivery]:
-    got: list[RawDelivery] = []
-    with anyio.fail_after(30):
-        for _ in range(n):
-            got.append(await iterator.__anext__())
-    return got
+async def subscribe(transport: MemoryTransport, spec: SubscriptionSpec) -> Opened:
+    """The memory transport delivers without its (empty) background work running."""
+    return Opened(await transport.subscribe(spec, RecordingOwner()), RecordingOwner())
 
 
 async def test_delayed_publish_waits_without_blocking_its_partition(
@@ -41,17 +39,17 @@ async def test_delayed_publish_waits_without_blocking_its_partition(
 ) -> None:
     transport = MemoryTransport(url)
     await transport.connect()
-    sub = await transport.subscribe(queue_spec())
-    iterator = sub.__aiter__()
+    opened = await subscribe(transport, queue_spec())
     published_at = time.monotonic()
-    await transport.publish(Destination("q", "queue", delay=0.5), [msg("late", key="k")])
+    late = Destination("q", "queue", not_before=time.time() + 0.5)
+    await transport.publish(late, [msg("late", key="k")])
     await transport.publish(Destination("q", "queue"), [msg("now", key="k")])
     assert [m.id for m in broker.ready("q")] == ["now", "late"], "delayed ones are listed too"
     assert await transport.depth("q", "queue") == 2
-    [first] = await take(iterator, 1)
+    [first] = await opened.take(1)
     assert first.message.id == "now", "a delayed message does not hold back its partition"
     await first.ack()
-    [second] = await take(iterator, 1)
+    [second] = await opened.take(1)
     assert second.message.id == "late"
     assert time.monotonic() - published_at >= 0.5
     await second.ack()
@@ -66,19 +64,19 @@ async def test_close_releases_unsettled_in_their_original_order(
     ids = [f"m{i}" for i in range(6)]
     await transport.publish(Destination("q", "queue"), [msg(i, key="same") for i in ids])
     await transport.publish(Destination("q", "queue"), [msg("other", key="other-key")])
-    sub = await transport.subscribe(queue_spec())
-    got = await take(sub.__aiter__(), 7)
+    opened = await subscribe(transport, queue_spec())
+    got = await opened.take(7)
     assert [d.message.id for d in got if d.message.key == "same"] == ids
     await next(d for d in got if d.message.id == "m2").ack()
-    await sub.close()
+    await opened.sub.close()
     # Settling after close is a no-op: the release by close stands.
     await got[0].ack()
     assert sorted(m.id for m in broker.ready("q")) == ["m0", "m1", "m3", "m4", "m5", "other"]
     same_key = [m.id for m in broker.ready("q") if m.key == "same"]
     assert same_key == ["m0", "m1", "m3", "m4", "m5"]
 
-    again = await transport.subscribe(queue_spec())
-    redelivered = await take(again.__aiter__(), 6)
+    again = await subscribe(transport, queue_spec())
+    redelivered = await again.take(6)
     assert [d.message.id for d in redelivered if d.message.key == "same"] == same_key
     assert all(d.redelivered for d in redelivered)
     await transport.close()
@@ -87,8 +85,8 @@ async def test_close_releases_unsettled_in_their_original_order(
 async def test_settling_is_idempotent(url: str, broker: MemoryBroker) -> None:
     transport = MemoryTransport(url)
     await transport.publish(Destination("q", "queue"), [msg("a"), msg("b")])
-    sub = await transport.subscribe(queue_spec())
-    a, b = await take(sub.__aiter__(), 2)
+    opened = await subscribe(transport, queue_spec())
+    a, b = await opened.take(2)
     await a.ack()
     await a.ack()
     await a.release()  # after an ack: nothing comes back
@@ -195,7 +193,8 @@ async def test_inspection_api(make_bus: Callable[..., EventBus], broker: MemoryB
         await gate.wait()
 
     # Another group that never starts consuming: everything stays ready there.
-    await MemoryTransport(bus.url).subscribe(SubscriptionSpec("orders", "topic", "audit", 10))
+    audit = SubscriptionSpec("orders", "topic", "audit", 10)
+    await MemoryTransport(bus.url).subscribe(audit, RecordingOwner())
     async with bus:
         for i in range(1, 4):
             await bus.publish("orders", Order(id=i), message_id=f"o{i}")

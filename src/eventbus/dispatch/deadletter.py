@@ -50,6 +50,4 @@ def dead_letter_message(
         added[h.ERROR_TRACEBACK] = tb[-TRACEBACK_LIMIT:]
     for name, value in native.items():
         added[f"eventbus-original-{name}"] = value
-    # A stale target group or delay from an earlier broker retry must not follow it to the DLQ.
-    kept = {k: v for k, v in message.headers.items() if k not in (h.TARGET_GROUP, h.NOT_BEFORE)}
-    return message.replace_headers({**kept, **added})
+    return message.replace_headers({**message.headers, **added})

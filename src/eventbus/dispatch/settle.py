@@ -1,21 +1,33 @@
-"""Settling one delivery: ack, redeliver through the broker, or dead-letter. Idempotent."""
+"""Settling one delivery: the first settle wins, later ones are no-ops (STYLE 3).
+
+`DeliveryState` is shared by the runtime and every `Delivery` handed to the handler for one raw
+delivery. Its settle operations decide nothing themselves: failures go through
+`outcome.decide`, broker-side work through `Republisher`, dedup bookkeeping through
+`DedupGuard`; whatever happens, the delivery leaves `InFlight` once settled.
+
+A delivery the transport reported lost (`DeliveryOwner.lost`) is settled *as dropped*: nothing
+goes to the broker, since the message now belongs to another consumer.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import random
+from dataclasses import dataclass
 
 import anyio
 
 from eventbus import headers as h
 from eventbus.dispatch.deadletter import DeadLetterReason
+from eventbus.dispatch.dedup_guard import DedupGuard
+from eventbus.dispatch.inflight import InFlight
+from eventbus.dispatch.outcome import DeadLetter, Failure, Outcome, RetryViaBroker, decide
+from eventbus.dispatch.republish import Republisher
+from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import Reject
 from eventbus.transports.base import RawDelivery
 
-if TYPE_CHECKING:
-    from eventbus.dispatch.runner import SubscriptionRunner
-
-__all__ = ["DeliveryState", "NackedError", "attempt_of"]
+__all__ = ["AckTimeoutError", "DeliveryState", "NackedError", "Settling", "attempt_of"]
 
 log = logging.getLogger("eventbus.dispatch")
 
@@ -29,46 +41,68 @@ class AckTimeoutError(Exception):
 
 
 def attempt_of(raw: RawDelivery) -> int:
+    """The attempt number the message carries; anything unreadable counts as the first."""
+    value = raw.message.headers.get(h.ATTEMPT)
+    if value is None:
+        return 1
     try:
-        return max(1, int(raw.message.headers.get(h.ATTEMPT, "1")))
+        return max(1, int(value))
     except ValueError:
         return 1
 
 
-class DeliveryState:
-    """The settlement of one raw delivery, shared by the runtime and every `Delivery` handed to
-    the handler for it. The first settle call wins; later ones are no-ops (STYLE 3).
+@dataclass(frozen=True, slots=True)
+class Settling:
+    """What every `DeliveryState` of one subscription settles through."""
 
-    Until settled the delivery counts against ``max_in_flight``; whatever is still unsettled
-    when the subscription stops is released (redelivered later), never acked.
-    """
+    subscriber: Subscriber
+    in_flight: InFlight[DeliveryState]
+    republisher: Republisher
+    guard: DedupGuard | None
+    rng: random.Random
+
+
+class DeliveryState:
+    """The settlement of one raw delivery. Until settled it counts against ``max_in_flight``;
+    whatever is still unsettled when the subscription stops is released (redelivered later),
+    never acked."""
 
     __slots__ = (
-        "_runner",
+        "_finished",
         "_settled_event",
+        "_settling",
         "ack_deferred",
         "attempt",
         "claim_owner",
+        "dedup_key",
         "inbox_done",
         "inbox_open",
+        "lost",
         "raw",
+        "scope",
         "settled",
     )
 
-    def __init__(self, runner: SubscriptionRunner, raw: RawDelivery) -> None:
-        self._runner = runner
+    def __init__(self, settling: Settling, raw: RawDelivery) -> None:
+        self._settling = settling
         self.raw = raw
         self.attempt = attempt_of(raw)
         self.settled = False
         self._settled_event: anyio.Event | None = None
+        self.dedup_key: str | None = None
         self.claim_owner: str | None = None
         """Owner token of the dedup claim this attempt holds, if any."""
-        self.inbox_done = False
         self.inbox_open = False
         """The handler runs inside an inbox transaction that has not committed yet."""
+        self.inbox_done = False
+        """The handler's inbox transaction already recorded the key as done."""
         self.ack_deferred = False
         """``ack()`` was called inside the open inbox: applied once it commits."""
-        """The handler's inbox transaction already recorded the key as done."""
+        self.lost = False
+        """The transport took it back: no handler may start for it, settling does nothing."""
+        self._finished: anyio.Event | None = None
+        self.scope: anyio.CancelScope | None = None
+        """Around the work on it (attempts, waits), so that losing it can cancel that work."""
 
     def _settle(self) -> bool:
         if self.settled:
@@ -84,6 +118,8 @@ class DeliveryState:
                 self._settled_event = anyio.Event()
             await self._settled_event.wait()
 
+    # -- the user's operations (through `Delivery`) -----------------------------------------
+
     async def ack(self) -> None:
         if self.inbox_open:
             # Acking now would mark the key done before the handler's writes commit; if the
@@ -93,28 +129,21 @@ class DeliveryState:
         if not self._settle():
             return
         try:
-            await self._runner.complete_claim(self)
+            await self._complete_claim()
             await self.raw.ack()
         finally:
-            self._runner.forget(self)
+            self._settling.in_flight.forget(self.raw)
 
-    async def nack(self, delay: float | None, error: Exception | None = None) -> None:
+    async def nack(self, delay: float | None) -> None:
+        """Always back through the broker, after ``delay`` or the policy's backoff (DESIGN 8);
+        dead-lettered once the attempts are spent."""
         self._refuse_inside_inbox("nack")
-        if not self._settle():
-            return
-        try:
-            await self._runner.release_claim(self)
-            if self.attempt >= self._runner.subscriber.retry.max_attempts:
-                error = error or NackedError(f"nacked on attempt {self.attempt}")
-                await self._runner.dead_letter(self, "retries-exhausted", error)
-            else:
-                await self._runner.redeliver(self, delay or 0.0)
-        finally:
-            self._runner.forget(self)
+        error = NackedError(f"nacked on attempt {self.attempt}")
+        await self.fail("nacked", error, delay=delay)
 
     async def reject(self, reason: str | None) -> None:
         self._refuse_inside_inbox("reject")
-        await self.fail("rejected", Reject(reason))
+        await self.carry_out(DeadLetter("rejected"), Reject(reason))
 
     def _refuse_inside_inbox(self, what: str) -> None:
         if self.inbox_open:
@@ -123,34 +152,100 @@ class DeliveryState:
                 "eventbus.Retry or eventbus.Reject instead (the transaction then rolls back)"
             )
 
-    async def fail(self, reason: DeadLetterReason, error: BaseException) -> None:
-        """Dead-letter (the runtime's path for exceptions and poison messages)."""
-        if not self._settle():
-            return
-        try:
-            await self._runner.release_claim(self)
-            await self._runner.dead_letter(self, reason, error)
-        finally:
-            self._runner.forget(self)
+    # -- the runtime's operations -----------------------------------------------------------
 
-    async def retry_via_broker(self, delay: float) -> None:
+    async def fail(self, how: Failure, error: BaseException, *, delay: float | None = None) -> None:
+        """A failed attempt that is settled now: decided by `decide`, carried out here. An
+        in-process retry cannot be carried out by a settle, so it goes through the broker."""
+        s = self._settling
+        policy = s.subscriber.options.retry
+        outcome = decide(policy, self.attempt, error, how, delay=delay, rng=s.rng)
+        if not isinstance(outcome, DeadLetter | RetryViaBroker):
+            outcome = RetryViaBroker(outcome.delay)
+        await self.carry_out(outcome, error)
+
+    async def carry_out(self, outcome: Outcome, error: BaseException) -> None:
+        """Settle with a broker-side outcome: a dead letter or a redelivery."""
         if not self._settle():
             return
+        s = self._settling
         try:
-            await self._runner.release_claim(self)
-            await self._runner.redeliver(self, delay)
+            await self.release_claim()
+            if isinstance(outcome, DeadLetter):
+                reason: DeadLetterReason = outcome.reason
+                log.warning(
+                    "%s: dead-lettering %s after attempt %d (%s): %r",
+                    s.subscriber.describe(),
+                    self.raw.message.id,
+                    self.attempt,
+                    reason,
+                    error,
+                )
+                await s.republisher.dead_letter(self.raw, self.attempt, reason, error)
+            else:
+                await s.republisher.redeliver(self.raw, self.attempt, outcome.delay)
         finally:
-            self._runner.forget(self)
+            s.in_flight.forget(self.raw)
 
     async def expire(self) -> None:
-        """``ack_timeout`` ran out on a manual-ack delivery: counts as a failed attempt."""
+        """``ack_timeout`` ran out on a manual-ack delivery: a failed attempt."""
         if self.settled:
             return
         log.warning(
             "%s: message %s not settled within ack_timeout; redelivering",
-            self._runner.subscriber.describe(),
+            self._settling.subscriber.describe(),
             self.raw.message.id,
         )
-        await self.nack(
-            None, AckTimeoutError(f"not settled within ack_timeout on attempt {self.attempt}")
+        await self.fail(
+            "ack-timeout",
+            AckTimeoutError(f"not settled within ack_timeout on attempt {self.attempt}"),
         )
+
+    def drop(self) -> None:
+        """Lost to the transport: settled without touching the broker. The runner forgets it
+        once no work runs on it any more."""
+        self.lost = True
+        self._settle()
+
+    async def cancel(self) -> None:
+        """Cancel the work running on it and return once that work stopped. A handler in a
+        thread cannot be interrupted: this then waits until it returns."""
+        scope = self.scope
+        if scope is None:
+            return
+        self._finished = anyio.Event()
+        scope.cancel()
+        await self._finished.wait()
+
+    def finish(self) -> None:
+        """The work on it stopped (the runner calls this when its attempts end)."""
+        self.scope = None
+        if self._finished is not None:
+            self._finished.set()
+
+    async def release(self) -> None:
+        """Stopping: not done, deliver it again later (never acked)."""
+        if not self._settle():
+            return
+        try:
+            await self.release_claim()
+            await self.raw.release()
+        finally:
+            self._settling.in_flight.forget(self.raw)
+
+    # -- dedup bookkeeping ------------------------------------------------------------------
+
+    async def _complete_claim(self) -> None:
+        guard, owner = self._settling.guard, self.claim_owner
+        if guard is None or owner is None or self.dedup_key is None:
+            return
+        self.claim_owner = None
+        if not self.inbox_done:
+            await guard.complete(self.dedup_key, owner)
+
+    async def release_claim(self) -> None:
+        guard, owner = self._settling.guard, self.claim_owner
+        if guard is None or owner is None or self.dedup_key is None:
+            return
+        self.claim_owner = None
+        await guard.release(self.dedup_key, owner)

@@ -1,15 +1,12 @@
-"""A registered handler and its options, as the dispatcher needs them."""
+"""A registered handler with its options and counters, as the dispatcher needs them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-from eventbus.dedup.base import DedupStore
+from eventbus.dispatch.deadletter import default_dead_letter_name
 from eventbus.dispatch.handler import HandlerSpec
-from eventbus.message import Message
-from eventbus.retry import RetryPolicy
+from eventbus.dispatch.options import SubscriptionOptions
 from eventbus.transports.base import Kind, SubscriptionSpec
 
 __all__ = ["Subscriber", "SubscriberStats"]
@@ -29,6 +26,12 @@ class SubscriberStats:
     """Skipped by deduplication (acked without running the handler)."""
     redelivered: int = 0
     """Sent back through the broker (``nack``, ``via_broker`` retries, ``ack_timeout``)."""
+    lost: int = 0
+    """Handed-out deliveries the transport took back (revocation, channel loss)."""
+    republish_failures: int = 0
+    """Dead-letter or redelivery publishes that failed and were tried again."""
+    restarts: int = 0
+    """Times the transport subscription broke and was established again."""
 
 
 @dataclass(slots=True)
@@ -37,17 +40,21 @@ class Subscriber:
     kind: Kind
     group: str | None
     handler: HandlerSpec
-    concurrency: int
-    max_in_flight: int
-    ack: Literal["auto", "manual"]
-    ack_timeout: float | None
-    retry: RetryPolicy
-    dead_letter: str | None
-    dedup: DedupStore | None
-    dedup_key: Callable[[Message], str] | None
-    dedup_lease: float = 300.0
-    dedup_ttl: float = 7 * 24 * 3600.0
+    options: SubscriptionOptions
     stats: SubscriberStats = field(default_factory=SubscriberStats)
+
+    @property
+    def dead_letter(self) -> str | None:
+        """The dead-letter queue's name, or None when dead letters are turned off."""
+        name = self.options.dead_letter
+        if name == "auto":
+            return default_dead_letter_name(self.name, self.kind, self.group)
+        return name
+
+    @property
+    def broadcast(self) -> bool:
+        """An ephemeral topic subscription without a group: nothing to target a retry at."""
+        return self.kind == "topic" and self.group is None
 
     @property
     def scope(self) -> str:
@@ -57,7 +64,7 @@ class Subscriber:
     @property
     def spec(self) -> SubscriptionSpec:
         return SubscriptionSpec(
-            name=self.name, kind=self.kind, group=self.group, prefetch=self.max_in_flight
+            name=self.name, kind=self.kind, group=self.group, prefetch=self.options.in_flight_limit
         )
 
     def describe(self) -> str:

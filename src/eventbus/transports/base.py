@@ -49,8 +49,8 @@ from eventbus.message import Message
 __all__ = [
     "SPI_VERSION",
     "Capabilities",
-    "Destination",
     "DeliveryOwner",
+    "Destination",
     "Kind",
     "RawDelivery",
     "Subscription",

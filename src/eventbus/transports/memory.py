@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import anyio
+from anyio.abc import TaskStatus
 
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import (
+    SPI_VERSION,
     Capabilities,
+    DeliveryOwner,
     Destination,
     Kind,
     RawDelivery,
@@ -176,6 +179,8 @@ class MemoryBroker:
         if to.group is not None:
             groups.setdefault(to.group, _Group()).put(message, to.delay)
             return
+        # No group yet: the publish succeeds and stays in `log` for inspection, like a Kafka
+        # topic whose later groups start at the end (Capabilities.unbound_topic == "keep").
         for group in (*groups.values(), *self._broadcasts.get(to.name, ())):
             group.put(message, to.delay)
 
@@ -240,23 +245,43 @@ class _MemorySubscription:
         self.wakeup = anyio.Event()
         self.cursor = 0
         self.stopped = False
+        self.paused = False
         self.closed = False
+        self.closed_event = anyio.Event()
         self.group.join(self)
 
-    def __aiter__(self) -> AsyncIterator[RawDelivery]:
+    def __aiter__(self) -> AsyncIterator[Sequence[RawDelivery]]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[RawDelivery]:
+    async def _iterate(self) -> AsyncIterator[Sequence[RawDelivery]]:
         while not self.stopped:
-            entry = self.group.take(self)
-            if entry is None:
-                self.wakeup = anyio.Event()
-                with anyio.move_on_after(self.group.seconds_to_next_due()):
-                    await self.wakeup.wait()
+            room = self.spec.prefetch - len(self.unsettled)
+            batch: list[RawDelivery] = []
+            while not self.paused and len(batch) < room:
+                entry = self.group.take(self)
+                if entry is None:
+                    break
+                delivery = _MemoryDelivery(self, entry)
+                self.unsettled[entry.taken] = delivery
+                batch.append(delivery)
+            if batch:
+                yield batch
                 continue
-            delivery = _MemoryDelivery(self, entry)
-            self.unsettled[entry.taken] = delivery
-            yield delivery
+            self.wakeup = anyio.Event()
+            with anyio.move_on_after(self.group.seconds_to_next_due()):
+                await self.wakeup.wait()
+
+    async def run(self, *, task_status: TaskStatus[None]) -> None:
+        # Nothing runs in the background: the broker is in this process.
+        task_status.started()
+        await self.closed_event.wait()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.wakeup.set()
 
     async def stop(self) -> None:
         self.stopped = True
@@ -270,6 +295,7 @@ class _MemorySubscription:
         for taken in sorted(self.unsettled, reverse=True):
             await self.unsettled[taken].release()
         self.closed = True
+        self.closed_event.set()
         self.group.leave(self)
         if self.spec.kind == "topic" and self.spec.group is None:
             self._broker.drop_broadcast(self.spec.name, self.group)
@@ -278,7 +304,14 @@ class _MemorySubscription:
 class MemoryTransport:
     """`Transport` over a `MemoryBroker`. URL: ``memory://`` or ``memory://NAME``."""
 
-    capabilities = Capabilities(durable=False, redelivered_flag=True, max_message_size=None)
+    spi_version = SPI_VERSION
+    capabilities = Capabilities(
+        durable=False,
+        redelivered_flag=True,
+        max_message_size=None,
+        unbound_topic="keep",
+        native=("partition",),
+    )
 
     def __init__(self, url: str = "memory://") -> None:
         parts = urlsplit(url)
@@ -301,7 +334,7 @@ class MemoryTransport:
         for message in messages:
             self.broker.publish(to, message)
 
-    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+    async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
         sub = _MemorySubscription(self.broker, spec)
         self._subscriptions.append(sub)
         return sub

@@ -1,0 +1,71 @@
+"""`SubscriptionOptions`: what ``subscribe``/``consume`` were asked for, validated once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from eventbus.dedup.base import DedupStore
+from eventbus.errors import ConfigurationError
+from eventbus.message import Message
+from eventbus.retry import DEFAULT_RETRY, RetryPolicy
+
+__all__ = ["SubscriptionOptions"]
+
+_WEEK = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionOptions:
+    """One subscription's options (DESIGN 2), frozen and checked at decoration time.
+
+    ``max_in_flight`` ``None`` becomes ``4 * concurrency``. ``dead_letter`` ``"auto"`` is
+    resolved against the topic or queue by `Subscriber`. ``dedup`` is the store itself (the bus
+    turns ``dedup=True`` into its default store).
+    """
+
+    concurrency: int = 1
+    max_in_flight: int | None = None
+    ack: Literal["auto", "manual"] = "auto"
+    ack_timeout: float | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
+    dead_letter: str | None = "auto"
+    dedup: DedupStore | None = None
+    dedup_key: Callable[[Message], str] | None = None
+    dedup_lease: float = 300.0
+    """Seconds a dedup claim holds; others wait this long for a worker that died mid-handler."""
+    dedup_ttl: float = _WEEK
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency!r}")
+        if self.max_in_flight is None:
+            object.__setattr__(self, "max_in_flight", 4 * self.concurrency)
+        elif not isinstance(self.max_in_flight, int) or self.max_in_flight < self.concurrency:
+            raise ConfigurationError(
+                f"max_in_flight ({self.max_in_flight!r}) must be >= concurrency "
+                f"({self.concurrency})"
+            )
+        if self.ack not in ("auto", "manual"):
+            raise ConfigurationError(f"ack must be 'auto' or 'manual', got {self.ack!r}")
+        _positive("ack_timeout", self.ack_timeout, optional=True)
+        _positive("dedup_lease", self.dedup_lease)
+        _positive("dedup_ttl", self.dedup_ttl)
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
+        if self.dedup_key is not None and self.dedup is None:
+            raise ConfigurationError("dedup_key needs dedup=")
+
+    @property
+    def in_flight_limit(self) -> int:
+        assert self.max_in_flight is not None  # resolved in __post_init__
+        return self.max_in_flight
+
+
+def _positive(name: str, value: float | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be > 0 seconds (finite), got {value!r}")

@@ -1,0 +1,126 @@
+"""Settling through the broker: dead letters and redeliveries, each as *publish, then ack*.
+
+A crash between the two duplicates the message (the original comes back), never loses it
+(DESIGN 3.1). Redeliveries go to this subscription's group only (`Destination.group`) and
+carry the next attempt number in ``eventbus-attempt``, so the count travels with the message
+whichever process handles it next (DESIGN 3.3). The transport implements the group targeting
+and the not-before time; no routing header is the core's business.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import anyio
+
+from eventbus import headers as h
+from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
+from eventbus.dispatch.subscriber import Subscriber
+from eventbus.message import Message
+from eventbus.transports.base import Destination, RawDelivery, Transport
+
+__all__ = ["Republisher"]
+
+log = logging.getLogger("eventbus.dispatch")
+
+_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
+_REQUEUED_LIMIT = 10_000
+
+
+class Republisher:
+    def __init__(
+        self, subscriber: Subscriber, transport: Transport, stopping: Callable[[], bool]
+    ) -> None:
+        self._sub = subscriber
+        self._transport = transport
+        self._stopping = stopping
+        self._requeued: dict[str, int] = {}
+        """Next attempt of broadcast messages sent back by `redeliver`, by message id."""
+
+    def requeued_attempt(self, message_id: str) -> int:
+        """The attempt a broadcast message requeued by this process comes back for (0 if not)."""
+        return self._requeued.pop(message_id, 0) if self._requeued else 0
+
+    async def dead_letter(
+        self, raw: RawDelivery, attempt: int, reason: DeadLetterReason, error: BaseException
+    ) -> None:
+        sub = self._sub
+        queue = sub.dead_letter
+        if queue is None:
+            log.error(
+                "%s: dropping message %s (%s; dead_letter=None): %r",
+                sub.describe(),
+                raw.message.id,
+                reason,
+                error,
+            )
+            await raw.ack()
+            sub.stats.dead_lettered += 1
+            return
+        letter = dead_letter_message(
+            raw.message,
+            reason=reason,
+            error=error,
+            kind=sub.kind,
+            group=sub.group,
+            attempts=attempt,
+            native=raw.native,
+        )
+        if await self._publish_then_ack(raw, Destination(queue, "queue"), letter):
+            # Counted once the dead letter is confirmed in its queue, so that whoever waits
+            # for the count (tests, the DLQ commands) finds it there.
+            sub.stats.dead_lettered += 1
+
+    async def redeliver(self, raw: RawDelivery, attempt: int, delay: float) -> None:
+        """Send the message back for ``attempt + 1``, to this group only, not before ``delay``.
+        A broadcast has no group to target: the transport requeues it instead."""
+        sub = self._sub
+        if sub.broadcast:
+            # A requeued message comes back unchanged, so the attempt count cannot travel in it;
+            # this process lives as long as the ephemeral subscription and keeps it instead.
+            # Without it a nack or ack_timeout loop on a broadcast never ends (DESIGN 3.4).
+            self._requeued[raw.message.id] = attempt + 1
+            if len(self._requeued) > _REQUEUED_LIMIT:  # a message that never came back
+                del self._requeued[next(iter(self._requeued))]
+            await raw.release()
+            return
+        sub.stats.redelivered += 1
+        message = raw.message
+        to = Destination(
+            sub.name,
+            sub.kind,
+            group=sub.group,
+            not_before=time.time() + delay if delay > 0 else None,
+        )
+        again = message.replace_headers({**message.headers, h.ATTEMPT: str(attempt + 1)})
+        await self._publish_then_ack(raw, to, again)
+
+    async def _publish_then_ack(self, raw: RawDelivery, to: Destination, message: Message) -> bool:
+        for attempt, pause in enumerate((*_BACKOFF, None), start=1):
+            try:
+                await self._transport.publish(to, [message])
+                break
+            except Exception as exc:
+                self._sub.stats.republish_failures += 1
+                if pause is None or self._stopping():
+                    log.error(
+                        "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
+                        self._sub.describe(),
+                        message.id,
+                        to.name,
+                        exc,
+                    )
+                    await raw.release()
+                    return False
+                log.warning(
+                    "%s: publish to %s failed (try %d): %r",
+                    self._sub.describe(),
+                    to.name,
+                    attempt,
+                    exc,
+                )
+                await anyio.sleep(pause)
+        await raw.ack()
+        return True
