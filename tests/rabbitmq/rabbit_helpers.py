@@ -1,6 +1,7 @@
 """Helpers shared by the RabbitMQ adapter tests (imported by module name: tests are no package)."""
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections import deque
@@ -18,6 +19,29 @@ def unique_suffix() -> str:
     suffix = uuid.uuid4().hex[:10]
     CREATED.add(suffix)
     return suffix
+
+
+def close_connections(name: str) -> int:
+    """``rabbitmqctl close_connection`` on every connection named ``name``; how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    closed = 0
+    for line in listed.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid.strip(), "test: connection lost"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            closed += 1
+    return closed
 
 
 def with_options(url: str, options: str) -> str:

@@ -207,3 +207,25 @@ async def test_acks_racing_a_close_never_break_the_channel(
     assert len(back) == len(set(back))
     # Nothing lost: every message was acked in time or comes back.
     assert set(back) | set(acked) == {f"m{i}" for i in range(40)}
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_releases_after_stop_come_back_in_delivery_order(
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe, queue_type: str
+) -> None:
+    """The core releases what it did not finish while stopping, newest first; a quorum queue
+    redelivers nacked messages in nack order. Held until the close, they come back in order."""
+    transport = await make_transport(f"queue_type={queue_type}")
+    q = name("acks-stop-order")
+    await filled(transport, q, 6)
+    sub = await subscribe(transport, spec(q, prefetch=10))
+    got = await take(sub, 6)
+    await got[0].ack()
+    await sub.stop()
+    for delivery in reversed(got[1:]):
+        await delivery.release()
+    await sub.close()
+    reopened = await subscribe(transport, spec(q, prefetch=10))
+    back = await take(reopened, 5)
+    assert [d.message.id for d in back] == ["m1", "m2", "m3", "m4", "m5"]
+    assert all(d.redelivered for d in back)

@@ -2,7 +2,6 @@
 tells its owner at once which handed-out deliveries went with it, even while nobody calls the
 iterator; settling those is a no-op afterwards; the channel is restored and they come back."""
 
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +11,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from eventbus_rabbitmq import RabbitMQTransport
 from eventbus_rabbitmq.acks import WINDOW
 from eventbus_rabbitmq.subscription import RabbitSubscription
-from rabbit_helpers import Consumer, nothing_more, take
+from rabbit_helpers import Consumer, close_connections, nothing_more, take
 
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
@@ -32,29 +31,6 @@ def msg(queue: str, i: int) -> Message:
 
 def spec(queue: str, prefetch: int) -> SubscriptionSpec:
     return SubscriptionSpec(name=queue, kind="queue", group=None, prefetch=prefetch)
-
-
-def close_connections(name: str) -> int:
-    """``rabbitmqctl close_connection`` on every connection named ``name``; how many."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    closed = 0
-    for line in listed.stdout.splitlines():
-        pid, _, properties = line.partition("\t")
-        if f'{{"connection_name","{name}"}}' in properties:
-            subprocess.run(
-                ["rabbitmqctl", "-q", "close_connection", pid.strip(), "test: connection lost"],
-                capture_output=True,
-                timeout=60,
-                check=True,
-            )
-            closed += 1
-    return closed
 
 
 def closing_time(consumer: Consumer) -> list[float]:

@@ -21,6 +21,12 @@ A release (``basic.nack(requeue=True)``) is sent at once, never batched, and its
 settled only once its frame is queued: a ``multiple`` ack computed later may pass over it, but
 it reaches the broker after the nack, when that tag is no longer outstanding.
 
+Once the subscription stopped, releases are held instead (`hold_releases`): the tag stays
+unacked and unsettled, so no ``multiple`` ack covers it, and closing the channel requeues it
+with everything else unacked, in delivery order. The core releases what it did not finish while
+stopping, in an order of its own; a quorum queue redelivers nacked messages in the order of the
+nacks, so sending them one by one could put a key's messages out of order for the next owner.
+
 Acks still recorded when the channel or connection dies are lost with it: RabbitMQ requeues
 those messages and redelivers them (``redelivered=True``). At-least-once holds; they may be
 handled twice, which is what dedup is for. `flush` runs before the channel is closed on purpose
@@ -58,6 +64,7 @@ class ChannelAcks:
         "_batch",
         "_channel",
         "_delivered",
+        "_holding",
         "_pending",
         "_settled",
         "_timer",
@@ -72,6 +79,7 @@ class ChannelAcks:
         self._pending: list[int] = []  # acked, frame not yet queued for the socket
         self._timer: asyncio.TimerHandle | None = None
         self._abandoned = False
+        self._holding = False
 
     @property
     def channel(self) -> AbstractChannel:
@@ -98,10 +106,15 @@ class ChannelAcks:
 
     async def release(self, tag: int) -> None:
         """``basic.nack(requeue=True)`` now; only then may a ``multiple`` ack pass over it."""
-        if self._abandoned:
-            return
+        if self._abandoned or self._holding:
+            return  # held: requeued by the channel's close, in delivery order
         await self._channel.basic_nack(tag, requeue=True)
         self._settled.add(tag)
+
+    def hold_releases(self) -> None:
+        """From now on `release` sends nothing and leaves the tag unacked (see the module
+        docstring); the channel must be closed to requeue them."""
+        self._holding = True
 
     async def flush(self) -> None:
         """Write every recorded ack now (a no-op on a closed channel: nothing to lose)."""

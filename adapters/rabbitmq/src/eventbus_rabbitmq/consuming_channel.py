@@ -57,6 +57,8 @@ class ConsumingChannel:
         self._topic = topic
         self._wakeup = wakeup
         self._given_up = False
+        self._holding = False
+        self._held: dict[int, str] = {}  # released after hold_releases(): tag -> queue
         # Set when the channel closed or the broker cancelled one of its consumers: both mean
         # the channel's deliveries are (or are about to be) requeued.
         self._ended = asyncio.Event()
@@ -110,6 +112,12 @@ class ConsumingChannel:
         a partition may be handed to another subscriber only once this is 0."""
         buffered = sum(1 for d in self.buffer if d.queue == queue)
         return buffered + sum(1 for d in self.handed_out.values() if d.queue == queue)
+
+    def hold_releases(self) -> None:
+        """The subscription stopped: from now on releases wait for `close`, which requeues
+        them in delivery order whatever order they were released in (see acks.py)."""
+        self.acks.hold_releases()
+        self._holding = True
 
     async def release_buffered(self, which: Callable[[AmqpDelivery], bool]) -> None:
         keep: deque[AmqpDelivery] = deque()
@@ -174,6 +182,7 @@ class ConsumingChannel:
         """Delivery tag -> queue of every delivery on this channel not settled yet."""
         unacked = {d.tag: d.queue for d in self.buffer}
         unacked.update((tag, d.queue) for tag, d in self.handed_out.items())
+        unacked.update(self._held)
         return unacked
 
     def _end(self) -> None:
@@ -222,9 +231,11 @@ class ConsumingChannel:
 
         return receive
 
-    def _settled(self, delivery: AmqpDelivery) -> None:
+    def _settled(self, delivery: AmqpDelivery, acked: bool) -> None:
         if self.handed_out.pop(delivery.tag, None) is not None:
             self._wakeup()  # room for another delivery
+        if not acked and self._holding:
+            self._held[delivery.tag] = delivery.queue
 
 
 async def _requeue(channel: AbstractChannel, unacked: dict[int, str]) -> None:

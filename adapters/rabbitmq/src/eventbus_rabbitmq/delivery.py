@@ -50,7 +50,7 @@ class AmqpDelivery:
         acks: ChannelAcks,
         tag: int,
         queue: str,
-        on_settled: Callable[[AmqpDelivery], None],
+        on_settled: Callable[[AmqpDelivery, bool], None],
     ) -> None:
         self.message = message
         self.redelivered = redelivered
@@ -86,7 +86,7 @@ class AmqpDelivery:
             return
         self._settled = True
         # Bookkeeping first: the handler is done with it whether or not the frame gets out.
-        self._on_settled(self)
+        self._on_settled(self, ack)
         try:
             if self._channel.is_closed:
                 # RabbitMQ requeued it when the channel closed: nothing to do, nothing lost.

@@ -135,13 +135,14 @@ class RabbitSubscription:
         self._stopped = True
         self._wakeup.set()
         current = self._current
-        if self._balancer is not None or current is None or not current.usable or self._opening:
-            # Partition queues keep their single active consumer until close(): cancelling now
-            # would hand the partition to the next subscriber while our in-flight messages of
-            # the same keys are still being handled, breaking per-key order. A channel being
-            # opened is cancelled by reopen() once it is open.
-            return
-        await current.cancel_all()
+        if current is None or not current.usable or self._opening:
+            return  # a channel being opened is stopped by reopen() once it is open
+        if self._balancer is None:
+            await current.cancel_all()
+        # else: partition queues keep their single active consumer until close(): cancelling
+        # now would hand the partition to the next subscriber while our in-flight messages of
+        # the same keys are still being handled, breaking per-key order.
+        current.hold_releases()
 
     async def close(self) -> None:
         if self._closing:
@@ -211,8 +212,10 @@ class RabbitSubscription:
             finally:
                 self._opening = False
             current = self._current
-            if self._stopped and self._balancer is None and current is not None:
-                await current.cancel_all()  # stop() came while the channel was being opened
+            if self._stopped and current is not None:  # stop() came while it was being opened
+                if self._balancer is None:
+                    await current.cancel_all()
+                current.hold_releases()
 
     # -- used by the balancer ---------------------------------------------------------------
 
