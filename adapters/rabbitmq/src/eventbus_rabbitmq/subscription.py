@@ -10,8 +10,9 @@ channel never raises into the worker.
 
 `run` holds the subscription's background work, in the core's task group: the channel watcher
 (channel_watch.py), which reports the deliveries a lost channel takes away and restores the
-channel, and for partitioned groups the balancer's ticks (partitions.py). Both change the
-channel only under one lock, so a restore and a partition hand-over never interleave.
+channel, and for partitioned groups the balancer's ticks (partitions.py). A restore and a tick
+each hold one lock, so opening a channel and handing a partition over never interleave;
+reporting a loss takes no lock, so that it is never delayed by either.
 """
 
 from __future__ import annotations
