@@ -1,8 +1,8 @@
 """The ``eventbus`` command: run workers, publish, inspect and redrive dead letters.
 
 Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
-4 bad configuration (URL, scheme, handler), 5 broker unreachable, 130 stopped by a second signal
-before the drain finished.
+4 bad configuration (URL, scheme, handler), 5 broker unreachable, 6 access refused
+(authentication or authorization), 130 stopped by a second signal before the drain finished.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ import anyio
 
 from eventbus.bus import EventBus
 from eventbus.dlq import dlq_depths, dlq_purge, dlq_replay, dlq_show
-from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BrokerUnavailableError,
+    ConfigurationError,
+)
 from eventbus.message import Message
 from eventbus.transports.base import Transport
 from eventbus.transports.registry import transport_for_url
@@ -30,6 +35,8 @@ from eventbus.transports.registry import transport_for_url
 __all__ = ["main"]
 
 EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
+EXIT_DENIED = 6
+"""Authentication or authorization refused (`AuthenticationError`, `AuthorizationError`)."""
 
 log = logging.getLogger("eventbus.cli")
 
@@ -317,6 +324,8 @@ def _known_error(exc: BaseException) -> Exception | None:
 def _exit_code(exc: Exception) -> int:
     if isinstance(exc, CliError):
         return exc.code
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return EXIT_DENIED
     return EXIT_UNREACHABLE if isinstance(exc, BrokerUnavailableError) else EXIT_CONFIG
 
 

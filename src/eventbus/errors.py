@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "EventBusError",
@@ -38,6 +40,16 @@ class UnknownSchemeError(ConfigurationError):
             f"no eventbus transport is installed for scheme {scheme!r}; installed: {shown} "
             f"(Kafka needs 'pip install eventbus-kafka', RabbitMQ 'pip install eventbus-rabbitmq')"
         )
+
+
+class AuthenticationError(ConfigurationError, PermissionError):
+    """The broker refused who we are: password, SASL credentials, client certificate, or the
+    server's certificate or hostname. Never retried; the CLI exits 6."""
+
+
+class AuthorizationError(ConfigurationError, PermissionError):
+    """The broker knows who we are and refused what we asked: ACLs, vhost or queue permissions.
+    Never retried; the CLI exits 6."""
 
 
 class HandlerSignatureError(ConfigurationError, TypeError):

@@ -17,12 +17,13 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import cast
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from eventbus.codecs.base import Codec
+from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.dedup_guard import DedupGuard
 from eventbus.dispatch.inflight import InFlight
@@ -33,7 +34,7 @@ from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import LeaseLostError
+from eventbus.errors import BrokerUnavailableError, LeaseLostError
 from eventbus.message import Delivery, Message
 from eventbus.transports.base import RawDelivery, Transport
 
@@ -49,7 +50,7 @@ class SubscriptionRunner:
         self,
         subscriber: Subscriber,
         transport: Transport,
-        codec: Codec,
+        codec: Codec | AsyncCodec,
         middleware: Sequence[Middleware] = (),
         rng: random.Random | None = None,
     ) -> None:
@@ -211,12 +212,22 @@ class SubscriptionRunner:
         sub = self.subscriber
         options = sub.options
         message = state.raw.message
-        try:
-            payload = await self._decode(message)
-        except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
-            log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
-            await state.carry_out(DeadLetter("undecodable"), exc)
-            return False
+        wait = 0.05
+        while True:
+            try:
+                payload = await self._decode(message)
+                break
+            except BrokerUnavailableError as exc:
+                # An async codec's registry is down: not the message's fault. Wait like a
+                # dedup-store outage, spending no attempt (DESIGN 8).
+                log.warning("%s: codec unavailable (%r); retrying", sub.describe(), exc)
+                if await self._sleep_unless_stopping(wait):
+                    return False
+                wait = min(wait * 2, 5.0)
+            except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
+                log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
+                await state.carry_out(DeadLetter("undecodable"), exc)
+                return False
         guard = self._guard
         if guard is not None:
             try:
@@ -250,6 +261,8 @@ class SubscriptionRunner:
                 finally:
                     self._limiter.release()
             except Exception as exc:
+                if state.lost:
+                    return False  # no longer ours: its next owner handles it
                 state.ack_deferred = False  # an ack inside a rolled-back inbox never happened
                 if isinstance(exc, LeaseLostError):
                     # Another worker took the key over while this one worked; nothing was
@@ -290,6 +303,8 @@ class SubscriptionRunner:
                     return False
                 state.attempt += 1
                 continue
+            if state.lost:
+                return False  # a thread that could not be interrupted: it counts for nothing
             sub.stats.handled += 1
             if state.settled:
                 return False
@@ -304,9 +319,10 @@ class SubscriptionRunner:
         target = self.subscriber.handler.payload_type
         if target is None or target is Message:
             return message
+        decoded = self._codec.decode(message, target)
         if self._async_codec:
-            return await self._codec.decode(message, target)  # type: ignore[misc]
-        return self._codec.decode(message, target)
+            return await cast(Awaitable[object], decoded)
+        return decoded
 
     async def _expire(self, state: DeliveryState, after: float) -> None:
         # Ends as soon as the delivery is settled, so timers do not pile up under load.

@@ -208,9 +208,9 @@ class Subscription(Protocol):
         ...
 
     def pause(self) -> None:
-        """Stop fetching, keeping the group membership (heartbeats, partitions, consumers).
-        Deliveries already yielded can still be settled. Idempotent; takes effect at the
-        transport's next fetch."""
+        """Yield nothing more until `resume`, and stop fetching, keeping the group membership
+        (heartbeats, partitions, consumers): a circuit breaker or rate limit above it must not
+        cause a rebalance. Deliveries already yielded can still be settled. Idempotent."""
         ...
 
     def resume(self) -> None:

@@ -1,0 +1,113 @@
+"""Transport URL options: the parsers and the query walk every adapter shares.
+
+An adapter keeps only its table (option name -> parser) and its defaults; parsing, validation,
+"unknown option" and "given twice" errors, and keeping secrets out of messages live here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from eventbus.errors import ConfigurationError
+
+__all__ = [
+    "OptionParser",
+    "censor_url",
+    "choice",
+    "parse_options",
+    "positive_int",
+    "seconds",
+    "text",
+]
+
+OptionParser = Callable[[str, str, str], Any]
+"""``parse(label, name, raw)``: the value, or `ConfigurationError` naming the option."""
+
+
+def positive_int(label: str, name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigurationError(f"{label} URL option {name}={raw!r}: expected an integer >= 1")
+    return value
+
+
+def seconds(label: str, name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(
+            f"{label} URL option {name}={raw!r}: expected seconds (a positive number)"
+        )
+    return value
+
+
+def text(label: str, name: str, raw: str) -> str:
+    if not raw:
+        raise ConfigurationError(f"{label} URL option {name} is empty")
+    return raw
+
+
+def choice(*choices: str, upper: bool = False) -> OptionParser:
+    def parse(label: str, name: str, raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ConfigurationError(
+                f"{label} URL option {name}={raw!r}: expected one of {', '.join(choices)}"
+            )
+        return value
+
+    return parse
+
+
+def parse_options(
+    label: str,
+    query: str,
+    table: Mapping[str, OptionParser],
+    passthrough: Collection[str] = (),
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Walk a URL query: options in ``table`` are parsed (each at most once), names in
+    ``passthrough`` are returned untouched for the driver, anything else is an error listing
+    the known options."""
+    values: dict[str, Any] = {}
+    passed: list[tuple[str, str]] = []
+    for name, raw in parse_qsl(query, keep_blank_values=True):
+        if name in table:
+            if name in values:
+                raise ConfigurationError(f"{label} URL option {name!r} is given twice")
+            values[name] = table[name](label, name, raw)
+        elif name in passthrough:
+            passed.append((name, raw))
+        else:
+            known = ", ".join(sorted({*table, *passthrough}))
+            raise ConfigurationError(f"unknown {label} URL option {name!r}; known options: {known}")
+    return values, passed
+
+
+_SECRET_OPTIONS = ("password", "secret", "token", "key_password", "sasl_password")
+
+
+def censor_url(url: str) -> str:
+    """The URL with its password and secret-looking query values replaced by ``***``: what
+    may appear in a log line, an error or a ``repr``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            name = user.partition(":")[0]
+            netloc = f"{name}:***@{host}"
+        query = "&".join(
+            f"{k}=***" if any(s in k.lower() for s in _SECRET_OPTIONS) else f"{k}={v}"
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        return urlunsplit(parts._replace(netloc=netloc, query=query))
+    except ValueError:
+        return "<unparseable URL>"
