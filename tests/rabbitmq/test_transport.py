@@ -9,12 +9,14 @@ import anyio
 import pytest
 from eventbus_rabbitmq import RabbitMQTransport, wire
 from eventbus_rabbitmq.connection import open_channel
-from eventbus_rabbitmq.errors import is_connection_lost
+from eventbus_rabbitmq.errors import is_connection_lost, translate
 from eventbus_rabbitmq.publisher import _Route
 from pamqp.commands import Basic
 from rabbit_helpers import Consumer, nothing_more, take
 
 from eventbus.errors import (
+    AuthenticationError,
+    AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
     MessageTooLargeError,
@@ -332,13 +334,32 @@ async def test_connect_to_unreachable_broker_names_the_address() -> None:
 
 
 async def test_bad_credentials_fail_at_once(amqp_url: str) -> None:
-    url = amqp_url.replace("guest:guest@", "guest:wrong@")
+    url = amqp_url.replace("guest:guest@", "guest:s3cr3t-wrong@")
     transport = RabbitMQTransport(url)
     start = time.monotonic()
-    with pytest.raises(BrokerUnavailableError, match="access refused"):
+    with pytest.raises(AuthenticationError, match="access refused") as caught:
         await transport.connect()
     assert time.monotonic() - start < 10, "no retrying what waiting cannot fix"
+    assert isinstance(caught.value, PermissionError)
+    assert "s3cr3t-wrong" not in str(caught.value), "the password stays secret"
     await transport.close()
+
+
+async def test_an_unknown_vhost_is_an_authorization_error(amqp_url: str) -> None:
+    base = amqp_url.split("?")[0].rstrip("/")
+    transport = RabbitMQTransport(f"{base}/no-such-vhost-{time.time_ns()}")
+    start = time.monotonic()
+    with pytest.raises(AuthorizationError, match="vhost"):
+        await transport.connect()
+    assert time.monotonic() - start < 10
+    await transport.close()
+
+
+def test_a_refused_channel_operation_is_an_authorization_error() -> None:
+    refused = aiormq.exceptions.ChannelAccessRefused("ACCESS_REFUSED - no write access")
+    error = translate(refused, address="127.0.0.1:5672", what="publish to 'x'")
+    assert isinstance(error, AuthorizationError) and isinstance(error, PermissionError)
+    assert "ACCESS_REFUSED" in str(error)
 
 
 async def test_partitions_spread_keys_over_subscribers_and_keep_order(
@@ -433,3 +454,11 @@ async def test_opening_a_channel_on_a_closed_connection_is_a_lost_connection(
         await open_channel(conn, publisher_confirms=False)
     assert is_connection_lost(caught.value)
     assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_refusals_are_not_lost_connections() -> None:
+    """Restoring a subscription and publishing retry lost connections; a refusal they must
+    raise (AuthenticationError and AuthorizationError are OSErrors through PermissionError)."""
+    assert not is_connection_lost(AuthenticationError("refused"))
+    assert not is_connection_lost(AuthorizationError("refused"))
+    assert is_connection_lost(ConnectionResetError())

@@ -16,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiormq
 from aiormq import exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from eventbus.errors import BrokerUnavailableError
+from eventbus.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Connector", "open_channel"]
@@ -69,7 +70,8 @@ class Connector:
         """The open connection, connecting first if needed; ``within=None`` waits forever.
 
         Raises `BrokerUnavailableError` naming the broker when the deadline passes, and at once
-        for errors that waiting cannot fix (bad credentials, unknown vhost)."""
+        for errors that waiting cannot fix: `AuthenticationError` (credentials, the server's
+        certificate) and `AuthorizationError` (an unknown vhost or no access to it)."""
         conn = self.current
         if conn is not None:
             return conn
@@ -97,13 +99,27 @@ class Connector:
                             self._settings.amqp_url,
                             client_properties={"connection_name": self._connection_name},
                         )
+                # Waiting cannot fix these: raised at once, never retried (DESIGN 8).
                 except (
                     amqp_errors.AuthenticationError,
                     amqp_errors.ProbableAuthenticationError,
-                    amqp_errors.ConnectionNotAllowed,  # an unknown vhost
                 ) as e:
-                    raise BrokerUnavailableError(
-                        self._settings.address, f"access refused ({e}); check user, password, vhost"
+                    raise AuthenticationError(
+                        f"RabbitMQ at {self._settings.address} refused the credentials: access "
+                        f"refused ({e}); check the user and password"
+                    ) from e
+                except amqp_errors.ConnectionNotAllowed as e:  # unknown vhost, or no access
+                    raise self._vhost_refused(str(e)) from e
+                except amqp_errors.InvalidFrameError as e:
+                    if not _refused_open(e):
+                        raise
+                    raise self._vhost_refused(
+                        "connection.close in answer to connection.open"
+                    ) from e
+                except ssl.SSLCertVerificationError as e:  # an OSError, but not transient
+                    raise AuthenticationError(
+                        f"TLS to RabbitMQ at {self._settings.address}: the server's certificate "
+                        f"was refused ({e.verify_message or e})"
                     ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
                     self._last_error = e
@@ -126,6 +142,13 @@ class Connector:
                     log.info("RabbitMQ %s connection re-established", self._purpose)
                 return conn
 
+    def _vhost_refused(self, detail: str) -> AuthorizationError:
+        vhost = unquote(urlsplit(self._settings.amqp_url).path[1:]) or "/"
+        return AuthorizationError(
+            f"RabbitMQ at {self._settings.address} refused to open vhost {vhost!r} ({detail}): "
+            f"it does not exist, or the user may not use it"
+        )
+
     async def close(self) -> None:
         self._closed = True
         conn, self._connection = self._connection, None
@@ -134,6 +157,13 @@ class Connector:
                 await conn.close()
             except (TimeoutError, OSError, amqp_errors.AMQPError):
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
+
+
+def _refused_open(error: amqp_errors.InvalidFrameError) -> bool:
+    """aiormq 7 reports the broker's ``connection.close`` (530 NOT_ALLOWED: no such vhost, or
+    no access to it) in answer to ``connection.open`` only in this error's text."""
+    text = str(error)
+    return "OpenOk" in text and "Connection.Close" in text
 
 
 async def open_channel(conn: AbstractConnection, **options: Any) -> AbstractChannel:

@@ -308,7 +308,12 @@ def _batch_error(to: Destination, total: int, failures: dict[int, BaseException]
     summary = f"{len(failures)} of {total} message(s) to {to.name!r} not published: {first}"
     if len(failures) == total and kinds == {BrokerUnavailableError}:
         return first if isinstance(first, Exception) else PublishError(summary, failures)
-    if len(failures) == total and kinds == {ConfigurationError}:
+    if (
+        len(failures) == total
+        and len(kinds) == 1
+        and issubclass(first.__class__, ConfigurationError)
+    ):
+        # One refusal for all (a bad name, missing permissions: AuthorizationError), as it is.
         return first if isinstance(first, Exception) else PublishError(summary, failures)
     if kinds == {UnroutableError}:
         return UnroutableError(summary, failures)
