@@ -36,7 +36,6 @@ handled twice, which is what dedup is for. `flush` runs before the channel is cl
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 from aiormq.abc import AbstractChannel, ChannelFrame
 from pamqp.commands import Basic
@@ -52,30 +51,29 @@ _FLUSH_PATIENCE = 5.0  # seconds `flush` waits for room in a stalled writer queu
 
 
 class ChannelAcks:
-    """Delivery tags of one channel: delivered in order, settled, acks not yet written.
+    """Delivery tags of one channel: delivered and not settled, acks not yet written.
 
-    Tags are registered with `delivered` in the broker's order (increasing), every tag of the
-    channel (a ``multiple`` ack must never pass over a tag nobody told us is settled). One
-    event loop; not thread-safe.
+    Every tag the broker delivers on the channel is registered with `delivered` (a ``multiple``
+    ack must never pass over a tag nobody told us is settled). Only the unsettled tags are
+    kept, so memory is bounded by the prefetch however long one delivery stays unsettled and
+    however many are settled after it (DESIGN 8): a registered tag that is not among them is
+    settled. One event loop; not thread-safe.
     """
 
     __slots__ = (
         "_abandoned",
         "_batch",
         "_channel",
-        "_delivered",
         "_holding",
         "_pending",
-        "_settled",
         "_timer",
+        "_unsettled",
     )
 
     def __init__(self, channel: AbstractChannel, *, batch: int) -> None:
         self._channel = channel
         self._batch = max(batch, 1)
-        # Delivered and not yet below the lowest unsettled tag (increasing order).
-        self._delivered: deque[int] = deque()
-        self._settled: set[int] = set()  # in _delivered, and acked or released
+        self._unsettled: set[int] = set()  # delivered, neither acked nor released (nor held)
         self._pending: list[int] = []  # acked, frame not yet queued for the socket
         self._timer: asyncio.TimerHandle | None = None
         self._abandoned = False
@@ -86,19 +84,24 @@ class ChannelAcks:
         return self._channel
 
     @property
+    def unsettled(self) -> int:
+        """Tags delivered and not settled (bounded by the prefetch)."""
+        return len(self._unsettled)
+
+    @property
     def pending(self) -> int:
         """Acks recorded and not yet written."""
         return len(self._pending)
 
     def delivered(self, tag: int) -> None:
-        self._delivered.append(tag)
+        self._unsettled.add(tag)
 
     def ack(self, tag: int) -> None:
         """Record the ack; it is written within `WINDOW` seconds."""
         if self._abandoned:
             return
         self._pending.append(tag)
-        self._settled.add(tag)
+        self._unsettled.discard(tag)
         if len(self._pending) >= self._batch:
             self._write()
         elif self._timer is None:
@@ -109,7 +112,7 @@ class ChannelAcks:
         if self._abandoned or self._holding:
             return  # held: requeued by the channel's close, in delivery order
         await self._channel.basic_nack(tag, requeue=True)
-        self._settled.add(tag)
+        self._unsettled.discard(tag)
 
     def hold_releases(self) -> None:
         """From now on `release` sends nothing and leaves the tag unacked (see the module
@@ -154,11 +157,9 @@ class ChannelAcks:
         if channel.is_closed:
             self._pending.clear()  # requeued by the broker with the channel
             return True
-        delivered, settled = self._delivered, self._settled
-        while delivered and delivered[0] in settled:
-            settled.discard(delivered.popleft())
-        # Every delivered tag below `lowest` is settled: acked (now or before) or nacked.
-        lowest = delivered[0] if delivered else None
+        # Every delivered tag below `lowest` is settled: acked (now or before) or nacked. A scan
+        # of at most the prefetch per write (one per WINDOW or per batch of acks).
+        lowest = min(self._unsettled) if self._unsettled else None
         frames: list[Basic.Ack] = []
         if lowest is None:
             covered, single = self._pending, []
