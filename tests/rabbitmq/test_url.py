@@ -51,9 +51,12 @@ def test_bad_urls(url: str) -> None:
         parse_url(url)
 
 
-def test_error_messages_do_not_show_the_password() -> None:
+@pytest.mark.parametrize(
+    "url", ["amqp://user:s3cret@h:bad/", "amqpx://user:s3cret@h/", "amqp://user:s3cret@:5672/"]
+)
+def test_error_messages_do_not_show_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        parse_url("amqp://user:s3cret@h:bad/")
+        parse_url(url)
     assert "s3cret" not in str(info.value)
 
 
