@@ -24,13 +24,13 @@ when the broker or the network, not this process, ended the channel.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from typing import NoReturn, Protocol
 
 import anyio
 from aiormq import exceptions as amqp
 
+from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError
 from eventbus.transports.base import DeliveryOwner
 from eventbus_rabbitmq.connection import Connector
@@ -44,8 +44,6 @@ log = logging.getLogger("eventbus.rabbitmq")
 
 RESTORE_STEP = 5.0
 """Seconds one restore attempt may wait for a connection, so that ``stop`` is seen between."""
-_FIRST_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
 
 
 class Watched(Protocol):
@@ -106,7 +104,7 @@ async def lose(channel: ConsumingChannel, owner: DeliveryOwner, *, name: str) ->
 
 
 async def _restore(sub: Watched, *, connector: Connector, address: str) -> None:
-    delay = _FIRST_BACKOFF
+    backoff = Backoff(0.1, 5.0)
     while not sub.stopped:
         try:
             await sub.reopen(within=RESTORE_STEP)
@@ -120,5 +118,4 @@ async def _restore(sub: Watched, *, connector: Connector, address: str) -> None:
             if not is_connection_lost(e) and not isinstance(e, amqp.ChannelNotFoundEntity):
                 raise translate(e, address=address, what=f"consume {sub.name!r}") from e
             log.info("restoring subscription to %s failed (%r); retrying", sub.name, e)
-        await anyio.sleep(random.uniform(delay / 2, delay))
-        delay = min(delay * 2, _MAX_BACKOFF)
+        await anyio.sleep(backoff.next())

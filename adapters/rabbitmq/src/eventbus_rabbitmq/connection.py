@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -24,15 +23,13 @@ import aiormq
 from aiormq import exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
+from eventbus.backoff import Backoff
 from eventbus.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Connector", "open_channel"]
 
 log = logging.getLogger("eventbus.rabbitmq")
-
-_FIRST_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
 
 
 class Connector:
@@ -42,7 +39,9 @@ class Connector:
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        self._backoff = _FIRST_BACKOFF
+        # Resets only once a connection stayed up a while: one that the broker drops right
+        # after the handshake keeps backing off instead of reconnecting in a tight loop.
+        self._backoff = Backoff(0.1, 5.0)
         self._last_error: BaseException | None = None
         # The URL's ``name`` option names the connections in the broker's tools; each gets its
         # purpose appended (aiormq would otherwise let our default name override it).
@@ -123,8 +122,7 @@ class Connector:
                     ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
                     self._last_error = e
-                    delay = random.uniform(self._backoff / 2, self._backoff)
-                    self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+                    delay = self._backoff.next()
                     log.warning(
                         "RabbitMQ %s connection to %s failed (%s); retrying in %.1f s",
                         self._purpose,
@@ -135,7 +133,7 @@ class Connector:
                     await asyncio.sleep(delay)
                     continue
                 self._connection = conn
-                self._backoff = _FIRST_BACKOFF
+                self._backoff.up()
                 self._last_error = None
                 self.generation += 1
                 if self.generation > 1:
