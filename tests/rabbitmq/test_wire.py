@@ -3,10 +3,12 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from eventbus_rabbitmq import wire
 from pamqp.commands import Basic
 
 from eventbus.message import Message
+from eventbus.transports.cloudevents import format_time
 
 
 def _roundtrip(message: Message) -> Message:
@@ -72,7 +74,8 @@ def test_native_properties_and_cloudevents_headers() -> None:
     headers = properties.headers or {}
     assert headers["cloudEvents_specversion"] == "1.0"
     assert headers["cloudEvents_source"]
-    assert headers["cloudEvents_time"] == message.timestamp.isoformat()
+    assert headers["cloudEvents_time"] == format_time(message.timestamp)
+    assert headers["cloudEvents_time"].endswith("Z")
     assert headers[wire.KEY_HEADER] == "k"
 
 
@@ -136,3 +139,20 @@ def test_broker_hop_headers_do_not_change_the_derived_id() -> None:
     second = wire.decode("q", b"b", dead_lettered, exchange="", routing_key="q")
     assert first.id == second.id
     assert first.key is None, "no key from the default exchange's routing key (a queue name)"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2024-05-01T12:30:15.123456Z",
+        "2024-05-01T12:30:15.123456+00:00",
+        "2024-05-01T14:30:15.123456+02:00",
+    ],
+)
+def test_cloudevents_time_is_read_in_either_form(written: str) -> None:
+    """0.2 writes RFC 3339 with a Z; 0.1 wrote +00:00 (a rolling upgrade reads both)."""
+    properties = Basic.Properties(
+        headers={"cloudEvents_specversion": "1.0", "cloudEvents_time": written}
+    )
+    message = wire.decode("t", b"", properties, exchange="t", routing_key="k")
+    assert message.timestamp == datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)

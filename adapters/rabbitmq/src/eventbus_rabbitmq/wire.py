@@ -24,6 +24,7 @@ from typing import Any
 from pamqp.commands import Basic
 
 from eventbus.message import Message
+from eventbus.transports import cloudevents
 
 __all__ = ["KEY_HEADER", "amqp_message_id", "decode", "encode", "routing_key"]
 
@@ -36,7 +37,6 @@ _CE_ID = "cloudEvents_id"
 _CE_TYPE = "cloudEvents_type"
 _CE_CORRELATION = "cloudEvents_correlationid"
 _REPLY_TO = "eventbus-reply-to"
-_SOURCE_VALUE = "eventbus"
 _PERSISTENT = 2
 _MAX_SHORTSTR = 255
 
@@ -77,9 +77,9 @@ def _property(headers: dict[str, Any], header: str, value: str | None) -> str | 
 
 def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Properties:
     headers: dict[str, Any] = dict(message.headers)
-    headers[SPECVERSION] = "1.0"
-    headers.setdefault(SOURCE, _SOURCE_VALUE)
-    headers[TIME] = message.timestamp.astimezone(UTC).isoformat()
+    headers[SPECVERSION] = cloudevents.SPEC_VERSION
+    headers.setdefault(SOURCE, cloudevents.SOURCE)
+    headers[TIME] = cloudevents.format_time(message.timestamp)
     if message.key is not None:
         headers[KEY_HEADER] = message.key
     return Basic.Properties(
@@ -135,7 +135,7 @@ def text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
+        return cloudevents.format_time(value)
     if isinstance(value, int | float | Decimal) or value is None:
         return str(value)
     return json.dumps(value, default=text, ensure_ascii=False, sort_keys=True)
@@ -147,12 +147,9 @@ def _optional_text(value: Any) -> str | None:
 
 def _timestamp(header: Any, native: datetime | None) -> datetime:
     if header is not None:
-        try:
-            parsed = datetime.fromisoformat(text(header))
-        except ValueError:
-            parsed = None
+        parsed = cloudevents.parse_time(text(header))
         if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed
     if native is not None:
         return native if native.tzinfo else native.replace(tzinfo=UTC)
     return datetime.now(UTC)
