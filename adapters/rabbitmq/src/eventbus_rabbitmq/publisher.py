@@ -23,12 +23,12 @@ from eventbus.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
-    MessageTooLargeError,
     PublishError,
     UnroutableError,
 )
 from eventbus.message import Message
 from eventbus.transports.base import Destination
+from eventbus.transports.publishing import publish_error, too_large
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import is_connection_lost, translate
@@ -85,12 +85,9 @@ class Publisher:
         deadline = loop.time() + self._settings.publish_timeout
         failures: dict[int, BaseException] = {}
         pending: list[int] = []
-        limit = self.max_message_size
         for index, message in enumerate(messages):
-            if limit is not None and len(message.body) > limit:
-                failures[index] = MessageTooLargeError(
-                    f"message {message.id} is {len(message.body)} bytes; RabbitMQ accepts {limit}"
-                )
+            if (oversize := too_large(message, self.max_message_size, "RabbitMQ")) is not None:
+                failures[index] = oversize
             else:
                 pending.append(index)
 
@@ -133,7 +130,7 @@ class Publisher:
                 self._groups.clear()
             pending = retry
         if failures:
-            raise _batch_error(to, len(messages), failures)
+            raise _batch_error(to, messages, failures)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -302,21 +299,16 @@ async def _exists(conn: AbstractConnection, kind: str, name: str) -> bool:
     return True
 
 
-def _batch_error(to: Destination, total: int, failures: dict[int, BaseException]) -> Exception:
-    kinds = {type(e) for e in failures.values()}
-    first = next(iter(failures.values()))
-    summary = f"{len(failures)} of {total} message(s) to {to.name!r} not published: {first}"
-    if len(failures) == total and kinds == {BrokerUnavailableError}:
-        return first if isinstance(first, Exception) else PublishError(summary, failures)
+def _batch_error(
+    to: Destination, messages: Sequence[Message], failures: dict[int, BaseException]
+) -> Exception:
+    first = failures[min(failures)]
     if (
-        len(failures) == total
-        and len(kinds) == 1
-        and issubclass(first.__class__, ConfigurationError)
+        len(failures) == len(messages)
+        and len({type(e) for e in failures.values()}) == 1
+        and isinstance(first, BrokerUnavailableError | ConfigurationError)
     ):
-        # One refusal for all (a bad name, missing permissions: AuthorizationError), as it is.
-        return first if isinstance(first, Exception) else PublishError(summary, failures)
-    if kinds == {UnroutableError}:
-        return UnroutableError(summary, failures)
-    if kinds == {MessageTooLargeError}:
-        return MessageTooLargeError(summary, failures)
-    return PublishError(summary, failures)
+        # The same outage (it names the address) or refusal (a bad name, missing permissions:
+        # AuthorizationError) for every message: raised as it is.
+        return first
+    return publish_error(failures, messages, repr(to.name))
