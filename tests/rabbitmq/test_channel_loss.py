@@ -10,6 +10,7 @@ the other consumer) and this process learning of the loss, both may run it. The 
 it and print it (``-s``).
 """
 
+import itertools
 import shutil
 import time
 from collections import defaultdict
@@ -101,6 +102,22 @@ def check_keys(workers: Workers, keys: int, rounds: int) -> None:
         assert [r.seq for r in records] == list(range(rounds)), f"{key}: in publish order {runs}"
 
 
+def overlaps(workers: Workers) -> list[tuple[str, str, float]]:
+    """(key, message id, seconds) wherever a run of a key started before the previous run of
+    that key ended, in whichever worker; a cancelled run ends at its cancellation."""
+    by_key: dict[str, list[Record]] = defaultdict(list)
+    for record in workers.records:
+        by_key[record.key].append(record)
+    found = []
+    for key, records in by_key.items():
+        records.sort(key=lambda r: r.start)
+        for before, after in itertools.pairwise(records):
+            assert before.end is not None, f"{key}: a run that never ended"
+            if after.start < before.end:
+                found.append((key, after.id, before.end - after.start))
+    return found
+
+
 def overlap(workers: Workers) -> float:
     """Seconds during which the trapped message ran in both workers (negative: the gap)."""
     trapped = workers.trapped
@@ -183,6 +200,7 @@ async def test_a_lost_connection_cancels_the_handler_and_the_partition_moves_on(
         f"({'overlap' if window > 0 else 'no overlap'})"
     )
     assert window <= 0, "b took the partition only after a's handler was cancelled"
+    assert overlaps(workers) == [], "no key ran in two places, nor twice at once in one"
 
 
 async def test_a_lost_connection_on_a_shared_queue_measures_the_window(amqp_url: str) -> None:
@@ -218,3 +236,6 @@ async def test_a_lost_connection_on_a_shared_queue_measures_the_window(amqp_url:
         f"(requeue-to-notice window; negative gap {min(window, 0) * 1000:.1f} ms)"
     )
     assert window < 0.5, "the window is the broker-to-client notice, not more"
+    assert [(key, mid) for key, mid, _ in overlaps(workers)] == (
+        [("key-0", "0-0")] if window > 0 else []
+    )
