@@ -5,14 +5,16 @@ iterator; settling those is a no-op afterwards; the channel is restored and they
 import time
 from collections.abc import Awaitable, Callable
 
+import aiormq
 import anyio
 import pytest
 from aiormq.exceptions import ChannelNotFoundEntity
 from eventbus_rabbitmq import RabbitMQTransport
 from eventbus_rabbitmq.acks import WINDOW
 from eventbus_rabbitmq.subscription import RabbitSubscription
-from rabbit_helpers import Consumer, close_connections, nothing_more, take
+from rabbit_helpers import Consumer, RecordingOwner, close_connections, nothing_more, take
 
+from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
 
@@ -31,6 +33,14 @@ def msg(queue: str, i: int) -> Message:
 
 def spec(queue: str, prefetch: int) -> SubscriptionSpec:
     return SubscriptionSpec(name=queue, kind="queue", group=None, prefetch=prefetch)
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside ``group`` and the groups nested in it (task groups nest)."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def closing_time(consumer: Consumer) -> list[float]:
@@ -137,3 +147,41 @@ async def test_losing_a_channel_with_nothing_handed_out_tells_nobody(
     (again,) = await take(consumer, 1)  # restored
     assert again.message.id == "m1"
     assert consumer.owner.calls == []
+
+
+async def test_a_restore_that_cannot_succeed_breaks_run_and_ends_the_iterator(
+    make_transport: Make, name: Callable[[str], str], amqp_url: str
+) -> None:
+    """The queue is deleted behind the subscription's back and declared again with other
+    arguments: the broker cancels the consumer, the restore is refused for good, and ``run``
+    raises the translated refusal (the core then reports everything lost and subscribes again
+    with backoff); the iterator ends instead of waiting forever."""
+    transport = await make_transport("queue_type=quorum")
+    q = name("unrestorable")
+    await transport.publish(Destination(q, kind="queue"), [msg(q, 1)])
+    owner = RecordingOwner()
+    sub = await transport.subscribe(spec(q, prefetch=3), owner)
+    handed_out: list[RawDelivery] = []
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(sub.run)
+                handed_out.extend(await anext(aiter(sub)))
+                connection = await aiormq.connect(amqp_url)
+                try:
+                    channel = await connection.channel()
+                    await channel.queue_delete(q)
+                    await channel.queue_declare(q, durable=True)  # classic now
+                finally:
+                    await connection.close()
+                await anyio.sleep_forever()  # run() fails, which ends the task group
+    except* ConfigurationError as caught:
+        (refusal,) = leaves(caught)
+        assert "queue_type" in str(refusal)
+    else:
+        pytest.fail("run() must raise what restoring cannot fix")
+    assert [d.message.id for d in handed_out] == ["m1"]
+    assert [[d.message.id for d in lost] for _at, lost in owner.calls] == [["m1"]]
+    with pytest.raises(StopAsyncIteration):
+        await anext(aiter(sub))
+    await sub.close()
