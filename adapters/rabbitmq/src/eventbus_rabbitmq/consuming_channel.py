@@ -1,9 +1,11 @@
 """`ConsumingChannel`: one consuming channel of a subscription and what is outstanding on it.
 
-Everything the broker pushed on the channel and nobody settled yet is in exactly one of two
-places: ``buffer`` (arrived, not handed out; arrival order) or ``handed_out`` (yielded to the
-core, not settled). When the channel closes -- the broker closed it, the connection died, or
-we closed it -- RabbitMQ requeues both at once, and another consumer may get them right away:
+Everything the broker pushed on the channel and nobody settled yet is in exactly one of three
+places: ``buffer`` (arrived, not handed out; arrival order), ``handed_out`` (yielded to the
+core, not settled) or, once the subscription stopped, the held releases (released by the core,
+left for the close to requeue in order; see acks.py). When the channel closes -- the broker
+closed it, the connection died, or we closed it -- RabbitMQ requeues all of them at once, and
+another consumer may get them right away:
 
 * the buffered ones are simply dropped here (nobody started on them);
 * the handed-out ones are no longer this process's. `give_up` returns them (for
@@ -34,7 +36,7 @@ __all__ = ["ConsumingChannel"]
 
 log = logging.getLogger("eventbus.rabbitmq")
 
-_REQUEUE_WAIT = 5.0  # seconds `requeue_all` waits for requeued messages to count as ready
+_REQUEUE_WAIT = 5.0  # seconds `close` waits for requeued messages to count as ready
 
 
 class ConsumingChannel:
