@@ -14,7 +14,6 @@ from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import (
-    SPI_VERSION,
     Capabilities,
     DeliveryOwner,
     Destination,
@@ -54,8 +53,9 @@ class KafkaTransport:
     ``publish_timeout``).
     """
 
-    spi_version = SPI_VERSION
-    """Checked by the registry before and after construction; must equal the core's."""
+    spi_version = 2
+    """The SPI this adapter was built for; checked by the registry. A literal, not the core's
+    ``SPI_VERSION``, which would always match whatever core is installed."""
 
     def __init__(self, url: str) -> None:
         self.settings: KafkaSettings = parse_url(url)
