@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.backoff import Backoff
 from eventbus.dispatch.inflight import InFlight
@@ -50,6 +50,18 @@ class ConsumeLoop:
         self._closed = anyio.Event()
         self.current: Subscription | None = None
         self._paused = False
+
+    async def start(self, group: TaskGroup) -> None:
+        """Run in ``group``; return once live. A start-up failure is raised as itself: a user
+        of ``async with bus`` whose broker is unreachable gets `BrokerUnavailableError`, not
+        nested exception groups."""
+        try:
+            await group.start(self.run)
+        except BaseExceptionGroup as error:
+            leaves = _leaves(error)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until `aclose`; ``task_status.started()`` once the first subscription is
@@ -154,3 +166,9 @@ class ConsumeLoop:
             log.exception("%s: closing the subscription failed", self._sub.describe())
         finally:
             self._closed.set()
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

@@ -14,17 +14,16 @@ from the lanes, and work still running on them is cancelled before `lost` return
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import random
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
+from eventbus.dispatch.decode import Decoder, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
@@ -34,8 +33,8 @@ from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import BrokerUnavailableError, LeaseLostError
-from eventbus.message import Delivery, Message
+from eventbus.errors import LeaseLostError
+from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
 __all__ = ["SubscriptionRunner"]
@@ -56,8 +55,6 @@ class SubscriptionRunner:
     ) -> None:
         self.subscriber = subscriber
         options = subscriber.options
-        self._codec = codec
-        self._async_codec = inspect.iscoroutinefunction(codec.decode)
         self._rng = rng or random.Random()
         self._limiter = Slots(options.concurrency)
         self._in_flight: InFlight[DeliveryState] = InFlight(options.in_flight_limit)
@@ -77,6 +74,12 @@ class SubscriptionRunner:
             subscriber, self._in_flight, self._republisher, self._guard, self._rng
         )
         self._handler = build_handler(subscriber, middleware)
+        self._decoder = Decoder(
+            codec,
+            subscriber.handler.payload_type,
+            self._sleep_unless_stopping,
+            subscriber.describe(),
+        )
         self._consume = ConsumeLoop(
             subscriber, transport, self, self._in_flight, self._accept, self._lose_all
         )
@@ -100,7 +103,7 @@ class SubscriptionRunner:
                             lambda: not self._stopping,
                             self.subscriber.options.concurrency,
                         )
-                        await _start_unwrapped(work, self._consume.run)
+                        await self._consume.start(work)
                         # Live: from now on only `abort` (after the drain) ends the work.
                         # Otherwise cancelling the scope that hosts the bus -- a cancelled
                         # `bus.run()`, which is how the CLI stops on SIGTERM -- would cancel
@@ -222,22 +225,14 @@ class SubscriptionRunner:
         sub = self.subscriber
         options = sub.options
         message = state.raw.message
-        wait = 0.05
-        while True:
-            try:
-                payload = await self._decode(message)
-                break
-            except BrokerUnavailableError as exc:
-                # An async codec's registry is down: not the message's fault. Wait like a
-                # dedup-store outage, spending no attempt (DESIGN 8).
-                log.warning("%s: codec unavailable (%r); retrying", sub.describe(), exc)
-                if await self._sleep_unless_stopping(wait):
-                    return False
-                wait = min(wait * 2, 5.0)
-            except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
-                log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
-                await state.carry_out(DeadLetter("undecodable"), exc)
-                return False
+        try:
+            payload = await self._decoder.decode(message)
+        except Stopping:
+            return False
+        except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
+            log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
+            await state.carry_out(DeadLetter("undecodable"), exc)
+            return False
         guard = self._guard
         if guard is not None:
             try:
@@ -325,15 +320,6 @@ class SubscriptionRunner:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             return True
 
-    async def _decode(self, message: Message) -> object:
-        target = self.subscriber.handler.payload_type
-        if target is None or target is Message:
-            return message
-        decoded = self._codec.decode(message, target)
-        if self._async_codec:
-            return await cast(Awaitable[object], decoded)
-        return decoded
-
     async def _expire(self, state: DeliveryState, after: float) -> None:
         # Ends as soon as the delivery is settled, so timers do not pile up under load.
         with anyio.move_on_after(after):
@@ -347,23 +333,3 @@ class SubscriptionRunner:
             with anyio.move_on_after(seconds):
                 await self._stop_event.wait()
         return self._stopping
-
-
-async def _start_unwrapped(
-    group: TaskGroup, func: Callable[..., Coroutine[Any, Any, None]]
-) -> None:
-    """`TaskGroup.start`, raising a start-up failure as itself: a user of ``async with bus``
-    whose broker is unreachable gets `BrokerUnavailableError`, not nested exception groups."""
-    try:
-        await group.start(func)
-    except BaseExceptionGroup as group_error:
-        leaves = _leaves(group_error)
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(error: BaseException) -> list[BaseException]:
-    if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
-    return [error]
