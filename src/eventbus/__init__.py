@@ -2,7 +2,7 @@
 per-key ordering, deduplication and graceful shutdown done once, correctly."""
 
 from eventbus.bus import EventBus
-from eventbus.codecs import Codec, JsonCodec
+from eventbus.codecs import AsyncCodec, Codec, JsonCodec
 from eventbus.dedup import ClaimResult, DedupStore, InboxStore, MemoryDedupStore
 from eventbus.dispatch.invoke import Handler, Middleware
 from eventbus.errors import (
@@ -25,6 +25,7 @@ from eventbus.retry import RetryPolicy
 __version__ = "0.2.0.dev0"
 
 __all__ = [
+    "AsyncCodec",
     "AuthenticationError",
     "AuthorizationError",
     "BrokerUnavailableError",

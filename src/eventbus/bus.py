@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import os
@@ -9,12 +10,12 @@ import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
 
-from eventbus.codecs.base import Codec
+from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
@@ -76,7 +77,7 @@ class EventBus:
         url: str | None = None,
         *,
         transport: Transport | None = None,
-        codec: Codec | None = None,
+        codec: Codec | AsyncCodec | None = None,
         dedup_store: DedupStore | None = None,
         middleware: Sequence[Middleware] = (),
         graceful_timeout: float = 30.0,
@@ -90,7 +91,14 @@ class EventBus:
         self.url = url or os.environ.get("EVENTBUS_URL") or "memory://"
         # Resolve the transport now so a bad URL or a missing adapter fails at construction.
         self.transport: Transport = transport or transport_for_url(self.url)
-        self.codec: Codec = codec or JsonCodec()
+        self.codec: Codec | AsyncCodec = codec or JsonCodec()
+        # One of the two is set: which kind the codec is, decided once, not per message.
+        self._async_codec: AsyncCodec | None = None
+        self._sync_codec: Codec | None = None
+        if inspect.iscoroutinefunction(self.codec.encode):
+            self._async_codec = cast(AsyncCodec, self.codec)
+        else:
+            self._sync_codec = cast(Codec, self.codec)
         self._dedup_store = dedup_store
         self.middleware = tuple(middleware)
         self.graceful_timeout = graceful_timeout
@@ -243,9 +251,12 @@ class EventBus:
         message_id: str | None = None,
         correlation_id: str | None = None,
     ) -> Message:
+        """The message `publish` would send (synchronous codecs only)."""
+        if self._sync_codec is None:
+            raise TypeError("build_message needs a synchronous codec; publish() awaits async ones")
         return self._encoded(
             name,
-            payload,
+            self._sync_codec.encode(payload),
             key=key,
             headers=_checked_headers(headers),
             message_id=message_id,
@@ -256,7 +267,7 @@ class EventBus:
     def _encoded(
         self,
         name: str,
-        payload: object,
+        encoded: Encoded,
         *,
         key: str | None,
         headers: dict[str, str],
@@ -264,8 +275,7 @@ class EventBus:
         correlation_id: str | None,
         timestamp: datetime,
     ) -> Message:
-        """The message for ``payload``; ``headers`` already checked (`_checked_headers`)."""
-        encoded = self.codec.encode(payload)
+        """The message around ``encoded``; ``headers`` already checked (`_checked_headers`)."""
         return Message(
             id=message_id or new_message_id(),
             topic=name,
@@ -329,13 +339,19 @@ class EventBus:
         message_id: str | None,
         correlation_id: str | None,
     ) -> str:
-        message = self.build_message(
+        if self._sync_codec is not None:
+            encoded = self._sync_codec.encode(payload)
+        else:
+            assert self._async_codec is not None
+            encoded = await self._async_codec.encode(payload, to.name)
+        message = self._encoded(
             to.name,
-            payload,
+            encoded,
             key=key,
-            headers=headers,
+            headers=_checked_headers(headers),
             message_id=message_id,
             correlation_id=correlation_id,
+            timestamp=datetime.now(UTC),
         )
         await self._connected().publish(to, [message])
         return message.id
@@ -357,17 +373,22 @@ class EventBus:
         common = _checked_headers(headers)  # checked once, copied per message
         # One call, one publish time: the wire format then formats it once, not per message.
         now = datetime.now(UTC)
+        if self._sync_codec is not None:
+            encoded = [self._sync_codec.encode(p) for p in payloads]
+        else:
+            assert self._async_codec is not None
+            encoded = [await self._async_codec.encode(p, topic) for p in payloads]
         messages = [
             self._encoded(
                 topic,
-                payload,
+                body,
                 key=key,
                 headers=dict(common),
                 message_id=None,
                 correlation_id=None,
                 timestamp=now,
             )
-            for payload, key in zip(payloads, keys or itertools.repeat(None), strict=False)
+            for body, key in zip(encoded, keys or itertools.repeat(None), strict=False)
         ]
         await self._connected().publish(Destination(topic, "topic"), messages)
         return [m.id for m in messages]

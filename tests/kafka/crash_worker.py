@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 from eventbus_kafka import KafkaTransport
+from kafka_helpers import subscribe
 
 from eventbus.transports.base import SubscriptionSpec
 
@@ -13,7 +14,7 @@ from eventbus.transports.base import SubscriptionSpec
 async def main(url: str, topic: str, group: str, count: int, k: int) -> None:
     transport = KafkaTransport(url)
     await transport.connect()
-    sub = await transport.subscribe(SubscriptionSpec(topic, "topic", group, 100))
+    sub = await subscribe(transport, SubscriptionSpec(topic, "topic", group, 100))
     print("LIVE", flush=True)
     taken = 0
     async for delivery in sub:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from eventbus_kafka import KafkaTransport
-from kafka_helpers import Worker, group_of, wait_until
+from kafka_helpers import Worker, group_of, subscribe, wait_until
 
 from eventbus.message import Message
 from eventbus.transports.base import Destination, SubscriptionSpec
@@ -42,7 +42,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
 async def _restart_mid_stream(transport: KafkaTransport, topic: str) -> None:
     total = 400
     worker = Worker(
-        await transport.subscribe(SubscriptionSpec(topic, "topic", group_of(topic), 32)), seed=4
+        await subscribe(transport, SubscriptionSpec(topic, "topic", group_of(topic), 32)), seed=4
     )
     confirmed: list[str] = []
 
@@ -84,7 +84,7 @@ async def _restart_mid_stream(transport: KafkaTransport, topic: str) -> None:
 
     # The group's position survived the restart: a new subscription has nothing left to read.
     again = Worker(
-        await transport.subscribe(SubscriptionSpec(topic, "topic", group_of(topic), 32)), seed=5
+        await subscribe(transport, SubscriptionSpec(topic, "topic", group_of(topic), 32)), seed=5
     )
     await asyncio.sleep(2.0)
     await again.close()

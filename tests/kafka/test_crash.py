@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from eventbus_kafka import KafkaTransport
-from kafka_helpers import group_of, messages, nothing_more, take
+from kafka_helpers import group_of, messages, nothing_more, subscribe, take
 
 from eventbus.transports.base import Destination, SubscriptionSpec
 
@@ -56,7 +56,7 @@ async def test_killed_consumer_redelivers_the_unfinished_offset(
         await worker.wait()
     assert worker.returncode == -signal.SIGKILL
 
-    again = await transport.subscribe(SubscriptionSpec(topic, "topic", group, 100))
+    again = await subscribe(transport, SubscriptionSpec(topic, "topic", group, 100))
     (redelivered,) = await take(again, 1, within=120)
     assert redelivered.message.id == f"m{k}"
     assert int(redelivered.native["offset"]) == k

@@ -14,12 +14,12 @@ from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from eventbus_kafka import KafkaTransport
 from eventbus_kafka.producer import _MIN_BATCH
-from kafka_helpers import group_of, take
+from kafka_helpers import Live, group_of, subscribe, take
 
 from eventbus import EventBus
 from eventbus.errors import MessageTooLargeError, PublishError
 from eventbus.message import Message, new_message_id
-from eventbus.transports.base import Destination, RawDelivery, Subscription, SubscriptionSpec
+from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -31,7 +31,7 @@ def spec(topic: str, prefetch: int = 5000) -> SubscriptionSpec:
     return SubscriptionSpec(topic, "topic", group_of(topic), prefetch)
 
 
-async def take_acked(sub: Subscription, count: int) -> list[RawDelivery]:
+async def take_acked(sub: Live, count: int) -> list[RawDelivery]:
     got = await take(sub, count)
     for d in got:
         await d.ack()
@@ -49,8 +49,8 @@ async def test_keyed_batch_lands_like_aiokafka_send_once_each_in_key_order(
     keys = [f"order-{i}" for i in range(40)] + ["ключ", "日本", ""]
     count = 1200
     assert count > _MIN_BATCH
-    sub = await transport.subscribe(spec(topic))
-    raw_sub = await transport.subscribe(spec(raw_topic))
+    sub = await subscribe(transport, spec(topic))
+    raw_sub = await subscribe(transport, spec(raw_topic))
     bus = EventBus(kafka_url)
     async with bus:
         ids = await bus.publish_many(
@@ -90,7 +90,7 @@ async def test_batches_bigger_than_one_record_batch_keep_order(
     """2 MB for one key: several 256 KiB record batches on one partition, submitted in order."""
     topic = name("big")
     count = 400
-    sub = await transport.subscribe(spec(topic))
+    sub = await subscribe(transport, spec(topic))
     async with EventBus(kafka_url) as bus:
         await bus.publish_many(
             topic, [b"%06d" % i + b"." * 5000 for i in range(count)], keys=["one"] * count
@@ -110,7 +110,7 @@ async def test_keyless_batch_spreads_over_partitions(
     one partition for the whole batch)."""
     topic = name("keyless")
     count = 600
-    sub = await transport.subscribe(spec(topic))
+    sub = await subscribe(transport, spec(topic))
     async with EventBus(kafka_url) as bus:
         ids = await bus.publish_many(topic, [b"%d" % i for i in range(count)])
     got = await take_acked(sub, count)
@@ -129,7 +129,7 @@ async def test_oversize_body_in_a_batch_fails_alone(
 ) -> None:
     topic = name("oversize")
     count, bad = 40, 17
-    sub = await transport.subscribe(spec(topic))
+    sub = await subscribe(transport, spec(topic))
     payloads = [b"%d" % i for i in range(count)]
     payloads[bad] = b"x" * 2000
     async with EventBus(f"{kafka_url}?max_message_size=1000") as bus:
@@ -154,7 +154,7 @@ async def test_oversize_record_by_headers_fails_alone_among_others(
     await small.connect()
     topic = name("oversize-header")
     count, bad = 30, 11
-    sub = await small.subscribe(spec(topic))
+    sub = await subscribe(small, spec(topic))
     batch = [
         Message(
             id=new_message_id(),
@@ -180,7 +180,7 @@ async def test_concurrent_batches_all_land_in_key_order(
 ) -> None:
     topic = name("concurrent")
     calls, per_call = 8, 250
-    sub = await transport.subscribe(spec(topic))
+    sub = await subscribe(transport, spec(topic))
     async with EventBus(kafka_url) as bus:
         results = await asyncio.gather(
             *(
@@ -219,7 +219,7 @@ async def test_batches_refused_out_of_sequence_are_resent_on_a_new_producer(
     for real by skipping the sequence numbers aiokafka keeps; the broker refuses the batches
     with OutOfOrderSequenceNumber, the producer is replaced and every record sent again."""
     topic = name("out-of-sequence")
-    sub = await transport.subscribe(spec(topic))
+    sub = await subscribe(transport, spec(topic))
     await transport.publish(Destination(topic), [Message(id="first", topic=topic, body=b"-1")])
     producer = transport._producer
     generation = producer._generation

@@ -11,9 +11,9 @@ import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from eventbus_kafka import KafkaTransport
-from kafka_helpers import group_of, messages, nothing_more, take, wait_until
+from eventbus_kafka.wire import NOT_BEFORE, TARGET_GROUP
+from kafka_helpers import group_of, messages, nothing_more, subscribe, take, wait_until
 
-from eventbus import headers as h
 from eventbus.dlq import dlq_depths, dlq_purge, dlq_show
 from eventbus.errors import (
     BrokerUnavailableError,
@@ -22,7 +22,7 @@ from eventbus.errors import (
     PublishError,
 )
 from eventbus.message import Message
-from eventbus.transports.base import Destination, SubscriptionSpec
+from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
 
@@ -61,7 +61,7 @@ async def committed(transport: KafkaTransport, group: str) -> dict[tuple[str, in
 
 async def test_round_trip_keeps_every_field(transport: KafkaTransport, name: Name) -> None:
     topic = name("meta")
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     sent = Message(
         id="id-1",
         topic=topic,
@@ -72,6 +72,7 @@ async def test_round_trip_keeps_every_field(transport: KafkaTransport, name: Nam
         type="Thing",
         timestamp=datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
         correlation_id="corr",
+        reply_to="replies",
     )
     big = Message(id="big", topic=topic, body=b"\x01" * transport.capabilities.max_message_size)
     await transport.publish(Destination(topic), [sent, big])
@@ -87,7 +88,7 @@ async def test_foreign_records_are_consumed(
     transport: KafkaTransport, name: Name, kafka_url: str
 ) -> None:
     topic = name("foreign")
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     producer = AIOKafkaProducer(bootstrap_servers=transport.settings.address)
     await producer.start()
     try:
@@ -109,7 +110,7 @@ async def test_foreign_records_are_consumed(
 
 async def test_batch_reports_failures_per_index(transport: KafkaTransport, name: Name) -> None:
     topic = name("batch")
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     too_big = b"x" * (transport.capabilities.max_message_size + 1)
     batch = messages(topic, 5)
     batch[3] = Message(id="m3", topic=topic, body=too_big)
@@ -128,7 +129,7 @@ async def test_many_messages_in_one_publish_keep_per_key_order(
     transport: KafkaTransport, name: Name
 ) -> None:
     topic = name("bulk")
-    sub = await transport.subscribe(topic_spec(topic, prefetch=2000))
+    sub = await subscribe(transport, topic_spec(topic, prefetch=2000))
     await transport.publish(Destination(topic), messages(topic, 2000, key=lambda i: f"k{i % 7}"))
     got = await take(sub, 2000)
     by_key: dict[str | None, list[int]] = {}
@@ -144,8 +145,8 @@ async def test_many_messages_in_one_publish_keep_per_key_order(
 
 async def test_every_group_gets_every_message(transport: KafkaTransport, name: Name) -> None:
     topic = name("fanout")
-    a = await transport.subscribe(topic_spec(topic, group_of(topic, "a")))
-    b = await transport.subscribe(topic_spec(topic, group_of(topic, "b")))
+    a = await subscribe(transport, topic_spec(topic, group_of(topic, "a")))
+    b = await subscribe(transport, topic_spec(topic, group_of(topic, "b")))
     await transport.publish(Destination(topic), messages(topic, 10))
     for sub in (a, b):
         got = await take(sub, 10)
@@ -160,8 +161,8 @@ async def test_competing_consumers_split_without_overlap(
     other = open_transport()
     await other.connect()
     try:
-        first = await transport.subscribe(topic_spec(topic))
-        second = await other.subscribe(topic_spec(topic))  # live: has its partitions now
+        first = await subscribe(transport, topic_spec(topic))
+        second = await subscribe(other, topic_spec(topic))  # live: has its partitions now
         await transport.publish(Destination(topic), messages(topic, 60, key=lambda i: f"k{i}"))
         seen: dict[int, list[str]] = {0: [], 1: []}
 
@@ -189,7 +190,7 @@ async def test_queue_messages_wait_for_their_first_consumer(
 ) -> None:
     queue = name("queue")
     await transport.publish(Destination(queue, "queue"), messages(queue, 5))
-    sub = await transport.subscribe(queue_spec(queue))
+    sub = await subscribe(transport, queue_spec(queue))
     got = await take(sub, 5)
     assert sorted(d.message.id for d in got) == [f"m{i}" for i in range(5)]
     assert all(d.message.topic == queue for d in got)
@@ -205,8 +206,8 @@ async def test_broadcast_is_live_from_the_end_and_commits_nothing(
 ) -> None:
     topic = name("broadcast")
     await transport.publish(Destination(topic), [Message(id="before", topic=topic, body=b"")])
-    one = await transport.subscribe(topic_spec(topic, None))
-    two = await transport.subscribe(topic_spec(topic, None))
+    one = await subscribe(transport, topic_spec(topic, None))
+    two = await subscribe(transport, topic_spec(topic, None))
     await transport.publish(Destination(topic), [Message(id="after", topic=topic, body=b"")])
     for sub in (one, two):
         (d,) = await take(sub, 1)
@@ -225,7 +226,7 @@ async def test_slow_message_holds_the_commit_and_comes_back_after_a_restart(
     """(a) A slow message at offset k while later offsets finish; the consumer goes away
     without acking it; a new consumer of the group gets k again, and only the unfinished."""
     topic, k = name("slow"), 3
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     await transport.publish(Destination(topic), messages(topic, 10, key=lambda i: "one-key"))
     got = await take(sub, 10)
     assert [int(d.native["offset"]) for d in got] == list(range(10))
@@ -239,7 +240,7 @@ async def test_slow_message_holds_the_commit_and_comes_back_after_a_restart(
     later = open_transport()
     await later.connect()
     try:
-        again = await later.subscribe(topic_spec(topic))
+        again = await subscribe(later, topic_spec(topic))
         (redelivered,) = await take(again, 1)
         assert redelivered.message.id == f"m{k}"
         assert int(redelivered.native["offset"]) == k
@@ -253,7 +254,7 @@ async def test_slow_message_holds_the_commit_and_comes_back_after_a_restart(
 
 async def test_release_hands_the_message_out_again(transport: KafkaTransport, name: Name) -> None:
     topic = name("release")
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     await transport.publish(Destination(topic), messages(topic, 1))
     (first,) = await take(sub, 1)
     await first.release()
@@ -263,7 +264,7 @@ async def test_release_hands_the_message_out_again(transport: KafkaTransport, na
     await second.release()  # released while stopping: stays unfinished until the next owner
     await sub.stop()
     await sub.close()
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     (third,) = await take(sub, 1)
     assert third.message.id == first.message.id
     await third.ack()
@@ -274,7 +275,7 @@ async def test_settling_after_stop_is_committed_at_close(
     transport: KafkaTransport, name: Name
 ) -> None:
     topic = name("stop")
-    sub = await transport.subscribe(topic_spec(topic))
+    sub = await subscribe(transport, topic_spec(topic))
     await transport.publish(Destination(topic), messages(topic, 3, key=lambda i: "k"))
     got = await take(sub, 3)
     await sub.stop()
@@ -283,20 +284,20 @@ async def test_settling_after_stop_is_committed_at_close(
         await d.ack()
     await sub.close()
     assert (await committed(transport, group_of(topic)))[(topic, partition_of("k"))] == 3
-    again = await transport.subscribe(topic_spec(topic))
+    again = await subscribe(transport, topic_spec(topic))
     assert await nothing_more(again, 2.0) == []
     await again.close()
 
 
 async def test_prefetch_bounds_unsettled_deliveries(transport: KafkaTransport, name: Name) -> None:
     topic = name("prefetch")
-    sub = await transport.subscribe(topic_spec(topic, prefetch=5))
+    sub = await subscribe(transport, topic_spec(topic, prefetch=5))
     await transport.publish(Destination(topic), messages(topic, 50))
     got = await take(sub, 5)
     assert await nothing_more(sub, 2.5) == []  # five unsettled: nothing more is handed out
     await got[0].ack()
     assert len(await take(sub, 1)) == 1
-    assert sub._held == 5  # type: ignore[attr-defined]
+    assert sub.sub._handed_out.count == 5  # type: ignore[attr-defined]
     assert await nothing_more(sub, 1.0) == []
     await sub.close()
 
@@ -309,23 +310,32 @@ async def test_delayed_retry_waits_while_other_partitions_flow(
 ) -> None:
     topic = name("delay")
     slow_key, fast_key = keys_on_distinct_partitions(2)
-    sub = await transport.subscribe(topic_spec(topic))
-    retry = Destination(topic, group=group_of(topic), delay=8.0)
-    await transport.publish(retry, [Message(id="late", topic=topic, body=b"", key=slow_key)])
+    sub = await subscribe(transport, topic_spec(topic))
+    start = time.time()
+    due = {"late": start + 8.0, "soon": start + 0.2}
     await transport.publish(
-        Destination(topic, group=group_of(topic), delay=0.2),
+        Destination(topic, group=group_of(topic), not_before=due["late"]),
+        [Message(id="late", topic=topic, body=b"", key=slow_key)],
+    )
+    await transport.publish(
+        Destination(topic, group=group_of(topic), not_before=due["soon"]),
         [Message(id="soon", topic=topic, body=b"", key=fast_key)],
     )
     await transport.publish(Destination(topic), [Message(id="now", topic=topic, body=b"")])
-    got = await take(sub, 3)
+    got: list[RawDelivery] = []
+    at: dict[str, float] = {}
+    for _ in range(3):
+        (d,) = await take(sub, 1)
+        got.append(d)
+        at[d.message.id] = time.time()
     assert [d.message.id for d in got][2] == "late"
     assert {d.message.id for d in got[:2]} == {"soon", "now"}
     for d in got:
         assert d.message.topic == topic
-        not_before = d.message.headers.get(h.NOT_BEFORE)
-        if not_before is not None:
-            assert time.time() >= float(not_before)  # never handed out before it is due
-    assert got[2].message.headers[h.TARGET_GROUP] == group_of(topic)
+        assert d.message.headers == {}, "routing headers never reach the core"
+        if d.message.id in due:
+            assert at[d.message.id] >= due[d.message.id]  # never handed out before it is due
+    assert at["late"] - start < 8.0 + 5.0, "the partition is resumed once the record is due"
     await sub.close()
 
 
@@ -333,34 +343,77 @@ async def test_group_targeted_message_reaches_only_that_group(
     transport: KafkaTransport, name: Name
 ) -> None:
     topic = name("target")
-    billing = await transport.subscribe(topic_spec(topic, group_of(topic, "billing")))
-    shipping = await transport.subscribe(topic_spec(topic, group_of(topic, "shipping")))
+    billing = await subscribe(transport, topic_spec(topic, group_of(topic, "billing")))
+    shipping = await subscribe(transport, topic_spec(topic, group_of(topic, "shipping")))
     await transport.publish(
         Destination(topic, group=group_of(topic, "billing")),
-        [Message(id="replay", topic=topic, body=b"")],
+        [Message(id="replay", topic=topic, body=b"", headers={"tenant": "t1"})],
     )
     await transport.publish(Destination(topic), [Message(id="all", topic=topic, body=b"")])
-    assert sorted(d.message.id for d in await take(billing, 2)) == ["all", "replay"]
+    got = {d.message.id: d for d in await take(billing, 2)}
+    assert sorted(got) == ["all", "replay"]
+    assert got["replay"].message.headers == {"tenant": "t1"}  # no routing header left
     assert [d.message.id for d in await take(shipping, 1)] == ["all"]
     assert await nothing_more(shipping, 1.5) == []
+    # A handler that republishes what it got to everyone: every group gets it.
+    await transport.publish(Destination(topic), [got["replay"].message])
+    assert [d.message.id for d in await take(shipping, 1)] == ["replay"]
+    assert [d.message.id for d in await take(billing, 1)] == ["replay"]
     await billing.close()
     await shipping.close()
+
+
+async def test_record_for_another_group_is_finished_without_being_handed_out(
+    transport: KafkaTransport, name: Name
+) -> None:
+    """Records a 0.1 worker wrote with its routing headers among the message's: the header
+    names are the same on the wire, and a group they do not name skips (and commits) them."""
+    topic = name("legacy")
+    mine, other = group_of(topic, "mine"), group_of(topic, "other")
+    await transport._admin.ensure_topics([topic])
+    producer = AIOKafkaProducer(bootstrap_servers=transport.settings.address)
+    await producer.start()
+    try:
+        for i, headers in enumerate(
+            [[(TARGET_GROUP, other.encode())], [], [(TARGET_GROUP, mine.encode())]]
+        ):
+            await producer.send_and_wait(
+                topic, b"", key=b"k", headers=[("ce_id", f"r{i}".encode()), *headers]
+            )
+    finally:
+        await producer.stop()
+    sub = await subscribe(transport, topic_spec(topic, mine))
+    got = await take(sub, 2)
+    assert [d.message.id for d in got] == ["r1", "r2"]
+    assert all(d.message.headers == {} for d in got)
+    assert await nothing_more(sub, 1.0) == []
+    for d in got:
+        await d.ack()
+    await sub.close()
+    assert (await committed(transport, mine))[(topic, partition_of("k"))] == 3
+    theirs = await subscribe(transport, topic_spec(topic, other))
+    assert [d.message.id for d in await take(theirs, 2)] == ["r0", "r1"]
+    await theirs.close()
 
 
 async def test_queue_delay_goes_through_the_queue_retry_topic(
     transport: KafkaTransport, name: Name
 ) -> None:
     queue = name("qdelay")
-    sub = await transport.subscribe(queue_spec(queue))
+    sub = await subscribe(transport, queue_spec(queue))
+    due = time.time() + 0.5
     await transport.publish(
-        Destination(queue, "queue", delay=0.5), [Message(id="q", topic=queue, body=b"")]
+        Destination(queue, "queue", not_before=due), [Message(id="q", topic=queue, body=b"")]
     )
     (d,) = await take(sub, 1)
+    assert time.time() >= due
     assert d.message.id == "q"
     assert d.message.topic == queue
-    assert time.time() >= float(d.message.headers[h.NOT_BEFORE])
+    assert NOT_BEFORE not in d.message.headers
     await d.ack()
     await sub.close()
+    found = await transport._admin.group_offsets(f"eventbus.queue.{queue}")
+    assert sum(o for (t, _), (o, _) in found.items() if t == f"{queue}.retry") == 1
 
 
 # -- inspection and errors -----------------------------------------------------------------
@@ -373,7 +426,7 @@ async def test_depth_counts_what_the_queue_group_has_not_committed(
     assert await transport.depth(queue, "queue") is None
     await transport.publish(Destination(queue, "queue"), messages(queue, 5, key=lambda i: "k"))
     assert await transport.depth(queue, "queue") == 5
-    sub = await transport.subscribe(queue_spec(queue))
+    sub = await subscribe(transport, queue_spec(queue))
     got = await take(sub, 5)
     for d in got[:2]:
         await d.ack()
@@ -399,7 +452,7 @@ async def test_topic_that_cannot_be_created_is_a_clear_error(kafka_url: str, nam
         with pytest.raises(ConfigurationError, match="invalid Kafka topic name"):
             await transport.publish(Destination("bad name!"), messages("x", 1))
         with pytest.raises(ConfigurationError, match="invalid Kafka group name"):
-            await transport.subscribe(topic_spec(name("t"), "bad group"))
+            await subscribe(transport, topic_spec(name("t"), "bad group"))
     finally:
         await transport.close()
 
@@ -411,7 +464,7 @@ async def test_topics_are_created_with_the_configured_partitions(
     await transport.connect()
     try:
         topic = name("parts")
-        sub = await transport.subscribe(topic_spec(topic))
+        sub = await subscribe(transport, topic_spec(topic))
         assert await transport._admin.topic_partitions(topic) == [0, 1, 2]
         retry = f"{topic}.{group_of(topic)}.retry"
         assert await transport._admin.topic_partitions(retry) == [0, 1, 2]
@@ -440,7 +493,7 @@ async def test_offset_reset_latest_starts_at_the_end_and_then_keeps_its_place(
     try:
         topic = name("latest")
         await transport.publish(Destination(topic), [Message(id="old", topic=topic, body=b"")])
-        sub = await transport.subscribe(topic_spec(topic))
+        sub = await subscribe(transport, topic_spec(topic))
         await transport.publish(Destination(topic), [Message(id="new", topic=topic, body=b"")])
         (d,) = await take(sub, 1)
         assert d.message.id == "new"
@@ -448,7 +501,7 @@ async def test_offset_reset_latest_starts_at_the_end_and_then_keeps_its_place(
         await sub.close()
         # The group's start was committed when it joined: published while it was away is kept.
         await transport.publish(Destination(topic), messages(topic, 6, key=lambda i: f"k{i}"))
-        sub = await transport.subscribe(topic_spec(topic))
+        sub = await subscribe(transport, topic_spec(topic))
         got = await take(sub, 6)
         assert sorted(d.message.id for d in got) == [f"m{i}" for i in range(6)]
         assert await nothing_more(sub, 1.0) == []

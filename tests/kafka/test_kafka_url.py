@@ -24,13 +24,15 @@ def test_options() -> None:
     s = parse_url(
         "kafka://h:1?client_id=svc&partitions=12&replication_factor=3&offset_reset=latest"
         "&max_message_size=5000000&connect_timeout=2.5&publish_timeout=30&join_timeout=20"
-        "&commit_interval=0.2"
+        "&commit_interval=0.2&revoke_drain_timeout=2.5"
     )
     assert s.client_id == "svc"
     assert (s.partitions, s.replication_factor, s.offset_reset) == (12, 3, "latest")
     assert s.max_message_size == 5_000_000
     assert (s.connect_timeout, s.publish_timeout, s.join_timeout) == (2.5, 30.0, 20.0)
     assert s.commit_interval == 0.2
+    assert s.revoke_drain_timeout == 2.5
+    assert parse_url("kafka://h:1").revoke_drain_timeout == 10.0
 
 
 def test_sasl_from_options_and_from_userinfo() -> None:
@@ -60,6 +62,10 @@ def test_sasl_from_options_and_from_userinfo() -> None:
         ("kafka://h:1?connect_timeout=0", "connect_timeout"),
         ("kafka://h:1?connect_timeout=nan", "connect_timeout"),
         ("kafka://h:1?client_id=", "client_id"),
+        ("kafka://h:1?revoke_drain_timeout=0", "revoke_drain_timeout"),
+        ("kafka://h:1?revoke_drain_timeout=-1", "revoke_drain_timeout"),
+        ("kafka://h:1?revoke_drain_timeout=inf", "revoke_drain_timeout"),
+        ("kafka://h:1?revoke_drain_timeout=ten", "revoke_drain_timeout"),
         ("kafka://h:1?bogus=1", "bogus"),
         ("kafka://h:1?partitions=1&partitions=2", "partitions"),
         ("kafka://h:99999", "99999"),
@@ -73,3 +79,18 @@ def test_sasl_from_options_and_from_userinfo() -> None:
 def test_bad_values_name_the_option(url: str, names: str) -> None:
     with pytest.raises(ConfigurationError, match=names):
         parse_url(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "kafka://u:s3cret@h:1/path?security_protocol=SASL_PLAINTEXT",
+        "kafka://u:s3cret@h:99999?security_protocol=SASL_PLAINTEXT",
+        "kafka://u:s3cret@[::1?security_protocol=SASL_PLAINTEXT",
+        "kafka://h:1?sasl_password=s3cret&bogus=1",
+    ],
+)
+def test_errors_never_show_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        parse_url(url)
+    assert "s3cret" not in str(caught.value)

@@ -2,9 +2,17 @@
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from eventbus_kafka.wire import format_time, from_record, to_record
+from eventbus_kafka.wire import (
+    NOT_BEFORE,
+    REPLY_TO,
+    TARGET_GROUP,
+    from_record,
+    routing,
+    to_record,
+)
 
 from eventbus.message import Message
+from eventbus.transports.cloudevents import format_time
 
 
 def _read(record_headers: list[tuple[str, bytes | None]], **fields: object) -> Message:
@@ -33,6 +41,7 @@ def test_round_trip_keeps_every_field() -> None:
         type="OrderPlaced",
         timestamp=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
         correlation_id="corr-1",
+        reply_to="orders.replies",
     )
     record = to_record(sent)
     names = dict(record.headers)
@@ -43,6 +52,7 @@ def test_round_trip_keeps_every_field() -> None:
     assert names["ce_time"] == b"2024-05-06T07:08:09.123456Z"
     assert names["content-type"] == b"application/json"
     assert names["ce_correlationid"] == b"corr-1"
+    assert names["eventbus-reply-to"] == b"orders.replies"
     assert names["tenant"] == "ünïcødé ✓".encode()
     assert record.key == "clé-1".encode()
     got = _read(record.headers, key=record.key, value=record.value)
@@ -55,6 +65,8 @@ def test_optional_attributes_are_omitted() -> None:
     assert "ce_type" not in names
     assert "content-type" not in names
     assert "ce_correlationid" not in names
+    assert REPLY_TO not in names
+    assert TARGET_GROUP not in names and NOT_BEFORE not in names
     assert record.key is None
 
 
@@ -102,6 +114,7 @@ def _reference_time(moment: datetime) -> str:
 
 
 def test_format_time_is_rfc3339_utc_whatever_the_zone_and_the_cache() -> None:
+    """The core's formatter, which ``ce_time`` on Kafka depends on byte for byte."""
     paris = timezone(timedelta(hours=2))
     moments = [
         datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
@@ -138,3 +151,35 @@ def test_a_foreign_source_header_is_kept_and_ours_is_added_otherwise() -> None:
     )
     assert ours["ce_source"] == b"eventbus" and ours["a"] == b"1"
     assert foreign["ce_source"] == b"erp"
+
+
+def test_routing_headers_come_from_the_destination_and_never_reach_the_core() -> None:
+    """The names stay what 0.1 workers read; copies among a message's headers (a handler
+    republishing what it got) are dropped, and reading strips them."""
+    assert (TARGET_GROUP, NOT_BEFORE) == ("eventbus-target-group", "eventbus-not-before")
+    republished = Message(
+        id="x", topic="t", body=b"", headers={TARGET_GROUP: "old", NOT_BEFORE: "1.0", "a": "1"}
+    )
+    plain = to_record(republished)
+    assert routing(plain.headers) == (None, None)
+    assert dict(plain.headers)["a"] == b"1"
+
+    targeted = to_record(republished, target_group="billing", not_before=1700000000.25)
+    names = dict(targeted.headers)
+    assert names[TARGET_GROUP] == b"billing"
+    assert names[NOT_BEFORE] == b"1700000000.250"
+    assert routing(targeted.headers) == ("billing", 1700000000.25)
+    assert _read(targeted.headers).headers == {"a": "1"}
+
+
+def test_unreadable_due_times_count_as_due() -> None:
+    for raw in (b"soon", b"nan", b"inf", b"\xff", b""):
+        assert routing([(NOT_BEFORE, raw)]) == (None, None)
+    assert routing([(NOT_BEFORE, None), (TARGET_GROUP, b"")]) == (None, None)
+
+
+def test_reply_to_is_read_back_and_is_not_an_application_header() -> None:
+    got = _read([("ce_id", b"x"), (REPLY_TO, b"replies")])
+    assert got.reply_to == "replies"
+    assert got.headers == {}
+    assert _read([("ce_id", b"x")]).reply_to is None

@@ -5,7 +5,7 @@ from collections.abc import Callable
 import pytest
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from eventbus_kafka import KafkaTransport
-from kafka_helpers import messages, take
+from kafka_helpers import messages, subscribe, take
 
 from eventbus.transports.base import Destination, SubscriptionSpec
 
@@ -48,7 +48,7 @@ async def test_published_keys_land_on_the_java_partition(
 ) -> None:
     topic = name("murmur")
     keys = list(JAVA_PARTITION_OF_6)
-    sub = await transport.subscribe(SubscriptionSpec(topic, "topic", f"{topic}-g", 100))
+    sub = await subscribe(transport, SubscriptionSpec(topic, "topic", f"{topic}-g", 100))
     batch = messages(topic, len(keys), key=lambda i: keys[i])
     await transport.publish(Destination(topic), batch)
     got = await take(sub, len(keys))

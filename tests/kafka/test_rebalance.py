@@ -4,13 +4,24 @@ late acks are not committed by its old owner."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
 from eventbus_kafka import KafkaTransport
-from kafka_helpers import Worker, group_of, messages, nothing_more, take, wait_until
+from kafka_helpers import (
+    Live,
+    RecordingOwner,
+    Worker,
+    group_of,
+    messages,
+    nothing_more,
+    subscribe,
+    take,
+    wait_until,
+)
 
-from eventbus.transports.base import Destination, RawDelivery, Subscription, SubscriptionSpec
+from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
 
 pytestmark = [pytest.mark.kafka, pytest.mark.reliability, pytest.mark.timeout(300)]
 
@@ -38,13 +49,13 @@ async def test_rebalancing_under_load_loses_nothing(
             await asyncio.sleep(0.05)
 
     try:
-        a = Worker(await transport.subscribe(spec(topic)), seed=1)
+        a = Worker(await subscribe(transport, spec(topic)), seed=1)
         publisher = asyncio.create_task(publish_all())
         await wait_until(lambda: len(published) >= total // 3)
-        b = Worker(await second.subscribe(spec(topic)), seed=2)  # joins under load
+        b = Worker(await subscribe(second, spec(topic)), seed=2)  # joins under load
         await wait_until(lambda: len(published) >= 2 * total // 3 and len(b.received) > 0)
         await a.close(finish=False)  # leaves with work in flight, never acked
-        c = Worker(await third.subscribe(spec(topic)), seed=3)  # joins under load
+        c = Worker(await subscribe(third, spec(topic)), seed=3)  # joins under load
         await publisher
         workers = (a, b, c)
         expected = {f"m{i}" for i in range(total)}
@@ -65,32 +76,50 @@ async def test_rebalancing_under_load_loses_nothing(
         await third.close()
 
 
-async def test_late_ack_after_revocation_is_not_committed(
-    transport: KafkaTransport,
-    open_transport: Callable[..., KafkaTransport],
-    name: Callable[[str], str],
+async def test_revocation_reports_what_outlives_the_drain_lost_and_ignores_its_acks(
+    open_transport: Callable[..., KafkaTransport], name: Callable[[str], str]
 ) -> None:
-    topic = name("revoke")
-    first = await transport.subscribe(spec(topic))
-    await transport.publish(Destination(topic), messages(topic, 12, key=lambda i: f"key-{i}"))
-    held = await take(first, 12)
+    """After the drain, exactly the deliveries still unsettled are reported to the owner,
+    before the partitions go; an ack during the drain still counts, their late acks do not."""
+    topic, drain = name("revoke"), 2.0
+    first_transport = open_transport(f"revoke_drain_timeout={drain}")
     other = open_transport()
+    await first_transport.connect()
     await other.connect()
     try:
-        second = await other.subscribe(spec(topic))  # the group rebalances: first loses all
-        for delivery in held:
-            await delivery.ack()  # too late: the partitions were revoked meanwhile
-        again = await take(first, 0) + await nothing_more(first, 3.0)
-        moved = await nothing_more(second, 0.5)
-        redelivered = sorted(d.message.id for d in again + moved)
-        assert redelivered == sorted(d.message.id for d in held)
-        assert moved, "the joiner owns some partitions and gets their unacked messages"
-        for delivery in again + moved:
+        owner = RecordingOwner()
+        first = await subscribe(first_transport, spec(topic), owner)
+        batch = messages(topic, 12, key=lambda i: f"key-{i}")
+        await first_transport.publish(Destination(topic), batch)
+        held = await take(first, 12)
+        early, during, late = held[:3], held[3], held[4:]
+        for delivery in early:
+            await delivery.ack()  # settled before the rebalance
+
+        started = time.monotonic()
+        joining = asyncio.create_task(subscribe(other, spec(topic)))  # first loses everything
+        await asyncio.sleep(drain / 4)
+        await during.ack()  # settled while the revocation drains: still counts
+        second = await joining
+        assert len(owner.lost_calls) == 1
+        lost = owner.lost_calls[0]
+        assert sorted(map(id, lost)) == sorted(map(id, late)), "exactly the unsettled ones"
+        assert owner.lost_at[0] - started >= drain * 0.9, "reported only after the drain"
+        for delivery in late:
+            await delivery.ack()  # no-ops: no longer this consumer's
+
+        # Every partition is owned by someone again; only the unsettled ones come back.
+        again = await nothing_more(first, 3.0) + await nothing_more(second, 0.5)
+        assert sorted(d.message.id for d in again) == sorted(d.message.id for d in late)
+        for delivery in again:
             await delivery.ack()
         await second.close()
+        await first.close()
+        offsets = await first_transport._admin.group_offsets(group_of(topic))
+        assert sum(o for (t, _), (o, _) in offsets.items() if t == topic) == 12
     finally:
         await other.close()
-    await first.close()
+        await first_transport.close()
 
 
 async def test_rebalance_never_handles_a_key_in_two_consumers_at_once(
@@ -109,7 +138,7 @@ async def test_rebalance_never_handles_a_key_in_two_consumers_at_once(
     class KeyWorker:
         """Handles each key's messages one at a time, in order, like the core's key lanes."""
 
-        def __init__(self, who: str, sub: Subscription, slow: float) -> None:
+        def __init__(self, who: str, sub: Live, slow: float) -> None:
             self.who, self.sub, self.slow = who, sub, slow
             self.lanes: dict[str, asyncio.Queue[RawDelivery]] = {}
             self.tasks: list[asyncio.Task[None]] = []
@@ -149,11 +178,11 @@ async def test_rebalance_never_handles_a_key_in_two_consumers_at_once(
     other = open_transport()
     await other.connect()
     try:
-        first = KeyWorker("A", await transport.subscribe(spec(topic, prefetch=64)), slow=0.25)
+        first = KeyWorker("A", await subscribe(transport, spec(topic, prefetch=64)), slow=0.25)
         batch = messages(topic, keys * per_key, key=lambda i: f"k{i % keys}")
         await transport.publish(Destination(topic), batch)
         await wait_until(lambda: sum(map(len, handled.values())) >= keys)  # A is busy
-        second = KeyWorker("B", await other.subscribe(spec(topic, prefetch=64)), slow=0.05)
+        second = KeyWorker("B", await subscribe(other, spec(topic, prefetch=64)), slow=0.05)
         await wait_until(
             lambda: len(handled) == keys and all(len(set(v)) == per_key for v in handled.values()),
             within=120,

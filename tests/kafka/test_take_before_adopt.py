@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 from eventbus_kafka.subscription import KafkaSubscription
 from eventbus_kafka.url import parse_url
+from kafka_helpers import RecordingOwner
 
 from eventbus.transports.base import SubscriptionSpec
 
@@ -39,22 +40,23 @@ async def test_records_of_an_unadopted_partition_wait_for_its_commit_metadata() 
     sub = KafkaSubscription(
         parse_url("kafka://127.0.0.1:9092"),
         SubscriptionSpec("orders", "topic", "g", 32),
+        RecordingOwner(),
         topics=["orders"],
         group="g",
         admin=None,  # type: ignore[arg-type]
     )
     consumer = FakeConsumer()
-    sub._consumer = consumer
+    sub._fetcher.consumer = consumer
     sub._owned.assign([tp])  # assigned inside getmany, not adopted yet
     sub._owned.adopt_needed = False
     batch = {tp: [record(tp, o) for o in range(5, 10)]}
 
-    sub._take(batch, 32)
-    assert not sub._buffer, "nothing is taken before the previous owner's metadata is read"
+    sub._fetcher.take(batch, 32)
+    assert not len(sub._buffer), "nothing is taken before the previous owner's metadata is read"
     assert consumer.seeks == [(tp, 5)]  # given back, fetched again after adoption
     assert sub._owned.adopt_needed
 
     # The previous owner committed 5 and had finished 6 and 8 above it.
     sub._owned.adopt({tp: 5}, {("orders", 0): (5, "eb1:1,3")})
-    sub._take(batch, 32)
-    assert [t.offset for t in sub._buffer] == [5, 7, 9]
+    sub._fetcher.take(batch, 32)
+    assert [t.offset for t in sub._buffer.take(32, sub._owned.current)] == [5, 7, 9]

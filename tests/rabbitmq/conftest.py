@@ -7,11 +7,15 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiormq
+import anyio
 import pytest
 from eventbus_rabbitmq import RabbitMQTransport
-from rabbit_helpers import CREATED, unique_suffix, with_options
+from rabbit_helpers import CREATED, Consumer, RecordingOwner, unique_suffix, with_options
+
+from eventbus.transports.base import Subscription, SubscriptionSpec
 
 Make = Callable[..., Awaitable[RabbitMQTransport]]
+Subscribe = Callable[[RabbitMQTransport, SubscriptionSpec], Awaitable[Consumer]]
 
 
 @pytest.fixture
@@ -36,6 +40,43 @@ async def make_transport(
     yield make
     for transport in made:
         await transport.close()
+
+
+@pytest.fixture
+async def subscribe(make_transport: Make) -> AsyncIterator[Subscribe]:
+    """``await subscribe(transport, spec)``: subscribes with a `RecordingOwner` and runs the
+    subscription's ``run`` in a task group, as the core does; returns once it is live (errors
+    before that are raised here). After the test, every subscription is closed, and a ``run``
+    that failed meanwhile fails the test."""
+    running: list[tuple[Subscription, asyncio.Task[None]]] = []
+
+    async def serve(sub: Subscription, live: asyncio.Future[None]) -> None:
+        try:
+            async with anyio.create_task_group() as tasks:
+                await tasks.start(sub.run)
+                live.set_result(None)
+        except BaseException as e:
+            if live.done():
+                raise
+            while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+                e = e.exceptions[0]  # the task group wraps what run() raised before started()
+            live.set_exception(e)
+
+    async def start(transport: RabbitMQTransport, spec: SubscriptionSpec) -> Consumer:
+        owner = RecordingOwner()
+        sub = await transport.subscribe(spec, owner)
+        live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A task, not a task group: pytest-asyncio runs fixture teardown in another task.
+        running.append((sub, asyncio.create_task(serve(sub, live))))
+        await live
+        return Consumer(sub, owner)
+
+    yield start
+    for sub, _task in running:
+        await sub.close()
+    with anyio.fail_after(30):
+        for _sub, task in running:
+            await task  # run() returns after close(), and raised nothing meanwhile
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,6 +1,11 @@
 """Helpers shared by the RabbitMQ adapter tests (imported by module name: tests are no package)."""
 
+import asyncio
+import subprocess
+import time
 import uuid
+from collections import deque
+from collections.abc import Sequence
 
 import anyio
 
@@ -16,32 +21,94 @@ def unique_suffix() -> str:
     return suffix
 
 
+def close_connections(name: str) -> int:
+    """``rabbitmqctl close_connection`` on every connection named ``name``; how many."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties", "--no-table-headers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    closed = 0
+    for line in listed.stdout.splitlines():
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name}"}}' in properties:
+            subprocess.run(
+                ["rabbitmqctl", "-q", "close_connection", pid.strip(), "test: connection lost"],
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+            closed += 1
+    return closed
+
+
 def with_options(url: str, options: str) -> str:
     if not options:
         return url
     return f"{url}{'&' if '?' in url else '?'}{options}"
 
 
-async def take(subscription: Subscription, count: int, within: float = 30.0) -> list[RawDelivery]:
+class RecordingOwner:
+    """A `DeliveryOwner` that records what it is told: ``calls`` holds (monotonic time, the
+    deliveries) per ``lost`` call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, list[RawDelivery]]] = []
+        self._told = asyncio.Event()
+
+    async def lost(self, deliveries: Sequence[RawDelivery]) -> None:
+        self.calls.append((time.monotonic(), list(deliveries)))
+        self._told.set()
+
+    async def told(self, within: float = 10.0) -> tuple[float, list[RawDelivery]]:
+        """The first ``lost`` call, waiting up to ``within`` seconds for it."""
+        with anyio.fail_after(within):
+            await self._told.wait()
+        return self.calls[0]
+
+
+class Consumer:
+    """A subscription whose ``run`` is running (as the core runs it), with a recording owner.
+    The take helpers below flatten its batches; what a batch held beyond what was asked for
+    stays here (handed out, unsettled) for the next call."""
+
+    def __init__(self, sub: Subscription, owner: RecordingOwner) -> None:
+        self.sub = sub
+        self.owner = owner
+        self.batches: list[int] = []  # size of every batch yielded
+        self.ready: deque[RawDelivery] = deque()
+
+    async def next_batch(self) -> Sequence[RawDelivery]:
+        batch = await anext(aiter(self.sub))
+        assert batch, "batches are never empty"
+        self.batches.append(len(batch))
+        return batch
+
+    async def stop(self) -> None:
+        await self.sub.stop()
+
+    async def close(self) -> None:
+        await self.sub.close()
+
+
+async def take(consumer: Consumer, count: int, within: float = 30.0) -> list[RawDelivery]:
     """The next ``count`` deliveries (unsettled); fails after ``within`` seconds."""
-    got: list[RawDelivery] = []
     with anyio.fail_after(within):
-        iterator = aiter(subscription)
-        while len(got) < count:
-            got.append(await anext(iterator))
-    return got
+        while len(consumer.ready) < count:
+            consumer.ready.extend(await consumer.next_batch())
+    return [consumer.ready.popleft() for _ in range(count)]
 
 
-async def next_or_none(subscription: Subscription, quiet: float) -> RawDelivery | None:
+async def next_or_none(consumer: Consumer, quiet: float) -> RawDelivery | None:
     """The next delivery, or None when nothing arrives for ``quiet`` seconds."""
-    with anyio.move_on_after(quiet):
-        return await anext(aiter(subscription))
-    return None
+    if not consumer.ready:
+        with anyio.move_on_after(quiet):
+            consumer.ready.extend(await consumer.next_batch())
+    return consumer.ready.popleft() if consumer.ready else None
 
 
-async def nothing_more(subscription: Subscription, quiet: float = 1.0) -> bool:
+async def nothing_more(consumer: Consumer, quiet: float = 1.0) -> bool:
     """True when nothing arrives for ``quiet`` seconds."""
-    with anyio.move_on_after(quiet):
-        await anext(aiter(subscription))
-        return False
-    return True
+    return await next_or_none(consumer, quiet) is None

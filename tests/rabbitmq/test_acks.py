@@ -10,7 +10,7 @@ import pytest
 from eventbus_rabbitmq import RabbitMQTransport
 from eventbus_rabbitmq.acks import WINDOW
 from eventbus_rabbitmq.subscription import RabbitSubscription
-from rabbit_helpers import next_or_none, nothing_more, take
+from rabbit_helpers import Consumer, next_or_none, nothing_more, take
 
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
@@ -18,6 +18,7 @@ from eventbus.transports.base import Destination, RawDelivery, SubscriptionSpec
 pytestmark = pytest.mark.amqp
 
 Make = Callable[..., Awaitable[RabbitMQTransport]]
+Subscribe = Callable[[RabbitMQTransport, SubscriptionSpec], Awaitable[Consumer]]
 
 
 def msg(queue: str, i: int) -> Message:
@@ -34,12 +35,12 @@ async def filled(transport: RabbitMQTransport, queue: str, count: int) -> None:
 
 
 async def test_release_between_acks_is_redelivered_and_an_unsettled_gap_is_not_acked(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-gap")
     await filled(transport, q, 10)
-    sub = await transport.subscribe(spec(q, prefetch=50))  # batches of 5 acks
+    sub = await subscribe(transport, spec(q, prefetch=50))  # batches of 5 acks
     got = await take(sub, 10)
     # m3 stays unsettled; m6 is released between acks recorded in the same turn, so a
     # coalesced ack(multiple=True) over them must neither swallow the release nor ack m3.
@@ -53,7 +54,7 @@ async def test_release_between_acks_is_redelivered_and_an_unsettled_gap_is_not_a
     await again.ack()
     assert await nothing_more(sub)
     await sub.close()  # m3 is requeued; every ack above went out before the close
-    reopened = await transport.subscribe(spec(q, prefetch=50))
+    reopened = await subscribe(transport, spec(q, prefetch=50))
     (left,) = await take(reopened, 1)
     assert (left.message.id, left.redelivered) == ("m3", True)
     await left.ack()
@@ -61,12 +62,12 @@ async def test_release_between_acks_is_redelivered_and_an_unsettled_gap_is_not_a
 
 
 async def test_release_right_after_acks_of_lower_tags_is_redelivered(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-release")
     await filled(transport, q, 8)
-    sub = await transport.subscribe(spec(q, prefetch=100))  # batches of 10: all recorded
+    sub = await subscribe(transport, spec(q, prefetch=100))  # batches of 10: all recorded
     first = await take(sub, 8)
     for d in first[:5]:
         await d.ack()  # recorded, not written yet
@@ -78,17 +79,17 @@ async def test_release_right_after_acks_of_lower_tags_is_redelivered(
     assert again.redelivered
     await again.ack()
     await sub.close()
-    reopened = await transport.subscribe(spec(q, prefetch=100))
+    reopened = await subscribe(transport, spec(q, prefetch=100))
     assert await nothing_more(reopened)
 
 
 async def test_acks_above_an_unsettled_delivery_free_prefetch_slots(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-slots")
     await filled(transport, q, 30)
-    sub = await transport.subscribe(spec(q, prefetch=20))
+    sub = await subscribe(transport, spec(q, prefetch=20))
     first = await take(sub, 20)  # the prefetch window is full
     for d in first[1:]:
         await d.ack()  # m0 holds the lowest tag, unsettled
@@ -103,12 +104,12 @@ async def test_acks_above_an_unsettled_delivery_free_prefetch_slots(
 
 
 async def test_a_lone_ack_below_the_batch_size_is_written_by_the_timer(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-timer")
     await filled(transport, q, 101)
-    sub = await transport.subscribe(spec(q, prefetch=100))  # batches of 10
+    sub = await subscribe(transport, spec(q, prefetch=100))  # batches of 10
     first = await take(sub, 100)
     await first[0].ack()  # one ack: only the timer sends it
     (late,) = await take(sub, 1, within=10)
@@ -120,18 +121,18 @@ async def test_a_lone_ack_below_the_batch_size_is_written_by_the_timer(
 
 
 async def test_after_a_lost_channel_only_unsettled_deliveries_come_back(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-lost")
     await filled(transport, q, 8)
-    sub = await transport.subscribe(spec(q, prefetch=100))
-    assert isinstance(sub, RabbitSubscription)
+    sub = await subscribe(transport, spec(q, prefetch=100))
+    assert isinstance(sub.sub, RabbitSubscription)
     got = await take(sub, 8)
     for d in got[:3] + got[4:]:
         await d.ack()
     await anyio.sleep(WINDOW * 5)  # written by now
-    channel = sub.channel
+    channel = sub.sub.channel
     assert channel is not None
     # The broker closes the channel (404): like a lost channel, it requeues what is unacked.
     with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
@@ -143,15 +144,15 @@ async def test_after_a_lost_channel_only_unsettled_deliveries_come_back(
 
 
 async def test_acks_recorded_when_the_channel_dies_are_redelivered_not_lost(
-    make_transport: Make, name: Callable[[str], str]
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe
 ) -> None:
     transport = await make_transport()
     q = name("acks-unwritten")
     await filled(transport, q, 5)
-    sub = await transport.subscribe(spec(q, prefetch=100))
-    assert isinstance(sub, RabbitSubscription)
+    sub = await subscribe(transport, spec(q, prefetch=100))
+    assert isinstance(sub.sub, RabbitSubscription)
     got = await take(sub, 5)
-    channel = sub.channel
+    channel = sub.sub.channel
     assert channel is not None
     for d in got[:4]:
         await d.ack()  # recorded; the channel may die before the timer writes them
@@ -171,7 +172,10 @@ async def test_acks_recorded_when_the_channel_dies_are_redelivered_not_lost(
 
 
 async def test_acks_racing_a_close_never_break_the_channel(
-    make_transport: Make, name: Callable[[str], str], caplog: pytest.LogCaptureFixture
+    make_transport: Make,
+    name: Callable[[str], str],
+    caplog: pytest.LogCaptureFixture,
+    subscribe: Subscribe,
 ) -> None:
     """Handlers finishing while close() requeues what is unsettled: an ack written after that
     requeue would name a tag the broker no longer knows (406, the channel dies with an error).
@@ -180,7 +184,7 @@ async def test_acks_racing_a_close_never_break_the_channel(
     transport = await make_transport()
     q = name("acks-close-race")
     await filled(transport, q, 40)
-    sub = await transport.subscribe(spec(q, prefetch=100))
+    sub = await subscribe(transport, spec(q, prefetch=100))
     got = await take(sub, 40)
     acked: list[str] = []
 
@@ -195,7 +199,7 @@ async def test_acks_racing_a_close_never_break_the_channel(
         await anyio.sleep(0.002)
         await sub.close()
     assert not [r for r in caplog.records if "close failed" in r.getMessage()]
-    reopened = await transport.subscribe(spec(q, prefetch=100))
+    reopened = await subscribe(transport, spec(q, prefetch=100))
     back: list[str] = []
     while (d := await next_or_none(reopened, quiet=1.0)) is not None:
         back.append(d.message.id)
@@ -203,3 +207,25 @@ async def test_acks_racing_a_close_never_break_the_channel(
     assert len(back) == len(set(back))
     # Nothing lost: every message was acked in time or comes back.
     assert set(back) | set(acked) == {f"m{i}" for i in range(40)}
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+async def test_releases_after_stop_come_back_in_delivery_order(
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe, queue_type: str
+) -> None:
+    """The core releases what it did not finish while stopping, newest first; a quorum queue
+    redelivers nacked messages in nack order. Held until the close, they come back in order."""
+    transport = await make_transport(f"queue_type={queue_type}")
+    q = name("acks-stop-order")
+    await filled(transport, q, 6)
+    sub = await subscribe(transport, spec(q, prefetch=10))
+    got = await take(sub, 6)
+    await got[0].ack()
+    await sub.stop()
+    for delivery in reversed(got[1:]):
+        await delivery.release()
+    await sub.close()
+    reopened = await subscribe(transport, spec(q, prefetch=10))
+    back = await take(reopened, 5)
+    assert [d.message.id for d in back] == ["m1", "m2", "m3", "m4", "m5"]
+    assert all(d.redelivered for d in back)

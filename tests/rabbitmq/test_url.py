@@ -1,6 +1,7 @@
 """URL parsing and validation (no broker needed)."""
 
 import pytest
+from eventbus_rabbitmq.connection import Connector
 from eventbus_rabbitmq.url import parse_url
 
 from eventbus.errors import ConfigurationError
@@ -50,7 +51,17 @@ def test_bad_urls(url: str) -> None:
         parse_url(url)
 
 
-def test_error_messages_do_not_show_the_password() -> None:
+@pytest.mark.parametrize(
+    "url", ["amqp://user:s3cret@h:bad/", "amqpx://user:s3cret@h/", "amqp://user:s3cret@:5672/"]
+)
+def test_error_messages_do_not_show_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        parse_url("amqp://user:s3cret@h:bad/")
+        parse_url(url)
     assert "s3cret" not in str(info.value)
+
+
+def test_the_name_option_names_the_connections_by_purpose() -> None:
+    settings = parse_url("amqp://guest:guest@127.0.0.1:5672/?name=billing")
+    assert Connector(settings, "consumer").name == "billing consumer"
+    plain = parse_url("amqp://guest:guest@127.0.0.1:5672/")
+    assert Connector(plain, "publisher").name == "eventbus publisher"

@@ -3,10 +3,12 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from eventbus_rabbitmq import wire
 from pamqp.commands import Basic
 
 from eventbus.message import Message
+from eventbus.transports.cloudevents import format_time
 
 
 def _roundtrip(message: Message) -> Message:
@@ -31,8 +33,34 @@ def test_roundtrip_keeps_every_attribute() -> None:
         type="OrderPlaced",
         timestamp=datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC),
         correlation_id="corr-1",
+        reply_to="replies.client-7",
     )
     assert _roundtrip(message) == message
+
+
+def test_reply_to_is_the_native_amqp_property() -> None:
+    message = Message(id="i", topic="t", body=b"", reply_to="replies.client-7")
+    properties = wire.encode(message)
+    assert properties.reply_to == "replies.client-7"
+    assert "eventbus-reply-to" not in (properties.headers or {})
+    assert _roundtrip(Message(id="i", topic="t", body=b"")).reply_to is None
+    # A foreign request (no CloudEvents headers) with a reply address: read back as it is.
+    foreign = wire.decode(
+        "t",
+        b"",
+        Basic.Properties(reply_to="amq.rabbitmq.reply-to.g1h"),
+        exchange="",
+        routing_key="t",
+    )
+    assert foreign.reply_to == "amq.rabbitmq.reply-to.g1h"
+
+
+def test_a_reply_address_too_long_for_the_property_travels_whole() -> None:
+    long_address = "replies." + "x" * 300
+    message = Message(id="i", topic="t", body=b"", reply_to=long_address)
+    properties = wire.encode(message)
+    assert properties.reply_to is not None and len(properties.reply_to.encode()) <= 255
+    assert _roundtrip(message).reply_to == long_address
 
 
 def test_native_properties_and_cloudevents_headers() -> None:
@@ -46,7 +74,8 @@ def test_native_properties_and_cloudevents_headers() -> None:
     headers = properties.headers or {}
     assert headers["cloudEvents_specversion"] == "1.0"
     assert headers["cloudEvents_source"]
-    assert headers["cloudEvents_time"] == message.timestamp.isoformat()
+    assert headers["cloudEvents_time"] == format_time(message.timestamp)
+    assert headers["cloudEvents_time"].endswith("Z")
     assert headers[wire.KEY_HEADER] == "k"
 
 
@@ -110,3 +139,20 @@ def test_broker_hop_headers_do_not_change_the_derived_id() -> None:
     second = wire.decode("q", b"b", dead_lettered, exchange="", routing_key="q")
     assert first.id == second.id
     assert first.key is None, "no key from the default exchange's routing key (a queue name)"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "2024-05-01T12:30:15.123456Z",
+        "2024-05-01T12:30:15.123456+00:00",
+        "2024-05-01T14:30:15.123456+02:00",
+    ],
+)
+def test_cloudevents_time_is_read_in_either_form(written: str) -> None:
+    """0.2 writes RFC 3339 with a Z; 0.1 wrote +00:00 (a rolling upgrade reads both)."""
+    properties = Basic.Properties(
+        headers={"cloudEvents_specversion": "1.0", "cloudEvents_time": written}
+    )
+    message = wire.decode("t", b"", properties, exchange="t", routing_key="k")
+    assert message.timestamp == datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)

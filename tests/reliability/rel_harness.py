@@ -47,6 +47,7 @@ from rel_proxy import TcpProxy
 
 from eventbus import EventBus
 from eventbus import headers as h
+from eventbus.testing.spi import open_subscription
 from eventbus.transports.base import SubscriptionSpec
 from eventbus.transports.registry import transport_for_url
 
@@ -250,15 +251,14 @@ class DeadLetterReader:
             transport = transport_for_url(self.url)
             try:
                 await transport.connect()
-                sub = await transport.subscribe(SubscriptionSpec(self.name, "queue", None, 1000))
-                try:
-                    async for raw in sub:
+                spec = SubscriptionSpec(self.name, "queue", None, 1000)
+                async with open_subscription(transport, spec) as opened:
+                    while True:
+                        raw = await opened.next()
                         m = raw.message
                         copy = (m.id, m.headers.get(h.FAILED_AT, ""))
                         self.copies[copy] = m.headers.get(h.DLQ_REASON, "")
                         await raw.ack()
-                finally:
-                    await sub.close()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -5,8 +5,10 @@ from typing import Any
 import pydantic
 import pytest
 
-from eventbus import JsonCodec, Message
-from eventbus.codecs import DecodeError
+from eventbus import BrokerUnavailableError, Delivery, EventBus, JsonCodec, Message, RetryPolicy
+from eventbus.codecs import DecodeError, Encoded
+from eventbus.testing import MemoryBroker
+from eventbus.testing.conformance import wait_for
 
 
 class Order(pydantic.BaseModel):
@@ -63,3 +65,45 @@ def test_decode_follows_the_annotation() -> None:
 def test_decode_errors_are_decode_errors(body: bytes, target: Any) -> None:
     with pytest.raises(DecodeError, match=r"cannot decode body|expected a JSON object"):
         decode(body, target)
+
+
+class RegistryCodec:
+    """An asynchronous codec, as a schema-registry codec is: it sees the destination, and its
+    registry can be down."""
+
+    def __init__(self) -> None:
+        self.destinations: list[str] = []
+        self.outages = 2
+
+    async def encode(self, payload: object, destination: str) -> Encoded:
+        self.destinations.append(destination)
+        return JsonCodec().encode(payload)
+
+    async def decode(self, message: Message, target: Any) -> object:
+        if self.outages:
+            self.outages -= 1
+            raise BrokerUnavailableError("registry:8081", "connection refused")
+        return JsonCodec().decode(message, target)
+
+
+async def test_an_async_codec_sees_the_destination_and_its_outage_spends_no_attempt(
+    url: str, broker: MemoryBroker
+) -> None:
+    codec = RegistryCodec()
+    bus = EventBus(url, codec=codec)
+    got: list[tuple[int, int]] = []
+
+    @bus.subscribe("orders", group="g", retry=RetryPolicy(max_attempts=1))
+    async def handle(order: Order, delivery: Delivery) -> None:
+        got.append((order.id, delivery.attempt))
+
+    async with bus:
+        await bus.publish("orders", Order(id=1))
+        await bus.send("jobs", Order(id=2))
+        await bus.publish_many("orders", [Order(id=3)])
+        await wait_for(lambda: len(got) == 2)
+    assert codec.destinations == ["orders", "jobs", "orders"]
+    assert sorted(got) == [(1, 1), (3, 1)], "the outage spent no attempt"
+    assert broker.published("orders.g.dlq") == []
+    with pytest.raises(TypeError, match="synchronous codec"):
+        bus.build_message("orders", Order(id=4))

@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from eventbus.message import Message
 
-__all__ = ["Codec", "DecodeError", "Encoded"]
+__all__ = ["AsyncCodec", "Codec", "DecodeError", "Encoded"]
 
 
 class DecodeError(Exception):
@@ -34,3 +34,17 @@ class Codec(Protocol):
     def encode(self, payload: object) -> Encoded: ...
 
     def decode(self, message: Message, target: Any) -> object: ...
+
+
+@runtime_checkable
+class AsyncCodec(Protocol):
+    """A codec that needs I/O, such as a schema registry: both methods are coroutines, and
+    ``encode`` sees the destination (topic or queue name) it publishes to, from which a
+    registry subject is derived. ``decode`` sees the message (its ``topic`` included).
+
+    The bus tells the two kinds apart by whether ``encode`` is a coroutine function.
+    """
+
+    async def encode(self, payload: object, destination: str) -> Encoded: ...
+
+    async def decode(self, message: Message, target: Any) -> object: ...

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.backoff import Backoff
 from eventbus.dispatch.inflight import InFlight
@@ -47,13 +47,26 @@ class ConsumeLoop:
         self._backoff = Backoff(0.2, 10.0)
         self._stopping = False
         self._stopped = anyio.Event()
+        self._closed = anyio.Event()
         self.current: Subscription | None = None
         self._paused = False
 
+    async def start(self, group: TaskGroup) -> None:
+        """Run in ``group``; return once live. A start-up failure is raised as itself: a user
+        of ``async with bus`` whose broker is unreachable gets `BrokerUnavailableError`, not
+        nested exception groups."""
+        try:
+            await group.start(self.run)
+        except BaseExceptionGroup as error:
+            leaves = _leaves(error)
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Consume until cancelled; ``task_status.started()`` once the first subscription is
-        live. After a stop it keeps the subscription's background work (commits) running
-        until the caller cancels it and calls `aclose`."""
+        """Consume until `aclose`; ``task_status.started()`` once the first subscription is
+        live. After `stop` the subscription's background work (commits) keeps running until
+        `aclose` closed the subscription."""
         live = False
         while not self._stopping:
             try:
@@ -68,7 +81,13 @@ class ConsumeLoop:
                         task_status.started()
                     self._backoff.up()
                     await self._fetch(sub)
-                    await anyio.sleep_forever()
+                    if not self._stopping:
+                        raise RuntimeError("the subscription ended without being stopped")
+                    # Stopped: the background work (commits) goes on while the runner settles
+                    # or releases what is in flight; `aclose` closes the subscription, which
+                    # ends its `run`. One that does not end by itself is cancelled then.
+                    await self._closed.wait()
+                    tg.cancel_scope.cancel()
             except Exception as exc:
                 if not live:
                     raise
@@ -140,8 +159,16 @@ class ConsumeLoop:
         self._stopping = True
         self._stopped.set()
         sub, self.current = self.current, None
-        if sub is not None:
-            try:
+        try:
+            if sub is not None:
                 await sub.close()
-            except Exception:
-                log.exception("%s: closing the subscription failed", self._sub.describe())
+        except Exception:
+            log.exception("%s: closing the subscription failed", self._sub.describe())
+        finally:
+            self._closed.set()
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

@@ -14,7 +14,6 @@ from the lanes, and work still running on them is cancelled before `lost` return
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import random
 from collections.abc import Sequence
@@ -22,8 +21,9 @@ from collections.abc import Sequence
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from eventbus.codecs.base import Codec
+from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
+from eventbus.dispatch.decode import Decoder, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
@@ -34,7 +34,7 @@ from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import LeaseLostError
-from eventbus.message import Delivery, Message
+from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
 __all__ = ["SubscriptionRunner"]
@@ -49,14 +49,12 @@ class SubscriptionRunner:
         self,
         subscriber: Subscriber,
         transport: Transport,
-        codec: Codec,
+        codec: Codec | AsyncCodec,
         middleware: Sequence[Middleware] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.subscriber = subscriber
         options = subscriber.options
-        self._codec = codec
-        self._async_codec = inspect.iscoroutinefunction(codec.decode)
         self._rng = rng or random.Random()
         self._limiter = Slots(options.concurrency)
         self._in_flight: InFlight[DeliveryState] = InFlight(options.in_flight_limit)
@@ -76,6 +74,12 @@ class SubscriptionRunner:
             subscriber, self._in_flight, self._republisher, self._guard, self._rng
         )
         self._handler = build_handler(subscriber, middleware)
+        self._decoder = Decoder(
+            codec,
+            subscriber.handler.payload_type,
+            self._sleep_unless_stopping,
+            subscriber.describe(),
+        )
         self._consume = ConsumeLoop(
             subscriber, transport, self, self._in_flight, self._accept, self._lose_all
         )
@@ -83,33 +87,43 @@ class SubscriptionRunner:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe (live once ``task_status.started()`` fires), then consume until aborted."""
+        """Subscribe (live once ``task_status.started()`` fires), then consume until aborted.
+
+        Stopping goes in the order the SPI promises: handlers still running past the graceful
+        timeout are cancelled, what is unsettled is released, then the subscription is closed,
+        and only then does its background work end."""
         try:
             with anyio.CancelScope() as guard:
                 async with anyio.create_task_group() as work:
-                    self._work = work
-                    self._lanes = KeyLanes(
-                        work,
-                        self._handle,
-                        lambda: not self._stopping,
-                        self.subscriber.options.concurrency,
-                    )
-                    await work.start(self._consume.run)
-                    # Live: from now on only `abort` (after the drain) ends the work. Otherwise
-                    # cancelling the scope that hosts the bus -- a cancelled `bus.run()`, which
-                    # is how the CLI stops on SIGTERM -- would cancel in-flight handlers at
-                    # once instead of draining (DESIGN 3.8).
-                    guard.shield = True
-                    task_status.started()
-                    await self._abort.wait()
-                    # Past the graceful timeout: cancel what still runs. Its messages stay
-                    # unsettled and are released below, so they are redelivered, never acked.
-                    work.cancel_scope.cancel()
+                    async with anyio.create_task_group() as handlers:
+                        self._work = handlers
+                        self._lanes = KeyLanes(
+                            handlers,
+                            self._handle,
+                            lambda: not self._stopping,
+                            self.subscriber.options.concurrency,
+                        )
+                        await self._consume.start(work)
+                        # Live: from now on only `abort` (after the drain) ends the work.
+                        # Otherwise cancelling the scope that hosts the bus -- a cancelled
+                        # `bus.run()`, which is how the CLI stops on SIGTERM -- would cancel
+                        # in-flight handlers at once instead of draining (DESIGN 3.8).
+                        guard.shield = True
+                        task_status.started()
+                        await self._abort.wait()
+                        # Past the graceful timeout: cancel what still runs. Its messages stay
+                        # unsettled and are released below: redelivered, never acked.
+                        handlers.cancel_scope.cancel()
+                    await self._close()
         finally:
             with anyio.CancelScope(shield=True):
-                await self._release_unsettled()
-                await self._consume.aclose()
-                self.closed.set()
+                await self._close()
+
+    async def _close(self) -> None:
+        if not self.closed.is_set():
+            await self._release_unsettled()
+            await self._consume.aclose()
+            self.closed.set()
 
     async def drain(self) -> None:
         """Stop fetching and wait until every started handler finished and every started
@@ -212,7 +226,9 @@ class SubscriptionRunner:
         options = sub.options
         message = state.raw.message
         try:
-            payload = await self._decode(message)
+            payload = await self._decoder.decode(message)
+        except Stopping:
+            return False
         except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
             log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
             await state.carry_out(DeadLetter("undecodable"), exc)
@@ -303,14 +319,6 @@ class SubscriptionRunner:
             if options.ack_timeout is not None and self._work is not None:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             return True
-
-    async def _decode(self, message: Message) -> object:
-        target = self.subscriber.handler.payload_type
-        if target is None or target is Message:
-            return message
-        if self._async_codec:
-            return await self._codec.decode(message, target)  # type: ignore[misc]
-        return self._codec.decode(message, target)
 
     async def _expire(self, state: DeliveryState, after: float) -> None:
         # Ends as soon as the delivery is settled, so timers do not pile up under load.

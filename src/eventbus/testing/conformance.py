@@ -29,10 +29,18 @@ import anyio
 import pydantic
 import pytest
 
-from eventbus import Delivery, EventBus, MemoryDedupStore, Message, Reject, RetryPolicy
+from eventbus import (
+    Delivery,
+    EventBus,
+    MemoryDedupStore,
+    Message,
+    Reject,
+    RetryPolicy,
+    UnroutableError,
+)
 from eventbus import headers as h
 from eventbus.dlq import dlq_replay, dlq_show
-from eventbus.transports.base import Capabilities
+from eventbus.transports.base import Capabilities, Destination
 
 __all__ = ["ConformanceSuite", "wait_for"]
 
@@ -133,6 +141,57 @@ class ConformanceSuite:
         assert model.type == "Order"
         assert model.content_type == "application/json"
         assert Order.model_validate_json(model.body) == Order(id=7, note="ß")
+
+    async def test_reply_address_travels_with_the_message(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        bus, queue = make_bus(), name("replyto")
+        got: list[Message] = []
+
+        @bus.consume(queue)
+        async def handler(message: Message) -> None:
+            got.append(message)
+
+        async with bus:
+            request = Message(id="r-1", topic=queue, body=b"{}", reply_to=name("replies"))
+            await bus.transport.publish(Destination(queue, "queue"), [request])
+            await wait_for(lambda: len(got) == 1)
+        assert got[0].reply_to == name("replies") and got[0].id == "r-1"
+
+    async def test_publish_before_any_group_follows_capabilities(
+        self,
+        make_bus: Callable[..., EventBus],
+        name: Callable[[str], str],
+        capabilities: Capabilities,
+    ) -> None:
+        bus, topic = make_bus(), name("unbound")
+        async with bus:
+            if capabilities.unbound_topic == "refuse":
+                with pytest.raises(UnroutableError):
+                    await bus.publish(topic, Order(id=1))
+            else:
+                await bus.publish(topic, Order(id=1))  # kept: no error
+
+    async def test_pause_hands_out_nothing_until_resumed(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        bus, topic = make_bus(), name("pause")
+        got: list[int] = []
+
+        @bus.subscribe(topic, group=name("g"))
+        async def handler(order: Order) -> None:
+            got.append(order.id)
+
+        async with bus:
+            await bus.publish(topic, Order(id=1))
+            await wait_for(lambda: got == [1])
+            [runner] = bus._runners
+            runner.pause()
+            await bus.publish(topic, Order(id=2))
+            await anyio.sleep(self.settle_time)
+            assert got == [1], "nothing is handed out while paused"
+            runner.resume()
+            await wait_for(lambda: got == [1, 2], what="the message published while paused")
 
     async def test_fan_out_to_two_groups(
         self, make_bus: Callable[..., EventBus], name: Callable[[str], str]

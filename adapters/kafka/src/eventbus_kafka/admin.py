@@ -14,7 +14,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import for_code  # type: ignore[import-untyped]
 
-from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.errors import AuthorizationError, BrokerUnavailableError, ConfigurationError
 from eventbus_kafka.errors import is_transient
 from eventbus_kafka.url import KafkaSettings
 
@@ -100,7 +100,8 @@ class TopicAdmin:
                 self._ensured.add(name)  # may not create topics, but this one exists: fine
                 continue
             error = for_code(code)
-            raise ConfigurationError(
+            refused = AuthorizationError if code in _AUTHORIZATION_FAILED else ConfigurationError
+            raise refused(
                 f"cannot create Kafka topic {name!r} ({settings.partitions} partitions, "
                 f"replication factor {settings.replication_factor}): "
                 f"{error.__name__}: {message or error.description}"

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 from aiokafka.errors import CommitFailedError  # type: ignore[import-untyped]
 
 from eventbus_kafka.offsets import PartitionOffsets
@@ -53,8 +54,9 @@ class Committer:
         if not offsets:
             return True
         try:
-            async with asyncio.timeout(within), self._lock:
-                await consumer.commit({tp: state for tp, (_, state) in offsets.items()})
+            with anyio.fail_after(within):
+                async with self._lock:
+                    await consumer.commit({tp: state for tp, (_, state) in offsets.items()})
         except CommitFailedError as exc:
             # The group rebalanced under us: the revoke hook committed what was safe, and the
             # new owner redelivers the rest.

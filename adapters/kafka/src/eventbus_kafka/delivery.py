@@ -48,19 +48,20 @@ class Taken:
 
 
 class _Settler(Protocol):
-    def settled(self, taken: Taken, *, done: bool) -> None: ...
+    def settled(self, delivery: KafkaDelivery, *, done: bool) -> None: ...
 
 
 class KafkaDelivery:
     """`RawDelivery` for Kafka. ``ack`` marks the offset finished (committed later, never past
     an unfinished one); ``release`` leaves it unfinished so it comes back. Both are idempotent
-    and no-ops once the partition was revoked or the subscription closed."""
+    and no-ops once the delivery was reported lost (`detach`), its partition revoked or the
+    subscription closed."""
 
-    __slots__ = ("_settled", "_settler", "_taken", "message", "native", "redelivered")
+    __slots__ = ("_settled", "_settler", "message", "native", "redelivered", "taken")
 
     def __init__(self, settler: _Settler, taken: Taken, message: Message) -> None:
         self._settler = settler
-        self._taken = taken
+        self.taken = taken
         self._settled = False
         self.message = message
         self.redelivered = taken.redelivered
@@ -69,18 +70,22 @@ class KafkaDelivery:
             "offset": str(taken.offset),
         }
 
+    def detach(self) -> None:
+        """No longer this process's (reported lost): later settles do nothing."""
+        self._settled = True
+
     async def ack(self) -> None:
         if not self._settled:
             self._settled = True
-            self._settler.settled(self._taken, done=True)
+            self._settler.settled(self, done=True)
 
     async def release(self) -> None:
         if not self._settled:
             self._settled = True
-            self._settler.settled(self._taken, done=False)
+            self._settler.settled(self, done=False)
 
     def __repr__(self) -> str:
         return (
-            f"<KafkaDelivery {self._taken.record.topic}/{self._taken.partition}/"
-            f"{self._taken.offset} id={self.message.id}>"
+            f"<KafkaDelivery {self.taken.record.topic}/{self.taken.partition}/"
+            f"{self.taken.offset} id={self.message.id}>"
         )

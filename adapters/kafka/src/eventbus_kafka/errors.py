@@ -5,6 +5,8 @@ from __future__ import annotations
 from aiokafka import errors as kafka_errors  # type: ignore[import-untyped]
 
 from eventbus.errors import (
+    AuthenticationError,
+    AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
@@ -33,14 +35,22 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 # Errors retrying cannot fix: the caller must change credentials, ACLs or configuration.
-_FATAL: tuple[type[BaseException], ...] = (
-    kafka_errors.TopicAuthorizationFailedError,
-    kafka_errors.GroupAuthorizationFailedError,
-    kafka_errors.ClusterAuthorizationFailedError,
+# Who we are was refused (the CLI exits 6):
+_AUTHENTICATION: tuple[type[BaseException], ...] = (
     kafka_errors.AuthenticationFailedError,
     kafka_errors.AuthenticationMethodNotSupported,
     kafka_errors.UnsupportedSaslMechanismError,
     kafka_errors.SaslAuthenticationFailed,
+)
+# What we asked was refused, ACLs (the CLI exits 6):
+_AUTHORIZATION: tuple[type[BaseException], ...] = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
+)
+_FATAL: tuple[type[BaseException], ...] = (
+    *_AUTHENTICATION,
+    *_AUTHORIZATION,
     kafka_errors.InvalidTopicError,
     kafka_errors.InvalidGroupIdError,
     kafka_errors.IncompatibleBrokerVersion,
@@ -65,8 +75,13 @@ def translate(exc: BaseException, address: str) -> EventBusError:
         return exc
     if isinstance(exc, kafka_errors.MessageSizeTooLargeError | kafka_errors.RecordTooLargeError):
         return MessageTooLargeError(f"message too large for Kafka: {exc}")
+    refused = f"Kafka at {address} refused: {type(exc).__name__}: {exc}"
+    if isinstance(exc, _AUTHENTICATION):
+        return AuthenticationError(refused)
+    if isinstance(exc, _AUTHORIZATION):
+        return AuthorizationError(refused)
     if isinstance(exc, _FATAL):
-        return ConfigurationError(f"Kafka at {address} refused: {type(exc).__name__}: {exc}")
+        return ConfigurationError(refused)
     if is_transient(exc):
         return BrokerUnavailableError(address, f"{type(exc).__name__}: {exc}")
     return EventBusError(f"Kafka client error: {type(exc).__name__}: {exc}")

@@ -3,6 +3,9 @@
 The rebalance callbacks change it; every change bumps ``epoch`` so work started before a
 rebalance (resolving positions, say) can tell that it is stale. aiokafka's rebalances are eager:
 every partition is revoked before the new assignment arrives, even one that comes back.
+
+Invariant: a record is handed out only while `current` says its tracker is: owned, not revoked
+and not draining (being revoked: the new owner gets the partition from the commit that follows).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ TP = Any  # aiokafka TopicPartition
 
 class Ownership:
     def __init__(self, *, grouped: bool) -> None:
+        self.grouped = grouped
+        """A consumer group assigns the partitions (False: a broadcast assigns them all)."""
         self.trackers: dict[TP, PartitionOffsets] = {}
         self.assigned: set[TP] = set()
         self.rebalancing = grouped
@@ -27,6 +32,12 @@ class Ownership:
         self.epoch = 0
         self.adopt_needed = True
         """Assigned partitions may lack a tracker: their positions must be resolved."""
+        self.draining: set[PartitionOffsets] = set()
+        """Trackers of partitions being revoked: nothing more of them is handed out."""
+
+    def current(self, tracker: PartitionOffsets) -> bool:
+        """True while records of ``tracker`` may be handed out (and released ones again)."""
+        return not tracker.revoked and tracker not in self.draining
 
     def revoke(self, revoked: Iterable[TP]) -> dict[TP, tuple[PartitionOffsets, Commit]]:
         """Freeze the trackers of ``revoked`` and return what to commit for them: late

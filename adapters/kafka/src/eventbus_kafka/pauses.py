@@ -1,10 +1,12 @@
 """Which partitions the consumer must not fetch right now, and why.
 
-Two reasons: the subscription is full (its read-ahead buffer stayed full while nothing was
-handed out for a while: every partition pauses, so aiokafka stops fetching and drops what it
-prefetched instead of buffering without bound), or a retry record at the head of a partition
-is not due yet (that partition alone pauses until then; the others keep flowing, and nothing
-busy-loops).
+Every partition pauses when the subscription is full (its read-ahead buffer stayed full while
+nothing was handed out for a while: aiokafka stops fetching and drops what it prefetched instead
+of buffering without bound), when the core paused it (`Subscription.pause`: a circuit breaker,
+a rate limit), or once it stopped. One partition alone pauses while the retry record at its head
+is not due (the others keep flowing, and nothing busy-loops). The reasons combine: a resume
+lifts the core's pause only, so a partition waiting for a due time stays paused. A paused
+consumer stays in its group: heartbeats go on, and the fetch loop keeps polling.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ TP = Any  # aiokafka TopicPartition
 class Pauses:
     def __init__(self) -> None:
         self.full = False
+        self.requested = False
+        """`Subscription.pause` was called (and not `resume`)."""
+        self.stopped = False
         self._due: dict[TP, float] = {}
         """Partition -> unix time its head retry record is due."""
 
@@ -49,7 +54,8 @@ class Pauses:
     def apply(self, consumer: Any, assigned: set[TP]) -> None:
         """Make the consumer's paused partitions match what is wanted now."""
         assigned = assigned & set(consumer.assignment())
-        want = set(assigned) if self.full else set(self._due) & assigned
+        everything = self.full or self.requested or self.stopped
+        want = set(assigned) if everything else set(self._due) & assigned
         paused = set(consumer.paused())
         if want - paused:
             consumer.pause(*(want - paused))

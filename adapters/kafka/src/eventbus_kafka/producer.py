@@ -30,6 +30,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
+from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, MessageTooLargeError
 from eventbus_kafka.admin import HEADROOM
 from eventbus_kafka.errors import is_transient, translate
@@ -66,7 +67,6 @@ class Producer:
         self._generation = 0
         """Bumped each time the producer is replaced: concurrent failures replace it once."""
         self._replace_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[None]] = set()
         self._batching = False
         """A publish is queueing record batches of its own. Others meanwhile ``send`` each
         record: ``send_batch`` waits for the partition's previous batch to leave, so
@@ -101,8 +101,6 @@ class Producer:
         if producer is not None:
             # Flushes what is queued: a publish still waiting gets its confirmation or error.
             await producer.stop()
-        if self._retired:
-            await asyncio.wait(set(self._retired))
 
     async def _replace(self, generation: int, deadline: float) -> None:
         """Replace the producer of ``generation`` by a new one (a new producer id, sequence
@@ -127,9 +125,9 @@ class Producer:
             old, self._producer = self._producer, fresh
             self._generation += 1
         # The old producer fails what it still holds (those publishes resend on the new one).
-        task = asyncio.create_task(self._retire(old), name="eventbus-kafka-retire-producer")
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
+        # Stopped here, by the publish that replaced it, rather than in a detached task: it
+        # is rare, bounded, and nothing outlives the call that started it.
+        await self._retire(old)
 
     async def _retire(self, producer: Any) -> None:
         try:
@@ -373,7 +371,7 @@ async def _submit(producer: Any, builder: Any, topic: str, partition: int) -> An
     *that* batch when it failed. In both cases our batch was not queued, so submitting it again
     is safe; ``send`` (one record into the open batch) rarely waits at all, so without this a
     broker restart failed large publishes that small ones rode out (DESIGN 3.9)."""
-    backoff = 0.05
+    backoff = Backoff(0.05, 1.0)
     while True:
         try:
             return await producer.send_batch(builder, topic, partition=partition)
@@ -381,8 +379,7 @@ async def _submit(producer: Any, builder: Any, topic: str, partition: int) -> An
             if not is_transient(exc):
                 raise
             log.debug("kafka batch for %s/%d not queued yet: %r", topic, partition, exc)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 1.0)
+        await asyncio.sleep(backoff.next())
 
 
 def _translated(exc: BaseException, address: str) -> BaseException:

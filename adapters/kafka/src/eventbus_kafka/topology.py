@@ -48,10 +48,12 @@ def retry_topic(name: str, kind: Kind, group: str | None) -> str:
 
 def destination_topic(to: Destination) -> str:
     """The Kafka topic a publish goes to: the retry topic when it targets one group (topics)
-    or must wait (``delay``; topics need a group for that, queues do not)."""
+    or has a due time (``not_before``): then a queue's main topic does not wait behind it. A
+    delayed topic publish without a group is meant for every group, so it goes to the main
+    topic, whose partition then waits (paused) until it is due."""
     validate_name(to.name)
     if to.kind == "queue":
-        return retry_topic(to.name, "queue", None) if to.delay > 0 else to.name
+        return retry_topic(to.name, "queue", None) if to.not_before is not None else to.name
     if to.group is not None:
         validate_name(to.group, "group")
         return retry_topic(to.name, "topic", to.group)

@@ -4,28 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
 
-from eventbus import headers as h
-from eventbus.errors import (
-    BrokerUnavailableError,
-    EventBusError,
-    MessageTooLargeError,
-    PublishError,
-)
+from eventbus.backoff import Backoff
+from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import (
     Capabilities,
+    DeliveryOwner,
     Destination,
     Kind,
     Subscription,
     SubscriptionSpec,
 )
+from eventbus.transports.publishing import publish_error
 from eventbus_kafka.admin import TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.producer import Producer
@@ -57,6 +53,10 @@ class KafkaTransport:
     ``publish_timeout``).
     """
 
+    spi_version = 2
+    """The SPI this adapter was built for; checked by the registry. A literal, not the core's
+    ``SPI_VERSION``, which would always match whatever core is installed."""
+
     def __init__(self, url: str) -> None:
         self.settings: KafkaSettings = parse_url(url)
         self.capabilities = Capabilities(
@@ -64,6 +64,10 @@ class KafkaTransport:
             # Kafka does not say whether a record was delivered before.
             redelivered_flag=False,
             max_message_size=self.settings.max_message_size,
+            # The log keeps what is published before any group exists; a group created later
+            # with offset_reset=earliest reads it.
+            unbound_topic="keep",
+            native=("partition", "offset"),
         )
         self._admin = TopicAdmin(self.settings)
         self._producer = Producer(self.settings)
@@ -81,7 +85,7 @@ class KafkaTransport:
             return
         settings = self.settings
         deadline = asyncio.get_running_loop().time() + settings.connect_timeout
-        backoff = 0.2
+        backoff = Backoff(0.2, 2.0)
         last: BaseException | None = None
         while True:
             try:
@@ -98,13 +102,13 @@ class KafkaTransport:
                     raise translate(exc, settings.address) from exc
                 last = exc
             await self._stop_clients()
-            if asyncio.get_running_loop().time() + backoff >= deadline:
+            wait = backoff.next()
+            if asyncio.get_running_loop().time() + wait >= deadline:
                 raise BrokerUnavailableError(
                     settings.address,
                     f"no answer within connect_timeout={settings.connect_timeout}s ({last!r})",
                 ) from last
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            await asyncio.sleep(wait)
 
     async def close(self) -> None:
         subscriptions, self._subscriptions = list(self._subscriptions), set()
@@ -148,34 +152,30 @@ class KafkaTransport:
             raise PublishError(
                 f"cannot publish to {topic!r}: {exc}", dict.fromkeys(range(len(messages)), exc)
             ) from exc
-        not_before = time.time() + to.delay if to.delay > 0 else None
-        records = [to_record(_for_destination(m, to, not_before)) for m in messages]
+        # What the retry topic's consumer needs: the group the message is meant for (topics
+        # only: a queue's retry topic has one reader) and when it is due.
+        group = to.group if to.kind == "topic" else None
+        records = [to_record(m, target_group=group, not_before=to.not_before) for m in messages]
         failures = await self._producer.send_all(topic, records)
-        if not failures:
-            return
-        first = failures[min(failures)]
-        text = (
-            f"{len(failures)} of {len(messages)} messages to Kafka topic {topic!r} were not "
-            f"confirmed (first, #{min(failures)}: {first})"
-        )
-        if all(isinstance(exc, MessageTooLargeError) for exc in failures.values()):
-            raise MessageTooLargeError(text, failures) from first
-        raise PublishError(text, failures) from first
+        if failures:
+            raise publish_error(failures, messages, f"Kafka topic {topic!r}")
 
     # -- consuming --------------------------------------------------------------------------
 
-    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+    async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
+        """Create the topics and return the subscription, not live yet: its ``run`` (started
+        by the core in its task group) joins the group and fetches."""
         topics = subscribed_topics(spec)
         await self._admin.ensure_topics(topics)
         sub = KafkaSubscription(
             self.settings,
             spec,
+            owner,
             topics=topics,
             group=consumer_group(spec),
             admin=self._admin,
             on_close=self._subscriptions.discard,
         )
-        await sub.start()
         self._subscriptions.add(sub)
         return sub
 
@@ -224,21 +224,3 @@ class KafkaTransport:
         reader, self._offsets_reader = self._offsets_reader, None
         if reader is not None:
             await reader.stop()
-
-
-def _for_destination(message: Message, to: Destination, not_before: float | None) -> Message:
-    """Stamp what the retry topic's consumer needs: when the message is due, and the group it
-    is meant for. A stale due time from an earlier retry is dropped."""
-    group = to.group if to.kind == "topic" else None
-    if not_before is None and group is None and h.NOT_BEFORE not in message.headers:
-        return message  # the common case, without copying the headers per message
-    headers = dict(message.headers)
-    if not_before is not None:
-        headers[h.NOT_BEFORE] = f"{not_before:.3f}"
-    else:
-        headers.pop(h.NOT_BEFORE, None)
-    if group is not None:
-        headers[h.TARGET_GROUP] = group
-    if headers == message.headers:
-        return message
-    return message.replace_headers(headers)

@@ -7,18 +7,26 @@ Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
 ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``,
 ``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
 ``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
-``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5).
+``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5),
+``revoke_drain_timeout`` (10).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.transports.urls import (
+    OptionParser,
+    censor_url,
+    choice,
+    parse_options,
+    positive_int,
+    seconds,
+    text,
+)
 
 __all__ = ["KafkaSettings", "parse_url"]
 
@@ -58,6 +66,10 @@ class KafkaSettings:
     join_timeout: float = 60.0
     """How long ``subscribe`` waits for the group join and partition assignment."""
     commit_interval: float = 0.5
+    revoke_drain_timeout: float = 10.0
+    """On revocation, how long handed-out deliveries of the revoked partitions may take to be
+    settled before they are reported lost and the partitions let go. The group's rebalance
+    timeout is derived from it, so a long drain does not get this member kicked out."""
 
     @property
     def address(self) -> str:
@@ -85,106 +97,69 @@ class KafkaSettings:
         return options
 
 
-def _positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"kafka URL option {name}={raw!r}: expected a positive integer"
-        ) from None
-    if value < 1:
-        raise ConfigurationError(f"kafka URL option {name}={raw!r}: expected a positive integer")
-    return value
-
-
-def _seconds(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"kafka URL option {name}={raw!r}: expected seconds (a positive number)"
-        ) from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(
-            f"kafka URL option {name}={raw!r}: expected seconds (a positive number)"
-        )
-    return value
-
-
-def _choice(choices: tuple[str, ...]) -> Callable[[str, str], str]:
-    def parse(name: str, raw: str) -> str:
-        value = raw.upper() if choices[0].isupper() else raw.lower()
-        if value not in choices:
-            raise ConfigurationError(
-                f"kafka URL option {name}={raw!r}: expected one of {', '.join(choices)}"
-            )
-        return value
-
-    return parse
-
-
-def _text(name: str, raw: str) -> str:
-    if not raw:
-        raise ConfigurationError(f"kafka URL option {name} is empty")
-    return raw
-
-
-_OPTIONS: dict[str, Callable[[str, str], Any]] = {
-    "client_id": _text,
-    "partitions": _positive_int,
-    "replication_factor": _positive_int,
-    "offset_reset": _choice(("earliest", "latest")),
-    "security_protocol": _choice(_SECURITY_PROTOCOLS),
-    "sasl_mechanism": _choice(_SASL_MECHANISMS),
-    "sasl_username": _text,
-    "sasl_password": _text,
-    "ssl_cafile": _text,
-    "ssl_certfile": _text,
-    "ssl_keyfile": _text,
-    "max_message_size": _positive_int,
-    "connect_timeout": _seconds,
-    "publish_timeout": _seconds,
-    "join_timeout": _seconds,
-    "commit_interval": _seconds,
+_OPTIONS: dict[str, OptionParser] = {
+    "client_id": text,
+    "partitions": positive_int,
+    "replication_factor": positive_int,
+    "offset_reset": choice("earliest", "latest"),
+    "security_protocol": choice(*_SECURITY_PROTOCOLS, upper=True),
+    "sasl_mechanism": choice(*_SASL_MECHANISMS, upper=True),
+    "sasl_username": text,
+    "sasl_password": text,
+    "ssl_cafile": text,
+    "ssl_certfile": text,
+    "ssl_keyfile": text,
+    "max_message_size": positive_int,
+    "connect_timeout": seconds,
+    "publish_timeout": seconds,
+    "join_timeout": seconds,
+    "commit_interval": seconds,
+    "revoke_drain_timeout": seconds,
 }
+"""This adapter's table; parsing, validation and the errors are the core's (`urls`)."""
 
 
-def _parse_host(url: str, item: str) -> str:
+def _parse_host(shown: str, item: str) -> str:
+    """``host:port`` of one bootstrap server; ``shown`` is the URL as errors may show it."""
     item = item.strip()
     if item.startswith("["):  # IPv6 literal: [::1]:9092
         host, sep, rest = item[1:].partition("]")
         if not sep or not host:
-            raise ConfigurationError(f"bad broker address {item!r} in {url!r}")
+            raise ConfigurationError(f"bad broker address {item!r} in {shown!r}")
         port_text = rest[1:] if rest.startswith(":") else ""
         if rest and not rest.startswith(":"):
-            raise ConfigurationError(f"bad broker address {item!r} in {url!r}")
+            raise ConfigurationError(f"bad broker address {item!r} in {shown!r}")
         host = f"[{host}]"
     else:
         host, _, port_text = item.partition(":")
     if not host:
-        raise ConfigurationError(f"missing broker host in {url!r} (kafka://host:port)")
+        raise ConfigurationError(f"missing broker host in {shown!r} (kafka://host:port)")
     port = DEFAULT_PORT
     if port_text:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigurationError(f"bad broker port {port_text!r} in {url!r}")
+            raise ConfigurationError(f"bad broker port {port_text!r} in {shown!r}")
         port = int(port_text)
     return f"{host}:{port}"
 
 
 def parse_url(url: str) -> KafkaSettings:
     """Parse and validate a ``kafka://`` URL; raise `ConfigurationError` naming what is wrong."""
-    parts = urlsplit(url)
+    shown = censor_url(url)  # errors never show a password
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ConfigurationError(f"bad kafka URL {shown!r}: {exc}") from None
     if parts.scheme != "kafka":
-        raise ConfigurationError(f"not a kafka:// URL: {url!r}")
+        raise ConfigurationError(f"not a kafka:// URL: {shown!r}")
     if parts.path not in ("", "/") or parts.fragment:
         raise ConfigurationError(
-            f"kafka URL {url!r} must not have a path or fragment (options go in the query)"
+            f"kafka URL {shown!r} must not have a path or fragment (options go in the query)"
         )
     netloc = parts.netloc
     userinfo, at, hosts = netloc.rpartition("@")
     if not at:
         hosts, userinfo = netloc, ""
-    servers = tuple(_parse_host(url, item) for item in hosts.split(","))
+    servers = tuple(_parse_host(shown, item) for item in hosts.split(","))
 
     values: dict[str, Any] = {}
     if userinfo:
@@ -192,15 +167,8 @@ def parse_url(url: str) -> KafkaSettings:
         values["sasl_username"] = unquote(user)
         if password:
             values["sasl_password"] = unquote(password)
-    seen: set[str] = set()
-    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
-        if name not in _OPTIONS:
-            known = ", ".join(sorted(_OPTIONS))
-            raise ConfigurationError(f"unknown kafka URL option {name!r}; known options: {known}")
-        if name in seen:
-            raise ConfigurationError(f"kafka URL option {name!r} is given twice")
-        seen.add(name)
-        values[name] = _OPTIONS[name](name, raw)
+    options, _ = parse_options("kafka", parts.query, _OPTIONS)
+    values.update(options)
 
     settings = KafkaSettings(bootstrap_servers=servers, **values)
     if settings.sasl_username and not settings.security_protocol.startswith("SASL"):

@@ -4,6 +4,13 @@ The CloudEvents attributes travel as ``ce_*`` headers plus ``content-type``; the
 headers go as they are (UTF-8) and the key is the record key. Records from producers that do not
 use eventbus (no ``ce_id``) are still read: their id is ``topic/partition/offset``, their
 timestamp the record's, and headers that are not UTF-8 are read as Latin-1 so nothing crashes.
+
+Two routing headers are this adapter's own business (the core never sees them): a record
+republished for one group (a retry through the broker, a dead-letter replay) names it in
+``eventbus-target-group``, and a delayed one carries its due time in ``eventbus-not-before``.
+They are written from the `Destination` only and stripped from every message read, so a
+handler that republishes what it got cannot make other groups skip it, and a dead letter built
+from it does not carry them. Their names are fixed: 0.1 workers in the same group read them.
 """
 
 from __future__ import annotations
@@ -13,17 +20,27 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from eventbus.headers import NOT_BEFORE
 from eventbus.message import Message
+from eventbus.transports.cloudevents import SOURCE, SPEC_VERSION, format_time, parse_time
 
 __all__ = [
+    "NOT_BEFORE",
+    "REPLY_TO",
+    "TARGET_GROUP",
     "KafkaRecord",
     "decode_text",
-    "format_time",
     "from_record",
-    "not_before",
+    "routing",
     "to_record",
 ]
+
+TARGET_GROUP = "eventbus-target-group"
+"""On a record meant for one group of its topic only: that group's name."""
+NOT_BEFORE = "eventbus-not-before"
+"""On a delayed record: the Unix time (seconds, text) before which it is not handed out."""
+REPLY_TO = "eventbus-reply-to"
+"""`Message.reply_to`: the queue a reply goes to (no CloudEvents attribute exists for it)."""
+_ROUTING = frozenset({TARGET_GROUP, NOT_BEFORE})
 
 CE_ID = "ce_id"
 CE_TYPE = "ce_type"
@@ -32,11 +49,11 @@ CE_SPECVERSION = "ce_specversion"
 CE_TIME = "ce_time"
 CE_CORRELATION_ID = "ce_correlationid"
 CONTENT_TYPE = "content-type"
-SOURCE = "eventbus"
-SPEC_VERSION = "1.0"
 
 # Attributes that map onto Message fields; ce_source is kept as a header when it is foreign.
-_ENVELOPE = frozenset({CE_ID, CE_TYPE, CE_SPECVERSION, CE_TIME, CE_CORRELATION_ID, CONTENT_TYPE})
+_ENVELOPE = frozenset(
+    {CE_ID, CE_TYPE, CE_SPECVERSION, CE_TIME, CE_CORRELATION_ID, CONTENT_TYPE, REPLY_TO}
+)
 
 
 class KafkaRecord(NamedTuple):
@@ -48,38 +65,6 @@ class KafkaRecord(NamedTuple):
     key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
-
-
-_last_time: tuple[datetime | None, str] = (None, "")
-"""The last `format_time` result: the messages of one ``publish_many`` share a timestamp."""
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a ``Z``, as CloudEvents writers usually emit it."""
-    global _last_time
-    last = _last_time  # one read: another thread may replace it, never tear it
-    if last[0] == moment:  # the same instant: the same text (a naive one never equals an aware)
-        return last[1]
-    if moment.tzinfo is None:
-        utc = moment.replace(tzinfo=UTC)
-    elif moment.tzinfo is not UTC:
-        utc = moment.astimezone(UTC)
-    else:
-        utc = moment
-    # isoformat of a UTC datetime always ends with "+00:00"
-    text = utc.isoformat(timespec="microseconds")[:-6] + "Z"
-    _last_time = (moment, text)
-    return text
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is UTC:  # what eventbus writes ("Z"): nothing to convert
-        return moment
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def decode_text(raw: bytes | None) -> str:
@@ -94,10 +79,14 @@ def decode_text(raw: bytes | None) -> str:
 
 _SOURCE_HEADER = (CE_SOURCE, SOURCE.encode("ascii"))
 _SPEC_HEADER = (CE_SPECVERSION, SPEC_VERSION.encode("ascii"))
-_NOT_APPLICATION = _ENVELOPE | {CE_SOURCE}
+_NOT_APPLICATION = _ENVELOPE | _ROUTING | {CE_SOURCE}
 
 
-def to_record(message: Message) -> KafkaRecord:
+def to_record(
+    message: Message, *, target_group: str | None = None, not_before: float | None = None
+) -> KafkaRecord:
+    """The record for ``message``. Routing headers come from the arguments only (from the
+    `Destination`): copies of them among the message's headers are dropped."""
     app = message.headers
     if app:
         headers: list[tuple[str, bytes]] = [
@@ -119,6 +108,12 @@ def to_record(message: Message) -> KafkaRecord:
         headers.append((CONTENT_TYPE, message.content_type.encode("utf-8")))
     if message.correlation_id is not None:
         headers.append((CE_CORRELATION_ID, message.correlation_id.encode("utf-8")))
+    if message.reply_to is not None:
+        headers.append((REPLY_TO, message.reply_to.encode("utf-8")))
+    if target_group is not None:
+        headers.append((TARGET_GROUP, target_group.encode("utf-8")))
+    if not_before is not None:
+        headers.append((NOT_BEFORE, f"{not_before:.3f}".encode("ascii")))
     key = message.key.encode("utf-8") if message.key is not None else None
     return KafkaRecord(key, message.body, headers)
 
@@ -136,7 +131,8 @@ def from_record(
 ) -> Message:
     """Decode one consumed record. ``topic`` is the eventbus topic or queue the subscription
     reads (a record read from its retry topic still belongs to it); ``record_topic`` is the
-    Kafka topic it came from, used for the id of foreign records."""
+    Kafka topic it came from, used for the id of foreign records. Routing headers are left
+    out (see `routing` for reading them)."""
     attributes: dict[str, str] = {}
     app_headers: dict[str, str] = {}
     for name, raw in headers:
@@ -152,11 +148,13 @@ def from_record(
             attributes[name] = text
         elif name == CE_SOURCE and text == SOURCE:
             continue  # our own marker; a foreign source is kept so it survives a round trip
+        elif name in _ROUTING:
+            continue  # for this hop only (module docstring)
         else:
             app_headers[name] = text  # duplicate names: the last one wins, as in most clients
 
     ce_time = attributes.get(CE_TIME)
-    timestamp = _parse_time(ce_time) if ce_time is not None else None
+    timestamp = parse_time(ce_time) if ce_time is not None else None
     if timestamp is None:
         timestamp = (
             datetime.fromtimestamp(timestamp_ms / 1000, UTC)
@@ -173,17 +171,22 @@ def from_record(
         type=attributes.get(CE_TYPE),
         timestamp=timestamp,
         correlation_id=attributes.get(CE_CORRELATION_ID),
+        reply_to=attributes.get(REPLY_TO) or None,
     )
 
 
-def not_before(headers: Iterable[tuple[str, bytes | None]]) -> float | None:
-    """The unix time a delayed record is due (header ``eventbus-not-before``), if it has a
-    readable one; a malformed value counts as due."""
+def routing(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str | None, float | None]:
+    """A consumed record's target group and due time (Unix seconds), each None when absent.
+    A due time that does not parse counts as due: it must not hold its partition forever."""
+    target: str | None = None
+    due: float | None = None
     for name, raw in headers:
-        if name == NOT_BEFORE and raw:
+        if name == TARGET_GROUP:
+            target = decode_text(raw) or None
+        elif name == NOT_BEFORE and raw:
             try:
                 value = float(raw.decode("ascii"))
             except (UnicodeDecodeError, ValueError):
-                return None
-            return value if math.isfinite(value) else None
-    return None
+                continue
+            due = value if math.isfinite(value) else None
+    return target, due

@@ -21,6 +21,12 @@ A release (``basic.nack(requeue=True)``) is sent at once, never batched, and its
 settled only once its frame is queued: a ``multiple`` ack computed later may pass over it, but
 it reaches the broker after the nack, when that tag is no longer outstanding.
 
+Once the subscription stopped, releases are held instead (`hold_releases`): the tag stays
+unacked and unsettled, so no ``multiple`` ack covers it, and closing the channel requeues it
+with everything else unacked, in delivery order. The core releases what it did not finish while
+stopping, in an order of its own; a quorum queue redelivers nacked messages in the order of the
+nacks, so sending them one by one could put a key's messages out of order for the next owner.
+
 Acks still recorded when the channel or connection dies are lost with it: RabbitMQ requeues
 those messages and redelivers them (``redelivered=True``). At-least-once holds; they may be
 handled twice, which is what dedup is for. `flush` runs before the channel is closed on purpose
@@ -30,7 +36,6 @@ handled twice, which is what dedup is for. `flush` runs before the channel is cl
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 from aiormq.abc import AbstractChannel, ChannelFrame
 from pamqp.commands import Basic
@@ -46,36 +51,42 @@ _FLUSH_PATIENCE = 5.0  # seconds `flush` waits for room in a stalled writer queu
 
 
 class ChannelAcks:
-    """Delivery tags of one channel: delivered in order, settled, acks not yet written.
+    """Delivery tags of one channel: delivered and not settled, acks not yet written.
 
-    Tags are registered with `delivered` in the broker's order (increasing), every tag of the
-    channel (a ``multiple`` ack must never pass over a tag nobody told us is settled). One
-    event loop; not thread-safe.
+    Every tag the broker delivers on the channel is registered with `delivered` (a ``multiple``
+    ack must never pass over a tag nobody told us is settled). Only the unsettled tags are
+    kept, so memory is bounded by the prefetch however long one delivery stays unsettled and
+    however many are settled after it (DESIGN 8): a registered tag that is not among them is
+    settled. One event loop; not thread-safe.
     """
 
     __slots__ = (
         "_abandoned",
         "_batch",
         "_channel",
-        "_delivered",
+        "_holding",
         "_pending",
-        "_settled",
         "_timer",
+        "_unsettled",
     )
 
     def __init__(self, channel: AbstractChannel, *, batch: int) -> None:
         self._channel = channel
         self._batch = max(batch, 1)
-        # Delivered and not yet below the lowest unsettled tag (increasing order).
-        self._delivered: deque[int] = deque()
-        self._settled: set[int] = set()  # in _delivered, and acked or released
+        self._unsettled: set[int] = set()  # delivered, neither acked nor released (nor held)
         self._pending: list[int] = []  # acked, frame not yet queued for the socket
         self._timer: asyncio.TimerHandle | None = None
         self._abandoned = False
+        self._holding = False
 
     @property
     def channel(self) -> AbstractChannel:
         return self._channel
+
+    @property
+    def unsettled(self) -> int:
+        """Tags delivered and not settled (bounded by the prefetch)."""
+        return len(self._unsettled)
 
     @property
     def pending(self) -> int:
@@ -83,14 +94,14 @@ class ChannelAcks:
         return len(self._pending)
 
     def delivered(self, tag: int) -> None:
-        self._delivered.append(tag)
+        self._unsettled.add(tag)
 
     def ack(self, tag: int) -> None:
         """Record the ack; it is written within `WINDOW` seconds."""
         if self._abandoned:
             return
         self._pending.append(tag)
-        self._settled.add(tag)
+        self._unsettled.discard(tag)
         if len(self._pending) >= self._batch:
             self._write()
         elif self._timer is None:
@@ -98,10 +109,15 @@ class ChannelAcks:
 
     async def release(self, tag: int) -> None:
         """``basic.nack(requeue=True)`` now; only then may a ``multiple`` ack pass over it."""
-        if self._abandoned:
-            return
+        if self._abandoned or self._holding:
+            return  # held: requeued by the channel's close, in delivery order
         await self._channel.basic_nack(tag, requeue=True)
-        self._settled.add(tag)
+        self._unsettled.discard(tag)
+
+    def hold_releases(self) -> None:
+        """From now on `release` sends nothing and leaves the tag unacked (see the module
+        docstring); the channel must be closed to requeue them."""
+        self._holding = True
 
     async def flush(self) -> None:
         """Write every recorded ack now (a no-op on a closed channel: nothing to lose)."""
@@ -141,11 +157,9 @@ class ChannelAcks:
         if channel.is_closed:
             self._pending.clear()  # requeued by the broker with the channel
             return True
-        delivered, settled = self._delivered, self._settled
-        while delivered and delivered[0] in settled:
-            settled.discard(delivered.popleft())
-        # Every delivered tag below `lowest` is settled: acked (now or before) or nacked.
-        lowest = delivered[0] if delivered else None
+        # Every delivered tag below `lowest` is settled: acked (now or before) or nacked. A scan
+        # of at most the prefetch per write (one per WINDOW or per batch of acks).
+        lowest = min(self._unsettled) if self._unsettled else None
         frames: list[Basic.Ack] = []
         if lowest is None:
             covered, single = self._pending, []

@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiormq
 from aiormq import exceptions as amqp_errors
 from aiormq.abc import AbstractChannel, AbstractConnection
 
-from eventbus.errors import BrokerUnavailableError
+from eventbus.backoff import Backoff
+from eventbus.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Connector", "open_channel"]
 
 log = logging.getLogger("eventbus.rabbitmq")
-
-_FIRST_BACKOFF = 0.1
-_MAX_BACKOFF = 5.0
 
 
 class Connector:
@@ -40,10 +39,21 @@ class Connector:
         self._connection: AbstractConnection | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        self._backoff = _FIRST_BACKOFF
+        # Resets only once a connection stayed up a while: one that the broker drops right
+        # after the handshake keeps backing off instead of reconnecting in a tight loop.
+        self._backoff = Backoff(0.1, 5.0)
         self._last_error: BaseException | None = None
+        # The URL's ``name`` option names the connections in the broker's tools; each gets its
+        # purpose appended (aiormq would otherwise let our default name override it).
+        given = parse_qs(urlsplit(settings.amqp_url).query).get("name")
+        self._connection_name = f"{given[0] if given else 'eventbus'} {purpose}"
         self.generation = 0
         """Incremented on every new connection: things bound to an older one are stale."""
+
+    @property
+    def name(self) -> str:
+        """The connection name the broker's tools show (``rabbitmqctl list_connections``)."""
+        return self._connection_name
 
     @property
     def closed(self) -> bool:
@@ -59,7 +69,8 @@ class Connector:
         """The open connection, connecting first if needed; ``within=None`` waits forever.
 
         Raises `BrokerUnavailableError` naming the broker when the deadline passes, and at once
-        for errors that waiting cannot fix (bad credentials, unknown vhost)."""
+        for errors that waiting cannot fix: `AuthenticationError` (credentials, the server's
+        certificate) and `AuthorizationError` (an unknown vhost or no access to it)."""
         conn = self.current
         if conn is not None:
             return conn
@@ -85,20 +96,33 @@ class Connector:
                     async with asyncio.timeout(self._settings.connect_timeout):
                         conn = await aiormq.connect(
                             self._settings.amqp_url,
-                            client_properties={"connection_name": f"eventbus {self._purpose}"},
+                            client_properties={"connection_name": self._connection_name},
                         )
+                # Waiting cannot fix these: raised at once, never retried (DESIGN 8).
                 except (
                     amqp_errors.AuthenticationError,
                     amqp_errors.ProbableAuthenticationError,
-                    amqp_errors.ConnectionNotAllowed,  # an unknown vhost
                 ) as e:
-                    raise BrokerUnavailableError(
-                        self._settings.address, f"access refused ({e}); check user, password, vhost"
+                    raise AuthenticationError(
+                        f"RabbitMQ at {self._settings.address} refused the credentials: access "
+                        f"refused ({e}); check the user and password"
+                    ) from e
+                except amqp_errors.ConnectionNotAllowed as e:  # unknown vhost, or no access
+                    raise self._vhost_refused(str(e)) from e
+                except amqp_errors.InvalidFrameError as e:
+                    if not _refused_open(e):
+                        raise
+                    raise self._vhost_refused(
+                        "connection.close in answer to connection.open"
+                    ) from e
+                except ssl.SSLCertVerificationError as e:  # an OSError, but not transient
+                    raise AuthenticationError(
+                        f"TLS to RabbitMQ at {self._settings.address}: the server's certificate "
+                        f"was refused ({e.verify_message or e})"
                     ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
                     self._last_error = e
-                    delay = random.uniform(self._backoff / 2, self._backoff)
-                    self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
+                    delay = self._backoff.next()
                     log.warning(
                         "RabbitMQ %s connection to %s failed (%s); retrying in %.1f s",
                         self._purpose,
@@ -109,12 +133,19 @@ class Connector:
                     await asyncio.sleep(delay)
                     continue
                 self._connection = conn
-                self._backoff = _FIRST_BACKOFF
+                self._backoff.up()
                 self._last_error = None
                 self.generation += 1
                 if self.generation > 1:
                     log.info("RabbitMQ %s connection re-established", self._purpose)
                 return conn
+
+    def _vhost_refused(self, detail: str) -> AuthorizationError:
+        vhost = unquote(urlsplit(self._settings.amqp_url).path[1:]) or "/"
+        return AuthorizationError(
+            f"RabbitMQ at {self._settings.address} refused to open vhost {vhost!r} ({detail}): "
+            f"it does not exist, or the user may not use it"
+        )
 
     async def close(self) -> None:
         self._closed = True
@@ -124,6 +155,13 @@ class Connector:
                 await conn.close()
             except (TimeoutError, OSError, amqp_errors.AMQPError):
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
+
+
+def _refused_open(error: amqp_errors.InvalidFrameError) -> bool:
+    """aiormq 7 reports the broker's ``connection.close`` (530 NOT_ALLOWED: no such vhost, or
+    no access to it) in answer to ``connection.open`` only in this error's text."""
+    text = str(error)
+    return "OpenOk" in text and "Connection.Close" in text
 
 
 async def open_channel(conn: AbstractConnection, **options: Any) -> AbstractChannel:

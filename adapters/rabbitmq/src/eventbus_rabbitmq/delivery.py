@@ -50,7 +50,7 @@ class AmqpDelivery:
         acks: ChannelAcks,
         tag: int,
         queue: str,
-        on_settled: Callable[[AmqpDelivery], None],
+        on_settled: Callable[[AmqpDelivery, bool], None],
     ) -> None:
         self.message = message
         self.redelivered = redelivered
@@ -76,12 +76,17 @@ class AmqpDelivery:
     def tag(self) -> int:
         return self._tag
 
+    def forget(self) -> None:
+        """Lost with its channel (the broker requeued it, or is about to): from now on
+        settling is a no-op, so no ack can reach the broker for a message someone else owns."""
+        self._settled = True
+
     async def _settle(self, *, ack: bool) -> None:
         if self._settled:
             return
         self._settled = True
         # Bookkeeping first: the handler is done with it whether or not the frame gets out.
-        self._on_settled(self)
+        self._on_settled(self, ack)
         try:
             if self._channel.is_closed:
                 # RabbitMQ requeued it when the channel closed: nothing to do, nothing lost.

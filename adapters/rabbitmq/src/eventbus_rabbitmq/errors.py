@@ -7,6 +7,7 @@ import asyncio
 from aiormq import exceptions as amqp
 
 from eventbus.errors import (
+    AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
@@ -26,6 +27,10 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
 
 
 def is_connection_lost(error: BaseException) -> bool:
+    if isinstance(error, ConfigurationError):
+        # AuthenticationError and AuthorizationError are PermissionErrors, hence OSErrors, but
+        # another attempt cannot fix them.
+        return False
     if isinstance(error, amqp.ChannelClosed) and not isinstance(error, _PERMANENT_CHANNEL):
         # A channel closed without a reply code we recognise (e.g. its connection died).
         return True
@@ -54,7 +59,9 @@ def translate(error: BaseException, *, address: str, what: str) -> EventBusError
             f"other settings (queue_type, partitions); delete it or use the same settings."
         )
     if isinstance(error, amqp.ChannelAccessRefused):
-        return ConfigurationError(f"RabbitMQ refused to {what}: access refused ({error})")
+        return AuthorizationError(
+            f"RabbitMQ refused to {what}: access refused ({error}); check the user's permissions"
+        )
     if isinstance(error, amqp.ChannelLockedResource):
         return ConfigurationError(f"RabbitMQ refused to {what}: in exclusive use ({error})")
     if is_connection_lost(error):

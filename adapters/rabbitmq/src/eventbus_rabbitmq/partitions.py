@@ -42,7 +42,7 @@ __all__ = ["Balancer", "Locks"]
 log = logging.getLogger("eventbus.rabbitmq")
 
 TICK_SECONDS = 0.5
-# How long a new subscriber waits, before its subscribe() returns, for the others to hand it a
+# How long a new subscriber waits, before it reports itself live, for the others to hand it a
 # share (like a Kafka group join). Bounded: a peer that is stuck must not block a start.
 JOIN_SECONDS = 10.0
 # The empty coordination queues vanish an hour after the group's last subscriber left.
@@ -151,12 +151,21 @@ class Balancer:
     def _hungry(self) -> str:
         return f"{self._base}.hungry"
 
-    async def tick(self) -> None:
+    async def tick(self, *, hold: bool = False) -> None:
+        """Finish hand-overs whose messages are all settled, then take or give back one share.
+        ``hold`` (the subscription is paused): take and give back nothing, so that partitions
+        stay where they are while paused; hand-overs already begun still finish."""
         loop = asyncio.get_running_loop()
         self._next_tick = loop.time() + random.uniform(0.5, 1.0) * TICK_SECONDS
         channel = self._consumer.channel
         if channel is None or channel.is_closed or self._closed:
             return
+        for index in sorted(self._draining):
+            if self._consumer.in_flight(self._queue(index)) == 0:
+                await self._unlock(index)
+        if hold:
+            return
+
         members = max(
             (await channel.queue_declare(self._members, passive=True)).consumer_count or 0, 1
         )
@@ -164,10 +173,6 @@ class Balancer:
         hungry_others = hungry - (1 if self._hungry_tag is not None else 0)
         low, high = self._n // members, -(-self._n // members)
         self._low = low
-
-        for index in sorted(self._draining):
-            if self._consumer.in_flight(self._queue(index)) == 0:
-                await self._unlock(index)
 
         mine = len(self._owned)
         if mine > high or (hungry_others > 0 and mine > low):

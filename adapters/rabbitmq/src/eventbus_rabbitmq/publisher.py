@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -22,12 +23,12 @@ from eventbus.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     EventBusError,
-    MessageTooLargeError,
     PublishError,
     UnroutableError,
 )
 from eventbus.message import Message
 from eventbus.transports.base import Destination
+from eventbus.transports.publishing import publish_error, too_large
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import is_connection_lost, translate
@@ -48,7 +49,15 @@ _AMQP_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, asynci
 class _Route:
     exchange: str
     routing_key: Callable[[Message], str]
-    expiration_ms: int | None = None
+    not_before: float | None = None  # through a delay queue: due at this Unix time
+
+    def expiration_ms(self) -> int | None:
+        """The delay left, for the message's expiration in the delay queue. Computed right
+        before the message is written, so that time spent waiting (a reconnect, a retry, the
+        turn of a same-id publish) is not added to the due time."""
+        if self.not_before is None:
+            return None
+        return delay_ms(max(self.not_before - time.time(), 0.0))
 
 
 def _fixed(name: str) -> Callable[[Message], str]:
@@ -76,12 +85,9 @@ class Publisher:
         deadline = loop.time() + self._settings.publish_timeout
         failures: dict[int, BaseException] = {}
         pending: list[int] = []
-        limit = self.max_message_size
         for index, message in enumerate(messages):
-            if limit is not None and len(message.body) > limit:
-                failures[index] = MessageTooLargeError(
-                    f"message {message.id} is {len(message.body)} bytes; RabbitMQ accepts {limit}"
-                )
+            if (oversize := too_large(message, self.max_message_size, "RabbitMQ")) is not None:
+                failures[index] = oversize
             else:
                 pending.append(index)
 
@@ -124,7 +130,7 @@ class Publisher:
                 self._groups.clear()
             pending = retry
         if failures:
-            raise _batch_error(to, len(messages), failures)
+            raise _batch_error(to, messages, failures)
 
     # -- routes -----------------------------------------------------------------------------
 
@@ -142,7 +148,9 @@ class Publisher:
         if to.delay <= 0:
             return final
         # Delayed: park it in a TTL queue that dead-letters to the final exchange with the
-        # message's routing key when its exact per-message expiration has passed.
+        # message's routing key when its exact per-message expiration has passed. The bucket
+        # is chosen from the delay left now; the expiration, computed later, can only be
+        # shorter, so it still fits the bucket.
         ms = delay_ms(to.delay)
         holder: list[str] = []
 
@@ -150,7 +158,7 @@ class Publisher:
             holder.append(await self._topology.delay(channel, ms, final.exchange))
 
         await self._declare(declare, to, deadline)
-        return _Route(holder[-1], final.routing_key, expiration_ms=ms)
+        return _Route(holder[-1], final.routing_key, not_before=to.not_before)
 
     async def _group_route(self, topic: str, group: str, deadline: float) -> _Route:
         """Straight to one group. Whether it is partitioned is read from the broker, so a
@@ -213,14 +221,14 @@ class Publisher:
     ) -> BaseException | None:
         """Publish one message and wait for its confirm; return the failure instead of raising
         (so one failure does not cancel the rest of a batch)."""
-        properties = wire.encode(message, expiration_ms=route.expiration_ms)
-        message_id = properties.message_id or message.id
+        message_id = wire.amqp_message_id(message)
         while (waiting := self._in_flight.get(message_id)) is not None:
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             waiting.append(turn)
             await turn
         self._in_flight[message_id] = []
         try:
+            properties = wire.encode(message, expiration_ms=route.expiration_ms())
             async with asyncio.timeout_at(deadline):
                 result = await channel.basic_publish(
                     message.body,
@@ -291,16 +299,16 @@ async def _exists(conn: AbstractConnection, kind: str, name: str) -> bool:
     return True
 
 
-def _batch_error(to: Destination, total: int, failures: dict[int, BaseException]) -> Exception:
-    kinds = {type(e) for e in failures.values()}
-    first = next(iter(failures.values()))
-    summary = f"{len(failures)} of {total} message(s) to {to.name!r} not published: {first}"
-    if len(failures) == total and kinds == {BrokerUnavailableError}:
-        return first if isinstance(first, Exception) else PublishError(summary, failures)
-    if len(failures) == total and kinds == {ConfigurationError}:
-        return first if isinstance(first, Exception) else PublishError(summary, failures)
-    if kinds == {UnroutableError}:
-        return UnroutableError(summary, failures)
-    if kinds == {MessageTooLargeError}:
-        return MessageTooLargeError(summary, failures)
-    return PublishError(summary, failures)
+def _batch_error(
+    to: Destination, messages: Sequence[Message], failures: dict[int, BaseException]
+) -> Exception:
+    first = failures[min(failures)]
+    if (
+        len(failures) == len(messages)
+        and len({type(e) for e in failures.values()}) == 1
+        and isinstance(first, BrokerUnavailableError | ConfigurationError)
+    ):
+        # The same outage (it names the address) or refusal (a bad name, missing permissions:
+        # AuthorizationError) for every message: raised as it is.
+        return first
+    return publish_error(failures, messages, repr(to.name))

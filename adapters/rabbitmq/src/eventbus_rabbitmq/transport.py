@@ -6,6 +6,7 @@ Entry points ``amqp`` and ``amqps`` load this class; the core builds it as
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import (
     Capabilities,
+    DeliveryOwner,
     Destination,
     Kind,
     Subscription,
@@ -39,6 +41,10 @@ _MIB = 1024 * 1024
 class RabbitMQTransport:
     """See `eventbus.transports.base.Transport` for the contract."""
 
+    spi_version = 2
+    """The transport SPI version this adapter implements (a literal: the core compares it with
+    its own `SPI_VERSION` and refuses a mismatch)."""
+
     def __init__(self, url: str) -> None:
         self._settings = parse_url(url)
         self._publishing = Connector(self._settings, "publisher")
@@ -53,6 +59,10 @@ class RabbitMQTransport:
             durable=True,
             redelivered_flag=True,
             max_message_size=self._settings.max_message_size or 128 * _MIB,
+            # A topic is a fanout exchange: with no group's queue bound, nothing would receive
+            # a message, so a publish is returned (mandatory) and raises UnroutableError.
+            unbound_topic="refuse",
+            native=("queue",),
         )
         self._publisher.max_message_size = self.capabilities.max_message_size
 
@@ -67,7 +77,9 @@ class RabbitMQTransport:
                 version = version.decode(errors="replace")
             major = str(version).split(".", 1)[0]
             if major.isdigit() and int(major) >= 4:
-                self.capabilities = Capabilities(max_message_size=16 * _MIB)
+                self.capabilities = dataclasses.replace(
+                    self.capabilities, max_message_size=16 * _MIB
+                )
                 self._publisher.max_message_size = 16 * _MIB
 
     async def close(self) -> None:
@@ -85,7 +97,8 @@ class RabbitMQTransport:
             raise ConfigurationError(f"queue {to.name!r}: groups apply to topics only")
         await self._publisher.publish(to, messages)
 
-    async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
+    async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
+        """Validate and return the subscription; it declares and consumes in its ``run``."""
         check_name(spec.name, group=spec.group, partitions=self._settings.partitions)
         if spec.kind == "queue" and spec.group is not None:
             raise ConfigurationError(f"queue {spec.name!r}: groups apply to topics only")
@@ -93,13 +106,13 @@ class RabbitMQTransport:
             raise ConfigurationError(f"prefetch must be >= 1, got {spec.prefetch}")
         subscription = RabbitSubscription(
             spec,
+            owner,
             settings=self._settings,
             connector=self._consuming,
             topology=self._topology,
             locks=self._locks,
             on_closed=self._forget,
         )
-        await subscription.start()
         self._subscriptions.append(subscription)
         return subscription
 

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.transports.urls import (
+    OptionParser,
+    censor_url,
+    choice,
+    parse_options,
+    positive_int,
+    seconds,
+)
 
 __all__ = ["Settings", "parse_url"]
 
@@ -66,78 +74,32 @@ def parse_url(url: str) -> Settings:
     """Validate ``url`` and split it into `Settings` and the URL handed to aiormq."""
     parts = urlsplit(url)
     if parts.scheme not in _DEFAULT_PORTS:
-        raise ConfigurationError(f"RabbitMQ URL must start with amqp:// or amqps://, got {url!r}")
+        raise ConfigurationError(
+            f"RabbitMQ URL must start with amqp:// or amqps://, got {censor_url(url)!r}"
+        )
     if not parts.hostname:
-        raise ConfigurationError(f"RabbitMQ URL has no host: {_censor(url)!r}")
+        raise ConfigurationError(f"RabbitMQ URL has no host: {censor_url(url)!r}")
     try:
         port = parts.port or _DEFAULT_PORTS[parts.scheme]
     except ValueError as e:
-        raise ConfigurationError(f"RabbitMQ URL has an invalid port: {_censor(url)!r}") from e
-
-    ours: dict[str, str] = {}
-    passthrough: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in _OPTIONS:
-            if name in ours:
-                raise ConfigurationError(f"RabbitMQ URL option {name!r} is given twice")
-            ours[name] = value
-        elif name in _AIORMQ_OPTIONS:
-            passthrough.append((name, value))
-        else:
-            known = ", ".join(sorted(_OPTIONS.keys() | _AIORMQ_OPTIONS))
-            raise ConfigurationError(f"unknown RabbitMQ URL option {name!r}; known: {known}")
-
-    settings = {name: _OPTIONS[name](name, value) for name, value in ours.items()}
+        raise ConfigurationError(f"RabbitMQ URL has an invalid port: {censor_url(url)!r}") from e
+    settings, passthrough = parse_options("RabbitMQ", parts.query, _OPTIONS, _AIORMQ_OPTIONS)
     amqp_url = urlunsplit(parts._replace(query=urlencode(passthrough), fragment=""))
     address = f"{_host(parts.hostname)}:{port}"
-    return Settings(amqp_url=amqp_url, address=address, **settings)  # type: ignore[arg-type]
+    return Settings(amqp_url=amqp_url, address=address, **settings)
 
 
-def _positive_int(name: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise ConfigurationError(f"RabbitMQ URL option {name} must be an integer >= 1: {value!r}")
-    return number
-
-
-def _positive_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0 or number != number or number == float("inf"):
-        raise ConfigurationError(f"RabbitMQ URL option {name} must be seconds > 0, got {value!r}")
-    return number
-
-
-def _queue_type(name: str, value: str) -> str:
-    if value not in ("classic", "quorum"):
-        raise ConfigurationError(f"RabbitMQ URL option {name} must be classic or quorum: {value!r}")
-    return value
-
-
-_OPTIONS = {
-    "prefetch": _positive_int,
-    "queue_type": _queue_type,
-    "partitions": _positive_int,
-    "delivery_limit": _positive_int,
-    "publish_timeout": _positive_float,
-    "connect_timeout": _positive_float,
-    "max_message_size": _positive_int,
+# The adapter's table; parsing, "unknown" and "given twice" errors are the core's (urls.py).
+_OPTIONS: dict[str, OptionParser] = {
+    "prefetch": positive_int,
+    "queue_type": choice("classic", "quorum"),
+    "partitions": positive_int,
+    "delivery_limit": positive_int,
+    "publish_timeout": seconds,
+    "connect_timeout": seconds,
+    "max_message_size": positive_int,
 }
 
 
 def _host(hostname: str) -> str:
     return f"[{hostname}]" if ":" in hostname else hostname
-
-
-def _censor(url: str) -> str:
-    """The URL without its password, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -2,6 +2,8 @@
 
 CloudEvents attributes with a native AMQP property travel there (``message_id``, ``type``,
 ``timestamp``, ``content_type``, ``correlation_id``); the others as ``cloudEvents_*`` headers.
+The reply address (request-reply) is the native ``reply_to`` property, as other AMQP clients
+expect it.
 ``timestamp`` is whole seconds on the wire, so the exact time also goes in ``cloudEvents_time``.
 The key goes in the ``eventbus-key`` header (the routing key may be a hash of it, or the id).
 
@@ -22,8 +24,9 @@ from typing import Any
 from pamqp.commands import Basic
 
 from eventbus.message import Message
+from eventbus.transports import cloudevents
 
-__all__ = ["KEY_HEADER", "decode", "encode", "routing_key"]
+__all__ = ["KEY_HEADER", "amqp_message_id", "decode", "encode", "routing_key"]
 
 KEY_HEADER = "eventbus-key"
 SPECVERSION = "cloudEvents_specversion"
@@ -33,14 +36,16 @@ TIME = "cloudEvents_time"
 _CE_ID = "cloudEvents_id"
 _CE_TYPE = "cloudEvents_type"
 _CE_CORRELATION = "cloudEvents_correlationid"
-_SOURCE_VALUE = "eventbus"
+_REPLY_TO = "eventbus-reply-to"
 _PERSISTENT = 2
 _MAX_SHORTSTR = 255
 
 # Headers RabbitMQ adds (dead-lettering through delay queues, quorum redeliveries): facts about
 # one hop, not part of the message; left out so they do not pile up on every retry.
 _BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-_OURS = frozenset({KEY_HEADER, SPECVERSION, SOURCE, TIME, _CE_ID, _CE_TYPE, _CE_CORRELATION})
+_OURS = frozenset(
+    {KEY_HEADER, SPECVERSION, SOURCE, TIME, _CE_ID, _CE_TYPE, _CE_CORRELATION, _REPLY_TO}
+)
 
 
 def routing_key(message: Message) -> str:
@@ -49,6 +54,11 @@ def routing_key(message: Message) -> str:
     a digest of it, stable for the same key."""
     value = message.key if message.key is not None else message.id
     return _short(value)
+
+
+def amqp_message_id(message: Message) -> str:
+    """The ``message_id`` property `encode` gives ``message``."""
+    return _short(message.id)
 
 
 def _short(value: str) -> str:
@@ -67,9 +77,9 @@ def _property(headers: dict[str, Any], header: str, value: str | None) -> str | 
 
 def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Properties:
     headers: dict[str, Any] = dict(message.headers)
-    headers[SPECVERSION] = "1.0"
-    headers.setdefault(SOURCE, _SOURCE_VALUE)
-    headers[TIME] = message.timestamp.astimezone(UTC).isoformat()
+    headers[SPECVERSION] = cloudevents.SPEC_VERSION
+    headers.setdefault(SOURCE, cloudevents.SOURCE)
+    headers[TIME] = cloudevents.format_time(message.timestamp)
     if message.key is not None:
         headers[KEY_HEADER] = message.key
     return Basic.Properties(
@@ -78,6 +88,7 @@ def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Prope
         timestamp=message.timestamp,
         content_type=message.content_type,
         correlation_id=_property(headers, _CE_CORRELATION, message.correlation_id),
+        reply_to=_property(headers, _REPLY_TO, message.reply_to),
         delivery_mode=_PERSISTENT,
         expiration=str(expiration_ms) if expiration_ms is not None else None,
         headers=headers,
@@ -111,6 +122,7 @@ def decode(
         type=_optional_text(raw.get(_CE_TYPE)) or properties.message_type,
         timestamp=_timestamp(raw.get(TIME), properties.timestamp),
         correlation_id=_optional_text(raw.get(_CE_CORRELATION)) or properties.correlation_id,
+        reply_to=_optional_text(raw.get(_REPLY_TO)) or properties.reply_to or None,
     )
 
 
@@ -123,7 +135,7 @@ def text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
+        return cloudevents.format_time(value)
     if isinstance(value, int | float | Decimal) or value is None:
         return str(value)
     return json.dumps(value, default=text, ensure_ascii=False, sort_keys=True)
@@ -135,12 +147,9 @@ def _optional_text(value: Any) -> str | None:
 
 def _timestamp(header: Any, native: datetime | None) -> datetime:
     if header is not None:
-        try:
-            parsed = datetime.fromisoformat(text(header))
-        except ValueError:
-            parsed = None
+        parsed = cloudevents.parse_time(text(header))
         if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed
     if native is not None:
         return native if native.tzinfo else native.replace(tzinfo=UTC)
     return datetime.now(UTC)

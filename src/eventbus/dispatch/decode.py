@@ -1,0 +1,62 @@
+"""Decoding a body into the handler's payload type (DESIGN 3.4, 8).
+
+Any error of any type from the codec makes the message a poison message: it is dead-lettered
+as ``undecodable``, since another attempt would decode the same bytes the same way. Only a
+`BrokerUnavailableError` from an asynchronous codec (its schema registry is down) is not the
+message's fault: decoding waits and tries again, spending no attempt, like a dedup-store
+outage.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.errors import BrokerUnavailableError
+from eventbus.message import Message
+
+__all__ = ["Decoder", "Stopping"]
+
+log = logging.getLogger("eventbus.dispatch")
+
+
+class Stopping(Exception):
+    """The subscription started stopping while decoding waited for its codec."""
+
+
+class Decoder:
+    def __init__(
+        self,
+        codec: Codec | AsyncCodec,
+        target: Any,
+        wait: Callable[[float], Awaitable[bool]],
+        describe: str,
+    ) -> None:
+        """``target``: the handler's payload annotation (None or `Message`: the raw message).
+        ``wait(seconds)`` returns True when the subscription started stopping meanwhile."""
+        self._codec = codec
+        self._async = inspect.iscoroutinefunction(codec.decode)
+        self._target = target
+        self._raw = target is None or target is Message
+        self._wait = wait
+        self._describe = describe
+
+    async def decode(self, message: Message) -> object:
+        """The payload; raises what the codec raised for a poison message, or `Stopping`."""
+        if self._raw:
+            return message
+        pause = 0.05
+        while True:
+            try:
+                decoded = self._codec.decode(message, self._target)
+                if self._async:
+                    return await cast(Awaitable[object], decoded)
+                return decoded
+            except BrokerUnavailableError as exc:
+                log.warning("%s: codec unavailable (%r); retrying", self._describe, exc)
+                if await self._wait(pause):
+                    raise Stopping from exc
+                pause = min(pause * 2, 5.0)
