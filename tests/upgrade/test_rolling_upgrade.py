@@ -24,6 +24,7 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -41,9 +42,10 @@ def _deploy(
     release: OldRelease,
     workdir: Path,
     report: Callable[[str], None],
+    **options: Any,
 ) -> UpgradeLedger:
     old = (".".join(release.version.split(".")[:2]), release.python)
-    deploy = RollingDeploy(broker=broker, url=url, old=old, new=NEW, workdir=workdir)
+    deploy = RollingDeploy(broker=broker, url=url, old=old, new=NEW, workdir=workdir, **options)
     ledger = asyncio.run(deploy.run())
     ledger.logs = deploy.logs()
     report(ledger.summary())
@@ -85,6 +87,12 @@ def test_kafka_routing_headers_stay_in_the_adapter(kafka_deploy: UpgradeLedger) 
 # -- RabbitMQ -----------------------------------------------------------------------------------
 
 
+def _with_partitions(url: str, partitions: int) -> str:
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, f"partitions={partitions}") if q)
+    return urlunsplit(parts._replace(query=query))
+
+
 @pytest.fixture(scope="module")
 def rabbitmq_deploy(
     amqp_url: str,
@@ -92,16 +100,46 @@ def rabbitmq_deploy(
     tmp_path_factory: pytest.TempPathFactory,
     upgrade_report: Callable[[str], None],
 ) -> UpgradeLedger:
-    # Partitioned groups: keys spread over the workers, per-key order kept across them.
-    parts = urlsplit(amqp_url)
-    query = "&".join(q for q in (parts.query, f"partitions={RABBIT_PARTITIONS}") if q)
-    url = urlunsplit(parts._replace(query=query))
-    return _deploy("rabbitmq", url, release_0_1, tmp_path_factory.mktemp("rabbit"), upgrade_report)
+    """Partitioned groups: keys spread over the workers, per-key order kept across them."""
+    return _deploy(
+        "rabbitmq",
+        _with_partitions(amqp_url, RABBIT_PARTITIONS),
+        release_0_1,
+        tmp_path_factory.mktemp("rabbit"),
+        upgrade_report,
+        partitions=RABBIT_PARTITIONS,
+    )
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_shared_queue_deploy(
+    amqp_url: str,
+    release_0_1: OldRelease,
+    tmp_path_factory: pytest.TempPathFactory,
+    upgrade_report: Callable[[str], None],
+) -> UpgradeLedger:
+    """The default topology: one queue per group, competing consumers (a key may run in two
+    processes at once there, so per-key order is not checked)."""
+    return _deploy(
+        "rabbitmq",
+        amqp_url,
+        release_0_1,
+        tmp_path_factory.mktemp("rabbit-shared"),
+        upgrade_report,
+        per_key_order=False,
+    )
 
 
 @pytest.mark.amqp
 def test_rabbitmq_rolling_deploy_loses_nothing(rabbitmq_deploy: UpgradeLedger) -> None:
     _check(rabbitmq_deploy)
+
+
+@pytest.mark.amqp
+def test_rabbitmq_shared_queue_rolling_deploy_loses_nothing(
+    rabbitmq_shared_queue_deploy: UpgradeLedger,
+) -> None:
+    _check(rabbitmq_shared_queue_deploy)
 
 
 @pytest.mark.amqp

@@ -494,6 +494,8 @@ class RollingDeploy:
         graceful_timeout: float = 10.0,
         settle_timeout: float = 60.0,
         seed: int | None = None,
+        partitions: int = 1,
+        per_key_order: bool = True,
     ) -> None:
         self.broker = broker
         self.url = url
@@ -507,6 +509,11 @@ class RollingDeploy:
         self.graceful_timeout = graceful_timeout
         self.settle_timeout = settle_timeout
         self.seed = seed if seed is not None else random.randrange(2**32)
+        self.partitions = partitions
+        """RabbitMQ partition queues per group (the URL's ``partitions``), for the cleanup."""
+        self.per_key_order = per_key_order
+        """Whether the topology keeps a key in one process (Kafka, partitioned RabbitMQ groups):
+        then per-key order and one-at-a-time are checked."""
         suffix = uuid.uuid4().hex[:8]
         self.topic = f"upg-{suffix}"
         self.group = f"upg-{suffix}"
@@ -545,10 +552,12 @@ class RollingDeploy:
             await self._cleanup()
         lines = [line for w in self.workers for line in w.lines()]
         old = [line for w in self.workers if w.name == "old" for line in w.lines()]
-        clean = {f"k{k:02d}" for k in range(self.clean_keys)}
-        every = {p.key for p in plan}
+        clean = {f"k{k:02d}" for k in range(self.clean_keys)} if self.per_key_order else set()
+        every = {p.key for p in plan} if self.per_key_order else set()
         ledger = UpgradeLedger(
-            broker=self.broker,
+            broker=self.broker
+            if self.broker == "kafka"
+            else f"{self.broker}?partitions={self.partitions}",
             versions=(self.old[0], self.new[0]),
             published=len(plan),
             designed_dead_letters=sum(1 for p in plan if p.dead_letter_reason),
@@ -679,7 +688,7 @@ class RollingDeploy:
                 if self.broker == "kafka":
                     await _delete_kafka(self.url, self.topic, names)
                 else:
-                    await _delete_rabbit(self.url, self.topic, names, RABBIT_PARTITIONS)
+                    await _delete_rabbit(self.url, self.topic, names, self.partitions)
                     await _delete_rabbit_delays(self.url, names)
 
     def logs(self) -> str:
