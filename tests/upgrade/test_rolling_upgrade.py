@@ -9,13 +9,16 @@ design, so retries cross versions: through the broker in one group (the attempt 
 routing to the group travel in headers written by one version and read by the other), in
 process in the other (where per-key order is checked on every key).
 
-One deploy runs per broker (a module fixture); the tests check its ledger. What must hold, in
+One deploy runs per topology (a module fixture): Kafka, RabbitMQ with partitioned groups,
+RabbitMQ with one queue per group (its default); the tests check its ledger. What must hold, in
 each group: every published message is handled at least once or dead-lettered (lost = 0); the
 dead letters are exactly the messages designed to be rejected or to run out of retries, with
 the right reason and attempt count; a message succeeds at the attempt its plan says, whichever
-versions ran the attempts before; retries crossed versions both ways; per-key order holds (on
-keys without broker retries in that group) and a key never runs in two places at once; every
-worker stops with exit code 0. Duplicates (at-least-once) are reported, not failed on.
+versions ran the attempts before; retries through the broker crossed versions both ways;
+per-key order holds (on keys without broker retries in that group; not on RabbitMQ's shared
+queues, where it is not promised across processes) and a key never runs in two places at once;
+every worker stops with exit code 0. Duplicates (at-least-once) are reported, not failed on.
+The "rolling upgrade" section at the end of the run has each ledger.
 """
 
 from __future__ import annotations

@@ -522,8 +522,9 @@ class RollingDeploy:
         self.dead_letters: dict[str, list[DeadLetter]] = {g: [] for g in GROUPS}
         self._started = 0.0
         self.sigterm_at = 0.0
-        self.published = 0
         """When the old worker got its SIGTERM (epoch seconds, as in the ledger lines)."""
+        self.published = 0
+        """Messages published (confirmed) so far: the deploy steps wait on it."""
         workdir.mkdir(parents=True, exist_ok=True)
 
     def event(self, text: str) -> None:
