@@ -156,3 +156,14 @@ def test_cloudevents_time_is_read_in_either_form(written: str) -> None:
     )
     message = wire.decode("t", b"", properties, exchange="t", routing_key="k")
     assert message.timestamp == datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+def test_routing_headers_a_0_1_worker_wrote_are_dropped_on_read() -> None:
+    # eventbus 0.1 put them on its retries; 0.2 routes by exchange and must not pass them on.
+    message = Message(id="m", topic="orders", body=b"{}", headers={"tenant": "a"})
+    properties = wire.encode(message)
+    assert properties.headers is not None
+    properties.headers["eventbus-target-group"] = "billing"
+    properties.headers["eventbus-not-before"] = "1764583200.000"
+    got = wire.decode("orders", b"{}", properties, exchange="orders", routing_key="m")
+    assert got.headers == {"tenant": "a"}

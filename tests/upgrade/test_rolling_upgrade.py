@@ -146,11 +146,5 @@ def test_rabbitmq_shared_queue_rolling_deploy_loses_nothing(
 
 
 @pytest.mark.amqp
-@pytest.mark.xfail(
-    reason="a 0.1 worker's retry through RabbitMQ carries eventbus-target-group (written by the "
-    "0.1 core); 0.1 strips it before its handlers, the 0.2 core and RabbitMQ adapter do not, "
-    "so 0.2 handlers see it and 0.2 dead letters keep it",
-    strict=False,
-)
 def test_rabbitmq_routing_headers_stay_out_of_handlers(rabbitmq_deploy: UpgradeLedger) -> None:
     assert not rabbitmq_deploy.routing_header_leaks(), rabbitmq_deploy.summary()

@@ -43,8 +43,13 @@ _MAX_SHORTSTR = 255
 # Headers RabbitMQ adds (dead-lettering through delay queues, quorum redeliveries): facts about
 # one hop, not part of the message; left out so they do not pile up on every retry.
 _BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+_ROUTED_BY_0_1 = frozenset({"eventbus-target-group", "eventbus-not-before"})
+"""Written on retries by eventbus 0.1 workers (routing is by exchange here, so they mean
+nothing to this adapter); dropped on read so that during a rolling upgrade no 0.2 handler or
+dead letter sees them, and a handler republishing what it got cannot make 0.1 groups skip it."""
 _OURS = frozenset(
     {KEY_HEADER, SPECVERSION, SOURCE, TIME, _CE_ID, _CE_TYPE, _CE_CORRELATION, _REPLY_TO}
+    | _ROUTED_BY_0_1
 )
 
 
