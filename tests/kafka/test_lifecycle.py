@@ -86,6 +86,8 @@ async def test_a_fetch_loop_that_cannot_go_on_ends_run_with_the_access_error(
 
     sub._consumer.getmany = refused  # the broker starts refusing (ACLs changed)
     await wait_until(lambda: not live.running, within=30)
+    # Reported lost before the consumer left the group: the core stops its handlers first.
+    assert [[d.message.id for d in call] for call in live.owner.lost_calls] == [["m0", "m1"]]
     with pytest.raises(AuthorizationError, match="TopicAuthorizationFailedError"):
         await live.close()  # re-raises what ended run
     with pytest.raises(AuthorizationError):

@@ -17,6 +17,7 @@ from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 from eventbus.transports.base import (
     DeliveryOwner,
+    Destination,
     RawDelivery,
     Subscription,
     SubscriptionSpec,
@@ -68,12 +69,20 @@ class Tap:
 
 class TappedTransport(MemoryTransport):
     """Injected through ``EventBus(transport=...)``: the memory broker, with its subscriptions'
-    owners and deliveries in view."""
+    owners and deliveries in view, and publishes that can be held back."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.owners: list[DeliveryOwner] = []
         self.taps: list[Tap] = []
+        self.publishing = anyio.Event()
+        self.gate: anyio.Event | None = None
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        if self.gate is not None:
+            self.publishing.set()
+            await self.gate.wait()
+        await super().publish(to, messages)
 
     async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
         tap = Tap(await super().subscribe(spec, owner))
@@ -169,6 +178,44 @@ async def test_settling_a_lost_delivery_is_a_no_op(url: str, broker: MemoryBroke
         assert kept[0].settled
     # Never acked: closing the subscription gave the message back to the broker.
     assert [m.id for m in broker.ready("orders", "g")] == ["m1"]
+
+
+async def test_lost_waits_for_a_settle_already_publishing(url: str) -> None:
+    # A manual nack publishes the retry from user code; the transport must not let the
+    # partition go while that publish is under way (the new owner would race the copy).
+    transport = TappedTransport(url)
+    bus = EventBus(transport=transport)
+    kept: list[Delivery] = []
+    events: list[str] = []
+
+    @bus.subscribe("orders", group="g", ack="manual")
+    async def handle(order: Order, delivery: Delivery) -> None:
+        kept.append(delivery)
+        if delivery.attempt > 1:
+            await delivery.ack()  # the retry the nack published
+
+    async with bus:
+        await bus.publish("orders", Order(id=1), message_id="m1")
+        await wait_for(lambda: len(kept) == 1)
+        transport.gate = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def nack() -> None:
+                await kept[0].nack(delay=0)
+                events.append("nack published")
+
+            async def lose() -> None:
+                await transport.publishing.wait()
+                await transport.owners[0].lost([handed(transport, "m1")])
+                events.append("lost returned")
+
+            tg.start_soon(nack)
+            tg.start_soon(lose)
+            await transport.publishing.wait()
+            await anyio.sleep(0.1)
+            assert events == [], "lost() waits for the publish under way"
+            transport.gate.set()
+        assert events == ["nack published", "lost returned"]
 
 
 async def test_a_broken_subscription_is_subscribed_again(url: str) -> None:

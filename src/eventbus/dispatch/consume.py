@@ -72,6 +72,10 @@ class ConsumeLoop:
             try:
                 sub = await self._transport.subscribe(self._sub.spec, self._owner)
                 self.current = sub
+                if self._closed.is_set():  # closed while re-subscribing: `aclose` saw none
+                    self.current = None
+                    await sub.close()
+                    return
                 if self._paused:
                     sub.pause()
                 async with anyio.create_task_group() as tg:

@@ -170,13 +170,14 @@ class SubscriptionRunner:
 
     async def lost(self, deliveries: Sequence[RawDelivery]) -> None:
         """The transport took these back: unstarted ones never start, running ones are
-        cancelled (a thread is waited for), and only then does this return (DESIGN 8)."""
+        cancelled (a thread is waited for), a settle already under way is cancelled with its
+        attempt or waited for, and only then does this return (DESIGN 8)."""
         states = [s for raw in deliveries if (s := self._in_flight.get(raw)) is not None]
-        states = [s for s in states if not s.settled]
         if not states:
             return
+        unsettled = {s for s in states if not s.settled}
         running = [s for s in states if s.scope is not None]
-        self.subscriber.stats.lost += len(states)
+        self.subscriber.stats.lost += len(unsettled)
         log.warning(
             "%s: %d in-flight deliveries are no longer ours (%d handlers cancelled); their "
             "next owner handles them",
@@ -185,13 +186,18 @@ class SubscriptionRunner:
             len(running),
         )
         with anyio.CancelScope(shield=True):
-            for state in states:
+            for state in unsettled:
                 state.drop()
             for state in running:
                 await state.cancel()
             for state in states:
-                await state.release_claim()
-                self._in_flight.forget(state.raw)
+                if state in unsettled:
+                    await state.release_claim()
+                    state.leave()
+                else:
+                    # Settled by user code outside any attempt (a manual nack publishing its
+                    # retry): the publish cannot be taken back, so let it finish first.
+                    await state.wait_left()
 
     async def _lose_all(self) -> None:
         await self.lost([state.raw for state in self._in_flight.items()])

@@ -69,6 +69,7 @@ class DeliveryState:
 
     __slots__ = (
         "_finished",
+        "_left",
         "_settled_event",
         "_settling",
         "ack_deferred",
@@ -101,6 +102,7 @@ class DeliveryState:
         self.lost = False
         """The transport took it back: no handler may start for it, settling does nothing."""
         self._finished: anyio.Event | None = None
+        self._left: anyio.Event | None = None
         self.scope: anyio.CancelScope | None = None
         """Around the work on it (attempts, waits), so that losing it can cancel that work."""
 
@@ -132,7 +134,7 @@ class DeliveryState:
             await self._complete_claim()
             await self.raw.ack()
         finally:
-            self._settling.in_flight.forget(self.raw)
+            self.leave()
 
     async def nack(self, delay: float | None) -> None:
         """Always back through the broker, after ``delay`` or the policy's backoff (DESIGN 8);
@@ -185,7 +187,7 @@ class DeliveryState:
             else:
                 await s.republisher.redeliver(self.raw, self.attempt, outcome.delay)
         finally:
-            s.in_flight.forget(self.raw)
+            self.leave()
 
     async def expire(self) -> None:
         """``ack_timeout`` ran out on a manual-ack delivery: a failed attempt."""
@@ -217,6 +219,19 @@ class DeliveryState:
         scope.cancel()
         await self._finished.wait()
 
+    def leave(self) -> None:
+        """Settled and done with: frees its in-flight room."""
+        self._settling.in_flight.forget(self.raw)
+        if self._left is not None:
+            self._left.set()
+
+    async def wait_left(self) -> None:
+        """Return once a settle already under way (a publish, say) is over."""
+        if self._settling.in_flight.get(self.raw) is self:
+            if self._left is None:
+                self._left = anyio.Event()
+            await self._left.wait()
+
     def finish(self) -> None:
         """The work on it stopped (the runner calls this when its attempts end)."""
         self.scope = None
@@ -231,7 +246,7 @@ class DeliveryState:
             await self.release_claim()
             await self.raw.release()
         finally:
-            self._settling.in_flight.forget(self.raw)
+            self.leave()
 
     # -- dedup bookkeeping ------------------------------------------------------------------
 

@@ -263,7 +263,8 @@ class KafkaSubscription:
 
     async def _finish(self) -> None:
         """Once: commit what is safe (unless `run` failed), forget every tracked record (so
-        settles become no-ops) and stop the consumer, leaving the group."""
+        settles become no-ops), report what the core still held as lost, and stop the
+        consumer, leaving the group."""
         consumer, self._consumer = self._consumer, None
         if consumer is None:
             return
@@ -271,10 +272,14 @@ class KafkaSubscription:
         if self._failure is None and self._group is not None and not self._owned.rebalancing:
             pending = pending_commits(self._owned.trackers)
             await self._committer.commit(consumer, pending, _COMMIT_TIMEOUT)
-        self._handed_out.detach_all()
+        lost = self._handed_out.detach_all()
         self._owned.revoke_all()
         self._buffer.clear()
         self._wake()
+        if lost:
+            # Still in the core's hands (after a failure, say): stop the work on them before
+            # leaving the group hands their partitions to another consumer (SPI: lost first).
+            await self._owner.lost(lost)
         try:
             with anyio.fail_after(_LEAVE_TIMEOUT):
                 await consumer.stop()
