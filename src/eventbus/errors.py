@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 __all__ = [
@@ -109,5 +110,8 @@ class Retry(Exception):
     """
 
     def __init__(self, delay: float | None = None, reason: str | None = None) -> None:
+        if delay is not None and not (0 <= delay < math.inf):
+            # A delay that never comes would hold the key lane and an in-flight slot forever.
+            raise ValueError(f"Retry delay must be finite seconds >= 0, got {delay!r}")
         super().__init__(reason or "retry requested by handler")
         self.delay = delay

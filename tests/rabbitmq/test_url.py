@@ -65,3 +65,8 @@ def test_the_name_option_names_the_connections_by_purpose() -> None:
     assert Connector(settings, "consumer").name == "billing consumer"
     plain = parse_url("amqp://guest:guest@127.0.0.1:5672/")
     assert Connector(plain, "publisher").name == "eventbus publisher"
+
+
+def test_settings_repr_never_shows_the_password() -> None:
+    settings = parse_url("amqp://bob:s3cret@127.0.0.1:5672/vh?queue_type=quorum")
+    assert "s3cret" not in repr(settings) and "quorum" in repr(settings)

@@ -81,3 +81,10 @@ def test_a_huge_attempt_count_does_not_overflow_the_backoff() -> None:
     # A foreign producer may write any eventbus-attempt; the policy's cap still applies.
     policy = RetryPolicy(max_attempts=10**9, initial_delay=1, max_delay=4, jitter=False)
     assert decide(policy, 10**6, ValueError(), "raised") == RetryInProcess(4)
+
+
+@pytest.mark.parametrize("delay", [float("inf"), float("nan"), -1.0])
+def test_a_retry_delay_that_never_comes_is_refused(delay: float) -> None:
+    # Raised inside a handler, the ValueError is then a failed attempt like any other.
+    with pytest.raises(ValueError, match="Retry delay"):
+        Retry(delay=delay)

@@ -7,7 +7,7 @@ error rather than silently ignored: a typo in ``queue_type`` must not quietly gi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
@@ -59,7 +59,7 @@ class Settings:
     ``max_message_size``: overrides the size limit assumed from the broker version.
     """
 
-    amqp_url: str
+    amqp_url: str = field(repr=False)  # holds the password
     address: str
     prefetch: int | None = None
     queue_type: QueueType = "classic"
