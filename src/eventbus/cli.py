@@ -31,6 +31,7 @@ from eventbus.errors import (
 from eventbus.message import Message
 from eventbus.transports.base import Transport
 from eventbus.transports.registry import transport_for_url
+from eventbus.transports.urls import censor_url
 
 __all__ = ["main"]
 
@@ -101,6 +102,10 @@ async def _serve(bus: EventBus) -> int:
     return 130 if signals_seen > 1 else 0
 
 
+_WORKER_URL = "EVENTBUS_WORKER_URL"
+"""How `run --workers N` hands ``--url`` to its children."""
+
+
 def _run_workers(args: argparse.Namespace) -> int:
     """Fork ``--workers`` processes that share the work through the transport's groups."""
     command = [
@@ -116,11 +121,16 @@ def _run_workers(args: argparse.Namespace) -> int:
         "--log-level",
         args.log_level,
     ]
+    env = dict(os.environ)
     if args.url:
-        command += ["--url", args.url]
+        # Through the environment, never the command line: `ps` shows any user's arguments,
+        # and the URL may hold a password (DESIGN 8).
+        env[_WORKER_URL] = args.url
     # Own sessions: a Ctrl-C in the terminal reaches the parent only, which forwards it once
     # (a second SIGINT would cut the children's drain short).
-    children = [subprocess.Popen(command, start_new_session=True) for _ in range(args.workers)]
+    children = [
+        subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -134,6 +144,7 @@ def _run_workers(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    args.url = args.url or os.environ.pop(_WORKER_URL, None)
     if args.url:
         os.environ["EVENTBUS_URL"] = args.url
     bus = load_bus(args.target)
@@ -153,7 +164,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info(
         "eventbus worker pid %d on %s with %d handler(s)",
         os.getpid(),
-        bus.url,
+        censor_url(bus.url),
         len(bus.subscribers),
     )
     return anyio.run(_serve, bus)

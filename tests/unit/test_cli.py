@@ -325,3 +325,24 @@ def test_dlq_needs_a_name_and_a_url(
         main(["dlq", "show", DLQ])
     assert caught.value.code == 2
     assert "--url" in capsys.readouterr().err
+
+
+def test_a_password_in_the_url_shows_nowhere(tmp_path: Path) -> None:
+    # DESIGN 8, secrets: not in a log line, an error, nor another process's command line.
+    # The broker is unreachable, so the workers log, retry and fail with exit code 5.
+    secret = "S3cr3t-pw-9a7"
+    url = f"amqp://app:{secret}@127.0.0.1:1/?connect_timeout=3"
+    worker = Worker("run", "slow_app:bus", "--url", url, "--workers", "2", "--log-level", "debug")
+    seen_children = 0
+    deadline = time.monotonic() + 30
+    while worker.proc.poll() is None and time.monotonic() < deadline:
+        table = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        children = [line for line in table.splitlines() if "slow_app:bus --workers 1" in line]
+        seen_children = max(seen_children, len(children))
+        assert all(secret not in line for line in children), children
+        time.sleep(0.1)
+    code = worker.finish(within=30)
+    assert seen_children == 2, "both workers were looked at while they ran"
+    assert code == 5, worker.stderr
+    assert "127.0.0.1:1" in worker.stderr, "the error still names the address"
+    assert secret not in worker.stdout + worker.stderr

@@ -10,7 +10,10 @@ The rules:
 
 - undecodable body: dead letter (``undecodable``) at once; another attempt decodes the same.
 - `Reject` raised, or an error the policy does not retry (``give_up_on`` / not ``retry_on``):
-  dead letter (``rejected``) at once.
+  dead letter (``rejected``) at once. A `BaseException` that is not an `Exception` (a stray
+  ``CancelledError``, ``KeyboardInterrupt``, ``SystemExit`` from handler code) is retried
+  unless ``give_up_on`` names it: it is never the bus's own cancellation, which the runner
+  tells apart and never counts as a failure.
 - the policy's attempts are spent: dead letter (``retries-exhausted``).
 - otherwise retry after ``Retry.delay`` / the ``nack`` delay when given, else the policy's
   backoff for this attempt. A raised error retries in process (the key lane waits) unless
@@ -76,11 +79,7 @@ def decide(
     retry of a raised error waits in process instead."""
     if how == "undecodable":
         return DeadLetter("undecodable")
-    if how == "raised" and (
-        isinstance(error, Reject)
-        or error is None
-        or not (isinstance(error, Retry) or policy.retryable(error))
-    ):
+    if how == "raised" and not _retryable(policy, error):
         return DeadLetter("rejected")
     if attempt >= policy.max_attempts:
         return DeadLetter("retries-exhausted")
@@ -92,3 +91,16 @@ def decide(
     ):
         return RetryViaBroker(wait)
     return RetryInProcess(wait)
+
+
+def _retryable(policy: RetryPolicy, error: BaseException | None) -> bool:
+    if error is None or isinstance(error, Reject):
+        return False
+    if isinstance(error, Retry):
+        return True
+    if not isinstance(error, Exception):
+        # A stray CancelledError, a KeyboardInterrupt or SystemExit raised by handler code:
+        # nothing a policy's retry_on was written for, so it is retried (DESIGN 8) unless
+        # give_up_on names it.
+        return not isinstance(error, policy.give_up_on)
+    return policy.retryable(error)

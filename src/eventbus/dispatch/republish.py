@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import anyio
 
 from eventbus import headers as h
+from eventbus.backoff import Backoff
 from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.errors import MessageTooLargeError
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, Transport
 
@@ -25,7 +27,6 @@ __all__ = ["Republisher"]
 
 log = logging.getLogger("eventbus.dispatch")
 
-_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 _REQUEUED_LIMIT = 10_000
 
 
@@ -44,7 +45,12 @@ class Republisher:
         return self._requeued.pop(message_id, 0) if self._requeued else 0
 
     async def dead_letter(
-        self, raw: RawDelivery, attempt: int, reason: DeadLetterReason, error: BaseException
+        self,
+        raw: RawDelivery,
+        attempt: int,
+        reason: DeadLetterReason,
+        error: BaseException,
+        gone: Callable[[], bool],
     ) -> None:
         sub = self._sub
         queue = sub.dead_letter
@@ -68,12 +74,14 @@ class Republisher:
             attempts=attempt,
             native=raw.native,
         )
-        if await self._publish_then_ack(raw, Destination(queue, "queue"), letter):
+        if await self._publish_then_ack(raw, Destination(queue, "queue"), letter, gone):
             # Counted once the dead letter is confirmed in its queue, so that whoever waits
             # for the count (tests, the DLQ commands) finds it there.
             sub.stats.dead_lettered += 1
 
-    async def redeliver(self, raw: RawDelivery, attempt: int, delay: float) -> None:
+    async def redeliver(
+        self, raw: RawDelivery, attempt: int, delay: float, gone: Callable[[], bool]
+    ) -> None:
         """Send the message back for ``attempt + 1``, to this group only, not before ``delay``.
         A broadcast has no group to target: the transport requeues it instead."""
         sub = self._sub
@@ -95,16 +103,27 @@ class Republisher:
             not_before=time.time() + delay if delay > 0 else None,
         )
         again = message.replace_headers({**message.headers, h.ATTEMPT: str(attempt + 1)})
-        await self._publish_then_ack(raw, to, again)
+        await self._publish_then_ack(raw, to, again, gone)
 
-    async def _publish_then_ack(self, raw: RawDelivery, to: Destination, message: Message) -> bool:
-        for attempt, pause in enumerate((*_BACKOFF, None), start=1):
+    async def _publish_then_ack(
+        self, raw: RawDelivery, to: Destination, message: Message, gone: Callable[[], bool]
+    ) -> bool:
+        """Publish until confirmed, then ack. A failed publish never re-runs the handler: only
+        the publish is tried again, with capped backoff (DESIGN 8), until it goes through, the
+        subscription stops or the delivery is lost (``gone``); in those two cases the message
+        is released and its next owner handles it."""
+        backoff = Backoff(0.2, 5.0)
+        while True:
             try:
                 await self._transport.publish(to, [message])
                 break
             except Exception as exc:
                 self._sub.stats.republish_failures += 1
-                if pause is None or self._stopping():
+                if isinstance(exc, MessageTooLargeError) and h.ERROR_TRACEBACK in message.headers:
+                    # The original filled the size limit; the dead letter's diagnostics must not
+                    # keep it from getting out.
+                    message = message.replace_headers(_without_diagnostics(message.headers))
+                if self._stopping() or gone():
                     log.error(
                         "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
                         self._sub.describe(),
@@ -114,13 +133,20 @@ class Republisher:
                     )
                     await raw.release()
                     return False
+                wait = backoff.next()
                 log.warning(
-                    "%s: publish to %s failed (try %d): %r",
+                    "%s: publish of %s to %s failed (%d so far, next try in %.1fs): %r",
                     self._sub.describe(),
+                    message.id,
                     to.name,
-                    attempt,
+                    backoff.failures,
+                    wait,
                     exc,
                 )
-                await anyio.sleep(pause)
+                await anyio.sleep(wait)
         await raw.ack()
         return True
+
+
+def _without_diagnostics(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k not in (h.ERROR_TRACEBACK, h.ERROR_MESSAGE)}

@@ -196,7 +196,9 @@ class SubscriptionRunner:
                     state.leave()
                 else:
                     # Settled by user code outside any attempt (a manual nack publishing its
-                    # retry): the publish cannot be taken back, so let it finish first.
+                    # retry): a publish under way cannot be taken back, so let it end first;
+                    # one that keeps failing gives up now (`lost` stops its retries).
+                    state.lost = True
                     await state.wait_left()
 
     async def _lose_all(self) -> None:
@@ -212,9 +214,12 @@ class SubscriptionRunner:
         try:
             with anyio.CancelScope() as state.scope:
                 keep_busy = await self._attempts(state)
-        except Exception as exc:
-            # Nothing may escape the worker, and the message must not stay in flight: a
-            # failure of the pipeline itself is a failed attempt (DESIGN 8).
+        except BaseException as exc:
+            if self._is_ours(state, exc):
+                raise
+            # Nothing may escape the worker (one that ends cancels every other handler of the
+            # subscription), and the message must not stay in flight: a failure of the
+            # pipeline itself is a failed attempt (DESIGN 8).
             log.exception(
                 "%s: internal error handling %s", self.subscriber.describe(), state.raw.message.id
             )
@@ -271,7 +276,9 @@ class SubscriptionRunner:
                     await self._handler(delivery)
                 finally:
                     self._limiter.release()
-            except Exception as exc:
+            except BaseException as exc:
+                if self._is_ours(state, exc):
+                    raise
                 if state.lost:
                     return False  # no longer ours: its next owner handles it
                 state.ack_deferred = False  # an ack inside a rolled-back inbox never happened
@@ -325,6 +332,15 @@ class SubscriptionRunner:
             if options.ack_timeout is not None and self._work is not None:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             return True
+
+    def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:
+        """The bus's own cancellation -- shutdown past the graceful timeout, or the delivery
+        lost -- as opposed to a ``CancelledError`` the handler's code raised (awaiting a
+        cancelled future, say), which is a failed attempt like any other."""
+        if not isinstance(exc, anyio.get_cancelled_exc_class()):
+            return False
+        scope = state.scope
+        return self._abort.is_set() or state.lost or (scope is not None and scope.cancel_called)
 
     async def _expire(self, state: DeliveryState, after: float) -> None:
         # Ends as soon as the delivery is settled, so timers do not pile up under load.

@@ -183,9 +183,9 @@ class DeliveryState:
                     reason,
                     error,
                 )
-                await s.republisher.dead_letter(self.raw, self.attempt, reason, error)
+                await s.republisher.dead_letter(self.raw, self.attempt, reason, error, self._gone)
             else:
-                await s.republisher.redeliver(self.raw, self.attempt, outcome.delay)
+                await s.republisher.redeliver(self.raw, self.attempt, outcome.delay, self._gone)
         finally:
             self.leave()
 
@@ -202,6 +202,9 @@ class DeliveryState:
             "ack-timeout",
             AckTimeoutError(f"not settled within ack_timeout on attempt {self.attempt}"),
         )
+
+    def _gone(self) -> bool:
+        return self.lost
 
     def drop(self) -> None:
         """Lost to the transport: settled without touching the broker. The runner forgets it

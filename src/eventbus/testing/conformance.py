@@ -15,6 +15,7 @@ uses fresh topic, group and queue names, so the suite can run against a shared b
 generous (a Kafka group join can take seconds); nothing asserts on speed.
 """
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -510,6 +511,35 @@ class ConformanceSuite:
         assert dead[0].headers[h.ATTEMPTS] == "3"
         assert dead[0].headers[h.ERROR_TYPE] == "builtins.ValueError"
         assert dead[0].headers[h.ERROR_MESSAGE] == "bad order 9"
+
+    async def test_handler_raising_a_base_exception_is_retried_then_dead_lettered(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        # DESIGN 8: a stray CancelledError (not the bus's own) is a failed attempt like any
+        # other, and an error text no broker can encode still gets its dead letter out.
+        bus, topic, group = make_bus(), name("baseexc"), name("g")
+        calls: list[int] = []
+        letters: list[Message] = []
+
+        @bus.subscribe(topic, group=group, retry=_fast_retry(2))
+        async def handler(order: Order) -> None:
+            calls.append(order.id)
+            if order.id == 1:
+                raise asyncio.CancelledError("caf\udce9 cancelled by a library")
+
+        @bus.consume(f"{topic}.{group}.dlq")
+        async def dlq(message: Message) -> None:
+            letters.append(message)
+
+        async with bus:
+            await bus.publish(topic, Order(id=1), key="k")
+            await bus.publish(topic, Order(id=2), key="k")
+            await wait_for(lambda: len(letters) == 1 and 2 in calls)
+        assert calls == [1, 1, 2]
+        [letter] = letters
+        assert letter.headers[h.DLQ_REASON] == "retries-exhausted"
+        assert letter.headers[h.ERROR_TYPE] == "asyncio.exceptions.CancelledError"
+        assert letter.headers[h.ERROR_MESSAGE] == "caf\ufffd cancelled by a library"
 
     async def test_undecodable_body_dead_lettered_and_worker_goes_on(
         self, make_bus: Callable[..., EventBus], name: Callable[[str], str]

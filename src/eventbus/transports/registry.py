@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from eventbus.errors import ConfigurationError, UnknownSchemeError
 from eventbus.transports.base import SPI_VERSION, Transport, TransportFactory
+from eventbus.transports.urls import censor_url
 
 __all__ = ["check_spi_version", "installed_schemes", "transport_for_url"]
 
@@ -21,7 +22,7 @@ def transport_for_url(url: str) -> Transport:
     scheme = urlsplit(url).scheme
     if not scheme or "://" not in url:
         raise ConfigurationError(
-            f"bad eventbus URL {url!r}: expected scheme://..., e.g. memory://, "
+            f"bad eventbus URL {censor_url(url)!r}: expected scheme://..., e.g. memory://, "
             "kafka://127.0.0.1:9092 or amqp://guest:guest@127.0.0.1:5672/"
         )
     found = entry_points(group=GROUP, name=scheme)
