@@ -21,7 +21,7 @@ from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
 from eventbus.dispatch.handler import inspect_handler
 from eventbus.dispatch.invoke import Middleware
-from eventbus.dispatch.options import SubscriptionOptions
+from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError
@@ -131,7 +131,7 @@ class EventBus:
         concurrency: int = 1,
         max_in_flight: int | None = None,
         ack: Literal["auto", "manual"] = "auto",
-        ack_timeout: float | None = None,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         retry: RetryPolicy | None = None,
         dead_letter: str | None = "auto",
         dedup: bool | DedupStore | None = None,
@@ -166,7 +166,7 @@ class EventBus:
         concurrency: int = 1,
         max_in_flight: int | None = None,
         ack: Literal["auto", "manual"] = "auto",
-        ack_timeout: float | None = None,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         retry: RetryPolicy | None = None,
         dead_letter: str | None = "auto",
         dedup: bool | DedupStore | None = None,

@@ -127,6 +127,7 @@ async def test_publish_and_send_check_names(make_bus: Callable[..., EventBus]) -
         ({"ack": "sometimes"}, "ack must be 'auto' or 'manual'"),
         ({"ack_timeout": 0}, "ack_timeout must be > 0"),
         ({"ack_timeout": -1.0}, "ack_timeout must be > 0"),
+        ({"ack_timeout": None}, "ack_timeout=None would let an unsettled manual-ack delivery"),
     ],
 )
 def test_bad_subscription_options(
@@ -149,6 +150,7 @@ def test_default_options(make_bus: Callable[..., EventBus]) -> None:
     assert emails.dead_letter == "emails.dlq"
     assert billing.options.retry.max_attempts == 3, "no retry= still gets a bounded default"
     assert billing.options.ack == "auto" and billing.options.dedup is None
+    assert billing.options.ack_timeout == 900.0, "manual acks are never unbounded"
 
 
 # -- headers -------------------------------------------------------------------------------------
@@ -164,7 +166,7 @@ async def test_reserved_header_prefix_refused(
             await bus.publish("orders", Order(id=1), headers={name: "x"})
         with pytest.raises(ConfigurationError, match="reserved"):
             await bus.send("jobs", Order(id=1), headers={name: "x"})
-    assert broker.log == [], "nothing half-published"
+    assert not broker.log, "nothing half-published"
 
 
 async def test_header_values_must_be_text(make_bus: Callable[..., EventBus]) -> None:

@@ -14,7 +14,7 @@ from eventbus.testing import MemoryBroker, memory_broker
 from eventbus.testing.conformance import wait_for
 from eventbus.testing.spi import Opened, RecordingOwner
 from eventbus.transports.base import Destination, SubscriptionSpec
-from eventbus.transports.memory import PARTITIONS, MemoryTransport
+from eventbus.transports.memory import LOG_LIMIT, PARTITIONS, MemoryTransport
 
 
 class Order(pydantic.BaseModel):
@@ -214,7 +214,7 @@ async def test_inspection_api(make_bus: Callable[..., EventBus], broker: MemoryB
     assert await bus.transport.depth("nothing-here", "queue") is None
     assert await bus.transport.depth("orders", "topic") is None
     broker.reset()
-    assert broker.log == [] and broker.ready("emails") == []
+    assert not broker.log and broker.ready("emails") == []
 
 
 async def test_broadcast_gets_only_what_is_published_while_it_runs(
@@ -262,3 +262,12 @@ async def test_redelivery_to_one_group_only(
         await wait_for(lambda: len(got["a"]) == 1 and len(got["b"]) == 2)
         await anyio.sleep(0.1)
     assert got == {"a": ["both"], "b": ["only-b", "both"]}
+
+
+async def test_the_inspection_log_is_bounded(url: str, broker: MemoryBroker) -> None:
+    # DESIGN 8, bounded memory on any run length: the oldest publishes are forgotten first.
+    transport = MemoryTransport(url)
+    batch = [msg(f"m{i}") for i in range(LOG_LIMIT + 10)]
+    await transport.publish(Destination("q", "queue"), batch)
+    assert len(broker.log) == LOG_LIMIT
+    assert broker.log[0][1].id == "m10" and broker.log[-1][1].id == f"m{LOG_LIMIT + 9}"

@@ -12,9 +12,12 @@ from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 
-__all__ = ["SubscriptionOptions"]
+__all__ = ["DEFAULT_ACK_TIMEOUT", "SubscriptionOptions"]
 
 _WEEK = 7 * 24 * 3600.0
+DEFAULT_ACK_TIMEOUT = 15 * 60.0
+"""Seconds a manual-ack delivery may stay unsettled before it is redelivered (DESIGN 8): below
+RabbitMQ's 30-minute consumer timeout, which would close the channel instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +32,8 @@ class SubscriptionOptions:
     concurrency: int = 1
     max_in_flight: int | None = None
     ack: Literal["auto", "manual"] = "auto"
-    ack_timeout: float | None = None
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    """Manual acks: seconds until an unsettled delivery is redelivered; never unbounded."""
     retry: RetryPolicy = DEFAULT_RETRY
     dead_letter: str | None = "auto"
     dedup: DedupStore | None = None
@@ -50,7 +54,12 @@ class SubscriptionOptions:
             )
         if self.ack not in ("auto", "manual"):
             raise ConfigurationError(f"ack must be 'auto' or 'manual', got {self.ack!r}")
-        _positive("ack_timeout", self.ack_timeout, optional=True)
+        if self.ack_timeout is None:
+            raise ConfigurationError(
+                "ack_timeout=None would let an unsettled manual-ack delivery hold its in-flight "
+                f"slot forever; give seconds (default {DEFAULT_ACK_TIMEOUT:.0f})"
+            )
+        _positive("ack_timeout", self.ack_timeout)
         _positive("dedup_lease", self.dedup_lease)
         _positive("dedup_ttl", self.dedup_ttl)
         if not isinstance(self.retry, RetryPolicy):
@@ -64,8 +73,6 @@ class SubscriptionOptions:
         return self.max_in_flight
 
 
-def _positive(name: str, value: float | None, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
+def _positive(name: str, value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise ConfigurationError(f"{name} must be > 0 seconds (finite), got {value!r}")

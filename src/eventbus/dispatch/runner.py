@@ -176,7 +176,8 @@ class SubscriptionRunner:
         if not states:
             return
         unsettled = {s for s in states if not s.settled}
-        running = [s for s in states if s.scope is not None]
+        lanes = self._lanes
+        running = [s for s in states if lanes is not None and lanes.is_running(s)]
         self.subscriber.stats.lost += len(unsettled)
         log.warning(
             "%s: %d in-flight deliveries are no longer ours (%d handlers cancelled); their "
@@ -189,7 +190,11 @@ class SubscriptionRunner:
             for state in unsettled:
                 state.drop()
             for state in running:
-                await state.cancel()
+                state.expect_finish()
+                assert lanes is not None
+                lanes.cancel(state)
+            for state in running:
+                await state.wait_finished()
             for state in states:
                 if state in unsettled:
                     await state.release_claim()
@@ -212,8 +217,7 @@ class SubscriptionRunner:
         self._in_flight.enter_busy(state)
         keep_busy = False
         try:
-            with anyio.CancelScope() as state.scope:
-                keep_busy = await self._attempts(state)
+            keep_busy = await self._attempts(state)
         except BaseException as exc:
             if self._is_ours(state, exc):
                 raise
@@ -329,7 +333,7 @@ class SubscriptionRunner:
             if options.ack == "auto" or state.ack_deferred:
                 await state.ack()
                 return False
-            if options.ack_timeout is not None and self._work is not None:
+            if self._work is not None:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             return True
 
@@ -339,8 +343,7 @@ class SubscriptionRunner:
         cancelled future, say), which is a failed attempt like any other."""
         if not isinstance(exc, anyio.get_cancelled_exc_class()):
             return False
-        scope = state.scope
-        return self._abort.is_set() or state.lost or (scope is not None and scope.cancel_called)
+        return self._abort.is_set() or state.lost
 
     async def _expire(self, state: DeliveryState, after: float) -> None:
         # Ends as soon as the delivery is settled, so timers do not pile up under load.

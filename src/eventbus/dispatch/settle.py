@@ -80,7 +80,6 @@ class DeliveryState:
         "inbox_open",
         "lost",
         "raw",
-        "scope",
         "settled",
     )
 
@@ -103,8 +102,6 @@ class DeliveryState:
         """The transport took it back: no handler may start for it, settling does nothing."""
         self._finished: anyio.Event | None = None
         self._left: anyio.Event | None = None
-        self.scope: anyio.CancelScope | None = None
-        """Around the work on it (attempts, waits), so that losing it can cancel that work."""
 
     def _settle(self) -> bool:
         if self.settled:
@@ -212,16 +209,6 @@ class DeliveryState:
         self.lost = True
         self._settle()
 
-    async def cancel(self) -> None:
-        """Cancel the work running on it and return once that work stopped. A handler in a
-        thread cannot be interrupted: this then waits until it returns."""
-        scope = self.scope
-        if scope is None:
-            return
-        self._finished = anyio.Event()
-        scope.cancel()
-        await self._finished.wait()
-
     def leave(self) -> None:
         """Settled and done with: frees its in-flight room."""
         self._settling.in_flight.forget(self.raw)
@@ -235,9 +222,16 @@ class DeliveryState:
                 self._left = anyio.Event()
             await self._left.wait()
 
+    def expect_finish(self) -> None:
+        """Before cancelling the work on it: `wait_finished` then returns once it stopped."""
+        self._finished = anyio.Event()
+
+    async def wait_finished(self) -> None:
+        if self._finished is not None:
+            await self._finished.wait()
+
     def finish(self) -> None:
         """The work on it stopped (the runner calls this when its attempts end)."""
-        self.scope = None
         if self._finished is not None:
             self._finished.set()
 

@@ -38,9 +38,11 @@ from eventbus.transports.base import (
     SubscriptionSpec,
 )
 
-__all__ = ["MemoryBroker", "MemoryTransport", "memory_broker"]
+__all__ = ["LOG_LIMIT", "MemoryBroker", "MemoryTransport", "memory_broker"]
 
 PARTITIONS = 16
+LOG_LIMIT = 100_000
+"""Publishes `MemoryBroker.log` keeps (the oldest are forgotten first)."""
 _seq = itertools.count()
 
 
@@ -149,8 +151,9 @@ class MemoryBroker:
     """An in-process broker. Its inspection methods are meant for users' unit tests."""
 
     def __init__(self) -> None:
-        self.log: list[tuple[Destination, Message]] = []
-        """Every publish, in order: where it went and what it was."""
+        self.log: deque[tuple[Destination, Message]] = deque(maxlen=LOG_LIMIT)
+        """The last `LOG_LIMIT` publishes, in order: where each went and what it was. Bounded,
+        so that a long-running process on ``memory://`` does not grow without end."""
         self._topics: dict[str, dict[str, _Group]] = {}
         self._broadcasts: dict[str, list[_Group]] = {}
         self._queues: dict[str, _Group] = {}

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from pamqp.commands import Basic
 
-from eventbus.message import Message
+from eventbus.message import Message, new_message_id
 from eventbus.transports import cloudevents
+
+log = logging.getLogger("eventbus.rabbitmq")
 
 __all__ = ["KEY_HEADER", "amqp_message_id", "decode", "encode", "routing_key"]
 
@@ -116,7 +118,7 @@ def decode(
         key = routing_key
     message_id = _optional_text(raw.get(_CE_ID)) or properties.message_id
     if not message_id:
-        message_id = _derived_id(body, raw, properties)
+        message_id = _random_id()
     return Message(
         id=message_id,
         topic=topic,
@@ -160,21 +162,20 @@ def _timestamp(header: Any, native: datetime | None) -> datetime:
     return datetime.now(UTC)
 
 
-def _derived_id(body: bytes, headers: Mapping[str, Any], properties: Basic.Properties) -> str:
-    """Stable for the same message however often it is redelivered (delivery tags and the
-    redelivered flag change; body, headers and properties do not)."""
-    digest = hashlib.sha256(body)
-    stable = {
-        name: text(value)
-        for name, value in headers.items()
-        if not str(name).startswith(_BROKER_HEADER_PREFIXES)
-    }
-    meta = [
-        stable,
-        properties.message_type,
-        properties.correlation_id,
-        properties.content_type,
-        text(properties.timestamp) if properties.timestamp else None,
-    ]
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    return "amqp-" + digest.hexdigest()[:32]
+def _random_id() -> str:
+    """An id for a message that came without one (DESIGN 4): random for each delivery. No
+    stable id exists -- two identical commands are not duplicates, so an id derived from the
+    content would make deduplication skip the second -- and so such messages are not
+    deduplicated (a ``dedup_key`` still works). Counted, and warned about once."""
+    global ids_made_up
+    ids_made_up += 1
+    if ids_made_up == 1:
+        log.warning(
+            "a RabbitMQ message without message_id was consumed: it gets a random id for each "
+            "delivery and is not deduplicated unless the handler has a dedup_key"
+        )
+    return "amqp-" + new_message_id()
+
+
+ids_made_up = 0
+"""Messages consumed by this process without a ``message_id`` (see `_random_id`)."""
