@@ -74,9 +74,20 @@ def load_bus(target: str) -> EventBus:
 # -- run ----------------------------------------------------------------------------------------
 
 
+SAME_CTRL_C = 0.5
+"""Seconds within which a second SIGINT is the same Ctrl-C: a terminal signals the whole
+process group, and `uv run` forwards the signal it got too (DESIGN 8). SIGTERM never is."""
+FORCE_AFTER = 3.0
+"""Seconds a second signal waits for the release of unfinished work before exiting at once:
+a synchronous handler in a thread cannot be interrupted, and would hold the process."""
+
+
 async def _serve(bus: EventBus) -> int:
-    """Run until SIGTERM/SIGINT; a second signal cuts the drain short."""
+    """Run until SIGTERM/SIGINT; a second signal cuts the drain short, and ends the process
+    at once if a handler still does not give up (nothing unsettled is acked: the broker
+    redelivers it)."""
     signals_seen = 0
+    first: tuple[int, float] | None = None
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
             run_scope = anyio.CancelScope()
@@ -88,18 +99,39 @@ async def _serve(bus: EventBus) -> int:
 
             tg.start_soon(run)
             async for signum in signals:
+                now = anyio.current_time()
+                if (
+                    first is not None
+                    and signals_seen == 1
+                    and signum == first[0] == signal.SIGINT
+                    and now - first[1] < SAME_CTRL_C
+                ):
+                    continue  # the same Ctrl-C, delivered twice
                 signals_seen += 1
                 if signals_seen == 1:
+                    first = (signum, now)
                     log.info(
                         "%s: stopping; in-flight handlers get %.1fs (signal again to stop now)",
                         signal.Signals(signum).name,
                         bus.graceful_timeout,
                     )
                     run_scope.cancel()
-                else:
+                elif signals_seen == 2:
                     log.warning("second signal: releasing unfinished messages and exiting")
                     bus.abort_drain()
+                    tg.start_soon(_exit_if_still_held)
     return 130 if signals_seen > 1 else 0
+
+
+async def _exit_if_still_held() -> None:
+    await anyio.sleep(FORCE_AFTER)
+    log.error(
+        "a handler still runs %.0fs after the second signal (a synchronous one cannot be "
+        "interrupted): exiting now; its message was not acked and is redelivered",
+        FORCE_AFTER,
+    )
+    logging.shutdown()
+    os._exit(130)
 
 
 _WORKER_URL = "EVENTBUS_WORKER_URL"

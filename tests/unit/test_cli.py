@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from eventbus import headers as h
 from eventbus.cli import main
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
+from eventbus.transports.registry import transport_for_url
 
 APPS = Path(__file__).parent / "apps"
 
@@ -28,13 +30,16 @@ pytestmark = pytest.mark.timeout(180)
 class Worker:
     """``python -m eventbus ARGS`` run from the apps directory, its output collected live."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, new_group: bool = False
+    ) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         environment.pop("EVENTBUS_URL", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eventbus", *args],
             cwd=APPS,
             env=environment,
+            start_new_session=new_group,  # its own process group, as a service manager runs it
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -346,3 +351,56 @@ def test_a_password_in_the_url_shows_nowhere(tmp_path: Path) -> None:
     assert code == 5, worker.stderr
     assert "127.0.0.1:1" in worker.stderr, "the error still names the address"
     assert secret not in worker.stdout + worker.stderr
+
+
+def _signal_group(worker: Worker, signum: int) -> None:
+    """As a terminal or a process manager does it: to the whole process group."""
+    os.killpg(worker.proc.pid, signum)
+
+
+def test_one_ctrl_c_delivered_twice_still_drains_gracefully() -> None:
+    # A terminal signals the process group and `uv run` forwards its own copy: two SIGINTs
+    # within a few milliseconds are one Ctrl-C, not "stop now".
+    worker = Worker("run", "slow_app:bus", env={"APP_SLEEP": "1.5"}, new_group=True)
+    worker.wait_for_output("started 1")
+    _signal_group(worker, signal.SIGINT)
+    time.sleep(0.05)
+    _signal_group(worker, signal.SIGINT)
+    assert worker.finish(within=30) == 0, worker.stderr
+    assert "finished 1" in worker.stdout, "the in-flight handler was let finish"
+    assert "second signal" not in worker.stderr
+
+
+def test_a_second_signal_ends_the_process_even_while_a_sync_handler_hangs() -> None:
+    worker = Worker("run", "hang_app:bus", new_group=True)
+    worker.wait_for_output("started 1")
+    _signal_group(worker, signal.SIGTERM)
+    time.sleep(1.0)
+    _signal_group(worker, signal.SIGTERM)  # SIGTERM is never taken for the same signal
+    began = time.monotonic()
+    assert worker.finish(within=30) == 130, worker.stderr
+    assert time.monotonic() - began < 15, "exited soon after the second signal"
+    assert "second signal" in worker.stderr and "exiting now" in worker.stderr
+
+
+@pytest.mark.amqp
+async def test_a_forced_exit_acks_nothing_unsettled(amqp_url: str) -> None:
+    # On a real broker: the message whose handler hung is back in its queue after the forced
+    # exit (never acked), ready for the next worker.
+    queue = f"cli-hang-{uuid.uuid4().hex[:8]}"
+    env = {"HANG_URL": amqp_url, "HANG_QUEUE": queue}
+    worker = Worker("run", "hang_app:bus", env=env, new_group=True)
+    worker.wait_for_output("started 1")
+    _signal_group(worker, signal.SIGINT)
+    await anyio.sleep(1.0)
+    _signal_group(worker, signal.SIGINT)
+    assert worker.finish(within=30) == 130, worker.stderr
+    transport = transport_for_url(amqp_url)
+    await transport.connect()
+    try:
+        deadline = time.monotonic() + 30
+        while await transport.depth(queue, "queue") != 1:
+            assert time.monotonic() < deadline, "the hung message is back in its queue"
+            await anyio.sleep(0.2)
+    finally:
+        await transport.close()
