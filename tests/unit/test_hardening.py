@@ -11,7 +11,7 @@ import anyio
 import pydantic
 import pytest
 
-from eventbus import Delivery, EventBus, Message, RetryPolicy
+from eventbus import ClaimResult, Delivery, EventBus, MemoryDedupStore, Message, RetryPolicy
 from eventbus import headers as h
 from eventbus.dispatch.deadletter import HEADER_LIMIT
 from eventbus.testing import MemoryBroker
@@ -153,3 +153,107 @@ async def test_a_failing_republish_is_retried_and_never_reruns_the_handler(
     assert attempts == [1, 2], "each attempt ran once: only the publishes were retried"
     assert bus.subscribers[0].stats.republish_failures == 4
     assert len(broker.published("orders.g.dlq")) == 1
+
+
+class PickyStore(MemoryDedupStore):
+    """Refuses one key for good (a value it cannot hold); ``down`` fails every key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def claim(self, scope: str, key: str, *, owner: str, lease: float) -> ClaimResult:
+        if self.down or key == "bad":
+            raise ValueError(f"cannot store {key!r}")
+        return await super().claim(scope, key, owner=owner, lease=lease)
+
+
+async def test_a_store_that_refuses_one_key_fails_that_message_not_the_rest(
+    url: str, broker: MemoryBroker
+) -> None:
+    store = PickyStore()
+    bus = EventBus(url, dedup_store=store)
+    handled: list[str] = []
+
+    @bus.subscribe("orders", group="g", dedup=True, retry=FAST, concurrency=2)
+    async def handle(message: Message) -> None:
+        handled.append(message.id)
+
+    async with bus:
+        await bus.publish("orders", b"{}", message_id="bad", key="a")
+        for i in range(20):  # other keys keep the store busy and healthy meanwhile
+            await bus.publish("orders", b"{}", message_id=f"ok{i}", key=f"k{i}")
+            await anyio.sleep(0.05)
+        await wait_for(lambda: len(broker.published("orders.g.dlq")) == 1, within=60)
+    assert "bad" not in handled and len(handled) == 20
+    [letter] = broker.published("orders.g.dlq")
+    assert letter.id == "bad" and letter.headers[h.DLQ_REASON] == "retries-exhausted"
+    assert "KeyRefusedError" in letter.headers[h.ERROR_TYPE]
+
+
+async def test_a_store_outage_waits_and_spends_no_attempt(url: str, broker: MemoryBroker) -> None:
+    store = PickyStore()
+    store.down = True
+    bus = EventBus(url, dedup_store=store)
+    attempts: list[int] = []
+
+    @bus.subscribe("orders", group="g", dedup=True, retry=FAST)
+    async def handle(order: Order, delivery: Delivery) -> None:
+        attempts.append(delivery.attempt)
+
+    async with bus:
+        await bus.publish("orders", Order(id=1))
+        await anyio.sleep(1.0)  # every claim fails: no key is healthy, so it is an outage
+        assert attempts == [] and broker.published("orders.g.dlq") == []
+        store.down = False
+        await wait_for(lambda: attempts == [1])
+
+
+async def test_a_dedup_key_that_raises_is_a_failed_attempt(url: str, broker: MemoryBroker) -> None:
+    bus = EventBus(url)
+    handled: list[int] = []
+
+    def key_of(message: Message) -> str:
+        if message.key == "boom":
+            raise KeyError("tenant")
+        return message.id
+
+    @bus.subscribe("orders", group="g", dedup=True, dedup_key=key_of, retry=FAST)
+    async def handle(order: Order) -> None:
+        handled.append(order.id)
+
+    async with bus:
+        await bus.publish("orders", Order(id=1), key="boom")
+        await bus.publish("orders", Order(id=2), key="fine")
+        await wait_for(lambda: len(broker.published("orders.g.dlq")) == 1 and handled == [2])
+    [letter] = broker.published("orders.g.dlq")
+    assert letter.headers[h.DLQ_REASON] == "retries-exhausted"
+    assert letter.headers[h.ATTEMPTS] == "3" and "KeyError" in letter.headers[h.ERROR_TYPE]
+
+
+@pytest.mark.parametrize(
+    ("written", "attempt"),
+    [
+        ("abc", 1),
+        ("", 1),
+        ("-5", 1),
+        ("1e309", 1),
+        ("9" * 5000, 1),  # longer than int() reads
+        (" 2 ", 2),
+        ("99999999999999999999", 99999999999999999999),
+    ],
+)
+async def test_any_attempt_header_a_foreign_producer_writes_is_handled(
+    url: str, broker: MemoryBroker, written: str, attempt: int
+) -> None:
+    bus = EventBus(url)
+    seen: list[int] = []
+
+    @bus.consume("jobs", retry=FAST)
+    async def handle(delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+
+    async with bus:
+        odd = Message(id="m", topic="jobs", body=b"{}", headers={h.ATTEMPT: written})
+        await bus.transport.publish(Destination("jobs", "queue"), [odd])
+        await wait_for(lambda: seen == [attempt])

@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.decode import Decoder, Stopping
-from eventbus.dispatch.dedup_guard import DedupGuard
+from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
 from eventbus.dispatch.lanes import KeyLanes
@@ -262,7 +262,12 @@ class SubscriptionRunner:
                 return False
             if guard is not None:
                 assert state.dedup_key is not None
-                claim, state.claim_owner = await guard.claim(state.dedup_key)
+                try:
+                    claim, state.claim_owner = await guard.claim(state.dedup_key)
+                except KeyRefusedError as exc:
+                    log.error("%s: %s", sub.describe(), exc)
+                    await state.fail("internal", exc)
+                    return False
                 if claim == "done":
                     await state.ack()
                 if claim != "run":
