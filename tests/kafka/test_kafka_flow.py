@@ -132,3 +132,34 @@ async def test_resume_keeps_a_partition_that_waits_for_a_retry_paused(
     await first.ack()
     await second.ack()
     await live.close()
+
+
+async def test_one_stuck_record_pauses_its_partition_at_the_offset_window(
+    open_transport: Callable[..., KafkaTransport], name: Name
+) -> None:
+    # Bounded memory (DESIGN 8): behind one unfinished record, at most offset_window records
+    # are tracked; then that partition waits until the stuck one is settled.
+    transport = open_transport("partitions=1&offset_window=20")
+    await transport.connect()
+    try:
+        topic = name("window")
+        await transport.publish(Destination(topic), messages(topic, 60, key=lambda i: "k"))
+        live = await subscribe(transport, spec(topic, 10))
+        [stuck] = await take(live, 1)
+        for _ in range(19):  # the rest of the window, each settled at once
+            [delivery] = await take(live, 1)
+            await delivery.ack()
+        more = await nothing_more(live, within=3.0)
+        assert more == [], f"{len(more)} records past the window of 20"
+        tracker = next(iter(live.sub._owned.trackers.values()))  # type: ignore[attr-defined]
+        assert tracker.window == 20
+        await stuck.ack()  # the head moves: the window empties and the partition resumes
+        rest: list[int] = []
+        for _ in range(40):
+            [delivery] = await take(live, 1)
+            rest.append(int(delivery.message.body))
+            await delivery.ack()
+        assert rest == list(range(20, 60))
+        await live.close()
+    finally:
+        await transport.close()

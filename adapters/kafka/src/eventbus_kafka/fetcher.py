@@ -54,8 +54,10 @@ class Fetcher:
         buffer: ReadAhead,
         adopter: Adopter,
         describe: str,
+        offset_window: int,
     ) -> None:
         self._spec = spec
+        self._window = offset_window
         self._address = address
         self._owned = owned
         self._pauses = pauses
@@ -106,6 +108,8 @@ class Fetcher:
             self.live.set()
         if pauses.release_due():
             self.apply_pauses()
+        if pauses.held and pauses.release_held(self._window_has_room):
+            self.apply_pauses()
         free = self._buffer.free()
         if free <= 0:
             await self._wait_for_room()
@@ -136,6 +140,11 @@ class Fetcher:
         with anyio.move_on_after(min(_POLL_SECONDS * 2, pauses.due_in())):
             await buffer.room.wait()
 
+    def _window_has_room(self, tp: TP) -> bool:
+        # Resumed at half, not at one below the limit: one pause per window, not per record.
+        tracker = self._owned.trackers.get(tp)
+        return tracker is None or tracker.window <= self._window // 2
+
     def take(self, batch: dict[TP, list[Any]], limit: int) -> None:
         """Buffer up to ``limit`` records; give the rest back (seek) so they are fetched again."""
         now = time.time()
@@ -161,6 +170,22 @@ class Fetcher:
             for record in records:
                 if limit <= 0:
                     consumer.seek(tp, record.offset)
+                    break
+                if tracker.window >= self._window:
+                    # Bounded memory (DESIGN 8): one stuck record would make the bookkeeping
+                    # behind it grow without end. This partition waits, paused, until it
+                    # moves; the others keep flowing.
+                    consumer.seek(tp, record.offset)
+                    self._pauses.hold(tp)
+                    delayed = True
+                    log.warning(
+                        "%s: partition %s holds %d offsets behind unfinished offset %d; "
+                        "pausing it until that one is settled",
+                        self._describe,
+                        tp.partition,
+                        tracker.window,
+                        tracker.committable,
+                    )
                     break
                 if tracker.skip(record.offset):
                     continue  # finished by the previous owner (its commit metadata says so)

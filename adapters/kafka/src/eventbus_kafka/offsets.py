@@ -141,6 +141,12 @@ class PartitionOffsets:
     def unfinished(self) -> int:
         return len(self._unfinished)
 
+    @property
+    def window(self) -> int:
+        """Offsets tracked from the lowest unfinished one on, finished or not: what one stuck
+        record makes this bookkeeping hold (the fetch loop bounds it, `Fetcher.take`)."""
+        return len(self._pending)
+
     def metadata(self) -> str:
         """The finished offsets above `committable`, for the commit's metadata."""
         base = self.committable

@@ -4,8 +4,10 @@ Every partition pauses when the subscription is full (its read-ahead buffer stay
 nothing was handed out for a while: aiokafka stops fetching and drops what it prefetched instead
 of buffering without bound), when the core paused it (`Subscription.pause`: a circuit breaker,
 a rate limit), or once it stopped. One partition alone pauses while the retry record at its head
-is not due (the others keep flowing, and nothing busy-loops). The reasons combine: a resume
-lifts the core's pause only, so a partition waiting for a due time stays paused. A paused
+is not due (the others keep flowing, and nothing busy-loops), or while its offset window is
+full: one record unfinished with ``offset_window`` records tracked behind it. The reasons
+combine: a resume lifts the core's pause only, so a partition waiting for a due time stays
+paused. A paused
 consumer stays in its group: heartbeats go on, and the fetch loop keeps polling.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["Pauses"]
@@ -29,6 +31,8 @@ class Pauses:
         self.stopped = False
         self._due: dict[TP, float] = {}
         """Partition -> unix time its head retry record is due."""
+        self.held: set[TP] = set()
+        """Partitions whose offset window is full behind one unfinished record."""
 
     def delay(self, tp: TP, due: float) -> None:
         self._due[tp] = due
@@ -36,6 +40,16 @@ class Pauses:
     def forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
             self._due.pop(tp, None)
+            self.held.discard(tp)
+
+    def hold(self, tp: TP) -> None:
+        self.held.add(tp)
+
+    def release_held(self, has_room: Callable[[TP], bool]) -> bool:
+        """Stop holding partitions that have room again; True if any had."""
+        free = {tp for tp in self.held if has_room(tp)}
+        self.held -= free
+        return bool(free)
 
     def due_in(self) -> float:
         """Seconds until the next delayed partition is due (inf when none is delayed)."""
@@ -55,7 +69,7 @@ class Pauses:
         """Make the consumer's paused partitions match what is wanted now."""
         assigned = assigned & set(consumer.assignment())
         everything = self.full or self.requested or self.stopped
-        want = set(assigned) if everything else set(self._due) & assigned
+        want = set(assigned) if everything else (set(self._due) | self.held) & assigned
         paused = set(consumer.paused())
         if want - paused:
             consumer.pause(*(want - paused))

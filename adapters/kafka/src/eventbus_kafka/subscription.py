@@ -89,6 +89,7 @@ class KafkaSubscription:
                 committer=self._committer,
             ),
             describe=self._describe(),
+            offset_window=settings.offset_window,
         )
         self._failure: BaseException | None = None
         self._stopped = False

@@ -8,7 +8,7 @@ Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
 ``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
 ``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
 ``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5),
-``revoke_drain_timeout`` (10).
+``revoke_drain_timeout`` (10), ``offset_window`` (records, 20 000).
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ class KafkaSettings:
     """How long ``subscribe`` waits for the group join and partition assignment."""
     commit_interval: float = 0.5
     revoke_drain_timeout: float = 10.0
+    offset_window: int = 20_000
+    """Records tracked behind one unfinished record of a partition before that partition
+    pauses until it is settled: bounds memory whatever one stuck handler does."""
     """On revocation, how long handed-out deliveries of the revoked partitions may take to be
     settled before they are reported lost and the partitions let go. The group's rebalance
     timeout is derived from it, so a long drain does not get this member kicked out."""
@@ -114,6 +117,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "publish_timeout": seconds,
     "join_timeout": seconds,
     "commit_interval": seconds,
+    "offset_window": positive_int,
     "revoke_drain_timeout": seconds,
 }
 """This adapter's table; parsing, validation and the errors are the core's (`urls`)."""
