@@ -18,9 +18,14 @@ from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.errors import BrokerUnavailableError
 from eventbus.message import Message
 
-__all__ = ["Decoder", "Stopping"]
+__all__ = ["Decoder", "DeliveryDefectError", "Stopping"]
 
 log = logging.getLogger("eventbus.dispatch")
+
+
+class DeliveryDefectError(Exception):
+    """The transport could not read all of a delivery (`RawDelivery.defect` says what): it is
+    dead-lettered as undecodable."""
 
 
 class Stopping(Exception):

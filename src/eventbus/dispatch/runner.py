@@ -23,7 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
-from eventbus.dispatch.decode import Decoder, Stopping
+from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
@@ -240,6 +240,11 @@ class SubscriptionRunner:
         sub = self.subscriber
         options = sub.options
         message = state.raw.message
+        if state.raw.defect is not None:
+            error = DeliveryDefectError(state.raw.defect)
+            log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
+            await state.carry_out(DeadLetter("undecodable"), error)
+            return False
         try:
             payload = await self._decoder.decode(message)
         except Stopping:

@@ -160,6 +160,11 @@ class RawDelivery(Protocol):
     native: Mapping[str, str]
     """Transport facts copied into dead letters as ``eventbus-original-<name>``
     (Kafka: ``partition`` and ``offset``); the names are `Capabilities.native`."""
+    defect: str | None
+    """What the transport could not read of this delivery (a property out of range, a record
+    its client library could not parse), or None. The core dead-letters a delivery with a
+    defect as ``undecodable``, with what could be recovered of it in ``message``: one bad
+    delivery must neither stop the subscription nor be handled as if it were whole."""
 
     async def ack(self) -> None:
         """Done: never deliver this message to this group or queue again."""

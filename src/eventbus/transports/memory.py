@@ -213,7 +213,7 @@ def memory_broker(name: str = "default") -> MemoryBroker:
 
 
 class _MemoryDelivery:
-    __slots__ = ("_entry", "_sub", "message", "native", "redelivered", "settled")
+    __slots__ = ("_entry", "_sub", "defect", "message", "native", "redelivered", "settled")
 
     def __init__(self, sub: _MemorySubscription, entry: _Entry) -> None:
         self._sub = sub
@@ -221,6 +221,7 @@ class _MemoryDelivery:
         self.message = entry.message
         self.redelivered = entry.redelivered
         self.native: Mapping[str, str] = {"partition": str(entry.partition)}
+        self.defect: str | None = None
         self.settled = False
 
     async def ack(self) -> None:

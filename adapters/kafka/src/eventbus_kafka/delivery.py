@@ -57,10 +57,13 @@ class KafkaDelivery:
     and no-ops once the delivery was reported lost (`detach`), its partition revoked or the
     subscription closed."""
 
-    __slots__ = ("_settled", "_settler", "message", "native", "redelivered", "taken")
+    __slots__ = ("_settled", "_settler", "defect", "message", "native", "redelivered", "taken")
 
-    def __init__(self, settler: _Settler, taken: Taken, message: Message) -> None:
+    def __init__(
+        self, settler: _Settler, taken: Taken, message: Message, defect: str | None = None
+    ) -> None:
         self._settler = settler
+        self.defect = defect
         self.taken = taken
         self._settled = False
         self.message = message

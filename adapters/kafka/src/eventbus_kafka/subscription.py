@@ -318,21 +318,24 @@ class KafkaSubscription:
             yield batch
 
     def _hand_out(self, taken: Taken) -> KafkaDelivery:
-        delivery = KafkaDelivery(self, taken, self._message_of(taken))
+        delivery = KafkaDelivery(self, taken, *self._message_of(taken))
         self._handed_out.add(delivery)
         return delivery
 
-    def _message_of(self, taken: Taken) -> Message:
+    def _message_of(self, taken: Taken) -> tuple[Message, str | None]:
+        """The record as a message, and what could not be read of it (the core dead-letters
+        such a record with what was recovered: never lost to a decoding bug)."""
         try:
-            return taken.to_message(self._spec.name)
-        except Exception:  # never lose a record to a decoding bug: the core dead-letters it
+            return taken.to_message(self._spec.name), None
+        except Exception as exc:
             log.exception("%s: cannot read record %r", self._describe(), taken.record)
             record = taken.record
-            return Message(
+            message = Message(
                 id=f"{record.topic}/{record.partition}/{record.offset}",
                 topic=self._spec.name,
                 body=record.value or b"",
             )
+            return message, f"cannot read the record: {exc!r}"
 
     def settled(self, delivery: KafkaDelivery, *, done: bool) -> None:
         """Called once per delivery by `KafkaDelivery.ack` / ``release``."""

@@ -28,6 +28,7 @@ from typing import Any
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
+from eventbus.message import Message, new_message_id
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.acks import ChannelAcks
 from eventbus_rabbitmq.delivery import SETTLE_FAILURES, AmqpDelivery
@@ -212,13 +213,22 @@ class ConsumingChannel:
             self.acks.delivered(tag)
             if self._given_up:
                 return  # its channel is gone or going: the broker requeues it
-            message = wire.decode(
-                topic,
-                raw.body,
-                raw.header.properties,
-                exchange=delivery.exchange or "",
-                routing_key=delivery.routing_key or "",
-            )
+            properties = raw.header.properties
+            try:
+                message = wire.decode(
+                    topic,
+                    raw.body,
+                    properties,
+                    exchange=delivery.exchange or "",
+                    routing_key=delivery.routing_key or "",
+                )
+                defect = wire.defect_of(properties)
+            except Exception as exc:
+                # Never strand a delivery (unacked until the channel closes) on a bug here:
+                # the core dead-letters it with what could be recovered.
+                log.exception("cannot read a delivery from %s", queue)
+                message = Message(id=new_message_id(), topic=topic, body=raw.body or b"")
+                defect = f"cannot read the delivery: {exc!r}"
             self.buffer.append(
                 AmqpDelivery(
                     message,
@@ -227,6 +237,7 @@ class ConsumingChannel:
                     tag=tag,
                     queue=queue,
                     on_settled=self._settled,
+                    defect=defect,
                 )
             )
             self._wakeup()

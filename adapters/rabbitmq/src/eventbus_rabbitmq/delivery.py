@@ -36,6 +36,7 @@ class AmqpDelivery:
         "_on_settled",
         "_settled",
         "_tag",
+        "defect",
         "message",
         "native",
         "queue",
@@ -51,8 +52,10 @@ class AmqpDelivery:
         tag: int,
         queue: str,
         on_settled: Callable[[AmqpDelivery, bool], None],
+        defect: str | None = None,
     ) -> None:
         self.message = message
+        self.defect = defect
         self.redelivered = redelivered
         self.queue = queue
         self.native: Mapping[str, str] = {"queue": queue}

@@ -25,6 +25,7 @@ from pamqp.commands import Basic
 
 from eventbus.message import Message, new_message_id
 from eventbus.transports import cloudevents
+from eventbus_rabbitmq.frames import Unreadable
 
 log = logging.getLogger("eventbus.rabbitmq")
 
@@ -100,6 +101,20 @@ def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Prope
         expiration=str(expiration_ms) if expiration_ms is not None else None,
         headers=headers,
     )
+
+
+def defect_of(properties: Basic.Properties) -> str | None:
+    """What of a delivery's properties could not be read (see `frames`), or None."""
+    unreadable = [
+        f"header {name!r}"
+        for name, value in (properties.headers or {}).items()
+        if isinstance(value, Unreadable)
+    ]
+    if isinstance(properties.timestamp, Unreadable):
+        unreadable.insert(0, "the timestamp property")
+    if not unreadable:
+        return None
+    return f"{', '.join(unreadable)}: a timestamp out of range"
 
 
 def decode(
