@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,12 +32,16 @@ class Worker:
     """``python -m eventbus ARGS`` run from the apps directory, its output collected live."""
 
     def __init__(
-        self, *args: str, env: dict[str, str] | None = None, new_group: bool = False
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        new_group: bool = False,
+        launcher: tuple[str, ...] = (sys.executable,),
     ) -> None:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         environment.pop("EVENTBUS_URL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eventbus", *args],
+            [*launcher, "-m", "eventbus", *args],
             cwd=APPS,
             env=environment,
             start_new_session=new_group,  # its own process group, as a service manager runs it
@@ -358,14 +363,26 @@ def _signal_group(worker: Worker, signum: int) -> None:
     os.killpg(worker.proc.pid, signum)
 
 
-def test_one_ctrl_c_delivered_twice_still_drains_gracefully() -> None:
-    # A terminal signals the process group and `uv run` forwards its own copy: two SIGINTs
-    # within a few milliseconds are one Ctrl-C, not "stop now".
-    worker = Worker("run", "slow_app:bus", env={"APP_SLEEP": "1.5"}, new_group=True)
+UV_RUN = ("uv", "run", "--no-sync", "--project", str(APPS.parents[2]), "python")
+
+
+@pytest.mark.parametrize(
+    ("launcher", "copies"),
+    [((sys.executable,), 2), (UV_RUN, 1)],
+    ids=["twice-to-the-group", "under-uv-run"],
+)
+def test_one_ctrl_c_drains_gracefully(launcher: tuple[str, ...], copies: int) -> None:
+    # A terminal signals the whole process group, and `uv run` forwards its own copy to the
+    # worker too: SIGINTs within a few milliseconds are one Ctrl-C, not "stop now". Sent to the
+    # process group with no terminal, as a process manager does.
+    if launcher[0] == "uv" and shutil.which("uv") is None:
+        pytest.fail("uv is not on PATH (scripts/test puts it there)")
+    env = {"APP_SLEEP": "1.5"}
+    worker = Worker("run", "slow_app:bus", env=env, new_group=True, launcher=launcher)
     worker.wait_for_output("started 1")
-    _signal_group(worker, signal.SIGINT)
-    time.sleep(0.05)
-    _signal_group(worker, signal.SIGINT)
+    for _ in range(copies):
+        _signal_group(worker, signal.SIGINT)
+        time.sleep(0.05)
     assert worker.finish(within=30) == 0, worker.stderr
     assert "finished 1" in worker.stdout, "the in-flight handler was let finish"
     assert "second signal" not in worker.stderr
