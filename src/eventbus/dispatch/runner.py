@@ -7,8 +7,8 @@ the middleware chain (`invoke.py`) within the concurrency limit (`slots.py`), an
 (`settle.py`): ack, or what `outcome.decide` says follows a failure -- a retry in process, or a
 redelivery or dead letter through the broker (`republish.py`).
 
-The runner is also the transport's `DeliveryOwner`: deliveries the transport lost are dropped
-from the lanes, and work still running on them is cancelled before `lost` returns.
+Deliveries the transport takes back are handled by `ownership.py` (the transport's
+`DeliveryOwner`): dropped from the lanes, and work still running on them cancelled.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
 from eventbus.dispatch.lanes import KeyLanes
 from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, decide
+from eventbus.dispatch.ownership import Ownership
 from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
@@ -80,8 +81,14 @@ class SubscriptionRunner:
             self._sleep_unless_stopping,
             subscriber.describe(),
         )
+        self._ownership = Ownership(subscriber, self._in_flight, lambda: self._lanes)
         self._consume = ConsumeLoop(
-            subscriber, transport, self, self._in_flight, self._accept, self._lose_all
+            subscriber,
+            transport,
+            self._ownership,
+            self._in_flight,
+            self._accept,
+            self._ownership.lose_all,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -156,7 +163,7 @@ class SubscriptionRunner:
             except Exception:
                 log.exception("%s: release failed", self.subscriber.describe())
 
-    # -- ownership (DeliveryOwner) ----------------------------------------------------------
+    # -- accepting --------------------------------------------------------------------------
 
     def _accept(self, raw: RawDelivery) -> None:
         state = DeliveryState(self._settling, raw)
@@ -167,47 +174,6 @@ class SubscriptionRunner:
         if self._stopping or self._lanes is None:
             return  # fetched during stop: released, not started
         self._lanes.submit(raw.message.key, state)
-
-    async def lost(self, deliveries: Sequence[RawDelivery]) -> None:
-        """The transport took these back: unstarted ones never start, running ones are
-        cancelled (a thread is waited for), a settle already under way is cancelled with its
-        attempt or waited for, and only then does this return (DESIGN 8)."""
-        states = [s for raw in deliveries if (s := self._in_flight.get(raw)) is not None]
-        if not states:
-            return
-        unsettled = {s for s in states if not s.settled}
-        lanes = self._lanes
-        running = [s for s in states if lanes is not None and lanes.is_running(s)]
-        self.subscriber.stats.lost += len(unsettled)
-        log.warning(
-            "%s: %d in-flight deliveries are no longer ours (%d handlers cancelled); their "
-            "next owner handles them",
-            self.subscriber.describe(),
-            len(states),
-            len(running),
-        )
-        with anyio.CancelScope(shield=True):
-            for state in unsettled:
-                state.drop()
-            for state in running:
-                state.expect_finish()
-                assert lanes is not None
-                lanes.cancel(state)
-            for state in running:
-                await state.wait_finished()
-            for state in states:
-                if state in unsettled:
-                    await state.release_claim()
-                    state.leave()
-                else:
-                    # Settled by user code outside any attempt (a manual nack publishing its
-                    # retry): a publish under way cannot be taken back, so let it end first;
-                    # one that keeps failing gives up now (`lost` stops its retries).
-                    state.lost = True
-                    await state.wait_left()
-
-    async def _lose_all(self) -> None:
-        await self.lost([state.raw for state in self._in_flight.items()])
 
     # -- handling ---------------------------------------------------------------------------
 
