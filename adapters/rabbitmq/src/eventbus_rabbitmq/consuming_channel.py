@@ -49,9 +49,16 @@ class ConsumingChannel:
     (a delivery arrived, one was settled, the channel ended)."""
 
     def __init__(
-        self, channel: AbstractChannel, *, topic: str, ack_batch: int, wakeup: Callable[[], None]
+        self,
+        channel: AbstractChannel,
+        *,
+        topic: str,
+        ack_batch: int,
+        wakeup: Callable[[], None],
+        delivery_limit: int | None = None,
     ) -> None:
         self.channel = channel
+        self._delivery_limit = delivery_limit
         self.acks = ChannelAcks(channel, batch=ack_batch)
         self.consumers: dict[str, str] = {}  # queue -> consumer tag
         self.buffer: deque[AmqpDelivery] = deque()
@@ -222,7 +229,7 @@ class ConsumingChannel:
                     exchange=delivery.exchange or "",
                     routing_key=delivery.routing_key or "",
                 )
-                defect = wire.defect_of(properties)
+                defect = wire.defect_of(properties) or self._at_delivery_limit(properties)
             except Exception as exc:
                 # Never strand a delivery (unacked until the channel closes) on a bug here:
                 # the core dead-letters it with what could be recovered.
@@ -243,6 +250,20 @@ class ConsumingChannel:
             self._wakeup()
 
         return receive
+
+    def _at_delivery_limit(self, properties: Basic.Properties) -> str | None:
+        """A quorum queue drops (or dead-letters elsewhere) a message returned more often than
+        its ``x-delivery-limit``. At its last allowed delivery it must not come back once more
+        -- a release, a lost channel -- so the core dead-letters it now, with its headers,
+        instead of the broker dropping it silently."""
+        count = (properties.headers or {}).get("x-delivery-count")
+        limit = self._delivery_limit
+        if limit is None or not isinstance(count, int) or count < limit:
+            return None
+        return (
+            f"returned {count} times: the queue's delivery limit ({limit}) drops it if it "
+            "comes back once more"
+        )
 
     def _settled(self, delivery: AmqpDelivery, acked: bool) -> None:
         if self.handed_out.pop(delivery.tag, None) is not None:

@@ -276,6 +276,9 @@ class RabbitSubscription:
             topic=self._spec.name,
             ack_batch=self._prefetch // 10,
             wakeup=self._wakeup.set,
+            delivery_limit=(
+                self._settings.delivery_limit if self._settings.queue_type == "quorum" else None
+            ),
         )
         try:
             # Per consumer (RabbitMQ's global=false): quorum queues support no other kind.
