@@ -82,9 +82,6 @@ class InFlight(Generic[T]):
         if self._quiet is not None and not self._busy:
             self._quiet.set()
 
-    def is_busy(self, item: T) -> bool:
-        return item in self._busy
-
     async def wait_quiet(self) -> None:
         """Return once nothing is busy (new work must not start meanwhile: the caller stops
         starting handlers before it waits)."""
