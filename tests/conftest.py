@@ -126,7 +126,9 @@ def _amqp_container(stack: ExitStack) -> str:
     rabbit = core.DockerContainer("rabbitmq:3.13").with_exposed_ports(5672)
     stack.enter_context(rabbit)
     waiting.wait_for_logs(rabbit, "Server startup complete", timeout=120)
-    rabbit.exec(["rabbitmq-plugins", "enable", "rabbitmq_consistent_hash_exchange"])
+    rabbit.exec(
+        ["rabbitmq-plugins", "enable", "rabbitmq_sharding", "rabbitmq_consistent_hash_exchange"]
+    )
     return f"amqp://guest:guest@{_host_port(rabbit, 5672)}/"
 
 

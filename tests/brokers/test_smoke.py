@@ -81,13 +81,15 @@ async def test_amqp_confirmed_publish_then_get(amqp_url: str) -> None:
 
 
 @pytest.mark.amqp
-async def test_amqp_consistent_hash_exchange_plugin(amqp_url: str) -> None:
+@pytest.mark.parametrize("kind", ["x-modulus-hash", "x-consistent-hash"])
+async def test_amqp_partitioning_exchange_plugins(amqp_url: str, kind: str) -> None:
+    # x-modulus-hash: partitioned groups; x-consistent-hash: the ones eventbus 0.1 made.
     async with asyncio.timeout(TIMEOUT):
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
             exchange = await channel.declare_exchange(
-                f"smoke-{uuid.uuid4().hex}", "x-consistent-hash", auto_delete=True
+                f"smoke-{uuid.uuid4().hex}", kind, auto_delete=True
             )
             await exchange.delete()
 

@@ -4,9 +4,10 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Sequence
 
+import aiormq
 import anyio
 
 from eventbus.transports.base import RawDelivery, Subscription
@@ -42,6 +43,21 @@ def close_connections(name: str) -> int:
             )
             closed += 1
     return closed
+
+
+async def drain_partitions(url: str, topic: str, group: str, n: int) -> dict[str, set[int]]:
+    """Empty a partitioned group's queues (nothing may consume them): in which partition
+    queues each routing key (the message key) was found."""
+    connection = await aiormq.connect(url)
+    found: dict[str, set[int]] = defaultdict(set)
+    try:
+        channel = await connection.channel()
+        for i in range(n):
+            while (got := await channel.basic_get(f"{topic}.{group}.{i}", no_ack=True)).body:
+                found[got.delivery.routing_key].add(i)
+    finally:
+        await connection.close()
+    return found
 
 
 def with_options(url: str, options: str) -> str:

@@ -12,7 +12,7 @@ from eventbus_rabbitmq.connection import open_channel
 from eventbus_rabbitmq.errors import is_connection_lost, translate
 from eventbus_rabbitmq.publisher import _Route
 from pamqp.commands import Basic
-from rabbit_helpers import Consumer, nothing_more, take
+from rabbit_helpers import Consumer, drain_partitions, nothing_more, take
 
 from eventbus.errors import (
     AuthenticationError,
@@ -462,3 +462,70 @@ def test_refusals_are_not_lost_connections() -> None:
     assert not is_connection_lost(AuthenticationError("refused"))
     assert not is_connection_lost(AuthorizationError("refused"))
     assert is_connection_lost(ConnectionResetError())
+
+
+async def test_a_group_made_by_0_1_keeps_its_consistent_hash_exchange_with_a_warning(
+    make_transport: Make,
+    name: Callable[[str], str],
+    subscribe: Subscribe,
+    amqp_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """0.1 made partitioned groups with an x-consistent-hash exchange; its workers may still
+    run beside 0.2 during a deploy, so 0.2 uses it (binding key = weight) and says why it should
+    be moved, instead of failing on the type."""
+    topic = name("legacy-hub")
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.exchange_declare(
+            f"{topic}.g", exchange_type="x-consistent-hash", durable=True
+        )
+    finally:
+        await connection.close()
+    worker = await make_transport("partitions=3")
+    sub = await subscribe(worker, group(topic, "g", 50))
+    assert any("x-consistent-hash" in r.getMessage() for r in caplog.records), caplog.text
+    await worker.publish(Destination(topic), [msg(topic, i, key=f"k{i}") for i in range(30)])
+    delivered = await take(sub, 30)
+    assert sorted(int(d.message.body) for d in delivered) == list(range(30))
+
+
+async def test_the_partition_of_a_key_does_not_depend_on_binding_order(
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe, amqp_url: str
+) -> None:
+    """RabbitMQ rebinds a hashing exchange's queues on restart in an order of its own
+    (test_reliability.py restarts it for real). Simulated: queue 0 is unbound and bound again,
+    so it is last in binding order now; every key must still map to the same queue."""
+    worker = await make_transport("partitions=4")
+    topic = name("bind-order")
+    consumer = await subscribe(worker, group(topic, "g"))
+    await consumer.sub.stop()
+    await consumer.sub.close()  # the group exists; nothing consumes it now
+    keys = [f"key-{i}" for i in range(40)]
+
+    async def publish_and_locate() -> dict[str, set[int]]:
+        await worker.publish(Destination(topic), [msg(topic, i, key=k) for i, k in enumerate(keys)])
+        return await drain_partitions(amqp_url, topic, "g", 4)
+
+    before = await publish_and_locate()
+    assert set(before) == set(keys) and len(set().union(*before.values())) == 4
+    listed = (
+        await anyio.run_process(
+            ["rabbitmqctl", "-q", "list_bindings", "source_name", "destination_name", "routing_key"]
+        )
+    ).stdout.decode()
+    (binding_key,) = {
+        line.split("\t")[2]
+        for line in listed.splitlines()
+        if line.startswith(f"{topic}.g\t{topic}.g.0\t")
+    }
+    connection = await aiormq.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.queue_unbind(f"{topic}.g.0", f"{topic}.g", routing_key=binding_key)
+        await channel.queue_bind(f"{topic}.g.0", f"{topic}.g", routing_key=binding_key)
+    finally:
+        await connection.close()
+    after = await publish_and_locate()
+    assert after == before

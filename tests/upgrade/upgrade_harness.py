@@ -7,8 +7,9 @@
 
 Timeline (`RollingDeploy.run`):
 
-1. start a new worker (`eventbus run upgrade_app:bus`, a real process) and wait until it is
-   live (its startup hook writes a file);
+1. start an old worker until it is live and stop it (the groups exist from the 0.1 era, as
+   in a real deploy), then a new worker (`eventbus run upgrade_app:bus`, a real process) and
+   wait until it is live (its startup hook writes a file);
 2. publish the first ``first`` messages from this process (the repository's eventbus, 0.2),
    paced; meanwhile (`RollingDeploy._deploy`), once the new worker has retries waiting in the
    broker, an old worker joins its groups, so some of those retries move to it;
@@ -584,12 +585,18 @@ class RollingDeploy:
         return ledger
 
     async def _run(self, plan: list[Planned]) -> dict[str, int | None]:
+        # The groups exist from the 0.1 era before any 0.2 worker starts, as in a real deploy
+        # (on RabbitMQ that decides a partitioned group's exchange type: docs/upgrading.md).
+        exit_codes: dict[str, int | None] = {}
+        made_by = self.worker("old-era", self.old)
+        await made_by.wait_ready()
+        self.event(f"groups made by {self.old[0]}")
+        exit_codes[made_by.name] = await made_by.terminate(self.graceful_timeout + 20)
         new1 = self.worker("new1", self.new)
         await new1.wait_ready()
         bus = EventBus(self.url)
         for g in GROUPS:
             bus.consume(self.dlq(g), dead_letter=None)(self._dead_letter_reader(g))
-        exit_codes: dict[str, int | None] = {}
         async with bus:
             first, more = plan[: self.first], plan[self.first :]
             deploying = asyncio.create_task(self._deploy(exit_codes))

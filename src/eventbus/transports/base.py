@@ -111,7 +111,7 @@ class SubscriptionSpec:
     the core never holds more. Transports use it for prefetch/pause so memory stays bounded.
 
     Messages with the same key must be yielded in publish order within a group (Kafka:
-    partitions; RabbitMQ: consistent hashing over single-active-consumer queues). The core keeps
+    partitions; RabbitMQ: hash partitioning over single-active-consumer queues). The core keeps
     that order while it handles them concurrently.
     """
 

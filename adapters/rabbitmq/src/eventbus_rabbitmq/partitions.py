@@ -1,6 +1,6 @@
 """Which partition queues of a partitioned group this subscription consumes.
 
-A partitioned group is a consistent-hash exchange over N queues with single-active-consumer
+A partitioned group is a hashing exchange over N queues with single-active-consumer
 (SAC), so one key is always in one queue and one queue is handled by one consumer at a time:
 per-key order holds across processes. SAC alone does not spread the work, though: on RabbitMQ
 3.10 the first consumer registered on a queue stays active until it goes away, so the first

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 import anyio
 from aiormq import exceptions as amqp
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, AbstractConnection
 from anyio.abc import TaskStatus
 
 from eventbus.transports.base import DeliveryOwner, RawDelivery, SubscriptionSpec
@@ -283,7 +283,7 @@ class RabbitSubscription:
         try:
             # Per consumer (RabbitMQ's global=false): quorum queues support no other kind.
             await channel.basic_qos(prefetch_count=self._prefetch)
-            queues = await self._declare(channel)
+            queues = await self._declare(conn, channel)
             self._current = current
             if self._balancer is None:
                 for queue in queues:
@@ -298,7 +298,7 @@ class RabbitSubscription:
         current.live = True
         self._wakeup.set()
 
-    async def _declare(self, channel: AbstractChannel) -> list[str]:
+    async def _declare(self, conn: AbstractConnection, channel: AbstractChannel) -> list[str]:
         spec = self._spec
         try:
             if spec.kind == "queue":
@@ -306,7 +306,7 @@ class RabbitSubscription:
                 return [spec.name]
             if spec.group is None:
                 return [await self._topology.broadcast(channel, spec.name)]
-            return await self._topology.group(channel, spec.name, spec.group)
+            return await self._topology.group(conn, channel, spec.name, spec.group)
         except (amqp.ChannelNotFoundEntity, amqp.ChannelPreconditionFailed):
             self._topology.forget()
             raise

@@ -6,7 +6,7 @@ the broker says an entity is gone (someone deleted it, or the broker was reset).
 
     topic            durable fanout exchange  <topic>
     group            durable queue            <topic>.<group>          bound to <topic>
-    partitioned      x-consistent-hash exch.  <topic>.<group>          bound to <topic>
+    partitioned      x-modulus-hash exchange  <topic>.<group>          bound to <topic>
       group          N durable queues         <topic>.<group>.<i>      single-active-consumer
     queue            durable queue            <name>                   (default exchange)
     broadcast        exclusive auto-delete    (server-named)           bound to <topic>
@@ -16,16 +16,20 @@ the broker says an entity is gone (someone deleted it, or the broker was reset).
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 from aiormq import exceptions as amqp
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, AbstractConnection
 
 from eventbus.errors import ConfigurationError
+from eventbus_rabbitmq.connection import open_channel
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Topology", "check_name", "delay_bucket", "group_queue", "partition_queue"]
+
+log = logging.getLogger("eventbus.rabbitmq")
 
 # Delay queue buckets (ms). Each message carries its exact delay as per-message expiration, so
 # it is never delivered early; the bucket only bounds how late it can be when a message with a
@@ -57,6 +61,13 @@ _BUCKETS_MS = (
 MAX_DELAY_MS = 2**32 - 1
 
 _FANOUT = "fanout"
+# Partitioned groups route with x-modulus-hash (plugin rabbitmq_sharding): the queue is
+# hash(routing key) mod N over the bound queues *sorted by name*, so a key maps to the same
+# queue whatever order the bindings were made or recovered in. x-consistent-hash (used by 0.1)
+# numbers its buckets in binding order and rebuilds them when the broker restarts, in the
+# order it recovers the bindings: keys move to other queues, and a key's next messages can be
+# handled before the ones still queued in its old partition.
+_MODULUS_HASH = "x-modulus-hash"
 _CONSISTENT_HASH = "x-consistent-hash"
 
 
@@ -148,8 +159,11 @@ class Topology:
         await channel.queue_declare(name, durable=True, arguments=self.queue_arguments())
         self._mark("q", name)
 
-    async def group(self, channel: AbstractChannel, topic: str, group: str) -> list[str]:
-        """Declare a group's queue(s), bound to the topic; return the queue names."""
+    async def group(
+        self, conn: AbstractConnection, channel: AbstractChannel, topic: str, group: str
+    ) -> list[str]:
+        """Declare a group's queue(s) on ``channel``, bound to the topic; return the queue
+        names. ``conn`` is ``channel``'s connection (for a partitioned group's exchange)."""
         await self.topic(channel, topic)
         partitions = self._settings.partitions
         if partitions == 1:
@@ -159,27 +173,61 @@ class Topology:
                 await channel.queue_bind(name, topic)
                 self._mark("g", name)
             return [name]
-        # Partitioned: the topic fans out to a consistent-hash exchange, which spreads routing
-        # keys (message keys) over the partition queues; one key always lands in one queue.
+        # Partitioned: the topic fans out to a hashing exchange, which spreads routing keys
+        # (message keys) over the partition queues; one key always lands in one queue.
         hub = group_queue(topic, group)
         names = [partition_queue(topic, group, i) for i in range(partitions)]
         if ("p", hub) not in self._declared:
-            try:
-                await channel.exchange_declare(hub, exchange_type=_CONSISTENT_HASH, durable=True)
-            except amqp.ConnectionCommandInvalid as e:
-                # An unknown exchange type closes the whole connection (503).
-                raise ConfigurationError(
-                    f"partitions={partitions} needs the RabbitMQ plugin "
-                    f"rabbitmq_consistent_hash_exchange: {e}"
-                ) from e
-            await channel.exchange_bind(destination=hub, source=topic, routing_key="")
+            binding_key = await self._hub(conn, hub, partitions)
             arguments = self.queue_arguments(single_active=True)
             for name in names:
                 await channel.queue_declare(name, durable=True, arguments=arguments)
-                # The binding key of a consistent-hash exchange is the weight: equal shares.
-                await channel.queue_bind(name, hub, routing_key="1")
+                await channel.queue_bind(name, hub, routing_key=binding_key)
+            # Fed only once every partition is bound: a message routed over some of them would
+            # sit in a queue its key no longer maps to once all are.
+            await channel.exchange_bind(destination=hub, source=topic, routing_key="")
             self._mark("p", hub)
         return names
+
+    async def _hub(self, conn: AbstractConnection, hub: str, partitions: int) -> str:
+        """Declare a partitioned group's exchange; return the binding key of its queues.
+
+        A group created by 0.1 has an x-consistent-hash exchange, whose binding key is the
+        queue's weight ("1"): it is kept, with a warning, as its workers may still run. Each
+        try is made on a channel of its own: a refused declaration closes its channel."""
+        scratch = await open_channel(conn, publisher_confirms=False)
+        try:
+            await scratch.exchange_declare(hub, exchange_type=_MODULUS_HASH, durable=True)
+            return ""
+        except amqp.ChannelPreconditionFailed:
+            pass  # it exists with another type
+        except amqp.ConnectionCommandInvalid as e:
+            # An unknown exchange type closes the whole connection (503).
+            raise ConfigurationError(
+                f"partitions={partitions} needs the RabbitMQ plugin rabbitmq_sharding "
+                f"(rabbitmq-plugins enable rabbitmq_sharding): {e}"
+            ) from e
+        finally:
+            if not scratch.is_closed:
+                await scratch.close()
+        scratch = await open_channel(conn, publisher_confirms=False)
+        try:
+            await scratch.exchange_declare(hub, exchange_type=_CONSISTENT_HASH, durable=True)
+        except amqp.ChannelPreconditionFailed as e:
+            raise ConfigurationError(
+                f"exchange {hub!r} exists with a type a partitioned group cannot use; "
+                f"delete it or use another group name: {e}"
+            ) from e
+        finally:
+            if not scratch.is_closed:
+                await scratch.close()
+        log.warning(
+            "partitioned group exchange %r is an x-consistent-hash exchange made by eventbus "
+            "0.1: a RabbitMQ restart may move keys to other partitions and break per-key order "
+            "for the messages queued then; see docs/upgrading.md to move it to x-modulus-hash",
+            hub,
+        )
+        return "1"
 
     async def broadcast(self, channel: AbstractChannel, topic: str) -> str:
         """A fresh server-named queue that lives as long as this connection (never cached)."""

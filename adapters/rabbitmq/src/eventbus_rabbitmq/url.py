@@ -51,7 +51,7 @@ class Settings:
     bound (``max_in_flight``). A larger value lets the broker keep a few deliveries buffered in
     the client (faster on quorum queues); the core still never holds more than its bound.
     ``queue_type``: type of the durable queues eventbus declares (groups, queues, dead letters,
-    delay queues). ``partitions``: consistent-hash partitions per group (1 = a single queue).
+    delay queues). ``partitions``: hash partitions per group (1 = a single queue).
     ``delivery_limit``: quorum queues only, ``x-delivery-limit`` (unset: unlimited on 3.10;
     eventbus never rejects, but every requeue after a lost connection counts toward it).
     ``publish_timeout``: how long a publish waits for the broker (reconnecting included) before

@@ -57,7 +57,7 @@ _OURS = frozenset(
 
 
 def routing_key(message: Message) -> str:
-    """The routing key a topic publish uses: the key (so consistent hashing keeps a key on one
+    """The routing key a topic publish uses: the key (so hashing keeps a key on one
     partition), else the id (spreads keyless messages). Longer than AMQP's 255-byte limit:
     a digest of it, stable for the same key."""
     value = message.key if message.key is not None else message.id
