@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.partitioner import murmur2  # type: ignore[import-untyped]
 from eventbus_kafka import KafkaTransport
 from eventbus_kafka.wire import NOT_BEFORE, TARGET_GROUP
@@ -104,6 +105,45 @@ async def test_foreign_records_are_consumed(
     assert message.body == b"{}"
     assert message.headers == {"x-bin": "\xfe\xff", "plain": "v"}
     assert message.timestamp == datetime.fromtimestamp(meta.timestamp / 1000, UTC)
+    await delivery.ack()
+    await sub.close()
+
+
+async def test_a_record_time_no_datetime_can_hold_is_delivered_with_the_time_read(
+    transport: KafkaTransport, name: Name
+) -> None:
+    """Kafka refuses far-future timestamps by default, but a topic whose
+    ``message.timestamp.after.max.ms`` was raised takes any: such a record used to fail
+    decoding in the adapter. It is delivered, its time being when it was read."""
+    topic = name("far-future")
+    admin = AIOKafkaAdminClient(bootstrap_servers=transport.settings.address)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(
+                    topic,
+                    num_partitions=1,
+                    replication_factor=1,
+                    topic_configs={"message.timestamp.after.max.ms": str(2**63 - 1)},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+    sub = await subscribe(transport, topic_spec(topic))
+    producer = AIOKafkaProducer(bootstrap_servers=transport.settings.address)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic, b"{}", timestamp_ms=2**62)
+    finally:
+        await producer.stop()
+    assert meta.timestamp == 2**62, "the broker kept the far-future time"
+    before = datetime.now(UTC)
+    (delivery,) = await take(sub, 1)
+    assert delivery.defect is None
+    assert delivery.message.body == b"{}"
+    assert before <= delivery.message.timestamp <= datetime.now(UTC)
     await delivery.ack()
     await sub.close()
 

@@ -156,11 +156,7 @@ def from_record(
     ce_time = attributes.get(CE_TIME)
     timestamp = parse_time(ce_time) if ce_time is not None else None
     if timestamp is None:
-        timestamp = (
-            datetime.fromtimestamp(timestamp_ms / 1000, UTC)
-            if timestamp_ms is not None and timestamp_ms >= 0
-            else datetime.now(UTC)
-        )
+        timestamp = record_time(timestamp_ms)
     return Message(
         id=attributes.get(CE_ID) or f"{record_topic}/{partition}/{offset}",
         topic=topic,
@@ -173,6 +169,18 @@ def from_record(
         correlation_id=attributes.get(CE_CORRELATION_ID),
         reply_to=attributes.get(REPLY_TO) or None,
     )
+
+
+def record_time(timestamp_ms: int | None) -> datetime:
+    """A record's Kafka timestamp as a datetime; now when it has none, or one a datetime
+    cannot hold (negative, or past year 9999: a topic whose ``message.timestamp.after.max.ms``
+    was raised accepts any)."""
+    if timestamp_ms is not None and timestamp_ms >= 0:
+        try:
+            return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+        except (OverflowError, ValueError, OSError):
+            pass
+    return datetime.now(UTC)
 
 
 def routing(headers: Iterable[tuple[str, bytes | None]]) -> tuple[str | None, float | None]:
