@@ -19,12 +19,14 @@ from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
+from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.handler import inspect_handler
 from eventbus.dispatch.invoke import Middleware
 from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError
+from eventbus.headers import CAUSATION_ID
 from eventbus.message import Message, new_message_id
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination, Kind, Transport
@@ -275,7 +277,15 @@ class EventBus:
         correlation_id: str | None,
         timestamp: datetime,
     ) -> Message:
-        """The message around ``encoded``; ``headers`` already checked (`_checked_headers`)."""
+        """The message around ``encoded``; ``headers`` already checked (`_checked_headers`),
+        and this message's own. Published while a handler runs, it carries that handler's
+        message as its cause and shares its correlation id (DESIGN 9)."""
+        handling = HANDLING.get()
+        if handling is not None:
+            cause = handling[1].raw.message
+            if correlation_id is None:
+                correlation_id = cause.correlation_id or cause.id
+            headers[CAUSATION_ID] = cause.id  # the eventbus- prefix is refused in user headers
         return Message(
             id=message_id or new_message_id(),
             topic=name,

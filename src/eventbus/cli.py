@@ -28,6 +28,7 @@ from eventbus.errors import (
     BrokerUnavailableError,
     ConfigurationError,
 )
+from eventbus.logs import JsonFormatter
 from eventbus.message import Message
 from eventbus.transports.base import Transport
 from eventbus.transports.registry import transport_for_url
@@ -152,6 +153,8 @@ def _run_workers(args: argparse.Namespace) -> int:
         str(args.graceful_timeout),
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,
     ]
     env = dict(os.environ)
     if args.url:
@@ -298,7 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--url", help="transport URL (overrides the app's and EVENTBUS_URL)")
     run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     run.add_argument("--graceful-timeout", type=float, default=None, metavar="S")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,  # INFO, Info and info alike
+        choices=["debug", "info", "warning", "error"],
+    )
+    run.add_argument(
+        "--log-format",
+        default="text",
+        type=str.lower,
+        choices=["text", "json"],
+        help="json: one object a line with message id, topic, group, attempt and trace id",
+    )
     run.set_defaults(func=cmd_run)
 
     pub = commands.add_parser("publish", help="publish one JSON message")
@@ -340,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if getattr(args, "log_format", "text") == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:

@@ -7,6 +7,10 @@ ATTEMPT = "eventbus-attempt"
 """1-based attempt number of the delivery that carries it; incremented on every redelivery through
 the broker so the count travels with the message (several processes share it)."""
 
+CAUSATION_ID = "eventbus-causation-id"
+"""On a message published while a handler ran: the id of the message that handler was handling
+(its correlation id travels as the message's ``correlation_id``; DESIGN 9)."""
+
 DLQ_REASON = "eventbus-dlq-reason"
 ERROR_TYPE = "eventbus-error-type"
 ERROR_MESSAGE = "eventbus-error-message"

@@ -147,6 +147,31 @@ def test_sigint_is_handled_like_sigterm(workers: list[Worker]) -> None:
     assert "finished 1" in worker.stdout
 
 
+def test_json_logs_tag_each_line_with_the_message_being_handled(workers: list[Worker]) -> None:
+    worker = run_cli(
+        workers, "run", "logging_app:bus", "--log-format", "JSON", "--log-level", "INFO"
+    )
+    worker.wait_for_output("dead-lettering job-7", stderr=True)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.stderr
+    lines = [json.loads(line) for line in worker.stderr.splitlines()]  # every line is JSON
+    by_text = {entry["message"]: entry for entry in lines}
+    handled = by_text["looking at job 7"]
+    assert handled["level"] == "info" and handled["logger"] == "logging_app"
+    assert (handled["message_id"], handled["topic"], handled["group"], handled["attempt"]) == (
+        "job-7",
+        "jobs",
+        "workers",
+        1,
+    )
+    assert handled["handler"] == "refuse"
+    (letter,) = [e for e in lines if e["message"].startswith("refuse <- topic jobs")]
+    assert letter["level"] == "warning" and letter["message_id"] == "job-7"
+    outside = by_text["published job-7"]
+    assert "message_id" not in outside, "not handling anything there"
+    assert "trace_id" not in handled, "no tracing configured"
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [

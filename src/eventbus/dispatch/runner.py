@@ -23,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
+from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.inflight import InFlight
@@ -182,6 +183,7 @@ class SubscriptionRunner:
             return  # stopping: released later; settled: lost to the transport meanwhile
         self._in_flight.enter_busy(state)
         keep_busy = False
+        handling = HANDLING.set((self.subscriber, state))
         try:
             keep_busy = await self._attempts(state)
         except BaseException as exc:
@@ -196,6 +198,7 @@ class SubscriptionRunner:
             with contextlib.suppress(Exception):
                 await state.fail("internal", exc)
         finally:
+            HANDLING.reset(handling)
             state.finish()
             if not keep_busy or state.settled:
                 self._in_flight.leave_busy(state)
