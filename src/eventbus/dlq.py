@@ -106,6 +106,7 @@ def replay_destination(letter: Message) -> tuple[Destination, Message]:
         type=letter.type,
         timestamp=letter.timestamp,
         correlation_id=letter.correlation_id,
+        reply_to=letter.reply_to,
     )
     return Destination(topic, kind, group=group), original
 

@@ -19,6 +19,7 @@ import pytest
 from eventbus import EventBus, Message, Reject, RetryPolicy
 from eventbus import headers as h
 from eventbus.cli import main
+from eventbus.dlq import replay_destination
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 from eventbus.transports.registry import transport_for_url
@@ -446,3 +447,18 @@ async def test_a_forced_exit_acks_nothing_unsettled(amqp_url: str) -> None:
             await anyio.sleep(0.2)
     finally:
         await transport.close()
+
+
+def test_a_replayed_dead_letter_keeps_its_reply_address() -> None:
+    letter = Message(
+        id="m-1",
+        topic="orders.g.dlq",
+        body=b"{}",
+        headers={h.ORIGINAL_TOPIC: "orders", h.ORIGINAL_GROUP: "g", h.DLQ_REASON: "rejected"},
+        correlation_id="c-1",
+        reply_to="replies.client-7",
+    )
+    to, original = replay_destination(letter)
+    assert (to.name, to.group) == ("orders", "g")
+    assert (original.reply_to, original.correlation_id) == ("replies.client-7", "c-1")
+    assert h.DLQ_REASON not in original.headers
