@@ -136,6 +136,13 @@ class ConsumeLoop:
             for raw in batch:
                 self._accept(raw)
 
+    @property
+    def connected(self) -> bool:
+        """Subscribed and able to receive: not while subscribing again after a break, nor while
+        the transport re-establishes a lost connection."""
+        current = self.current
+        return current is not None and current.connected
+
     def pause(self) -> None:
         self._paused = True
         if self.current is not None:

@@ -154,6 +154,11 @@ class SubscriptionRunner:
     def resume(self) -> None:
         self._consume.resume()
 
+    @property
+    def connected(self) -> bool:
+        """Whether the subscription can receive now (health checks)."""
+        return self._consume.connected
+
     async def _release_unsettled(self) -> None:
         # Newest first: a transport that puts a released message back at the front of its
         # partition (memory) then restores the original order, so same-key messages reach the

@@ -41,7 +41,7 @@ from eventbus import (
 )
 from eventbus import headers as h
 from eventbus.dlq import dlq_replay, dlq_show
-from eventbus.transports.base import Capabilities, Destination
+from eventbus.transports.base import Capabilities, Destination, SubscriptionSpec
 
 __all__ = ["ConformanceSuite", "wait_for"]
 
@@ -193,6 +193,42 @@ class ConformanceSuite:
             assert got == [1], "nothing is handed out while paused"
             runner.resume()
             await wait_for(lambda: got == [1, 2], what="the message published while paused")
+
+    async def test_backlog_counts_what_waits_and_drains_to_zero(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        topic, group = name("backlog"), name("g")
+        spec = SubscriptionSpec(topic, "topic", group, prefetch=1)
+        handled: list[int] = []
+
+        def consumer() -> EventBus:
+            bus = make_bus()
+
+            @bus.subscribe(topic, group=group)
+            async def handler(order: Order) -> None:
+                handled.append(order.id)
+
+            return bus
+
+        async with consumer():
+            pass  # the group exists from now on; nobody consumes it below
+        async with make_bus() as publisher:
+            for i in range(20):
+                await publisher.publish(topic, Order(id=i), key=f"k{i % 4}")
+            backlog = await publisher.transport.backlog(spec)
+            assert backlog is not None and backlog.total == 20, backlog
+            assert backlog.consumers == 0
+            async with consumer() as bus:
+                await wait_for(lambda: len(handled) == 20, what="the backlog handled")
+                with anyio.fail_after(30):  # Kafka: until the commit reached the broker
+                    backlog = await publisher.transport.backlog(spec)
+                    while backlog is None or backlog.total:
+                        await anyio.sleep(0.2)
+                        backlog = await publisher.transport.backlog(spec)
+                assert backlog.consumers is None or backlog.consumers >= 1
+                assert all(runner.connected for runner in bus._runners)
+            missing = SubscriptionSpec(name("nothing"), "topic", group, prefetch=1)
+            assert await publisher.transport.backlog(missing) is None
 
     async def test_fan_out_to_two_groups(
         self, make_bus: Callable[..., EventBus], name: Callable[[str], str]

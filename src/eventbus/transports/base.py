@@ -48,6 +48,7 @@ from eventbus.message import Message
 
 __all__ = [
     "SPI_VERSION",
+    "Backlog",
     "Capabilities",
     "DeliveryOwner",
     "Destination",
@@ -226,10 +227,33 @@ class Subscription(Protocol):
         """Stop fetching for good. Deliveries already yielded can still be settled. Idempotent."""
         ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether the subscription can receive now: False while its connection is lost and
+        being re-established (health checks report the process not ready meanwhile)."""
+        ...
+
     async def close(self) -> None:
         """Release every unsettled delivery, leave the group, free resources, end `run`.
         Idempotent."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits for one group or queue, as the broker sees it (``eventbus status``, the lag
+    and depth metrics). Read from outside the consumers: any process can ask."""
+
+    waiting: Mapping[str, int]
+    """Messages not yet handled, per partition: on Kafka each partition's consumer lag (end
+    offset minus the group's committed offset), keyed by partition number; on RabbitMQ the ready
+    messages of each queue of the group (one, or a partitioned group's N), keyed by queue name."""
+    consumers: int | None
+    """Members of the group, or consumers of its queue(s); None when the broker cannot say."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.waiting.values())
 
 
 @runtime_checkable
@@ -268,6 +292,11 @@ class Transport(Protocol):
     async def depth(self, name: str, kind: Kind) -> int | None:
         """Messages waiting in a queue (or unread by a topic's queue reader); None if unknown
         or if it does not exist. Used by the ``eventbus dlq`` commands."""
+        ...
+
+    async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
+        """What waits for the group or queue ``spec`` names (``spec.prefetch`` is ignored);
+        None when it does not exist yet. A broadcast subscription (no group) has none."""
         ...
 
 

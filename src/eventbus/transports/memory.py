@@ -29,6 +29,7 @@ from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import (
     SPI_VERSION,
+    Backlog,
     Capabilities,
     DeliveryOwner,
     Destination,
@@ -141,6 +142,12 @@ class _Group:
         for sub in self.subs:
             sub.wakeup.set()
 
+    def backlog(self) -> Backlog:
+        waiting = {str(p): len(part) for p, part in enumerate(self.partitions)}
+        for _, _, entry in self.delayed:
+            waiting[str(entry.partition)] += 1
+        return Backlog(waiting=waiting, consumers=len(self.subs))
+
     def ready(self) -> list[Message]:
         entries = [e for part in self.partitions for e in part]
         entries += [e for _, _, e in sorted(self.delayed)]
@@ -202,6 +209,15 @@ class MemoryBroker:
     def depth(self, name: str, kind: Kind) -> int | None:
         found = self._queues.get(name) if kind == "queue" else None
         return len(found.ready()) if found else None
+
+    def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
+        if spec.kind == "queue":
+            found = self._queues.get(spec.name)
+        elif spec.group is not None:
+            found = self._topics.get(spec.name, {}).get(spec.group)
+        else:
+            found = None
+        return found.backlog() if found else None
 
 
 _brokers: dict[str, MemoryBroker] = {}
@@ -280,6 +296,10 @@ class _MemorySubscription:
         task_status.started()
         await self.closed_event.wait()
 
+    @property
+    def connected(self) -> bool:
+        return True  # the broker is in this process
+
     def pause(self) -> None:
         self.paused = True
 
@@ -345,3 +365,6 @@ class MemoryTransport:
 
     async def depth(self, name: str, kind: Kind) -> int | None:
         return self.broker.depth(name, kind)
+
+    async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
+        return self.broker.backlog(spec)

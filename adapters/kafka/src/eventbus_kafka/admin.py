@@ -135,6 +135,17 @@ class TopicAdmin:
                 return sorted(p["partition"] for p in topic["partitions"])
         return None
 
+    async def group_members(self, group: str) -> int | None:
+        """Members of a consumer group now (0 when empty or unknown to the broker); None when
+        the broker's answer cannot be read."""
+        described = await self.client.describe_consumer_groups([group])
+        for response in described:
+            for entry in getattr(response, "groups", ()):
+                # (error_code, group_id, state, protocol_type, protocol, members[, ...])
+                if entry[1] == group:
+                    return len(entry[5]) if entry[0] == 0 else 0
+        return None
+
     async def group_offsets(self, group: str) -> dict[tuple[str, int], tuple[int, str]]:
         """Committed offsets of a consumer group: ``(topic, partition) -> (offset, metadata)``
         (offset -1: nothing committed)."""

@@ -71,6 +71,19 @@ class Fetcher:
         """Set once the first assignment is adopted (a message published after that is
         delivered), or when the loop gave up (then `failure` says why)."""
         self.failure: EventBusError | None = None
+        self.failing = False
+        """The last fetch raised (it is retried with backoff)."""
+
+    @property
+    def connected(self) -> bool:
+        """Fetching works and the group coordinator is known. aiokafka reconnects by itself
+        and a fetch during an outage just returns nothing, so the coordinator is what tells:
+        aiokafka forgets it (``coordinator_id`` None) when a heartbeat or commit fails to
+        reach it, and finds it again once the broker is back."""
+        if self.consumer is None or self.failing or not self.live.is_set():
+            return False
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        return getattr(coordinator, "coordinator_id", 0) is not None
 
     def apply_pauses(self) -> None:
         if self.consumer is not None:
@@ -81,12 +94,11 @@ class Fetcher:
         ACLs: `failure`); every other error is retried with backoff, since aiokafka
         reconnects by itself after broker restarts, leader moves and coordinator changes."""
         backoff = Backoff(0.1, _MAX_BACKOFF)
-        failing = False
         while True:
             try:
                 await self._fetch_once()
-                if failing:
-                    failing = False
+                if self.failing:
+                    self.failing = False
                     backoff.up()  # the waits reset once fetching has worked for a while
             except Exception as exc:
                 if is_fatal(exc):
@@ -95,7 +107,7 @@ class Fetcher:
                     self.failure.__cause__ = exc
                     self.live.set()
                     return
-                failing = True
+                self.failing = True
                 wait = backoff.next()
                 log.warning("%s: fetch failed, retrying in %.1fs: %r", self._describe, wait, exc)
                 await anyio.sleep(wait)

@@ -221,6 +221,10 @@ class KafkaSubscription:
         self._buffer.ready.set()
         self._handed_out.left.set()
 
+    @property
+    def connected(self) -> bool:
+        return self._failure is None and not self._closed and self._fetcher.connected
+
     def pause(self) -> None:
         self._pauses.requested = True
         self._fetcher.apply_pauses()

@@ -14,6 +14,7 @@ from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import (
+    Backlog,
     Capabilities,
     DeliveryOwner,
     Destination,
@@ -186,31 +187,40 @@ class KafkaTransport:
         None for a topic (each group has its own backlog) or a queue that does not exist."""
         if kind != "queue":
             return None
-        validate_name(name)
-        partitions: list[Any] = []
-        for topic in (name, retry_topic(name, "queue", None)):
-            found = await self._admin.topic_partitions(topic)
-            if found is None:
-                if topic == name:
-                    return None
-                continue
-            partitions += [TopicPartition(topic, p) for p in found]
-        group = consumer_group(SubscriptionSpec(name, "queue", None, 1))
-        assert group is not None
+        found = await self.backlog(SubscriptionSpec(name, "queue", None, 1))
+        return found.total if found is not None else None
+
+    async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
+        """The group's lag per partition: end offset minus its committed offset (from the
+        earliest offset where it committed nothing yet), keyed by partition number, and
+        ``retry:N`` for its retry topic's partitions. Members from the group's description."""
+        validate_name(spec.name)
+        group = consumer_group(spec)
+        if group is None:
+            return None  # a broadcast reader has no group and commits nothing
+        main = await self._admin.topic_partitions(spec.name)
+        if main is None:
+            return None
+        retry = retry_topic(spec.name, spec.kind, spec.group)
+        partitions = [TopicPartition(spec.name, p) for p in main]
+        retries = await self._admin.topic_partitions(retry) or []
+        partitions += [TopicPartition(retry, p) for p in retries]
         try:
             committed = await self._admin.group_offsets(group)
             reader = await self._reader()
             ends = await reader.end_offsets(partitions)
             starts = await reader.beginning_offsets(partitions)
+            members = await self._admin.group_members(group)
         except EventBusError:
             raise
         except Exception as exc:
             raise translate(exc, self.settings.address) from exc
-        total = 0
+        waiting: dict[str, int] = {}
         for tp in partitions:
             start = max(committed.get((tp.topic, tp.partition), (-1, ""))[0], starts[tp])
-            total += max(0, ends[tp] - start)
-        return total
+            label = str(tp.partition) if tp.topic == spec.name else f"retry:{tp.partition}"
+            waiting[label] = max(0, ends[tp] - start)
+        return Backlog(waiting=waiting, consumers=members)
 
     async def _reader(self) -> Any:
         """A group-less consumer, used only to look up partition offsets."""

@@ -114,6 +114,11 @@ class RabbitSubscription:
             ended.set()
             self._wakeup.set()
 
+    @property
+    def connected(self) -> bool:
+        current = self._current
+        return current is not None and current.live and current.usable and not self._broken
+
     def pause(self) -> None:
         """Stop handing out deliveries; the consumers stay, so the subscription keeps its place
         (a single-active-consumer partition does not move to another subscriber), and the

@@ -15,6 +15,7 @@ from aiormq import exceptions as amqp
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import (
+    Backlog,
     Capabilities,
     DeliveryOwner,
     Destination,
@@ -27,7 +28,7 @@ from eventbus_rabbitmq.errors import translate
 from eventbus_rabbitmq.partitions import Locks
 from eventbus_rabbitmq.publisher import Publisher
 from eventbus_rabbitmq.subscription import RabbitSubscription
-from eventbus_rabbitmq.topology import Topology, check_name
+from eventbus_rabbitmq.topology import Topology, check_name, group_queue, partition_queue
 from eventbus_rabbitmq.url import parse_url
 
 __all__ = ["RabbitMQTransport"]
@@ -125,16 +126,45 @@ class RabbitMQTransport:
         which hold nothing themselves, and for queues that do not exist."""
         if kind != "queue":
             return None
+        found = await self._inspect(name)
+        return found[0] if found is not None else None
+
+    async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
+        """Ready messages per queue of the group (or of the queue), and its consumers. Whether
+        a group is partitioned, and into how many queues, is read from the broker, so any
+        process can ask (``eventbus status`` has no ``partitions`` option)."""
+        if spec.kind == "queue":
+            queues = [spec.name]
+        elif spec.group is None:
+            return None  # a broadcast queue is private to its subscriber
+        else:
+            queues = [group_queue(spec.name, spec.group)]
+        found = await self._inspect(queues[0])
+        if found is not None:
+            return Backlog(waiting={queues[0]: found[0]}, consumers=found[1])
+        if spec.group is None:
+            return None
+        waiting: dict[str, int] = {}
+        while found := await self._inspect(partition_queue(spec.name, spec.group, len(waiting))):
+            waiting[partition_queue(spec.name, spec.group, len(waiting))] = found[0]
+        if not waiting:
+            return None
+        # Every member consumes the group's membership queue (partitions.py).
+        members = await self._inspect(f"{group_queue(spec.name, spec.group)}.members")
+        return Backlog(waiting=waiting, consumers=members[1] if members is not None else None)
+
+    async def _inspect(self, queue: str) -> tuple[int, int] | None:
+        """A queue's ready messages and consumers; None if it does not exist."""
         conn = await self._publishing.get(within=self._settings.publish_timeout)
         # A passive declare of a missing queue closes the channel: use a throwaway one.
         channel = await open_channel(conn, publisher_confirms=False)
         try:
-            ok = await channel.queue_declare(name, passive=True)
+            ok = await channel.queue_declare(queue, passive=True)
         except amqp.ChannelNotFoundEntity:
             return None
         except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError) as e:
-            raise translate(e, address=self._settings.address, what=f"inspect {name!r}") from e
+            raise translate(e, address=self._settings.address, what=f"inspect {queue!r}") from e
         finally:
             if not channel.is_closed:
                 await channel.close()
-        return ok.message_count
+        return ok.message_count or 0, ok.consumer_count or 0
