@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NoReturn
 
 import anyio
 
 from eventbus.bus import EventBus
+from eventbus.dispatch.deadletter import default_dead_letter_name
 from eventbus.dlq import dlq_depths, dlq_purge, dlq_replay, dlq_show
 from eventbus.errors import (
     AuthenticationError,
@@ -275,6 +277,63 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return anyio.run(act)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    # Imported here: the table library costs every other command's start-up for nothing.
+    from rich.console import Console
+    from rich.live import Live
+
+    from eventbus.status import Target, gather, render
+
+    targets: list[Target] = []
+    transport: Transport | None = _transport(args.url) if args.url else None
+    if args.app:
+        bus = load_bus(args.app)
+        transport = transport or bus.transport
+        targets += [
+            Target(s.kind, s.name, s.group, s.handler.name, s.dead_letter)
+            for s in bus.subscribers
+            if not s.broadcast  # a broadcast queue is private to its subscriber
+        ]
+    for text in args.group:
+        topic, sep, group = text.rpartition(":")
+        if not sep or not topic or not group:
+            raise CliError(f"--group expects TOPIC:GROUP, got {text!r}", EXIT_USAGE)
+        targets.append(
+            Target("topic", topic, group, None, default_dead_letter_name(topic, "topic", group))
+        )
+    targets += [
+        Target("queue", q, None, None, default_dead_letter_name(q, "queue", None))
+        for q in args.queue
+    ]
+    if not targets:
+        raise CliError("give --app MODULE:ATTR, or --group TOPIC:GROUP / --queue NAME", EXIT_USAGE)
+    transport = transport or _transport(None)
+    console = Console()
+
+    async def show() -> int:
+        await transport.connect()
+        try:
+            if args.watch is None:
+                console.print(render(await gather(transport, targets), title=_title()))
+                return 0
+            with Live(console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(render(await gather(transport, targets), title=_title()))
+                    live.refresh()
+                    await anyio.sleep(args.watch)
+        finally:
+            await transport.close()
+
+    try:
+        return anyio.run(show)
+    except KeyboardInterrupt:
+        return 0  # --watch ends with Ctrl-C
+
+
+def _title() -> str:
+    return f"eventbus status at {datetime.now().astimezone():%H:%M:%S}"
+
+
 def _describe(letter: Message) -> dict[str, object]:
     try:
         body: object = json.loads(letter.body)
@@ -324,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
     pub.add_argument("--queue", action="store_true", help="send to a queue instead of a topic")
     pub.set_defaults(func=cmd_publish)
+
+    status = commands.add_parser(
+        "status", help="lag or depth, dead letters and consumers of each group and queue"
+    )
+    status.add_argument("--app", metavar="MODULE:ATTR", help="report on this app's handlers")
+    status.add_argument("--url", help="transport URL (default: the app's, or EVENTBUS_URL)")
+    status.add_argument("--group", action="append", default=[], metavar="TOPIC:GROUP")
+    status.add_argument("--queue", action="append", default=[], metavar="NAME")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 2) until Ctrl-C",
+    )
+    status.set_defaults(func=cmd_status)
 
     dlq = commands.add_parser("dlq", help="inspect and redrive dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
