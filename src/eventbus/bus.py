@@ -119,7 +119,7 @@ class EventBus:
         self._drain_scope: anyio.CancelScope | None = None
         self._running = False
         self._tracing: Tracing | None = None
-        if tracing is not False:
+        if tracing:  # a provider, or True
             self._tracing = _tracing(tracing, self.transport, None if transport else self.url)
 
     # -- registration -----------------------------------------------------------------------
