@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -31,6 +31,11 @@ from eventbus.message import Message, new_message_id
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from eventbus.tracing import Tracing
 
 __all__ = ["EventBus"]
 
@@ -72,6 +77,9 @@ class EventBus:
     live. Leaving it stops fetching, lets in-flight handlers finish within ``graceful_timeout``
     seconds, settles, and closes; a handler still running then is cancelled and its message is
     redelivered later, never acked.
+
+    ``tracing``: OpenTelemetry tracing (needs the ``eventbus[otel]`` extra), off by default:
+    ``True`` uses the global tracer provider, or pass a ``TracerProvider`` (docs/observability.md).
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class EventBus:
         dedup_store: DedupStore | None = None,
         middleware: Sequence[Middleware] = (),
         graceful_timeout: float = 30.0,
+        tracing: bool | TracerProvider = False,
     ) -> None:
         if transport is not None and url is not None:
             raise ConfigurationError("give EventBus either a url or a transport, not both")
@@ -111,6 +120,9 @@ class EventBus:
         self._hooks_scope: anyio.CancelScope | None = None
         self._drain_scope: anyio.CancelScope | None = None
         self._running = False
+        self._tracing: Tracing | None = None
+        if tracing:  # a provider, or True
+            self._tracing = _tracing(tracing, self.transport, None if transport else self.url)
 
     # -- registration -----------------------------------------------------------------------
 
@@ -363,7 +375,10 @@ class EventBus:
             correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
         )
-        await self._connected().publish(to, [message])
+        if self._tracing is not None:
+            await self._tracing.publish(self._connected(), to, [message])
+        else:
+            await self._connected().publish(to, [message])
         return message.id
 
     async def publish_many(
@@ -400,7 +415,10 @@ class EventBus:
             )
             for body, key in zip(encoded, keys or itertools.repeat(None), strict=False)
         ]
-        await self._connected().publish(Destination(topic, "topic"), messages)
+        if self._tracing is not None:
+            await self._tracing.publish(self._connected(), Destination(topic, "topic"), messages)
+        else:
+            await self._connected().publish(Destination(topic, "topic"), messages)
         return [m.id for m in messages]
 
     def _connected(self) -> Transport:
@@ -421,7 +439,10 @@ class EventBus:
         try:
             self._runners = []
             for subscriber in self._subscribers:
-                runner = SubscriptionRunner(subscriber, self.transport, self.codec, self.middleware)
+                middleware = self.middleware
+                if self._tracing is not None:  # outermost: the span covers every middleware
+                    middleware = (self._tracing.middleware(subscriber), *middleware)
+                runner = SubscriptionRunner(subscriber, self.transport, self.codec, middleware)
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
@@ -488,3 +509,18 @@ class EventBus:
             self._running = False
             with anyio.CancelScope(shield=True):
                 await self.transport.close()
+
+
+def _tracing(tracing: object, transport: Transport, url: str | None) -> Tracing:
+    """The bus's `Tracing`; OpenTelemetry is imported here only, when tracing is asked for."""
+    from eventbus.tracing import Tracing, messaging_system  # raises ConfigurationError if absent
+
+    if tracing is True:
+        provider = None  # the global tracer provider, looked up when each span starts
+    elif callable(getattr(tracing, "get_tracer", None)):
+        provider = cast("TracerProvider", tracing)
+    else:
+        raise ConfigurationError(
+            f"tracing must be True, False or an OpenTelemetry TracerProvider, not {tracing!r}"
+        )
+    return Tracing(provider, messaging_system(transport, url))

@@ -263,6 +263,10 @@ class Transport(Protocol):
     Methods are safe to call concurrently from many tasks. ``connect`` raises
     `eventbus.BrokerUnavailableError` naming the address; after that, lost connections are
     re-established with backoff and publishes wait (bounded) instead of failing at once.
+
+    Optionally a transport names its broker for tracing in a ``messaging_system`` attribute
+    (OpenTelemetry's ``messaging.system``: ``"kafka"``, ``"rabbitmq"``); without it a traced bus
+    uses the URL scheme.
     """
 
     spi_version: int

@@ -329,6 +329,8 @@ class MemoryTransport:
     """`Transport` over a `MemoryBroker`. URL: ``memory://`` or ``memory://NAME``."""
 
     spi_version = SPI_VERSION
+    messaging_system = "memory"
+    """``messaging.system`` for the spans of a traced bus (not an OpenTelemetry-listed one)."""
     capabilities = Capabilities(
         durable=False,
         redelivered_flag=True,

@@ -57,6 +57,8 @@ class KafkaTransport:
     spi_version = 2
     """The SPI this adapter was built for; checked by the registry. A literal, not the core's
     ``SPI_VERSION``, which would always match whatever core is installed."""
+    messaging_system = "kafka"
+    """OpenTelemetry's ``messaging.system`` for the spans of a traced bus."""
 
     def __init__(self, url: str) -> None:
         self.settings: KafkaSettings = parse_url(url)

@@ -45,6 +45,8 @@ class RabbitMQTransport:
     spi_version = 2
     """The transport SPI version this adapter implements (a literal: the core compares it with
     its own `SPI_VERSION` and refuses a mismatch)."""
+    messaging_system = "rabbitmq"
+    """OpenTelemetry's ``messaging.system`` for the spans of a traced bus."""
 
     def __init__(self, url: str) -> None:
         self._settings = parse_url(url)

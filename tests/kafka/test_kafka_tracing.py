@@ -1,0 +1,71 @@
+"""OpenTelemetry tracing over real Kafka (DESIGN 9): the scenarios of tests/tracing_helpers.py,
+a bare ``traceparent`` header surviving the wire, and a raw aiokafka producer's trace joined."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import tracing_helpers as th
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
+from eventbus_kafka.url import parse_url
+
+from eventbus import Delivery, EventBus
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(180)]
+
+Name = Callable[[str], str]
+
+
+@pytest.fixture
+def make_bus(kafka_url: str) -> th.MakeBus:
+    def make(**options: object) -> EventBus:
+        return EventBus(kafka_url, graceful_timeout=10.0, **options)  # type: ignore[arg-type]
+
+    return make
+
+
+async def test_one_trace_across_two_buses_and_a_handler_that_publishes(
+    make_bus: th.MakeBus, name: Name
+) -> None:
+    await th.one_trace_across_buses(make_bus, name("trace"), name("trace-next"), name("g"), "kafka")
+
+
+async def test_retry_via_broker_dead_letter_and_replay_keep_the_trace(
+    make_bus: th.MakeBus, name: Name
+) -> None:
+    await th.retry_dead_letter_replay_keep_the_trace(make_bus, name("retry"), name("g"))
+
+
+async def test_tracing_off_writes_and_records_nothing(make_bus: th.MakeBus, name: Name) -> None:
+    await th.tracing_off_writes_and_records_nothing(make_bus, name("off"), name("g"))
+
+
+@pytest.mark.parametrize("header", ["traceparent", "ce_traceparent"])
+async def test_a_raw_aiokafka_producers_trace_is_joined(
+    make_bus: th.MakeBus, name: Name, kafka_url: str, header: str
+) -> None:
+    provider, exporter = th.recorder()
+    bus = make_bus(tracing=provider)
+    topic, seen = name("foreign"), []
+
+    @bus.subscribe(topic, group=name("g"))
+    async def handler(payload: dict[str, int], delivery: Delivery) -> None:
+        seen.append(dict(delivery.message.headers))
+
+    async with bus:
+        producer = AIOKafkaProducer(bootstrap_servers=list(parse_url(kafka_url).bootstrap_servers))
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                topic,
+                b'{"n": 1}',
+                key=b"k-1",
+                headers=[(header, th.FOREIGN_TRACEPARENT.encode()), ("tracestate", b"v=1")],
+            )
+        finally:
+            await producer.stop()
+        consumed = await th.foreign_traceparent_joins(exporter, topic)
+    assert seen[0][header] == th.FOREIGN_TRACEPARENT, "the header reaches the handler untouched"
+    assert consumed.parent is not None and consumed.parent.trace_state.get("v") == "1"
+    assert (consumed.attributes or {})["messaging.kafka.message.key"] == "k-1"
