@@ -169,3 +169,56 @@ async def wait_until_committed(
             if await committed_offset(admin, group, tp) >= end:
                 return
             await anyio.sleep(0.1)
+
+
+async def test_a_dead_letter_still_refused_at_shutdown_goes_to_the_next_owner(
+    kafka_url: str, name: Callable[[str], str], admin: AIOKafkaAdminClient
+) -> None:
+    """Stopping while the dead letter cannot get out leaves the message uncommitted (never
+    acked without its dead letter); the next process of the group handles it again and its
+    dead letter goes out once, when the topic accepts it."""
+    topic = name("republish-stop")
+    group = f"{topic}-g"
+    dlq = f"{topic}.{group}.dlq"
+    created = await admin.create_topics(
+        [NewTopic(dlq, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+    )
+    assert [entry[1] for entry in created.topic_errors] == [0], created
+    address = parse_url(kafka_url).address
+    url = f"{kafka_url}?commit_interval=0.2"
+    handled: list[tuple[str, str, int]] = []
+
+    def worker(who: str) -> EventBus:
+        bus = EventBus(url, graceful_timeout=10.0)
+
+        @bus.subscribe(topic, group=group, retry=RetryPolicy(max_attempts=1))
+        async def handle(order: Order, delivery: Delivery) -> None:
+            handled.append((who, delivery.message.id, delivery.attempt))
+            raise ValueError(f"order {order.id} always fails")
+
+        return bus
+
+    first = worker("first")
+    async with first:
+        stats = first.subscribers[0].stats
+        await first.publish(topic, Order(id=1), message_id="m-1")
+        await wait_until(lambda: stats.republish_failures >= FAILURES, within=60)
+    assert handled == [("first", "m-1", 1)]
+    assert stats.dead_lettered == 0
+    ends = await end_offsets(admin, address, topic)
+    [(tp, end)] = [(tp, end) for tp, end in ends.items() if end]
+    assert await committed_offset(admin, group, tp) < end, "not committed without its dead letter"
+    assert await records_of(admin, address, dlq) == []
+
+    await accept_keyless_records(admin, dlq)
+    second = worker("second")
+    async with second:
+        stats = second.subscribers[0].stats
+        await wait_until(lambda: stats.dead_lettered == 1, within=60)
+        await wait_until_committed(admin, group, tp, end)
+        await anyio.sleep(1.0)
+    assert handled == [("first", "m-1", 1), ("second", "m-1", 1)]
+    assert stats.republish_failures == 0
+    letters = await records_of(admin, address, dlq)
+    assert [i for i, _ in letters] == ["m-1"], "exactly one dead letter"
+    assert letters[0][1][h.DLQ_REASON] == "retries-exhausted"
