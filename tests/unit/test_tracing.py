@@ -3,16 +3,20 @@ the Kafka and RabbitMQ tests run too (tests/tracing_helpers.py), and what needs 
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 
+import anyio
 import pytest
 import tracing_helpers as th
 from opentelemetry.trace import SpanKind
 
 from eventbus import ConfigurationError, Delivery, EventBus, Message
+from eventbus.logs import JsonFormatter
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 from eventbus.transports.base import Destination
@@ -96,6 +100,35 @@ async def test_send_to_a_queue_is_traced(make_bus: MakeBus) -> None:
     assert attributes["eventbus.destination.kind"] == "queue"
     assert "messaging.consumer.group.name" not in attributes
     assert attributes["messaging.destination.partition.id"] == "0"
+
+
+async def test_a_synchronous_handler_publishes_inside_its_span(make_bus: MakeBus) -> None:
+    """A plain ``def`` handler runs in a worker thread; its span is still the current one there
+    (the context follows the thread), so what it publishes continues the trace; and the JSON log
+    format tags its lines with that trace."""
+    provider, exporter = th.recorder()
+    bus = make_bus(tracing=provider)
+    logged: list[dict[str, object]] = []
+
+    @bus.subscribe("orders", group="g")
+    def blocking(payload: dict[str, int]) -> None:
+        record = logging.LogRecord("app", logging.INFO, __file__, 1, "working", None, None)
+        logged.append(json.loads(JsonFormatter().format(record)))
+        anyio.from_thread.run(bus.publish, "audit", payload)
+
+    @bus.subscribe("audit", group="g")
+    async def audit(payload: dict[str, int]) -> None:
+        pass
+
+    async with bus:
+        await bus.publish("orders", {"n": 1})
+        [audited] = await th.wait_spans(exporter, 1, SpanKind.CONSUMER, "process audit")
+    [handled] = th.spans(exporter, SpanKind.CONSUMER, "process orders")
+    [published] = th.spans(exporter, SpanKind.PRODUCER, "publish audit")
+    assert th.parent_id(published) == th.span_id(handled)
+    assert th.trace_id(audited) == th.trace_id(handled)
+    assert logged[0]["trace_id"] == f"{th.trace_id(handled):032x}"
+    assert str(logged[0]["handler"]).endswith("blocking")
 
 
 async def test_tracing_true_uses_the_global_provider(make_bus: MakeBus) -> None:
