@@ -60,6 +60,50 @@ async def drain_partitions(url: str, topic: str, group: str, n: int) -> dict[str
     return found
 
 
+def set_policy(name: str, pattern: str, definition: str, *, apply_to: str = "queues") -> None:
+    """``rabbitmqctl set_policy`` (priority 100, so it wins over any broader policy). Use a
+    name and a pattern unique to the test: the broker is shared."""
+    subprocess.run(
+        [
+            *("rabbitmqctl", "-q", "set_policy", name, pattern, definition),
+            *("--apply-to", apply_to, "--priority", "100"),
+        ],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
+def clear_policy(name: str) -> None:
+    subprocess.run(
+        ["rabbitmqctl", "-q", "clear_policy", name], capture_output=True, timeout=60, check=True
+    )
+
+
+async def queue_counts(url: str, queue: str) -> tuple[int, int]:
+    """(messages ready, consumers) of ``queue``, by a passive declare."""
+    connection = await aiormq.connect(url)
+    try:
+        channel = await connection.channel()
+        ok = await channel.queue_declare(queue, passive=True)
+        return ok.message_count or 0, ok.consumer_count or 0
+    finally:
+        await connection.close()
+
+
+async def drain(url: str, queue: str) -> list[aiormq.abc.DeliveredMessage]:
+    """Take (and ack) every message ready in ``queue``."""
+    connection = await aiormq.connect(url)
+    taken = []
+    try:
+        channel = await connection.channel()
+        while (got := await channel.basic_get(queue, no_ack=True)).delivery_tag is not None:
+            taken.append(got)
+    finally:
+        await connection.close()
+    return taken
+
+
 def with_options(url: str, options: str) -> str:
     if not options:
         return url

@@ -43,6 +43,7 @@ class Connector:
         # after the handshake keeps backing off instead of reconnecting in a tight loop.
         self._backoff = Backoff(0.1, 5.0)
         self._last_error: BaseException | None = None
+        self._not_before = 0.0  # event loop time: no connection attempt before it
         # The URL's ``name`` option names the connections in the broker's tools; each gets its
         # purpose appended (aiormq would otherwise let our default name override it).
         given = parse_qs(urlsplit(settings.amqp_url).query).get("name")
@@ -84,6 +85,7 @@ class Connector:
             ) from None
 
     async def _reconnect(self) -> AbstractConnection:
+        loop = asyncio.get_running_loop()
         async with self._lock:
             while True:
                 if self._closed:
@@ -91,6 +93,24 @@ class Connector:
                 conn = self.current
                 if conn is not None:
                     return conn
+                if self._connection is not None:
+                    # The last connection was lost. Waiting first (and longer each time, unless
+                    # it had stayed up a while) keeps a broker that drops every connection
+                    # right after the handshake from being reconnected to in a tight loop.
+                    self._connection = None
+                    delay = self._backoff.next()
+                    self._not_before = loop.time() + delay
+                    log.warning(
+                        "RabbitMQ %s connection to %s lost; reconnecting in %.1f s",
+                        self._purpose,
+                        self._settings.address,
+                        delay,
+                    )
+                # Kept across calls: a caller whose deadline ends the wait does not shorten
+                # the next caller's.
+                if (wait := self._not_before - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                    continue  # closed meanwhile?
                 try:
                     # Bounded per attempt: a black-holed host would otherwise hang in connect().
                     async with asyncio.timeout(self._settings.connect_timeout):
@@ -130,7 +150,7 @@ class Connector:
                         e or type(e).__name__,
                         delay,
                     )
-                    await asyncio.sleep(delay)
+                    self._not_before = loop.time() + delay
                     continue
                 self._connection = conn
                 self._backoff.up()

@@ -8,8 +8,8 @@ expect it.
 The key goes in the ``eventbus-key`` header (the routing key may be a hash of it, or the id).
 
 Decoding never fails on what a foreign producer sends: header values of any AMQP type become
-text, and a message without ``message_id`` gets an id derived from its content, the same on
-every redelivery.
+text, and a message without ``message_id`` gets a random id for each delivery (see
+`_random_id`: two identical commands are not duplicates).
 """
 
 from __future__ import annotations
