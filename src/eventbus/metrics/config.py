@@ -7,7 +7,11 @@ from dataclasses import dataclass
 
 from eventbus.errors import ConfigurationError
 
-__all__ = ["MetricsConfig", "require_prometheus_client"]
+__all__ = ["WORKER_PORTS_DIR", "MetricsConfig", "require_prometheus_client"]
+
+WORKER_PORTS_DIR = "EVENTBUS_METRICS_PORTS_DIR"
+"""Set by ``eventbus run --workers N --metrics-port P`` for its children: the directory where
+each writes the port of its own endpoints (`eventbus.metrics.workers`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import anyio
+
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Handler
 from eventbus.dispatch.settle import DeliveryState
@@ -32,7 +34,8 @@ class SubscriptionMetrics:
     def __init__(self, subscriber: Subscriber) -> None:
         self.subscriber = subscriber
         self.duration = Histogram(DURATION_BUCKETS)
-        """Seconds each handler attempt ran (middleware included), failed ones too."""
+        """Seconds each handler attempt ran (middleware included), failed ones too; not those
+        cancelled because the delivery was taken back or the bus stopped."""
         self.latency = Histogram(LATENCY_BUCKETS)
         """Seconds from the message's publish time to the start of each handler attempt."""
         self._in_flight: InFlight[DeliveryState] | None = None
@@ -42,14 +45,20 @@ class SubscriptionMetrics:
         duration, latency = self.duration.observe, self.latency.observe
         clock, wall = time.perf_counter, time.time
 
+        cancelled = anyio.get_cancelled_exc_class()
+
         async def call(d: Delivery) -> None:
             start = clock()
             # A clock skewed against the publisher's must not produce negative latencies.
             latency(max(0.0, wall() - d.message.timestamp.timestamp()))
             try:
                 await handler(d)
-            finally:
+            except cancelled:
+                raise  # taken back (revoked, shutting down): no attempt to time
+            except BaseException:
                 duration(clock() - start)
+                raise
+            duration(clock() - start)
 
         return call
 
