@@ -176,10 +176,14 @@ def _backlog(metrics: BusMetrics) -> Iterator[Metric]:
         "Messages ready in the queue, not yet delivered (RabbitMQ, memory).",
         labels=["destination", "group", "queue"],
     )
+    seen: set[tuple[str, str, str]] = set()
     for sub, (kind, waiting) in list(metrics.backlog.items()):
         s = sub.subscriber
         family = lag if kind == "lag" else depth
         for where, count in sorted(waiting.items()):
-            family.add_metric([s.name, s.group or "", where], count)
+            labels = (s.name, s.group or "", where)
+            if labels not in seen:  # two handlers of one group share its backlog
+                seen.add(labels)
+                family.add_metric(list(labels), count)
     yield lag
     yield depth

@@ -10,6 +10,7 @@ counts, and the last backlog read from the broker.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,24 +42,38 @@ class SubscriptionMetrics:
         self._in_flight: InFlight[DeliveryState] | None = None
 
     def timed(self, handler: Handler) -> Handler:
-        """``handler`` observing both histograms: the only per-message work metrics add."""
-        duration, latency = self.duration.observe, self.latency.observe
-        clock, wall = time.perf_counter, time.time
-
+        """``handler`` observing both histograms: the only per-message work metrics add, so
+        it is written out inline (under 0.5 us an attempt; method calls would add half again)."""
+        duration, latency = self.duration, self.latency
+        d_bounds, d_counts, l_bounds, l_counts = (
+            duration.bounds,
+            duration.counts,
+            latency.bounds,
+            latency.counts,
+        )
+        # One clock for both: the wall clock's resolution is fine for handler durations, and
+        # one call less per attempt.
+        clock = time.time
         cancelled = anyio.get_cancelled_exc_class()
 
         async def call(d: Delivery) -> None:
             start = clock()
-            # A clock skewed against the publisher's must not produce negative latencies.
-            latency(max(0.0, wall() - d.message.timestamp.timestamp()))
+            # A clock skewed against the publisher's could make it negative: bucket 0 then.
+            waited = start - d.message.timestamp.timestamp()
+            l_counts[bisect_left(l_bounds, waited)] += 1
+            latency.sum += waited if waited > 0.0 else 0.0
             try:
                 await handler(d)
             except cancelled:
                 raise  # taken back (revoked, shutting down): no attempt to time
             except BaseException:
-                duration(clock() - start)
+                took = clock() - start
+                d_counts[bisect_left(d_bounds, took)] += 1
+                duration.sum += took
                 raise
-            duration(clock() - start)
+            took = clock() - start
+            d_counts[bisect_left(d_bounds, took)] += 1
+            duration.sum += took
 
         return call
 
