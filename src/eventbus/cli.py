@@ -186,7 +186,16 @@ def _run_workers(args: argparse.Namespace) -> int:
         else:
             from eventbus.metrics.workers import serve_workers  # imports prometheus_client
 
-            codes = anyio.run(serve_workers, args.metrics_host, args.metrics_port, ports, children)
+            try:
+                codes = anyio.run(
+                    serve_workers, args.metrics_host, args.metrics_port, ports, children
+                )
+            except BaseException:
+                # No endpoint (port taken, say): the workers must not run on unwatched.
+                forward(signal.SIGTERM, None)
+                for child in children:
+                    child.wait()
+                raise
     return max(codes, key=abs)
 
 

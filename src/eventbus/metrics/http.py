@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
+from eventbus.errors import ConfigurationError
+
 __all__ = ["Response", "get", "serve"]
 
 log = logging.getLogger("eventbus.metrics")
@@ -34,7 +36,10 @@ async def serve(
 ) -> None:
     """Serve until cancelled; ``task_status.started(port)`` with the bound port once listening
     (``port=0`` picks a free one)."""
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    except OSError as exc:  # port taken, address not ours: the operator must change something
+        raise ConfigurationError(f"cannot serve metrics on {host}:{port}: {exc}") from exc
     async with listener:
         task_status.started(listener.extra(SocketAttribute.local_port))
 
