@@ -137,6 +137,28 @@ KAFKA_CONSUME_MODEL = _kafka_consume(
     "c-kafka-consume-model", "Kafka consume, pydantic model handler, at-least-once", "json"
 )
 
+KAFKA_CONSUME_METRICS = Scenario(
+    key="g-kafka-consume-metrics",
+    title="Kafka consume, no-op handler, Prometheus metrics on vs off",
+    broker="kafka",
+    messages=lambda s: s.kafka_consume_messages,
+    settings=lambda s: {**_consume_settings(s), "handler": "bytes"},
+    contenders=[
+        Contender("eventbus metrics off", p(kafka_eventbus.consume, payload="bytes")),
+        Contender(
+            "eventbus metrics on",
+            p(kafka_eventbus.consume, payload="bytes", metrics=True),
+            "eventbus metrics off",
+            note="MetricsConfig(port=0): endpoints served, backlog read every 5 s, no scrapes",
+        ),
+    ],
+    targets=[
+        Target(
+            "metrics cost <= 10%", "eventbus metrics on", "ratio_to", 0.9, "eventbus metrics off"
+        )
+    ],
+)
+
 RABBIT_PUBLISH = Scenario(
     key="d1-rabbit-publish",
     title="RabbitMQ publish with confirms (persistent, mandatory)",
@@ -354,6 +376,7 @@ SCENARIOS = [
     KAFKA_PUBLISH,
     KAFKA_CONSUME,
     KAFKA_CONSUME_MODEL,
+    KAFKA_CONSUME_METRICS,
     RABBIT_PUBLISH,
     RABBIT_CONSUME,
     KAFKA_KEYED,

@@ -12,15 +12,17 @@ from typing import Any
 from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
 from benchmarks.harness import Measurement, Run
 from benchmarks.kafka_common import Order, body, delete_topics, filled_topic, kafka_topics
-from eventbus import EventBus
+from eventbus import EventBus, MetricsConfig
 
 __all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
 
 WARM = 50
 
 
-def _bus(run: Run) -> EventBus:
-    return EventBus(run.settings.kafka_url)
+def _bus(run: Run, metrics: bool = False) -> EventBus:
+    # Metrics on as `eventbus run --metrics-port` turns them on: endpoints served, backlog read.
+    config = MetricsConfig(port=0, host="127.0.0.1") if metrics else False
+    return EventBus(run.settings.kafka_url, metrics=config)
 
 
 async def publish_sequential(run: Run) -> Measurement:
@@ -44,12 +46,15 @@ async def publish_batch(run: Run) -> Measurement:
         )
 
 
-async def consume(run: Run, payload: str = "bytes", **options: Any) -> Measurement:
-    """``options`` go to ``bus.subscribe`` (e.g. ``max_in_flight``)."""
+async def consume(
+    run: Run, payload: str = "bytes", metrics: bool = False, **options: Any
+) -> Measurement:
+    """``options`` go to ``bus.subscribe`` (e.g. ``max_in_flight``); ``metrics`` turns on
+    Prometheus metrics."""
     settings = run.settings
     topic, group = run.name("in"), run.name("g")
     tally = Tally(run.messages, settings.max_seconds)
-    bus = _bus(run)
+    bus = _bus(run, metrics)
     subscribe = bus.subscribe(topic, group=group, **options)
     if payload == "json":
 

@@ -20,6 +20,7 @@ from eventbus.errors import (
     UnroutableError,
 )
 from eventbus.message import Delivery, Message
+from eventbus.metrics.config import MetricsConfig
 from eventbus.retry import RetryPolicy
 
 __version__ = "0.2.0.dev0"
@@ -43,6 +44,7 @@ __all__ = [
     "MemoryDedupStore",
     "Message",
     "MessageTooLargeError",
+    "MetricsConfig",
     "Middleware",
     "PublishError",
     "Reject",

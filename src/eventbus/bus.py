@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import logging
@@ -28,13 +29,17 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError
 from eventbus.headers import CAUSATION_ID
 from eventbus.message import Message, new_message_id
+from eventbus.metrics.config import MetricsConfig, require_prometheus_client
+from eventbus.metrics.recorder import BusMetrics
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
 
+    from eventbus.metrics.service import MetricsService
     from eventbus.tracing import Tracing
 
 __all__ = ["EventBus"]
@@ -80,6 +85,9 @@ class EventBus:
 
     ``tracing``: OpenTelemetry tracing (needs the ``eventbus[otel]`` extra), off by default:
     ``True`` uses the global tracer provider, or pass a ``TracerProvider`` (docs/observability.md).
+
+    ``metrics``: collect Prometheus metrics (``True``, or a `MetricsConfig` that also serves
+    ``/metrics``, ``/livez`` and ``/readyz`` on a port); needs ``eventbus[prometheus]``.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class EventBus:
         middleware: Sequence[Middleware] = (),
         graceful_timeout: float = 30.0,
         tracing: bool | TracerProvider = False,
+        metrics: bool | MetricsConfig = False,
     ) -> None:
         if transport is not None and url is not None:
             raise ConfigurationError("give EventBus either a url or a transport, not both")
@@ -123,6 +132,54 @@ class EventBus:
         self._tracing: Tracing | None = None
         if tracing:  # a provider, or True
             self._tracing = _tracing(tracing, self.transport, None if transport else self.url)
+        self._draining = False
+        self._metrics: BusMetrics | None = None
+        """None unless metrics are on: the hot path checks nothing else."""
+        self._metrics_service: MetricsService | None = None
+        if metrics:
+            self.enable_metrics(metrics)
+
+    # -- metrics and health -----------------------------------------------------------------
+
+    def enable_metrics(
+        self,
+        config: bool | MetricsConfig = True,
+        *,
+        on_listening: Callable[[int], None] | None = None,
+    ) -> None:
+        """Turn metrics on before the bus starts (``eventbus run --metrics-port`` does this).
+        ``on_listening`` is called with the bound port once the endpoints serve."""
+        if self._running:
+            raise RuntimeError("enable metrics before the bus starts")
+        require_prometheus_client()
+        from eventbus.metrics.service import MetricsService  # imports prometheus_client
+
+        self._metrics = BusMetrics(config if isinstance(config, MetricsConfig) else MetricsConfig())
+        self._metrics_service = MetricsService(
+            self._metrics, lambda: self.transport, lambda: self.ready, on_listening
+        )
+
+    @property
+    def metrics_registry(self) -> CollectorRegistry | None:
+        """The bus's own Prometheus registry (to serve from an application's web server), or
+        None when metrics are off."""
+        return self._metrics_service.registry if self._metrics_service else None
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The port ``/metrics`` is served on while the bus runs, or None."""
+        return self._metrics_service.port if self._metrics_service else None
+
+    @property
+    def ready(self) -> bool:
+        """Connected, every subscription live and able to receive, and not stopping
+        (``/readyz``)."""
+        return (
+            self._running
+            and not self._draining
+            and len(self._runners) == len(self._subscribers)
+            and all(runner.connected for runner in self._runners)
+        )
 
     # -- registration -----------------------------------------------------------------------
 
@@ -375,10 +432,7 @@ class EventBus:
             correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
         )
-        if self._tracing is not None:
-            await self._tracing.publish(self._connected(), to, [message])
-        else:
-            await self._connected().publish(to, [message])
+        await self._send(to, [message])
         return message.id
 
     async def publish_many(
@@ -415,11 +469,22 @@ class EventBus:
             )
             for body, key in zip(encoded, keys or itertools.repeat(None), strict=False)
         ]
-        if self._tracing is not None:
-            await self._tracing.publish(self._connected(), Destination(topic, "topic"), messages)
-        else:
-            await self._connected().publish(Destination(topic, "topic"), messages)
+        await self._send(Destination(topic, "topic"), messages)
         return [m.id for m in messages]
+
+    async def _send(self, to: Destination, messages: Sequence[Message]) -> None:
+        """``transport.publish``, counted when metrics are on, in a span when tracing is."""
+        transport = self._connected()
+        if self._metrics is None and self._tracing is None:
+            await transport.publish(to, messages)  # the usual path: nothing else to do
+            return
+        send = transport.publish
+        if self._metrics is not None:
+            send = functools.partial(self._metrics.publish, transport)
+        if self._tracing is not None:
+            await self._tracing.publish(send, to, messages)
+        else:
+            await send(to, messages)
 
     def _connected(self) -> Transport:
         if not self._running:
@@ -436,13 +501,24 @@ class EventBus:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._running = True
+        self._draining = False
         try:
             self._runners = []
+            metrics = self._metrics
+            if metrics is not None and self._metrics_service is not None:
+                metrics.subscriptions.clear()
+                await self._task_group.start(self._metrics_service.run)
             for subscriber in self._subscribers:
                 middleware = self.middleware
                 if self._tracing is not None:  # outermost: the span covers every middleware
                     middleware = (self._tracing.middleware(subscriber), *middleware)
-                runner = SubscriptionRunner(subscriber, self.transport, self.codec, middleware)
+                runner = SubscriptionRunner(
+                    subscriber,
+                    self.transport,
+                    self.codec,
+                    middleware,
+                    metrics=metrics.subscription(subscriber) if metrics else None,
+                )
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
@@ -487,6 +563,7 @@ class EventBus:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._task_group is not None
+        self._draining = True
         # Shielded: a cancelled `run()` (the usual way to stop) must still drain and settle.
         with anyio.CancelScope(shield=True):
             if self._hooks_scope is not None:
@@ -502,6 +579,8 @@ class EventBus:
                 runner.abort()
             for runner in self._runners:
                 await runner.closed.wait()
+            if self._metrics_service is not None:
+                self._metrics_service.stop()  # scrapeable while draining, not any longer
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
         finally:

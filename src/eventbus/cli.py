@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from typing import NoReturn
@@ -32,6 +33,7 @@ from eventbus.errors import (
 )
 from eventbus.logs import JsonFormatter
 from eventbus.message import Message
+from eventbus.metrics.config import WORKER_PORTS_DIR, MetricsConfig, require_prometheus_client
 from eventbus.transports.base import Transport
 from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
@@ -159,24 +161,43 @@ def _run_workers(args: argparse.Namespace) -> int:
         args.log_format,
     ]
     env = dict(os.environ)
+    if args.metrics_port is not None:
+        command += ["--backlog-interval", str(args.backlog_interval)]
     if args.url:
         # Through the environment, never the command line: `ps` shows any user's arguments,
         # and the URL may hold a password (DESIGN 8).
         env[_WORKER_URL] = args.url
     # Own sessions: a Ctrl-C in the terminal reaches the parent only, which forwards it once
     # (a second SIGINT would cut the children's drain short).
-    children = [
-        subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)
-    ]
+    with tempfile.TemporaryDirectory(prefix="eventbus-metrics-") as ports:
+        if args.metrics_port is not None:
+            env[WORKER_PORTS_DIR] = ports
+        children = [
+            subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)
+        ]
 
-    def forward(signum: int, _frame: object) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
+        def forward(signum: int, _frame: object) -> None:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [child.wait() for child in children]
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        if args.metrics_port is None:
+            codes = [child.wait() for child in children]
+        else:
+            from eventbus.metrics.workers import serve_workers  # imports prometheus_client
+
+            try:
+                codes = anyio.run(
+                    serve_workers, args.metrics_host, args.metrics_port, ports, children
+                )
+            except BaseException:
+                # No endpoint (port taken, say): the workers must not run on unwatched.
+                forward(signal.SIGTERM, None)
+                for child in children:
+                    child.wait()
+                raise
     return max(codes, key=abs)
 
 
@@ -189,6 +210,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         bus.url, bus.transport = args.url, transport_for_url(args.url)
     if args.graceful_timeout is not None:
         bus.graceful_timeout = args.graceful_timeout
+    ports = os.environ.pop(WORKER_PORTS_DIR, None)
+    if args.metrics_port is not None or ports:
+        require_prometheus_client()
+        config = MetricsConfig(  # validated here, before any worker starts
+            port=args.metrics_port, host=args.metrics_host, backlog_interval=args.backlog_interval
+        )
+        if ports:  # a worker of `--workers N`: its parent serves host:port for all
+            from eventbus.metrics.workers import write_port
+
+            config = MetricsConfig(port=0, host="127.0.0.1", backlog_interval=args.backlog_interval)
+            bus.enable_metrics(config, on_listening=lambda port: write_port(ports, port))
+        elif args.workers <= 1:
+            bus.enable_metrics(config)
     if args.workers > 1:
         if bus.url.startswith("memory:"):
             raise CliError(
@@ -372,6 +406,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         choices=["text", "json"],
         help="json: one object a line with message id, topic, group, attempt and trace id",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus /metrics, /livez and /readyz on port P (with --workers N: the "
+        "sum over all workers); needs eventbus[prometheus]",
+    )
+    run.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="H",
+        help="address the metrics endpoints bind (default 0.0.0.0: scrapers and probes come "
+        "from outside the pod)",
+    )
+    run.add_argument(
+        "--backlog-interval",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between two reads of consumer lag / queue depth (default 5)",
     )
     run.set_defaults(func=cmd_run)
 

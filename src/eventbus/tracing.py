@@ -20,7 +20,7 @@ trace shape the same whichever way a message came back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -89,7 +89,10 @@ class Tracing:
         self._tracer = trace.get_tracer("eventbus", tracer_provider=provider)
 
     async def publish(
-        self, transport: Transport, to: Destination, messages: Sequence[Message]
+        self,
+        send: Callable[[Destination, Sequence[Message]], Awaitable[None]],
+        to: Destination,
+        messages: Sequence[Message],
     ) -> list[Message]:
         """Publish ``messages`` within a PRODUCER span, its context injected into each (one
         span for a batch: `EventBus.publish_many` is one call). Returns what was sent."""
@@ -113,7 +116,7 @@ class Tracing:
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
             sent = [_with_context(m, carrier) for m in messages] if carrier else list(messages)
-            await transport.publish(to, sent)
+            await send(to, sent)
         return sent
 
     def middleware(self, subscriber: Subscriber) -> Middleware:

@@ -63,7 +63,7 @@ class Republisher:
                 error,
             )
             await raw.ack()
-            sub.stats.dead_lettered += 1
+            sub.stats.count_dead_letter(reason)
             return
         letter = dead_letter_message(
             raw.message,
@@ -77,7 +77,7 @@ class Republisher:
         if await self._publish_then_ack(raw, Destination(queue, "queue"), letter, gone):
             # Counted once the dead letter is confirmed in its queue, so that whoever waits
             # for the count (tests, the DLQ commands) finds it there.
-            sub.stats.dead_lettered += 1
+            sub.stats.count_dead_letter(reason)
 
     async def redeliver(
         self, raw: RawDelivery, attempt: int, delay: float, gone: Callable[[], bool]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -39,6 +40,9 @@ from eventbus.errors import LeaseLostError
 from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
+if TYPE_CHECKING:
+    from eventbus.metrics.recorder import SubscriptionMetrics
+
 __all__ = ["SubscriptionRunner"]
 
 log = logging.getLogger("eventbus.dispatch")
@@ -54,6 +58,7 @@ class SubscriptionRunner:
         codec: Codec | AsyncCodec,
         middleware: Sequence[Middleware] = (),
         rng: random.Random | None = None,
+        metrics: SubscriptionMetrics | None = None,
     ) -> None:
         self.subscriber = subscriber
         options = subscriber.options
@@ -76,6 +81,10 @@ class SubscriptionRunner:
             subscriber, self._in_flight, self._republisher, self._guard, self._rng
         )
         self._handler = build_handler(subscriber, middleware)
+        if metrics is not None:
+            # Built once here: without metrics the handler chain is exactly what it was.
+            self._handler = metrics.timed(self._handler)
+            metrics.watch(self._in_flight)
         self._decoder = Decoder(
             codec,
             subscriber.handler.payload_type,

@@ -22,6 +22,8 @@ class SubscriberStats:
     failed_attempts: int = 0
     retried: int = 0
     dead_lettered: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+    """``dead_lettered`` by `DeadLetterReason` (``rejected``, ``retries-exhausted``, ...)."""
     duplicates: int = 0
     """Skipped by deduplication (acked without running the handler)."""
     redelivered: int = 0
@@ -32,6 +34,10 @@ class SubscriberStats:
     """Dead-letter or redelivery publishes that failed and were tried again."""
     restarts: int = 0
     """Times the transport subscription broke and was established again."""
+
+    def count_dead_letter(self, reason: str) -> None:
+        self.dead_lettered += 1
+        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
 
 
 @dataclass(slots=True)

@@ -134,7 +134,10 @@ class Capabilities:
     ``"keep"`` (Kafka: the log keeps it; a group created later with ``offset_reset=earliest``
     reads it) or ``"refuse"`` (RabbitMQ: nothing would receive it, so the publish raises
     `eventbus.UnroutableError`). ``native``: the `RawDelivery.native` facts every delivery
-    carries (copied into dead letters as ``eventbus-original-<name>``).
+    carries (copied into dead letters as ``eventbus-original-<name>``). ``backlog``: what
+    `Transport.backlog` counts: ``"lag"`` (Kafka: the group's offsets behind the log's end,
+    keyed by partition; the ``eventbus_consumer_lag_messages`` metric) or ``"depth"`` (RabbitMQ,
+    memory: messages ready in a queue, keyed by queue; ``eventbus_queue_depth_messages``).
     """
 
     durable: bool = True
@@ -142,6 +145,7 @@ class Capabilities:
     max_message_size: int | None = None
     unbound_topic: Literal["keep", "refuse"] = "keep"
     native: tuple[str, ...] = ()
+    backlog: Literal["lag", "depth"] = "depth"
 
 
 @runtime_checkable

@@ -71,6 +71,7 @@ class KafkaTransport:
             # with offset_reset=earliest reads it.
             unbound_topic="keep",
             native=("partition", "offset"),
+            backlog="lag",
         )
         self._admin = TopicAdmin(self.settings)
         self._producer = Producer(self.settings)

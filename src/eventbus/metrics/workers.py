@@ -1,0 +1,113 @@
+"""The parent of ``eventbus run --workers N --metrics-port P``: one endpoint for all workers.
+
+Each worker serves its own endpoints on ``127.0.0.1``, on a port the system picks, and writes
+that port to ``<pid>.port`` in a directory the parent names in `WORKER_PORTS_DIR` (the environment,
+like the URL: never the command line). The parent serves ``host:P`` on its own event loop;
+each request asks every worker:
+
+- ``/metrics``: the workers' expositions merged (`merge`); a worker that does not answer is
+  left out of that scrape.
+- ``/readyz``: 200 only when every worker reported its port and says it is ready.
+- ``/livez``: 200 when every worker that reported its port answers and is still running (one
+  still starting is not dead yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import anyio
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from eventbus.metrics import http
+from eventbus.metrics.merge import merge, render
+
+__all__ = ["serve_workers", "write_port"]
+
+log = logging.getLogger("eventbus.metrics")
+
+_TEXT = "text/plain; charset=utf-8"
+
+
+def write_port(directory: str, port: int) -> None:
+    """A worker's half: say where it serves (atomically: the parent never reads half a file)."""
+    path = Path(directory) / f"{os.getpid()}.port"
+    partial = path.with_suffix(".tmp")
+    partial.write_text(str(port))
+    os.replace(partial, path)
+
+
+class _Workers:
+    def __init__(self, directory: str, children: list[subprocess.Popen[bytes]]) -> None:
+        self._directory = Path(directory)
+        self._children = {child.pid: child for child in children}
+
+    def ports(self) -> dict[int, int]:
+        """Worker pid -> port, for every worker that reported one."""
+        found: dict[int, int] = {}
+        for path in self._directory.glob("*.port"):
+            try:
+                found[int(path.stem)] = int(path.read_text())
+            except (OSError, ValueError):
+                continue
+        return found
+
+    async def ask(self, path: str) -> tuple[dict[int, int], dict[int, tuple[int, bytes]]]:
+        """Every reported worker's answer to ``GET path``; those that fail are missing."""
+        ports = self.ports()
+        answers: dict[int, tuple[int, bytes]] = {}
+
+        async def one(pid: int, port: int) -> None:
+            try:
+                answers[pid] = await http.get("127.0.0.1", port, path)
+            except (OSError, TimeoutError) as exc:
+                log.debug("worker %d did not answer %s: %r", pid, path, exc)
+
+        async with anyio.create_task_group() as tg:
+            for pid, port in ports.items():
+                tg.start_soon(one, pid, port)
+        return ports, answers
+
+    async def respond(self, path: str) -> http.Response:
+        if path == "/metrics":
+            _, answers = await self.ask("/metrics")
+            texts = [body.decode() for status, body in answers.values() if status == 200]
+            return 200, CONTENT_TYPE_LATEST, render(merge(texts))
+        if path == "/readyz":
+            ports, answers = await self.ask("/readyz")
+            ready = len(ports) == len(self._children) and all(
+                pid in answers and answers[pid][0] == 200 for pid in self._children
+            )
+            return (200, _TEXT, b"ready\n") if ready else (503, _TEXT, b"not ready\n")
+        if path == "/livez":
+            ports, answers = await self.ask("/livez")
+            alive = all(
+                self._children[pid].poll() is None and answers.get(pid, (0, b""))[0] == 200
+                for pid in ports
+                if pid in self._children
+            )
+            return (200, _TEXT, b"ok\n") if alive else (503, _TEXT, b"a worker is down\n")
+        return 404, _TEXT, b"/metrics, /livez or /readyz\n"
+
+
+async def serve_workers(
+    host: str, port: int, directory: str, children: list[subprocess.Popen[bytes]]
+) -> list[int]:
+    """Serve the merged endpoints until every child exited; their exit codes."""
+    workers = _Workers(directory, children)
+    codes: list[int] = [0] * len(children)
+    async with anyio.create_task_group() as tg:
+        bound = await tg.start(http.serve, host, port, workers.respond)
+        log.info("metrics of %d workers on http://%s:%d/metrics", len(children), host, bound)
+
+        async def wait(i: int, child: subprocess.Popen[bytes]) -> None:
+            codes[i] = await anyio.to_thread.run_sync(child.wait)
+
+        async with anyio.create_task_group() as waiting:
+            for i, child in enumerate(children):
+                waiting.start_soon(wait, i, child)
+        tg.cancel_scope.cancel()
+    return codes
