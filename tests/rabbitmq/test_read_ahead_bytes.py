@@ -193,3 +193,62 @@ async def test_partitioned_group_keeps_key_order_while_throttled(
     assert await nothing_left(amqp_url, queues)
     assert [channel_of(c).queues for c in consumers] == owned, "partitions did not move"
     assert all(not channel_of(c).suspended for c in consumers), "consuming again"
+
+
+async def test_a_partition_handed_over_while_throttled_moves_in_order(
+    make_transport: Make, name: Callable[[str], str], subscribe: Subscribe, amqp_url: str
+) -> None:
+    """One subscriber owns both partitions and is throttled while it holds what it got. A
+    second one joins: the first gives a partition back while throttled (it is not consumed
+    again; what was buffered from it goes back to its queue), and once the first settled what
+    it held of it, the second takes it over. Nothing is lost or handled twice, keys in order."""
+    options = f"partitions=2&prefetch=200&read_ahead_bytes={BUDGET}"
+    topic = name("bytes-move")
+    spec = SubscriptionSpec(name=topic, kind="topic", group="g", prefetch=200)
+    first = await subscribe(await make_transport(options), spec)
+    queues = [f"{topic}.g.0", f"{topic}.g.1"]
+    assert channel_of(first).queues == frozenset(queues)
+    publisher = await make_transport("partitions=2")
+    messages = [big(topic, i, key=f"key-{i % 10}") for i in range(TOTAL)]
+    (held,) = await publish_while_holding(publisher, messages, [first])
+    assert_bounded(first, held)
+    assert channel_of(first).suspended == set(queues)
+
+    handled: list[RawDelivery] = []
+
+    async def drain(consumer: Consumer, held: list[RawDelivery]) -> None:
+        for delivery in held:
+            handled.append(delivery)
+            await delivery.ack()
+        while len(handled) < TOTAL:
+            delivery = await next_or_none(consumer, 0.2)
+            if delivery is not None:
+                handled.append(delivery)
+                await delivery.ack()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tasks:
+            joined: list[Consumer] = []
+
+            async def join() -> None:
+                joined.append(await subscribe(await make_transport(options), spec))
+
+            tasks.start_soon(join)
+            while len(channel_of(first).queues) > 1:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+            (kept,) = channel_of(first).queues
+            assert channel_of(first).throttled, "given back while throttled, not consumed again"
+            tasks.start_soon(drain, first, held)
+            while not joined:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+            tasks.start_soon(drain, joined[0], [])
+    second = joined[0]
+    assert channel_of(second).queues == frozenset(queues) - {kept}
+    assert sorted(seq(d) for d in handled) == list(range(TOTAL)), "each exactly once"
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for delivery in handled:
+        per_key[delivery.message.key or ""].append(seq(delivery))
+    for key, seqs in per_key.items():
+        assert seqs == sorted(seqs), f"{key}: in order"
+    assert any(d.native["queue"] != kept for d in held), "the first held some of the moved one"
+    assert await nothing_left(amqp_url, queues)
