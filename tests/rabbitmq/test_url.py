@@ -14,7 +14,14 @@ def test_defaults_and_address() -> None:
     assert settings.partitions == 1
     assert settings.prefetch is None
     assert settings.publish_timeout == 30.0
+    assert settings.read_ahead_bytes == 64 * 1024 * 1024
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def test_read_ahead_bytes_is_a_positive_size_or_none() -> None:
+    assert parse_url("amqp://h/?read_ahead_bytes=1048576").read_ahead_bytes == 1048576
+    assert parse_url("amqp://h/?read_ahead_bytes=none").read_ahead_bytes is None
+    assert parse_url("amqp://h/?read_ahead_bytes=None").read_ahead_bytes is None
 
 
 def test_eventbus_options_are_parsed_and_stripped_aiormq_options_kept() -> None:
@@ -35,6 +42,8 @@ def test_eventbus_options_are_parsed_and_stripped_aiormq_options_kept() -> None:
         ("amqp://h/?queue_type=stream", "queue_type"),
         ("amqp://h/?partitions=0", "partitions"),
         ("amqp://h/?prefetch=lots", "prefetch"),
+        ("amqp://h/?read_ahead_bytes=0", "read_ahead_bytes"),
+        ("amqp://h/?read_ahead_bytes=64MiB", "read_ahead_bytes"),
         ("amqp://h/?publish_timeout=-1", "publish_timeout"),
         ("amqp://h/?queue_typo=quorum", "queue_typo"),
         ("amqp://h/?partitions=2&partitions=3", "partitions"),

@@ -17,6 +17,7 @@ __all__ = [
     "OptionParser",
     "censor_url",
     "choice",
+    "or_none",
     "parse_options",
     "positive_int",
     "seconds",
@@ -63,6 +64,15 @@ def choice(*choices: str, upper: bool = False) -> OptionParser:
                 f"{label} URL option {name}={raw!r}: expected one of {', '.join(choices)}"
             )
         return value
+
+    return parse
+
+
+def or_none(parser: OptionParser) -> OptionParser:
+    """``parser``, or None for the word ``none`` (an option that can be switched off)."""
+
+    def parse(label: str, name: str, raw: str) -> Any:
+        return None if raw.lower() == "none" else parser(label, name, raw)
 
     return parse
 

@@ -15,12 +15,32 @@ another consumer may get them right away:
 A channel object is used for one channel only: a restored subscription gets a new one, so
 nothing of a dead channel (tags, counts, buffer) can leak into the live one. No I/O happens
 here except the channel operations the subscription asks for.
+
+**Read-ahead in bytes.** RabbitMQ bounds what it pushes by count only (per-consumer prefetch;
+it does not implement ``prefetch-size``), so with large messages the buffer could hold
+prefetch x max_message_size. The bytes of the bodies outstanding here (buffered, handed out,
+not settled) are therefore counted -- one int add per delivery, one subtract per settle -- and
+once they pass ``read_ahead_bytes`` the subscription's regulator (`regulate`) cancels the
+channel's consumers, and consumes again once they fall below half of it. A cancel releases
+nothing: what is buffered and handed out stays ours and is settled as usual (acks work after
+``basic.cancel``), and deliveries the broker sent before it saw the cancel still arrive (AMQP
+sends them before ``cancel-ok``, while aiormq still knows the consumer); they are counted
+and kept. This is safe for each kind of queue:
+
+* a plain queue or a group's queue: competing consumers only get the new messages meanwhile;
+* a partition queue (single active consumer): it is consumed only while this process holds
+  the partition's lock (partitions.py), so no other member has a consumer on it that the
+  cancel could activate. A partition taken while throttled is only noted (``suspended``) and
+  consumed at the resume; one handed over while throttled is simply not consumed again.
+
+Once the subscription stopped (`cancel_all`, `hold_releases`), nothing is consumed again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -46,7 +66,11 @@ class ConsumingChannel:
     ``live`` is set once the channel is fully set up (declared, consumers confirmed): only a
     live channel hands out deliveries, so a channel that fails while being opened has nothing
     handed out to report. ``wakeup`` is called whenever handing out may have become possible
-    (a delivery arrived, one was settled, the channel ended)."""
+    (a delivery arrived, one was settled, the channel ended); ``on_flow`` whenever `regulate`
+    has something to do (the bytes outstanding crossed the budget or fell below half of it).
+    ``prefetch`` is the broker's per-consumer prefetch (``basic.qos`` of the channel);
+    ``cancel_returns``: the queues return what they assigned to a cancelled consumer but did not
+    send yet (quorum queues), see `regulate`."""
 
     def __init__(
         self,
@@ -56,11 +80,28 @@ class ConsumingChannel:
         ack_batch: int,
         wakeup: Callable[[], None],
         delivery_limit: int | None = None,
+        read_ahead_bytes: int | None = None,
+        prefetch: int = 1,
+        cancel_returns: bool = False,
+        on_flow: Callable[[], None] = lambda: None,
     ) -> None:
         self.channel = channel
         self._delivery_limit = delivery_limit
         self.acks = ChannelAcks(channel, batch=ack_batch)
-        self.consumers: dict[str, str] = {}  # queue -> consumer tag
+        self.consumers: dict[str, str] = {}  # queue -> consumer tag (registered consumers)
+        # Read-ahead in bytes (module docstring): the queues whose consumer is cancelled while
+        # ``throttled``; ``throttles`` counts how often that happened on this channel.
+        self.outstanding_bytes = 0
+        self.throttled = False
+        self.suspended: set[str] = set()
+        self.throttles = 0
+        self._budget = sys.maxsize if read_ahead_bytes is None else read_ahead_bytes
+        self._resume_below = self._budget // 2
+        self._prefetch = prefetch  # of the consumers registered from now on
+        self._fit_prefetch = cancel_returns
+        self._refit: int | None = None  # the prefetch to consume again with
+        self._on_flow = on_flow
+        self._halted = False  # the subscription stopped: never consume again
         self.buffer: deque[AmqpDelivery] = deque()
         self.handed_out: dict[int, AmqpDelivery] = {}  # delivery tag -> delivery
         self.live = False
@@ -82,22 +123,34 @@ class ConsumingChannel:
 
     # -- consumers --------------------------------------------------------------------------
 
+    @property
+    def queues(self) -> frozenset[str]:
+        """The queues consumed on this channel, whether or not throttled right now."""
+        return frozenset(self.consumers.keys() | self.suspended)
+
     async def consume(self, queue: str) -> None:
-        ok = await self.channel.basic_consume(queue, self._receiver(queue))
-        assert ok.consumer_tag is not None
-        self.consumers[queue] = ok.consumer_tag
+        """Consume ``queue``; while throttled, only once the read-ahead fell below half."""
+        if self.throttled:
+            self.suspended.add(queue)
+            return
+        await self._consume(queue)
 
     async def cancel(self, queue: str) -> None:
         """Stop consuming ``queue`` and give back what is buffered from it, in order."""
+        was_suspended = queue in self.suspended
+        self.suspended.discard(queue)
         tag = self.consumers.pop(queue, None)
-        if tag is None or not self.usable:
+        if (tag is None and not was_suspended) or not self.usable:
             return
-        await self.channel.basic_cancel(tag)
+        if tag is not None:
+            await self.channel.basic_cancel(tag)
         await self.release_buffered(lambda delivery: delivery.queue == queue)
         await self.flush_acks()
 
     async def cancel_all(self) -> None:
         """Stop every consumer and give back everything buffered (others may have it now)."""
+        self._halted = True
+        self.suspended.clear()
         for queue in list(self.consumers):
             try:
                 await self.cancel(queue)
@@ -128,6 +181,78 @@ class ConsumingChannel:
         them in delivery order whatever order they were released in (see acks.py)."""
         self.acks.hold_releases()
         self._holding = True
+        self._halted = True
+
+    # -- read-ahead in bytes ------------------------------------------------------------------
+
+    async def regulate(self) -> None:
+        """Cancel the consumers while the bytes outstanding exceed the budget; consume again
+        once they fell below half of it (and the deliveries outstanding below half of what the
+        consumers' prefetch allows: each new consumer gets a fresh prefetch, so this keeps the
+        count within 1.5 x prefetch per consumer too). Run by one task at a time, the
+        subscription's regulator, never concurrently with the balancer.
+
+        A quorum queue assigns up to the prefetch to a consumer at once, and a cancel returns
+        what it assigned but had not sent yet: those come back first, but marked redelivered
+        and with their ``x-delivery-count`` raised by one, which a ``delivery_limit`` counts. So
+        that this happens once per change of message size, not on every cycle, the consumers
+        of such queues come back with a prefetch that fits half the budget at the mean size
+        outstanding when it was exceeded (``basic.qos`` applies to consumers registered after
+        it); the count bound then keeps the bytes within the budget. A fresh channel starts
+        with the configured prefetch again."""
+        while self.usable and not self._halted:
+            if not self.throttled and self.outstanding_bytes > self._budget:
+                await self._throttle()
+            elif self.throttled and self._may_resume():
+                await self._unthrottle()
+            else:
+                return
+
+    def _may_resume(self) -> bool:
+        if self.outstanding_bytes >= self._resume_below:
+            return False
+        records = len(self.buffer) + len(self.handed_out)
+        return not self.suspended or records <= self._prefetch * len(self.suspended) // 2
+
+    async def _throttle(self) -> None:
+        self.throttled = True
+        self.throttles += 1
+        if self._fit_prefetch:
+            records = max(len(self.buffer) + len(self.handed_out), 1)
+            mean = max(self.outstanding_bytes // records, 1)
+            per_consumer = self._resume_below // mean // max(len(self.consumers), 1)
+            self._refit = max(1, min(self._prefetch, per_consumer))
+        log.debug(
+            "read-ahead of %s is %d bytes, over %d: consumers cancelled until below half",
+            self._topic,
+            self.outstanding_bytes,
+            self._budget,
+        )
+        for queue in list(self.consumers):
+            # Suspended before the await: a cancel(queue) meanwhile must find it somewhere.
+            tag = self.consumers.pop(queue)
+            self.suspended.add(queue)
+            await self.channel.basic_cancel(tag)
+
+    async def _unthrottle(self) -> None:
+        self.throttled = False
+        log.debug(
+            "read-ahead of %s is %d bytes: consuming again", self._topic, self.outstanding_bytes
+        )
+        if self._refit is not None and self._refit != self._prefetch:
+            await self.channel.basic_qos(prefetch_count=self._refit)
+            log.debug("consumers of %s now prefetch %d", self._topic, self._refit)
+            self._prefetch = self._refit
+        while self.suspended and not self._halted and self.usable:
+            queue = self.suspended.pop()
+            await self._consume(queue)
+            if self._halted:  # stopped while consuming: stop() did not see this consumer
+                await self.cancel(queue)
+
+    async def _consume(self, queue: str) -> None:
+        ok = await self.channel.basic_consume(queue, self._receiver(queue))
+        assert ok.consumer_tag is not None
+        self.consumers[queue] = ok.consumer_tag
 
     async def release_buffered(self, which: Callable[[AmqpDelivery], bool]) -> None:
         keep: deque[AmqpDelivery] = deque()
@@ -220,6 +345,10 @@ class ConsumingChannel:
             self.acks.delivered(tag)
             if self._given_up:
                 return  # its channel is gone or going: the broker requeues it
+            size = len(raw.body)
+            self.outstanding_bytes += size
+            if self.outstanding_bytes > self._budget and not self.throttled:
+                self._on_flow()
             properties = raw.header.properties
             try:
                 message = wire.decode(
@@ -245,6 +374,7 @@ class ConsumingChannel:
                     queue=queue,
                     on_settled=self._settled,
                     defect=defect,
+                    size=size,
                 )
             )
             self._wakeup()
@@ -266,8 +396,11 @@ class ConsumingChannel:
         )
 
     def _settled(self, delivery: AmqpDelivery, acked: bool) -> None:
+        self.outstanding_bytes -= delivery.size
         if self.handed_out.pop(delivery.tag, None) is not None:
             self._wakeup()  # room for another delivery
+        if self.throttled and self._may_resume():
+            self._on_flow()
         if not acked and self._holding:
             self._held[delivery.tag] = delivery.queue
 

@@ -41,6 +41,7 @@ class AmqpDelivery:
         "native",
         "queue",
         "redelivered",
+        "size",
     )
 
     def __init__(
@@ -53,8 +54,10 @@ class AmqpDelivery:
         queue: str,
         on_settled: Callable[[AmqpDelivery, bool], None],
         defect: str | None = None,
+        size: int = 0,
     ) -> None:
         self.message = message
+        self.size = size  # bytes of the body as received: counts toward the read-ahead budget
         self.defect = defect
         self.redelivered = redelivered
         self.queue = queue

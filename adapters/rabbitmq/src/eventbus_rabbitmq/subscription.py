@@ -10,9 +10,11 @@ channel never raises into the worker.
 
 `run` holds the subscription's background work, in the core's task group: the channel watcher
 (channel_watch.py), which reports the deliveries a lost channel takes away and restores the
-channel, and for partitioned groups the balancer's ticks (partitions.py). A restore and a tick
-each hold one lock, so opening a channel and handing a partition over never interleave;
-reporting a loss takes no lock, so that it is never delayed by either.
+channel, the read-ahead regulator, which cancels and re-registers the channel's consumers to
+keep the bytes outstanding within ``read_ahead_bytes`` (consuming_channel.py), and for
+partitioned groups the balancer's ticks (partitions.py). A restore, a regulation and a tick
+each hold one lock, so opening a channel, throttling and handing a partition over never
+interleave; reporting a loss takes no lock, so that it is never delayed by either.
 """
 
 from __future__ import annotations
@@ -68,7 +70,9 @@ class RabbitSubscription:
         self._prefetch = settings.prefetch or spec.prefetch
         self._current: ConsumingChannel | None = None
         self._wakeup = asyncio.Event()  # the iterator may be able to hand something out
-        self._lock = asyncio.Lock()  # (re)opening the channel and balancing, one at a time
+        self._flow = asyncio.Event()  # the read-ahead crossed its byte budget (either way)
+        self.throttles = 0  # how often the read-ahead went over its byte budget
+        self._lock = asyncio.Lock()  # (re)opening, throttling and balancing, one at a time
         self._paused = False
         self._stopped = False
         self._closing = False
@@ -104,6 +108,7 @@ class RabbitSubscription:
                 task_status.started()
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(self._watch)
+                    tasks.start_soon(self._regulate)
                     if self._balancer is not None:
                         tasks.start_soon(self._balance)
         except BaseException:
@@ -122,7 +127,8 @@ class RabbitSubscription:
     def pause(self) -> None:
         """Stop handing out deliveries; the consumers stay, so the subscription keeps its place
         (a single-active-consumer partition does not move to another subscriber), and the
-        broker's prefetch bounds what it pushes into the buffer meanwhile.
+        broker's prefetch and ``read_ahead_bytes`` bound what it pushes into the buffer
+        meanwhile (a throttle cancels consumers, but the partition's lock stays ours).
 
         A pause longer than RabbitMQ's ``consumer_timeout`` (30 minutes by default) makes the
         broker close the channel over the buffered, unacked deliveries: they are requeued, the
@@ -272,6 +278,28 @@ class RabbitSubscription:
                     # The watcher restores the channel; the next tick goes on from there.
                     log.info("rebalancing %s interrupted: %r", self._spec.name, e)
 
+    async def _regulate(self) -> None:
+        while True:
+            await self._flow.wait()
+            self._flow.clear()
+            async with self._lock:
+                current = self._current
+                if self._stopped:
+                    return  # nothing is consumed again after stop()
+                if current is None or not current.live:
+                    continue  # a fresh channel starts unthrottled
+                before = current.throttles
+                try:
+                    await current.regulate()
+                except SETTLE_FAILURES as e:
+                    if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
+                        what = f"consume {self._spec.name!r}"
+                        raise translate(e, address=self._settings.address, what=what) from e
+                    # The watcher restores the channel, unthrottled.
+                    log.info("regulating the read-ahead of %s interrupted: %r", self.name, e)
+                finally:
+                    self.throttles += current.throttles - before
+
     async def _open(self, within: float | None) -> None:
         conn = await self._connector.get(within=within)
         generation = self._connector.generation
@@ -284,6 +312,13 @@ class RabbitSubscription:
             delivery_limit=(
                 self._settings.delivery_limit if self._settings.queue_type == "quorum" else None
             ),
+            read_ahead_bytes=self._settings.read_ahead_bytes,
+            prefetch=self._prefetch,
+            # Quorum queues return what they assigned to a cancelled consumer (broadcast queues
+            # are always classic).
+            cancel_returns=self._settings.queue_type == "quorum"
+            and (self._spec.kind == "queue" or self._spec.group is not None),
+            on_flow=self._flow.set,
         )
         try:
             # Per consumer (RabbitMQ's global=false): quorum queues support no other kind.

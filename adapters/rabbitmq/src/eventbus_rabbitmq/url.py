@@ -16,6 +16,7 @@ from eventbus.transports.urls import (
     OptionParser,
     censor_url,
     choice,
+    or_none,
     parse_options,
     positive_int,
     seconds,
@@ -41,6 +42,7 @@ _AIORMQ_OPTIONS = frozenset(
     }
 )
 _DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+_MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,10 @@ class Settings:
     ``publish_timeout``: how long a publish waits for the broker (reconnecting included) before
     `BrokerUnavailableError`. ``connect_timeout``: how long ``connect()`` tries.
     ``max_message_size``: overrides the size limit assumed from the broker version.
+    ``read_ahead_bytes``: bound on the message bodies outstanding on a subscription's channel
+    (buffered or handed out, not settled), on top of the prefetch count; ``None``: count only.
+    64 MiB is far above what small messages reach (200 x 64 KiB is 12.5 MiB, never throttled)
+    and far below prefetch x max_message_size (200 x 128 MiB is 25 GiB).
     """
 
     amqp_url: str = field(repr=False)  # holds the password
@@ -68,6 +74,7 @@ class Settings:
     publish_timeout: float = 30.0
     connect_timeout: float = 10.0
     max_message_size: int | None = None
+    read_ahead_bytes: int | None = 64 * _MIB
 
 
 def parse_url(url: str) -> Settings:
@@ -98,6 +105,7 @@ _OPTIONS: dict[str, OptionParser] = {
     "publish_timeout": seconds,
     "connect_timeout": seconds,
     "max_message_size": positive_int,
+    "read_ahead_bytes": or_none(positive_int),
 }
 
 
