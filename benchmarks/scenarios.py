@@ -137,9 +137,9 @@ KAFKA_CONSUME_MODEL = _kafka_consume(
     "c-kafka-consume-model", "Kafka consume, pydantic model handler, at-least-once", "json"
 )
 
-KAFKA_CONSUME_METRICS = Scenario(
-    key="g-kafka-consume-metrics",
-    title="Kafka consume, no-op handler, Prometheus metrics on vs off",
+KAFKA_CONSUME_OBSERVED = Scenario(
+    key="g-kafka-consume-observed",
+    title="Kafka consume, no-op handler: Prometheus metrics on, tracing on, vs both off",
     broker="kafka",
     messages=lambda s: s.kafka_consume_messages,
     settings=lambda s: {**_consume_settings(s), "handler": "bytes"},
@@ -150,6 +150,12 @@ KAFKA_CONSUME_METRICS = Scenario(
             p(kafka_eventbus.consume, payload="bytes", metrics=True),
             "eventbus metrics off",
             note="MetricsConfig(port=0): endpoints served, backlog read every 5 s, no scrapes",
+        ),
+        Contender(
+            "eventbus tracing on",
+            p(kafka_eventbus.consume, payload="bytes", tracing=True),
+            "eventbus metrics off",
+            note="SDK TracerProvider, ALWAYS_ON sampler, BatchSpanProcessor to a dropping exporter",
         ),
     ],
     targets=[
@@ -376,7 +382,7 @@ SCENARIOS = [
     KAFKA_PUBLISH,
     KAFKA_CONSUME,
     KAFKA_CONSUME_MODEL,
-    KAFKA_CONSUME_METRICS,
+    KAFKA_CONSUME_OBSERVED,
     RABBIT_PUBLISH,
     RABBIT_CONSUME,
     KAFKA_KEYED,

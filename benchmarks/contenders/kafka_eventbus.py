@@ -19,10 +19,32 @@ __all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
 WARM = 50
 
 
-def _bus(run: Run, metrics: bool = False) -> EventBus:
+def _bus(run: Run, metrics: bool = False, tracing: bool = False) -> EventBus:
     # Metrics on as `eventbus run --metrics-port` turns them on: endpoints served, backlog read.
     config = MetricsConfig(port=0, host="127.0.0.1") if metrics else False
-    return EventBus(run.settings.kafka_url, metrics=config)
+    return EventBus(
+        run.settings.kafka_url, metrics=config, tracing=_tracer_provider() if tracing else False
+    )
+
+
+def _tracer_provider() -> Any:
+    """Every span sampled and exported the way a service would (a batch processor), to an
+    exporter that drops them: what is measured is eventbus's tracing, not a collector."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    class Dropped(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(BatchSpanProcessor(Dropped()))
+    return provider
 
 
 async def publish_sequential(run: Run) -> Measurement:
@@ -47,14 +69,14 @@ async def publish_batch(run: Run) -> Measurement:
 
 
 async def consume(
-    run: Run, payload: str = "bytes", metrics: bool = False, **options: Any
+    run: Run, payload: str = "bytes", metrics: bool = False, tracing: bool = False, **options: Any
 ) -> Measurement:
     """``options`` go to ``bus.subscribe`` (e.g. ``max_in_flight``); ``metrics`` turns on
-    Prometheus metrics."""
+    Prometheus metrics, ``tracing`` OpenTelemetry tracing (every span sampled)."""
     settings = run.settings
     topic, group = run.name("in"), run.name("g")
     tally = Tally(run.messages, settings.max_seconds)
-    bus = _bus(run, metrics)
+    bus = _bus(run, metrics, tracing)
     subscribe = bus.subscribe(topic, group=group, **options)
     if payload == "json":
 
