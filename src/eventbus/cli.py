@@ -350,6 +350,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             if args.watch is None:
                 console.print(render(await gather(transport, targets), title=_title()))
                 return 0
+            if not console.is_terminal:  # piped or logged: one table after the other
+                while True:
+                    console.print(render(await gather(transport, targets), title=_title()))
+                    await anyio.sleep(args.watch)
             with Live(console=console, auto_refresh=False) as live:
                 while True:
                     live.update(render(await gather(transport, targets), title=_title()))

@@ -1,6 +1,7 @@
-"""``/readyz`` of ``eventbus run --workers 2 --metrics-port P`` follows a RabbitMQ outage: 503
-while the broker is stopped (the workers' subscriptions are reconnecting, their loops still
-answer ``/livez``), 200 again once it is back and they resubscribed.
+"""``/readyz`` of ``eventbus run --workers 2 --metrics-port P`` follows a broker outage, on
+RabbitMQ and on Kafka: 503 while the broker is stopped (the workers' subscriptions are
+reconnecting, their loops still answer ``/livez``), 200 again once it is back and they
+resubscribed.
 
 Stops the shared local broker: run it alone (``-m reliability``). ``EVENTBUS_BROKERS_SCRIPT``
 names the ``scripts/brokers`` that manages the running brokers when it is not this checkout's
@@ -20,7 +21,7 @@ from metrics_harness import MetricsWorkers, eventually
 
 from eventbus import EventBus
 
-pytestmark = [pytest.mark.amqp, pytest.mark.reliability, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
 
 BROKERS = Path(
     os.environ.get("EVENTBUS_BROKERS_SCRIPT")
@@ -38,23 +39,34 @@ async def send_one(url: str, name: str) -> None:
         await bus.send(name, {"n": 1})
 
 
-def test_readyz_is_503_while_rabbitmq_is_down(amqp_url: str, tmp_path: Path) -> None:
-    if "127.0.0.1" not in amqp_url or not os.access(BROKERS, os.X_OK):
+@pytest.mark.parametrize(
+    ("broker", "fixture"),
+    [
+        pytest.param("rabbitmq", "amqp_url", marks=pytest.mark.amqp),
+        pytest.param("kafka", "kafka_url", marks=pytest.mark.kafka),
+    ],
+)
+def test_readyz_is_503_while_the_broker_is_down(
+    broker: str, fixture: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue(fixture)
+    if "127.0.0.1" not in url or not os.access(BROKERS, os.X_OK):
         pytest.skip("needs the local broker from scripts/brokers")
     name = f"metrics-ready-{uuid.uuid4().hex[:8]}"
     gate = tmp_path / "gate"
     gate.touch()  # handlers finish at once
-    workers = MetricsWorkers(amqp_url, name, "queue", gate)
+    workers = MetricsWorkers(url, name, "queue", gate)
     try:
         eventually(lambda: workers.get("/readyz")[0] == 200, 120, "both workers ready")
-        brokers("stop", "rabbitmq")
+        brokers("stop", broker)
         try:
-            eventually(lambda: workers.get("/readyz")[0] == 503, 60, "not ready", every=0.1)
+            # Kafka: until a heartbeat finds the coordinator gone (a few seconds).
+            eventually(lambda: workers.get("/readyz")[0] == 503, 90, "not ready", every=0.1)
             assert workers.get("/livez")[0] == 200, "alive while reconnecting"
         finally:
-            brokers("start", "rabbitmq")
+            brokers("start", broker)
         eventually(lambda: workers.get("/readyz")[0] == 200, 180, "ready again")
-        anyio.run(send_one, amqp_url, name)
+        anyio.run(send_one, url, name)
         handled = "eventbus_handled_messages_total"
         eventually(lambda: workers.total(handled, destination=name) == 1, 60, "consuming again")
     finally:

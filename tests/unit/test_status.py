@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -110,3 +112,25 @@ def test_status_of_named_groups_and_queues(capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     out = capsys.readouterr().out
     assert "orders" in out and "billing" in out and "missing" in out
+
+
+def test_watch_redraws_until_ctrl_c() -> None:
+    """Piped (not a terminal), each redraw is printed after the previous one; Ctrl-C ends it
+    with exit code 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventbus", "status", "--app", "status_app:bus", "--watch", "0.2"],
+        cwd=APPS,
+        env={**os.environ, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.count("eventbus status at") >= 3, out
+    assert out.count("billing") == out.count("eventbus status at"), "one row per table"
