@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,8 +44,11 @@ class MetricsWorkers:
         command += ["--workers", str(workers), "--metrics-port", str(self.port)]
         command += ["--metrics-host", "127.0.0.1", "--backlog-interval", "0.5"]
         command += ["--graceful-timeout", "10"]
+        # Output to a file, not a pipe nobody reads while the test runs: a broker outage makes
+        # the workers log a lot, and a full pipe would block their event loops on write.
+        self.output = tempfile.TemporaryFile()  # noqa: SIM115 - read and closed by stop()
         self.proc = subprocess.Popen(
-            command, cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            command, cwd=HERE, env=env, stdout=self.output, stderr=subprocess.STDOUT
         )
 
     def get(self, path: str) -> tuple[int, str]:
@@ -69,15 +73,18 @@ class MetricsWorkers:
         return sum(v for n, ls, v in self.scrape() if n == name and labels.items() <= ls.items())
 
     def stop(self) -> tuple[int, str]:
-        """SIGTERM and wait: the exit code and stderr."""
+        """SIGTERM and wait: the exit code and the output (stdout and stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            _, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            _, err = self.proc.communicate()
-        return self.proc.returncode, err.decode()
+            self.proc.wait()
+        self.output.seek(0)
+        output = self.output.read().decode(errors="replace")
+        self.output.close()
+        return self.proc.returncode, output
 
 
 def eventually(check: Callable[[], bool], within: float, what: str, every: float = 0.2) -> None:
