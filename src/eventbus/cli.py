@@ -11,17 +11,19 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import NoReturn
 
 import anyio
 
+from eventbus import __version__
 from eventbus.bus import EventBus
 from eventbus.dispatch.deadletter import default_dead_letter_name
 from eventbus.dlq import dlq_depths, dlq_purge, dlq_replay, dlq_show
@@ -289,6 +291,9 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             "name a dead-letter queue (or give --app MODULE:ATTR to list its DLQs)", EXIT_USAGE
         )
 
+    if args.dlq_command == "purge" and not args.yes:  # asked before anything connects
+        raise CliError("purge deletes dead letters for good: add --yes", EXIT_USAGE)
+
     async def act() -> int:
         await transport.connect()
         try:
@@ -301,8 +306,6 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             elif args.dlq_command == "replay":
                 print(f"replayed {await dlq_replay(transport, args.name, limit=args.limit)}")
             elif args.dlq_command == "purge":
-                if not args.yes:
-                    raise CliError("purge deletes dead letters for good: add --yes", EXIT_USAGE)
                 print(f"purged {await dlq_purge(transport, args.name, limit=args.limit)}")
         finally:
             await transport.close()
@@ -389,27 +392,57 @@ def _describe(letter: Message) -> dict[str, object]:
 # -- entry point ----------------------------------------------------------------------------------
 
 
+def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:
+    """An argparse type: a number of ``kind`` no lower than ``minimum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_workers = _at_least(1, int)
+_seconds = _at_least(0, float)
+_limit = _at_least(1, int)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"eventbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run an app's handlers until SIGTERM/SIGINT")
     run.add_argument("target", help="MODULE:ATTR of an EventBus (ATTR defaults to 'bus')")
     run.add_argument("--url", help="transport URL (overrides the app's and EVENTBUS_URL)")
-    run.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    run.add_argument("--graceful-timeout", type=float, default=None, metavar="S")
+    run.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1)")
+    run.add_argument(
+        "--graceful-timeout",
+        type=_seconds,
+        default=None,
+        metavar="S",
+        help="seconds in-flight handlers get to finish on stop (default: the app's, 30)",
+    )
     run.add_argument(
         "--log-level",
         default="info",
         type=str.lower,  # INFO, Info and info alike
         choices=["debug", "info", "warning", "error"],
+        help="default info",
     )
     run.add_argument(
         "--log-format",
         default="text",
         type=str.lower,
         choices=["text", "json"],
-        help="json: one object a line with message id, topic, group, attempt and trace id",
+        help="json: one object a line with message id, topic, group, attempt and trace id "
+        "(default text)",
     )
     run.add_argument(
         "--metrics-port",
@@ -427,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--backlog-interval",
-        type=float,
+        type=_at_least(0.1, float),
         default=5.0,
         metavar="S",
         help="seconds between two reads of consumer lag / queue depth (default 5)",
@@ -454,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--watch",
         nargs="?",
         const=2.0,
-        type=float,
+        type=_at_least(0.1, float),
         metavar="SECONDS",
         help="redraw every SECONDS (default 2) until Ctrl-C",
     )
@@ -472,7 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = dlq_commands.add_parser(sub_name, help=text)
         sub.add_argument("name")
-        sub.add_argument("--limit", type=int, default=20 if sub_name == "show" else None)
+        sub.add_argument(
+            "--limit",
+            type=_limit,
+            default=20 if sub_name == "show" else None,
+            help=f"at most this many (default {'20' if sub_name == 'show' else 'all'})",
+        )
         if sub_name == "purge":
             sub.add_argument("--yes", action="store_true")
     for sub in dlq_commands.choices.values():

@@ -1,6 +1,7 @@
 """The ``eventbus`` command: ``run`` in real processes (signals, exit codes), ``publish`` and
 ``dlq`` in process through `eventbus.cli.main`."""
 
+import argparse
 import json
 import os
 import shutil
@@ -16,9 +17,10 @@ from pathlib import Path
 import anyio
 import pytest
 
+import eventbus
 from eventbus import EventBus, Message, Reject, RetryPolicy
 from eventbus import headers as h
-from eventbus.cli import main
+from eventbus.cli import build_parser, main
 from eventbus.dlq import replay_destination
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
@@ -462,3 +464,59 @@ def test_a_replayed_dead_letter_keeps_its_reply_address() -> None:
     assert (to.name, to.group) == ("orders", "g")
     assert (original.reply_to, original.correlation_id) == ("replies.client-7", "c-1")
     assert h.DLQ_REASON not in original.headers
+
+
+def test_version() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "eventbus", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"eventbus {eventbus.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "slow_app:bus", "--workers", "0"], "must be at least 1, got 0"),
+        (["run", "slow_app:bus", "--graceful-timeout", "-1"], "must be at least 0, got -1"),
+        (["run", "slow_app:bus", "--graceful-timeout", "nan"], "must be at least 0, got nan"),
+        (["run", "slow_app:bus", "--workers", "two"], "expected a number, got 'two'"),
+        (["dlq", "show", "q", "--limit", "0"], "must be at least 1, got 0"),
+        (["status", "--queue", "q", "--watch", "0"], "must be at least 0.1, got 0"),
+    ],
+)
+def test_bad_numbers_are_refused_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_purge_asks_for_yes_before_connecting(capsys: pytest.CaptureFixture[str]) -> None:
+    # An unreachable broker: asking first means exit 2 at once, not 5 after connect retries.
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as caught:
+        main(["dlq", "purge", "orders.g.dlq", "--url", "amqp://guest:guest@127.0.0.1:1/"])
+    assert caught.value.code == 2
+    assert "add --yes" in capsys.readouterr().err
+    assert time.monotonic() - started < 5
+
+
+def test_every_option_states_its_default() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    missing = []
+    for name, command in commands.items():
+        subs = [command]
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                subs = list(action.choices.values())
+        for sub in subs:
+            for action in sub._actions:
+                if not action.option_strings or action.default in (None, False, [], "==SUPPRESS=="):
+                    continue
+                if "default" not in (action.help or ""):
+                    missing.append(f"{name} {'/'.join(action.option_strings)}")
+    assert not missing, missing
