@@ -9,6 +9,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -124,11 +125,13 @@ class EventBus:
         self.graceful_timeout = graceful_timeout
         self._subscribers: list[Subscriber] = []
         self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        self._shutdown: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._runners: list[SubscriptionRunner] = []
         self._task_group: TaskGroup | None = None
         self._hooks_scope: anyio.CancelScope | None = None
         self._drain_scope: anyio.CancelScope | None = None
         self._running = False
+        self._consuming = False
         self._tracing: Tracing | None = None
         if tracing:  # a provider, or True
             self._tracing = _tracing(tracing, self.transport, None if transport else self.url)
@@ -174,10 +177,10 @@ class EventBus:
     def ready(self) -> bool:
         """Connected, every subscription live and able to receive, and not stopping
         (``/readyz``)."""
-        return (
-            self._running
-            and not self._draining
-            and len(self._runners) == len(self._subscribers)
+        if not self._running or self._draining:
+            return False
+        return not self._consuming or (
+            len(self._runners) == len(self._subscribers)
             and all(runner.connected for runner in self._runners)
         )
 
@@ -208,12 +211,18 @@ class EventBus:
         dedup: bool | DedupStore | None = None,
         dedup_key: Callable[[Message], str] | None = None,
         dedup_lease: float = 300.0,
+        publish_to: str | None = None,
+        send_to: str | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
         published while it runs (ephemeral broadcast). ``dedup_lease``: seconds a dedup claim
         holds; when a worker dies mid-handler, others wait this long before taking the message
-        over, so keep it above the slowest handler's run time."""
+        over, so keep it above the slowest handler's run time.
+
+        ``publish_to`` (a topic) or ``send_to`` (a queue): where the handler's return value is
+        published, with the handled message as its cause and its key (DESIGN 12); ``None``
+        publishes nothing. A message with a reply-to gets the value as its reply instead."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -227,6 +236,7 @@ class EventBus:
             dedup=dedup,
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
+            returns=_returns(publish_to, send_to),
         )
         return self._register(topic, "topic", group, options)
 
@@ -243,8 +253,11 @@ class EventBus:
         dedup: bool | DedupStore | None = None,
         dedup_key: Callable[[Message], str] | None = None,
         dedup_lease: float = 300.0,
+        publish_to: str | None = None,
+        send_to: str | None = None,
     ) -> Callable[[F], F]:
-        """Register a handler for ``queue``: each message goes to exactly one consumer."""
+        """Register a handler for ``queue``: each message goes to exactly one consumer. Options
+        as for `subscribe`, without ``group``."""
         _check_name("queue", queue)
         options = self._options(
             concurrency=concurrency,
@@ -256,6 +269,7 @@ class EventBus:
             dedup=dedup,
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
+            returns=_returns(publish_to, send_to),
         )
         return self._register(queue, "queue", None, options)
 
@@ -267,6 +281,17 @@ class EventBus:
         if self._running:
             raise RuntimeError("register startup hooks before the bus starts")
         self._startup.append(func)
+        return func
+
+    def on_shutdown(
+        self, func: Callable[[], Coroutine[Any, Any, None]]
+    ) -> Callable[[], Coroutine[Any, Any, None]]:
+        """Run ``func`` when the bus stops, after the handlers drained and before the transport
+        closes (so it can still publish); hooks run one after the other, in registration order,
+        and one that fails is logged without keeping the others from running."""
+        if self._running:
+            raise RuntimeError("register shutdown hooks before the bus starts")
+        self._shutdown.append(func)
         return func
 
     def _options(
@@ -304,6 +329,11 @@ class EventBus:
                 raise HandlerSignatureError(
                     f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "
                     "to settle with"
+                )
+            if options.returns is not None and spec.return_type is type(None):
+                raise HandlerSignatureError(
+                    f"handler {spec.name}: publishes its return value to {options.returns.kind} "
+                    f"{options.returns.name!r}, but is annotated to return None"
                 )
             self._subscribers.append(Subscriber(name, kind, group, spec, options))
             return func
@@ -486,6 +516,13 @@ class EventBus:
         else:
             await send(to, messages)
 
+    async def _publish_result(self, to: Destination, value: object, cause: Message) -> None:
+        """A handler's return value (`eventbus.dispatch.returns`); it runs inside the handler's
+        context, so `_encoded` gives it the cause's correlation id and its causation id."""
+        await self._publish_one(
+            to, value, key=cause.key, headers=None, message_id=None, correlation_id=None
+        )
+
     def _connected(self) -> Transport:
         if not self._running:
             raise RuntimeError("the bus is not running: publish inside `async with bus:`")
@@ -494,6 +531,16 @@ class EventBus:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> EventBus:
+        await self._start(consumers=True)
+        return self
+
+    def publisher(self) -> AbstractAsyncContextManager[EventBus]:
+        """``async with bus.publisher():`` connects the bus for publishing only: its handlers
+        and its startup and shutdown hooks do not run, so a web app's lifespan never joins a
+        consumer group. Leaving the block closes the connection."""
+        return _Publisher(self)
+
+    async def _start(self, *, consumers: bool) -> None:
         if self._running:
             raise RuntimeError("this bus is already running")
         await self.transport.connect()
@@ -501,6 +548,7 @@ class EventBus:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._running = True
+        self._consuming = consumers
         self._draining = False
         try:
             self._runners = []
@@ -508,7 +556,7 @@ class EventBus:
             if metrics is not None and self._metrics_service is not None:
                 metrics.subscriptions.clear()
                 await self._task_group.start(self._metrics_service.run)
-            for subscriber in self._subscribers:
+            for subscriber in self._subscribers if consumers else ():
                 middleware = self.middleware
                 if self._tracing is not None:  # outermost: the span covers every middleware
                     middleware = (self._tracing.middleware(subscriber), *middleware)
@@ -516,18 +564,18 @@ class EventBus:
                     subscriber,
                     self.transport,
                     self.codec,
+                    self._publish_result,
                     middleware,
                     metrics=metrics.subscription(subscriber) if metrics else None,
                 )
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
-            if self._startup:
+            if self._startup and consumers:
                 self._task_group.start_soon(self._run_startup_hooks)
         except BaseException as exc:
             await self._stop(type(exc), exc, exc.__traceback__)
             raise
-        return self
 
     async def __aexit__(
         self,
@@ -556,6 +604,21 @@ class EventBus:
                 for hook in self._startup:
                     tg.start_soon(hook)
 
+    async def _run_shutdown_hooks(self) -> None:
+        with anyio.move_on_after(self.graceful_timeout) as scope:
+            for hook in self._shutdown:
+                try:
+                    await hook()
+                except Exception as exc:
+                    log.error(
+                        "shutdown hook %s failed: %s: %s",
+                        getattr(hook, "__qualname__", hook),
+                        type(exc).__name__,
+                        exc,
+                    )
+        if scope.cancelled_caught:
+            log.warning("shutdown hooks cut short after graceful_timeout")
+
     async def _stop(
         self,
         exc_type: type[BaseException] | None,
@@ -579,6 +642,8 @@ class EventBus:
                 runner.abort()
             for runner in self._runners:
                 await runner.closed.wait()
+            if self._shutdown and self._consuming:
+                await self._run_shutdown_hooks()
             if self._metrics_service is not None:
                 self._metrics_service.stop()  # scrapeable while draining, not any longer
         try:
@@ -588,6 +653,35 @@ class EventBus:
             self._running = False
             with anyio.CancelScope(shield=True):
                 await self.transport.close()
+
+
+class _Publisher:
+    """`EventBus.publisher`'s context manager."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self._bus = bus
+
+    async def __aenter__(self) -> EventBus:
+        await self._bus._start(consumers=False)
+        return self._bus
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._bus._stop(exc_type, exc, tb)
+
+
+def _returns(publish_to: str | None, send_to: str | None) -> Destination | None:
+    if publish_to is not None and send_to is not None:
+        raise ConfigurationError("give publish_to (a topic) or send_to (a queue), not both")
+    if publish_to is not None:
+        return Destination(_check_name("topic", publish_to), "topic")
+    if send_to is not None:
+        return Destination(_check_name("queue", send_to), "queue")
+    return None
 
 
 def _tracing(tracing: object, transport: Transport, url: str | None) -> Tracing:

@@ -27,6 +27,9 @@ class HandlerSpec:
     """The payload parameter's annotation, or None when the handler takes no payload."""
     inbox_type: Any
     is_async: bool
+    return_type: Any = None
+    """The return annotation (``type(None)`` for ``-> None``), or None when there is none: what
+    a handler with a declared destination publishes (for schema and AsyncAPI documents)."""
 
     def kwargs(
         self, payload: object, delivery: Delivery, inbox: object = None
@@ -111,4 +114,5 @@ def inspect_handler(
         payload_type=payload_type,
         inbox_type=inbox_type,
         is_async=inspect.iscoroutinefunction(func),
+        return_type=hints.get("return"),
     )

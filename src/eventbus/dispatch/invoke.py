@@ -2,8 +2,9 @@
 
 The innermost `Handler` injects the handler's parameters from the `Delivery` (its decoded
 ``payload`` included), runs a synchronous handler in a worker thread (a blocking handler would
-stall every other handler of the process), and opens the inbox transaction for handlers that
-take one. Middleware wraps it; the first middleware given is the outermost.
+stall every other handler of the process), opens the inbox transaction for handlers that take
+one, and publishes what the handler returns (`eventbus.dispatch.returns`). Middleware wraps it;
+the first middleware given is the outermost.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import anyio
 
 from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dispatch.handler import HandlerSpec
+from eventbus.dispatch.returns import PublishResult, destination_for
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.message import Delivery
+from eventbus.transports.base import Destination
 
 __all__ = ["Handler", "Middleware", "build_handler"]
 
@@ -28,45 +31,68 @@ Middleware = Callable[[Handler], Handler]
 """``Callable[[Handler], Handler]``; the first middleware given is the outermost."""
 
 
-def build_handler(subscriber: Subscriber, middleware: Sequence[Middleware]) -> Handler:
+def build_handler(
+    subscriber: Subscriber, middleware: Sequence[Middleware], publish: PublishResult
+) -> Handler:
     spec = subscriber.handler
     store = subscriber.options.dedup
+    declared = subscriber.options.returns
     if spec.inbox_type is not None and isinstance(store, InboxStore):
-        handler = _inbox_call(spec, store, subscriber)
+        handler = _inbox_call(spec, store, subscriber, declared, publish)
     elif spec.is_async:
         func = spec.func
         kwargs = spec.kwargs
 
         async def handler(d: Delivery) -> None:
-            await func(**kwargs(d.payload, d))
+            result = await func(**kwargs(d.payload, d))
+            if result is not None:
+                await _publish(publish, d, declared, result)
 
     else:
-        handler = _threaded_call(spec)
+        handler = _threaded_call(spec, declared, publish)
     for wrap in reversed(middleware):
         handler = wrap(handler)
     return handler
 
 
-def _threaded_call(spec: HandlerSpec) -> Handler:
+async def _publish(
+    publish: PublishResult, d: Delivery, declared: Destination | None, result: object
+) -> None:
+    to = destination_for(d.message, declared)
+    if to is not None:
+        await publish(to, result, d.message)
+
+
+def _threaded_call(
+    spec: HandlerSpec, declared: Destination | None, publish: PublishResult
+) -> Handler:
     async def call(d: Delivery) -> None:
-        await _call(spec, spec.kwargs(d.payload, d))
+        result = await _call(spec, spec.kwargs(d.payload, d))
+        if result is not None:
+            await _publish(publish, d, declared, result)
 
     return call
 
 
-async def _call(spec: HandlerSpec, kwargs: dict[str, object]) -> None:
+async def _call(spec: HandlerSpec, kwargs: dict[str, object]) -> object:
     if spec.is_async:
-        await spec.func(**kwargs)
-        return
+        return await spec.func(**kwargs)
     result = await anyio.to_thread.run_sync(functools.partial(spec.func, **kwargs))
     if inspect.isawaitable(result):
         # A plain `def` returning a coroutine (a decorator's sync wrapper around an async
         # handler): unless awaited, its body never runs and the message would be acked
         # unhandled (DESIGN 3.1).
-        await result
+        result = await result
+    return result
 
 
-def _inbox_call(spec: HandlerSpec, store: DedupStore, subscriber: Subscriber) -> Handler:
+def _inbox_call(
+    spec: HandlerSpec,
+    store: DedupStore,
+    subscriber: Subscriber,
+    declared: Destination | None,
+    publish: PublishResult,
+) -> Handler:
     assert isinstance(store, InboxStore)
     inbox = store.inbox
     scope, ttl = subscriber.scope, subscriber.options.dedup_ttl
@@ -78,7 +104,11 @@ def _inbox_call(spec: HandlerSpec, store: DedupStore, subscriber: Subscriber) ->
         state.inbox_open = True
         try:
             async with inbox(scope, state.dedup_key, owner=state.claim_owner, ttl=ttl) as res:
-                await _call(spec, spec.kwargs(d.payload, d, res))
+                result = await _call(spec, spec.kwargs(d.payload, d, res))
+                if result is not None:
+                    # Before the commit: once committed, a redelivery is skipped as done, so
+                    # an output that failed after it would be lost; this way it may repeat.
+                    await _publish(publish, d, declared, result)
         finally:
             state.inbox_open = False
         state.inbox_done = True

@@ -11,6 +11,7 @@ from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
+from eventbus.transports.base import Destination
 
 __all__ = ["DEFAULT_ACK_TIMEOUT", "SubscriptionOptions"]
 
@@ -41,6 +42,9 @@ class SubscriptionOptions:
     dedup_lease: float = 300.0
     """Seconds a dedup claim holds; others wait this long for a worker that died mid-handler."""
     dedup_ttl: float = _WEEK
+    returns: Destination | None = None
+    """Where the handler's return value is published (``publish_to=`` / ``send_to=``); a
+    reply-to on the message takes precedence (`eventbus.dispatch.returns`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:

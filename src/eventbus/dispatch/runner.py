@@ -33,6 +33,7 @@ from eventbus.dispatch.lanes import KeyLanes
 from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, decide
 from eventbus.dispatch.ownership import Ownership
 from eventbus.dispatch.republish import Republisher
+from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
@@ -56,6 +57,7 @@ class SubscriptionRunner:
         subscriber: Subscriber,
         transport: Transport,
         codec: Codec | AsyncCodec,
+        publish: PublishResult,
         middleware: Sequence[Middleware] = (),
         rng: random.Random | None = None,
         metrics: SubscriptionMetrics | None = None,
@@ -80,7 +82,7 @@ class SubscriptionRunner:
         self._settling = Settling(
             subscriber, self._in_flight, self._republisher, self._guard, self._rng
         )
-        self._handler = build_handler(subscriber, middleware)
+        self._handler = build_handler(subscriber, middleware, publish)
         if metrics is not None:
             # Built once here: without metrics the handler chain is exactly what it was.
             self._handler = metrics.timed(self._handler)
