@@ -537,7 +537,9 @@ class EventBus:
     def publisher(self) -> AbstractAsyncContextManager[EventBus]:
         """``async with bus.publisher():`` connects the bus for publishing only: its handlers
         and its startup and shutdown hooks do not run, so a web app's lifespan never joins a
-        consumer group. Leaving the block closes the connection."""
+        consumer group. Leaving the block closes the connection. On a bus already running (its
+        handlers started in this process, or a test's `eventbus.testing.TestBus`), it uses the
+        running bus as it is and leaves it running."""
         return _Publisher(self)
 
     async def _start(self, *, consumers: bool) -> None:
@@ -660,9 +662,12 @@ class _Publisher:
 
     def __init__(self, bus: EventBus) -> None:
         self._bus = bus
+        self._started = False
 
     async def __aenter__(self) -> EventBus:
-        await self._bus._start(consumers=False)
+        if not self._bus._running:
+            await self._bus._start(consumers=False)
+            self._started = True
         return self._bus
 
     async def __aexit__(
@@ -671,6 +676,9 @@ class _Publisher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if not self._started:
+            return None
+        self._started = False
         return await self._bus._stop(exc_type, exc, tb)
 
 
