@@ -391,14 +391,16 @@ class MemoryTransport:
         native=("partition",),
     )
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, broker: MemoryBroker | None = None) -> None:
+        """``broker``: use this broker instead of the URL's named one (a private broker no
+        other bus can reach, as `eventbus.testing.TestBus` uses)."""
         parts = urlsplit(url)
         if parts.scheme != "memory" or parts.path not in ("", "/"):
             raise ConfigurationError(
                 f"bad memory transport URL {url!r}; use memory:// or memory://NAME"
             )
         options, _ = parse_options("memory", parts.query, {"retention": _retention})
-        self.broker = memory_broker(parts.netloc or "default")
+        self.broker = broker or memory_broker(parts.netloc or "default")
         if "retention" in options:
             self.broker.retention = options["retention"]
         self._subscriptions: list[_MemorySubscription] = []
