@@ -385,3 +385,56 @@ async def test_a_failed_assert_in_the_block_propagates_unwrapped() -> None:
         async with TestBus(bus) as client:
             await client.publish("in", User(name="a"))
             raise AssertionError("the test's own")
+
+
+async def test_a_bus_built_for_kafka_is_tested_without_kafka() -> None:
+    bus = EventBus("kafka://127.0.0.1:1")  # nothing listens there
+
+    @bus.subscribe("in", group="g")
+    async def handle(user: User) -> None:
+        pass
+
+    async with TestBus(bus) as client:
+        assert (await client.publish("in", User(name="a"))).handled
+    assert type(bus.transport).__name__ == "KafkaTransport"
+
+
+async def test_a_queue_result_is_the_message_as_sent_not_its_redelivery() -> None:
+    bus = EventBus()
+
+    @bus.consume("jobs", ack="manual")
+    async def once_more(user: User, delivery: Delivery) -> None:
+        if delivery.attempt == 1:
+            await delivery.nack()
+        else:
+            await delivery.ack()
+
+    async with TestBus(bus) as client:
+        result = await client.send("jobs", User(name="a"), headers={"tenant": "t1"})
+    assert result.message.headers == {"tenant": "t1"}
+    assert result.outcome().message.headers[h.ATTEMPT] == "2"
+    assert [a.number for a in result.attempts] == [1, 2]
+
+
+async def test_a_broadcast_nack_is_followed_to_its_outcome() -> None:
+    bus = EventBus()
+
+    @bus.subscribe("news", ack="manual")
+    async def listen(user: User, delivery: Delivery) -> None:
+        if delivery.attempt < 3:
+            await delivery.nack()
+        else:
+            await delivery.ack()
+
+    async with TestBus(bus) as client:
+        result = await client.publish("news", User(name="a"))
+    assert result.handled and [a.number for a in result.attempts] == [1, 2, 3]
+
+
+async def test_a_running_bus_is_refused() -> None:
+    bus = EventBus()
+    transport = bus.transport
+    async with bus:
+        with pytest.raises(RuntimeError, match="stop it first"):
+            await TestBus(bus).__aenter__()
+        assert bus.transport is transport

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import anyio
 
+from eventbus import headers as h
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.invoke import Handler
 from eventbus.dispatch.observe import Observer, Settlement
@@ -63,6 +64,8 @@ class Ledger:
         self._changed = anyio.Event()
         self.unsettled: list[Callable[[], Awaitable[None]]] = []
         """Give back what manual-ack handlers left unsettled (`TestBus` does it at exit)."""
+        self.sent: dict[tuple[str, str], Message] = {}
+        """The last message published with each id to each destination, as published."""
 
     # -- what goes where ----------------------------------------------------------------------
 
@@ -80,6 +83,8 @@ class Ledger:
         return found
 
     def published(self, to: Destination, message: Message) -> None:
+        if h.ATTEMPT not in message.headers:  # not a redelivery: what the publisher sent
+            self.sent[(message.id, to.name)] = message
         for receiver in self.receivers(to):
             self._unit(message.id, receiver).pending += 1
 

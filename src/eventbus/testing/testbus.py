@@ -126,6 +126,8 @@ class TestBus:
         bus = self.bus
         if self._ledger is not None:
             raise RuntimeError("this TestBus is already running")
+        if bus._running:
+            raise RuntimeError("TestBus starts the bus itself, on its own broker: stop it first")
         ledger = Ledger(bus.subscribers, instant_retries=self.instant_retries)
         transport = _TestTransport(
             ledger,
@@ -252,12 +254,10 @@ class TestBus:
         return await self._result(Destination(queue, "queue"), sent)
 
     async def _result(self, to: Destination, message_id: str) -> PublishResult:
-        ledger, transport = self._running()
+        ledger = self._running()[0]
         receivers = ledger.receivers(to)
         await self._wait(lambda: ledger.settled(message_id, receivers), f"message {message_id}")
-        message = next(
-            m for d, m in reversed(transport.broker.log) if m.id == message_id and d == to
-        )
+        message = ledger.sent[(message_id, to.name)]
         return PublishResult(message, ledger.outcomes(message_id, receivers))
 
     async def idle(self) -> None:
