@@ -387,7 +387,7 @@ async def test_a_failed_assert_in_the_block_propagates_unwrapped() -> None:
             raise AssertionError("the test's own")
 
 
-async def test_a_bus_built_for_kafka_is_tested_without_kafka() -> None:
+async def test_a_bus_built_for_another_broker_runs_on_memory_in_the_block() -> None:
     bus = EventBus("kafka://127.0.0.1:1")  # nothing listens there
 
     @bus.subscribe("in", group="g")
