@@ -121,6 +121,7 @@ class EventBus:
         else:
             self._sync_codec = cast(Codec, self.codec)
         self._dedup_store = dedup_store
+        self._dedup_store_given = dedup_store is not None  # TestBus swaps only the default one
         self.middleware = tuple(middleware)
         self.graceful_timeout = graceful_timeout
         self._subscribers: list[Subscriber] = []

@@ -1,6 +1,7 @@
 """Bad input gets a clear error and loses nothing (DESIGN 3.10): URLs, schemes, names, headers,
 options, and the lifecycle rules of `EventBus` (DESIGN 2)."""
 
+import re
 from collections.abc import Callable
 
 import anyio
@@ -44,9 +45,16 @@ def test_bad_url(url: str) -> None:
         EventBus(url or "://")
 
 
-@pytest.mark.parametrize("url", ["memory://name/path", "memory://name?x=1"])
-def test_bad_memory_url(url: str) -> None:
-    with pytest.raises(ConfigurationError, match="bad memory transport URL"):
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("memory://name/path", "bad memory transport URL"),
+        ("memory://name?x=1", "unknown memory URL option 'x'; known options: retention"),
+        ("memory://name?retention=-1", "retention='-1': expected an integer >= 0"),
+    ],
+)
+def test_bad_memory_url(url: str, error: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(error)):
         EventBus(url)
 
 

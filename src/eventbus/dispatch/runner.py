@@ -330,6 +330,7 @@ class SubscriptionRunner:
                 return False
             if self._work is not None:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
+            state.tell_unsettled()
             return True
 
     def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:

@@ -21,6 +21,7 @@ from eventbus import headers as h
 from eventbus.dispatch.deadletter import DeadLetterReason
 from eventbus.dispatch.dedup_guard import DedupGuard
 from eventbus.dispatch.inflight import InFlight
+from eventbus.dispatch.observe import Settled, Settlement
 from eventbus.dispatch.outcome import DeadLetter, Failure, Outcome, RetryViaBroker, decide
 from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.subscriber import Subscriber
@@ -130,6 +131,7 @@ class DeliveryState:
         try:
             await self._complete_claim()
             await self.raw.ack()
+            self._tell("acked")
         finally:
             self.leave()
 
@@ -181,8 +183,10 @@ class DeliveryState:
                     error,
                 )
                 await s.republisher.dead_letter(self.raw, self.attempt, reason, error, self._gone)
+                self._tell("dead-lettered", reason=reason, error=error)
             else:
                 await s.republisher.redeliver(self.raw, self.attempt, outcome.delay, self._gone)
+                self._tell("redelivered", error=error)
         finally:
             self.leave()
 
@@ -242,8 +246,27 @@ class DeliveryState:
         try:
             await self.release_claim()
             await self.raw.release()
+            self._tell("released")
         finally:
             self.leave()
+
+    # -- observing (`observe.py`) -----------------------------------------------------------
+
+    def tell_unsettled(self) -> None:
+        """A manual-ack handler returned and left the delivery unsettled."""
+        self._tell("unsettled")
+
+    def _tell(
+        self,
+        how: Settled,
+        *,
+        reason: DeadLetterReason | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        observer = self._settling.subscriber.observer
+        if observer is not None:
+            release = self.release if how == "unsettled" else None
+            observer(Settlement(self.raw, how, self.attempt, reason, error, release))
 
     # -- dedup bookkeeping ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from eventbus.dispatch.deadletter import default_dead_letter_name
 from eventbus.dispatch.handler import HandlerSpec
+from eventbus.dispatch.observe import Observer
 from eventbus.dispatch.options import SubscriptionOptions
 from eventbus.transports.base import Kind, SubscriptionSpec
 
@@ -48,6 +49,9 @@ class Subscriber:
     handler: HandlerSpec
     options: SubscriptionOptions
     stats: SubscriberStats = field(default_factory=SubscriberStats)
+    observer: Observer | None = None
+    """Told how each delivery was settled (`eventbus.testing.TestBus` sets it); None in
+    production."""
 
     @property
     def dead_letter(self) -> str | None:

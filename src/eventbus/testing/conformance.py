@@ -170,8 +170,19 @@ class ConformanceSuite:
             if capabilities.unbound_topic == "refuse":
                 with pytest.raises(UnroutableError):
                     await bus.publish(topic, Order(id=1))
-            else:
-                await bus.publish(topic, Order(id=1))  # kept: no error
+                return
+            await bus.publish(topic, Order(id=1))  # kept: no error
+        # "keep": a group that subscribes for the first time afterwards reads it (Kafka with
+        # offset_reset=earliest, memory's retention).
+        late = make_bus()
+        got: list[int] = []
+
+        @late.subscribe(topic, group=name("late"))
+        async def handler(order: Order) -> None:
+            got.append(order.id)
+
+        async with late:
+            await wait_for(lambda: got == [1], what="the message published before the group")
 
     async def test_pause_hands_out_nothing_until_resumed(
         self, make_bus: Callable[..., EventBus], name: Callable[[str], str]

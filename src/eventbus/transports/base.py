@@ -132,12 +132,15 @@ class Capabilities:
     reported by the broker. ``max_message_size``: largest body the broker accepts, if known.
     ``unbound_topic``: what a topic publish does before any group subscribed to the topic:
     ``"keep"`` (Kafka: the log keeps it; a group created later with ``offset_reset=earliest``
-    reads it) or ``"refuse"`` (RabbitMQ: nothing would receive it, so the publish raises
-    `eventbus.UnroutableError`). ``native``: the `RawDelivery.native` facts every delivery
-    carries (copied into dead letters as ``eventbus-original-<name>``). ``backlog``: what
-    `Transport.backlog` counts: ``"lag"`` (Kafka: the group's offsets behind the log's end,
-    keyed by partition; the ``eventbus_consumer_lag_messages`` metric) or ``"depth"`` (RabbitMQ,
-    memory: messages ready in a queue, keyed by queue; ``eventbus_queue_depth_messages``).
+    reads it. Memory: each topic keeps its last ``retention`` messages, 10 000 by default, and
+    a group's first subscription starts with them) or ``"refuse"`` (RabbitMQ: nothing would
+    receive it, so the publish raises `eventbus.UnroutableError`). Either way a broadcast
+    subscription (no group) gets only what is published while it exists. ``native``: the
+    `RawDelivery.native` facts every delivery carries (copied into dead letters as
+    ``eventbus-original-<name>``). ``backlog``: what `Transport.backlog` counts: ``"lag"``
+    (Kafka: the group's offsets behind the log's end, keyed by partition; the
+    ``eventbus_consumer_lag_messages`` metric) or ``"depth"`` (RabbitMQ, memory: messages ready
+    in a queue, keyed by queue; ``eventbus_queue_depth_messages``).
     """
 
     durable: bool = True

@@ -8,6 +8,13 @@ It models a partitioned log with groups: a topic's group (and a queue) holds 16 
 key always maps to the same one, and each partition has one owner subscription at a time. A
 partition changes owner only when its previous owner has nothing of it in flight, so per-key
 order holds across subscriptions, as on Kafka.
+
+Retention, as on Kafka with ``auto.offset.reset=earliest``: each topic keeps its last
+``retention`` messages (`RETENTION` unless the URL says ``memory://NAME?retention=N``), and a
+group that subscribes for the first time starts with them, in publish order. So a message
+published before its consumer group first subscribed still reaches it
+(`Capabilities.unbound_topic` ``"keep"``). Older messages are forgotten, so memory stays
+bounded. A broadcast subscription (no group) starts at the end, as its DESIGN promises.
 """
 
 from __future__ import annotations
@@ -38,12 +45,15 @@ from eventbus.transports.base import (
     Subscription,
     SubscriptionSpec,
 )
+from eventbus.transports.urls import parse_options
 
-__all__ = ["LOG_LIMIT", "MemoryBroker", "MemoryTransport", "memory_broker"]
+__all__ = ["LOG_LIMIT", "RETENTION", "MemoryBroker", "MemoryTransport", "memory_broker"]
 
 PARTITIONS = 16
 LOG_LIMIT = 100_000
 """Publishes `MemoryBroker.log` keeps (the oldest are forgotten first)."""
+RETENTION = 10_000
+"""Messages per topic kept for groups that subscribe later (the oldest are forgotten first)."""
 _seq = itertools.count()
 
 
@@ -155,12 +165,17 @@ class _Group:
 
 
 class MemoryBroker:
-    """An in-process broker. Its inspection methods are meant for users' unit tests."""
+    """An in-process broker. Its inspection methods are meant for users' unit tests.
 
-    def __init__(self) -> None:
+    ``retention``: messages kept per topic for consumer groups that subscribe for the first
+    time later (module docstring); 0 keeps none, so new groups start at the end."""
+
+    def __init__(self, retention: int = RETENTION) -> None:
         self.log: deque[tuple[Destination, Message]] = deque(maxlen=LOG_LIMIT)
         """The last `LOG_LIMIT` publishes, in order: where each went and what it was. Bounded,
         so that a long-running process on ``memory://`` does not grow without end."""
+        self._retained: dict[str, deque[tuple[Destination, Message]]] = {}
+        self.retention = retention
         self._topics: dict[str, dict[str, _Group]] = {}
         self._broadcasts: dict[str, list[_Group]] = {}
         self._queues: dict[str, _Group] = {}
@@ -174,8 +189,30 @@ class MemoryBroker:
         found = self._topics.get(name, {}).get(group) if group else self._queues.get(name)
         return found.ready() if found else []
 
+    @property
+    def retention(self) -> int:
+        return self._retention
+
+    @retention.setter
+    def retention(self, value: int) -> None:
+        if not isinstance(value, int) or value < 0:
+            raise ConfigurationError(f"memory retention must be an integer >= 0, got {value!r}")
+        self._retention = value
+        for name, kept in self._retained.items():
+            self._retained[name] = deque(kept, maxlen=value)
+
+    def retained(self, topic: str) -> list[Message]:
+        """What a group subscribing to ``topic`` for the first time would start with."""
+        return [m for _, m in self._retained.get(topic, ())]
+
+    def bound(self, topic: str) -> bool:
+        """Whether a publish to ``topic`` now reaches anyone: a group exists or a broadcast
+        subscription listens (what a RabbitMQ exchange with a bound queue would say)."""
+        return bool(self._topics.get(topic) or self._broadcasts.get(topic))
+
     def reset(self) -> None:
         self.log.clear()
+        self._retained.clear()
         self._topics.clear()
         self._broadcasts.clear()
         self._queues.clear()
@@ -185,20 +222,32 @@ class MemoryBroker:
         if to.kind == "queue":
             self._queues.setdefault(to.name, _Group()).put(message, to.delay)
             return
-        groups = self._topics.setdefault(to.name, {})
         if to.group is not None:
-            groups.setdefault(to.group, _Group()).put(message, to.delay)
+            # A retry or a replay for one group: not part of the topic's log.
+            self._group(to.name, to.group).put(message, to.delay)
             return
-        # No group yet: the publish succeeds and stays in `log` for inspection, like a Kafka
-        # topic whose later groups start at the end (Capabilities.unbound_topic == "keep").
-        for group in (*groups.values(), *self._broadcasts.get(to.name, ())):
+        if self._retention:
+            kept = self._retained.setdefault(to.name, deque(maxlen=self._retention))
+            kept.append((to, message))
+        for group in (*self._topics.get(to.name, {}).values(), *self._broadcasts.get(to.name, ())):
             group.put(message, to.delay)
+
+    def _group(self, topic: str, name: str) -> _Group:
+        """Group ``name`` of ``topic``; a new one starts with what the topic retained, like a
+        Kafka group with no committed offset and ``auto.offset.reset=earliest``."""
+        groups = self._topics.setdefault(topic, {})
+        group = groups.get(name)
+        if group is None:
+            group = groups[name] = _Group()
+            for to, message in self._retained.get(topic, ()):
+                group.put(message, to.delay)  # a delayed one keeps what is left of its delay
+        return group
 
     def group_for(self, spec: SubscriptionSpec) -> _Group:
         if spec.kind == "queue":
             return self._queues.setdefault(spec.name, _Group())
         if spec.group is not None:
-            return self._topics.setdefault(spec.name, {}).setdefault(spec.group, _Group())
+            return self._group(spec.name, spec.group)
         group = _Group()
         self._broadcasts.setdefault(spec.name, []).append(group)
         return group
@@ -326,7 +375,10 @@ class _MemorySubscription:
 
 
 class MemoryTransport:
-    """`Transport` over a `MemoryBroker`. URL: ``memory://`` or ``memory://NAME``."""
+    """`Transport` over a `MemoryBroker`. URL: ``memory://`` or ``memory://NAME``, optionally
+    with ``?retention=N``: messages each topic keeps for groups that subscribe later (default
+    `RETENTION`; 0 for none). It sets the retention of the named broker, which every bus on
+    that name shares."""
 
     spi_version = SPI_VERSION
     messaging_system = "memory"
@@ -335,17 +387,22 @@ class MemoryTransport:
         durable=False,
         redelivered_flag=True,
         max_message_size=None,
-        unbound_topic="keep",
+        unbound_topic="keep",  # the topic keeps its last `retention` messages for new groups
         native=("partition",),
     )
 
-    def __init__(self, url: str = "memory://") -> None:
+    def __init__(self, url: str = "memory://", *, broker: MemoryBroker | None = None) -> None:
+        """``broker``: use this broker instead of the URL's named one (a private broker no
+        other bus can reach, as `eventbus.testing.TestBus` uses)."""
         parts = urlsplit(url)
-        if parts.scheme != "memory" or parts.path not in ("", "/") or parts.query:
+        if parts.scheme != "memory" or parts.path not in ("", "/"):
             raise ConfigurationError(
                 f"bad memory transport URL {url!r}; use memory:// or memory://NAME"
             )
-        self.broker = memory_broker(parts.netloc or "default")
+        options, _ = parse_options("memory", parts.query, {"retention": _retention})
+        self.broker = broker or memory_broker(parts.netloc or "default")
+        if "retention" in options:
+            self.broker.retention = options["retention"]
         self._subscriptions: list[_MemorySubscription] = []
 
     async def connect(self) -> None:
@@ -370,3 +427,13 @@ class MemoryTransport:
 
     async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
         return self.broker.backlog(spec)
+
+
+def _retention(label: str, name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigurationError(f"{label} URL option {name}={raw!r}: expected an integer >= 0")
+    return value
