@@ -9,8 +9,9 @@ Every ``python`` and ``bash`` block is preceded by an HTML comment saying what t
   its output shows TEXT; at the end it gets SIGTERM and must exit 0;
 - ``<!-- tutorial: skip: WHY -->``: not run, for the reason given (installing a release).
 
-A fenced block (other than ``text``) without such a comment fails the test. Shell blocks run with ``EVENTBUS_URL`` set to the
-test RabbitMQ (the tutorial's ``export`` line names the same default address).
+A fenced block (other than ``text``) without such a comment fails the test. Shell blocks run
+with ``EVENTBUS_URL`` set to the test RabbitMQ (the tutorial's ``export`` line names the same
+default address).
 """
 
 from __future__ import annotations
@@ -73,9 +74,11 @@ def test_the_tutorial_runs(tmp_path: Path, amqp_url: str) -> None:
                     assert expected in out, f"step {n}: {expected!r} not in:\n{out}"
             else:
                 (wanted,) = shlex.split(args)
+                *setup, command = code.splitlines()  # the last line is the long-running one
+                script = "\n".join([*setup, f"exec {command}"])
                 with log.open("wb") as sink:
                     child = subprocess.Popen(
-                        ["bash", "-c", f"exec {code}"],
+                        ["bash", "-e", "-c", script],
                         cwd=tmp_path,
                         env=env,
                         stdout=sink,
@@ -84,7 +87,7 @@ def test_the_tutorial_runs(tmp_path: Path, amqp_url: str) -> None:
                 background.append((child, log))
                 _wait_for(log, wanted, child)
     finally:
-        for child, log in background:
+        for child, _ in background:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
         codes = [(child.wait(timeout=60), log) for child, log in background]

@@ -1,7 +1,7 @@
-"""examples/orders/web.py, the FastAPI front, run as a user runs it: uvicorn and an
-``eventbus run`` worker as real processes on real RabbitMQ. The web process publishes without
-joining the ``billing`` group: with the worker stopped, an order it accepted waits in the
-group's queue until a worker is back."""
+"""examples/orders/web.py, the FastAPI front: tested as a user would with the test client
+(memory://), and run as a user runs it: uvicorn and an ``eventbus run`` worker as real processes
+on real RabbitMQ. The web process publishes without joining the ``billing`` group: with the
+worker stopped, an order it accepted waits in the group's queue until a worker is back."""
 
 from __future__ import annotations
 
@@ -18,7 +18,27 @@ from pathlib import Path
 import httpx
 import pytest
 
+from eventbus.testing import TestBus
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_an_order_taken_over_http_is_billed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_DEMO_PRODUCER", "0")
+    from examples.orders.service import OrderPlaced, SendEmail, bus
+    from examples.orders.web import app
+
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web")
+    async with TestBus(bus) as client, app.router.lifespan_context(app), http:
+        reply = await http.post("/orders", json={"order_id": 3, "customer": "ada", "amount": "9"})
+        assert reply.status_code == 202
+        await client.idle()
+        (order,) = client.published("orders", OrderPlaced)
+        assert (order.order_id, order.customer) == (3, "ada")
+        assert client.published("emails", SendEmail) == [
+            SendEmail(to="ada@example.com", subject="Receipt for order 3")
+        ]
+        assert (await http.post("/orders", json={"order_id": 0})).status_code == 422
 
 
 def _free_port() -> int:
