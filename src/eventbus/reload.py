@@ -55,6 +55,7 @@ async def watch(paths: list[Path], on_change: Callable[[], None]) -> None:
     """Call ``on_change`` after each batch of changes to ``.py`` files under ``paths``."""
     from watchfiles import PythonFilter, awatch
 
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # our line says what changed
     log.info("watching %s for changes", ", ".join(str(p) for p in paths))
     async for changes in awatch(*paths, watch_filter=PythonFilter()):
         changed = sorted({Path(path).name for _, path in changes})

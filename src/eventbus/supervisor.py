@@ -5,8 +5,9 @@ Ctrl-C reaches the parent only) and keeps them running:
 
 - A worker that dies while the parent is not stopping (a non-zero exit, or killed by a signal:
   a handler that segfaults, the OOM killer) is started again after a capped exponential
-  backoff (`Backoff`: 0.5 s up to 5 s, reset once a worker has stayed up for `WINDOW`). Its
-  messages are not lost: they were never settled, so the broker hands them out again.
+  backoff (`Backoff`, jittered: up to 0.5 s, doubling up to 5 s, reset once a worker has
+  stayed up for `WINDOW`). Its messages are not lost: they were never settled, so the broker
+  hands them out again.
 - A worker that dies more than `MAX_RESTARTS` times within `WINDOW` seconds is crash-looping:
   restarting it again only hammers the broker. The supervisor gives up: it stops the others
   (SIGTERM, so they drain) and exits with the dying worker's code.
