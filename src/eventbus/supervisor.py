@@ -197,10 +197,12 @@ class Supervisor:
     async def _again(self, slot: _Slot, returncode: int, *, up: bool) -> bool:
         """Decide what follows a worker's exit; wait as long as that takes. False: done."""
         n, what = slot.number, _describe(returncode)
+        slot.code = exit_code(returncode)  # a stop during the backoff still reports the crash
         if self._forwarded is not None:
-            # Killed by the signal we forwarded before it could install its handlers: a clean
-            # stop of a worker that had nothing to drain.
-            slot.code = 0 if returncode == -self._forwarded else exit_code(returncode)
+            if returncode == -self._forwarded:
+                # Killed by the signal we forwarded before it installed its handlers: a clean
+                # stop of a worker that had nothing to drain.
+                slot.code = 0
             log.info("worker %d exited with %s", n, what)
             return False
         if slot.replace:

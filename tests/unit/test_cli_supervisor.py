@@ -196,3 +196,25 @@ async def test_a_worker_that_exits_0_on_its_own_is_not_restarted(
         assert await supervisor.run() == 0
     assert caplog.text.count("started (pid") == 2
     assert "not restarted" in caplog.text
+
+
+async def test_a_stop_during_the_backoff_ends_at_once_with_the_crash_code(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", "eventbus.supervisor")
+    supervisor = Supervisor(python("raise SystemExit(9)"), {}, 1)
+    codes: list[int] = []
+
+    async def run() -> None:
+        codes.append(await supervisor.run())
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while "restarting in" not in caplog.text:  # noqa: ASYNC110 (polls the log)
+                await anyio.sleep(0.01)
+            supervisor.stop()
+            stopped = anyio.current_time()
+    assert anyio.current_time() - stopped < 0.2, "the backoff wait ends with the stop"
+    assert codes == [9]
+    assert caplog.text.count("started (pid") == 1
