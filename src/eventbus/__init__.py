@@ -16,6 +16,7 @@ from eventbus.errors import (
     PublishError,
     Reject,
     Retry,
+    StartupHookError,
     UnknownSchemeError,
     UnroutableError,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Reject",
     "Retry",
     "RetryPolicy",
+    "StartupHookError",
     "UnknownSchemeError",
     "UnroutableError",
     "__version__",

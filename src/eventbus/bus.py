@@ -27,7 +27,7 @@ from eventbus.dispatch.invoke import Middleware
 from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import ConfigurationError, HandlerSignatureError
+from eventbus.errors import ConfigurationError, HandlerSignatureError, StartupHookError
 from eventbus.headers import CAUSATION_ID
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
@@ -602,10 +602,18 @@ class EventBus:
     async def _run_startup_hooks(self) -> None:
         # The scope exists before this task runs: a stop that comes first still cancels it.
         assert self._hooks_scope is not None
+
+        async def run(hook: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            try:
+                await hook()
+            except Exception as exc:  # name the hook: a bare traceback from a task says little
+                name = f"{hook.__module__}.{getattr(hook, '__qualname__', repr(hook))}"
+                raise StartupHookError(name, exc) from exc
+
         with self._hooks_scope:
             async with anyio.create_task_group() as tg:
                 for hook in self._startup:
-                    tg.start_soon(hook)
+                    tg.start_soon(run, hook)
 
     async def _run_shutdown_hooks(self) -> None:
         with anyio.move_on_after(self.graceful_timeout) as scope:

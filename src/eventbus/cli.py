@@ -2,7 +2,9 @@
 
 Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
 4 bad configuration (URL, scheme, handler), 5 broker unreachable, 6 access refused
-(authentication or authorization), 130 stopped by a second signal before the drain finished.
+(authentication or authorization), 7 a startup hook failed, 130 stopped by a second signal
+before the drain finished. ``run --workers N`` exits with a worker's code when it gives up
+(128 + N for a worker killed by signal N).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -32,10 +33,13 @@ from eventbus.errors import (
     AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
+    StartupHookError,
 )
 from eventbus.logs import JsonFormatter
 from eventbus.message import Message
 from eventbus.metrics.config import WORKER_PORTS_DIR, MetricsConfig, require_prometheus_client
+from eventbus.reload import require_watchfiles, watch, watched_paths
+from eventbus.supervisor import MAX_RESTARTS, UP_DIR, WINDOW, Supervisor, mark_up
 from eventbus.transports.base import Transport
 from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
@@ -45,6 +49,12 @@ __all__ = ["main"]
 EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
 EXIT_DENIED = 6
 """Authentication or authorization refused (`AuthenticationError`, `AuthorizationError`)."""
+EXIT_STARTUP = 7
+"""A startup hook (``@bus.on_startup``) raised (`StartupHookError`)."""
+
+_FATAL_AT_START = (EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_DENIED)
+"""Exit codes of a worker that could not start, which a restart cannot fix: the supervisor
+gives up at once on them (and on `EXIT_STARTUP`). Once a worker is up they are the app's."""
 
 log = logging.getLogger("eventbus.cli")
 
@@ -145,66 +155,69 @@ _WORKER_URL = "EVENTBUS_WORKER_URL"
 """How `run --workers N` hands ``--url`` to its children."""
 
 
-def _run_workers(args: argparse.Namespace) -> int:
-    """Fork ``--workers`` processes that share the work through the transport's groups."""
-    command = [
-        sys.executable,
-        "-m",
-        "eventbus",
-        "run",
-        args.target,
-        "--workers",
-        "1",
-        "--graceful-timeout",
-        str(args.graceful_timeout),
-        "--log-level",
-        args.log_level,
-        "--log-format",
-        args.log_format,
-    ]
-    env = dict(os.environ)
+def _worker_command(args: argparse.Namespace) -> list[str]:
+    """How the supervisor starts one worker: this command, without what only the parent does."""
+    command = [sys.executable, "-m", "eventbus", "run", args.target, "--workers", "1"]
+    command += ["--log-level", args.log_level, "--log-format", args.log_format]
+    if args.graceful_timeout is not None:
+        command += ["--graceful-timeout", str(args.graceful_timeout)]
     if args.metrics_port is not None:
         command += ["--backlog-interval", str(args.backlog_interval)]
+        if args.reload:  # one worker: it serves its endpoints itself
+            command += ["--metrics-port", str(args.metrics_port)]
+            command += ["--metrics-host", args.metrics_host]
+    return command
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Run ``--workers`` processes that share the work through the transport's groups (or one
+    with ``--reload``), restarted when they die (`eventbus.supervisor`)."""
+    env = dict(os.environ)
     if args.url:
         # Through the environment, never the command line: `ps` shows any user's arguments,
         # and the URL may hold a password (DESIGN 8).
         env[_WORKER_URL] = args.url
-    # Own sessions: a Ctrl-C in the terminal reaches the parent only, which forwards it once
-    # (a second SIGINT would cut the children's drain short).
+    merged_metrics = args.metrics_port is not None and not args.reload
     with tempfile.TemporaryDirectory(prefix="eventbus-metrics-") as ports:
-        if args.metrics_port is not None:
+        if merged_metrics:
             env[WORKER_PORTS_DIR] = ports
-        children = [
-            subprocess.Popen(command, start_new_session=True, env=env) for _ in range(args.workers)
-        ]
+        supervisor = Supervisor(
+            _worker_command(args),
+            env,
+            args.workers,
+            fatal=(EXIT_STARTUP,),
+            fatal_at_start=_FATAL_AT_START,
+            restart_on_exit=not args.reload,
+        )
 
-        def forward(signum: int, _frame: object) -> None:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signum)
+        async def supervise() -> int:
+            async with anyio.create_task_group() as tg:
+                if merged_metrics:
+                    from eventbus.metrics.workers import serve_workers  # prometheus_client
 
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        if args.metrics_port is None:
-            codes = [child.wait() for child in children]
-        else:
-            from eventbus.metrics.workers import serve_workers  # imports prometheus_client
+                    # Before any worker starts: a port that cannot be had stops everything.
+                    await tg.start(
+                        serve_workers, args.metrics_host, args.metrics_port, ports, supervisor
+                    )
+                if args.reload:
+                    tg.start_soon(watch, watched_paths(args.target), supervisor.restart)
+                code = await supervisor.run()
+                tg.cancel_scope.cancel()
+            return code
 
-            try:
-                codes = anyio.run(
-                    serve_workers, args.metrics_host, args.metrics_port, ports, children
-                )
-            except BaseException:
-                # No endpoint (port taken, say): the workers must not run on unwatched.
-                forward(signal.SIGTERM, None)
-                for child in children:
-                    child.wait()
-                raise
-    return max(codes, key=abs)
+        return anyio.run(supervise)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     args.url = args.url or os.environ.pop(_WORKER_URL, None)
+    if args.reload:
+        # The parent does not import the app: it keeps watching while the app is broken.
+        if args.workers > 1:
+            raise CliError("--reload runs one worker: leave out --workers", EXIT_USAGE)
+        require_watchfiles()
+        if args.metrics_port is not None:
+            require_prometheus_client()
+        return _supervise(args)
     if args.url:
         os.environ["EVENTBUS_URL"] = args.url
     bus = load_bus(args.target)
@@ -212,6 +225,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         bus.url, bus.transport = args.url, transport_for_url(args.url)
     if args.graceful_timeout is not None:
         bus.graceful_timeout = args.graceful_timeout
+    up = os.environ.pop(UP_DIR, None)
+    if up:  # a supervised worker: once its subscriptions are live, a failure is no startup's
+
+        async def came_up() -> None:
+            mark_up(up)
+
+        bus.on_startup(came_up)
     ports = os.environ.pop(WORKER_PORTS_DIR, None)
     if args.metrics_port is not None or ports:
         require_prometheus_client()
@@ -233,7 +253,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 EXIT_CONFIG,
             )
         args.graceful_timeout = bus.graceful_timeout
-        return _run_workers(args)
+        return _supervise(args)
     log.info(
         "eventbus worker pid %d on %s with %d handler(s)",
         os.getpid(),
@@ -413,15 +433,48 @@ _seconds = _at_least(0, float)
 _limit = _at_least(1, int)
 
 
+_RUN_EXIT_CODES = """exit codes:
+  0    stopped and drained
+  1    unexpected error
+  2    bad command line
+  3    cannot import the app
+  4    bad configuration (URL, scheme, handler, metrics port, missing extra)
+  5    broker unreachable
+  6    authentication or authorization refused
+  7    a startup hook failed
+  130  stopped by a second signal before the drain finished
+with --workers N: a worker's own code when the supervisor gives up on it (128+N: killed by
+signal N); 7 from a worker, or 2, 3, 4 and 6 before it came up, give up at once; other
+crashes are restarted."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"eventbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run an app's handlers until SIGTERM/SIGINT")
+    run = commands.add_parser(
+        "run",
+        help="run an app's handlers until SIGTERM/SIGINT",
+        description="Run an app's handlers until SIGTERM/SIGINT.",
+        epilog=_RUN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     run.add_argument("target", help="MODULE:ATTR of an EventBus (ATTR defaults to 'bus')")
     run.add_argument("--url", help="transport URL (overrides the app's and EVENTBUS_URL)")
-    run.add_argument("--workers", type=_workers, default=1, help="worker processes (default 1)")
+    run.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="worker processes, restarted with backoff when they crash; gives up when one "
+        f"crashes more than {MAX_RESTARTS} times in {WINDOW:.0f}s (default 1)",
+    )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the worker when a .py file under the working directory "
+        "changes; needs eventbus[reload] (default off)",
+    )
     run.add_argument(
         "--graceful-timeout",
         type=_seconds,
@@ -545,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _known_error(exc: BaseException) -> Exception | None:
     """The error to report; task groups wrap failures in exception groups, so look inside."""
-    if isinstance(exc, CliError | BrokerUnavailableError | ConfigurationError):
+    if isinstance(exc, CliError | BrokerUnavailableError | ConfigurationError | StartupHookError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
@@ -560,6 +613,8 @@ def _exit_code(exc: Exception) -> int:
         return exc.code
     if isinstance(exc, AuthenticationError | AuthorizationError):
         return EXIT_DENIED
+    if isinstance(exc, StartupHookError):
+        return EXIT_STARTUP
     return EXIT_UNREACHABLE if isinstance(exc, BrokerUnavailableError) else EXIT_CONFIG
 
 

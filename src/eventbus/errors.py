@@ -17,6 +17,7 @@ __all__ = [
     "PublishError",
     "Reject",
     "Retry",
+    "StartupHookError",
     "UnknownSchemeError",
     "UnroutableError",
 ]
@@ -92,6 +93,15 @@ class LeaseLostError(EventBusError):
     the key meanwhile. Nothing this attempt wrote was committed; the dispatcher claims the key
     again (without counting an attempt), and the other worker's attempt decides.
     """
+
+
+class StartupHookError(EventBusError, RuntimeError):
+    """A ``@bus.on_startup`` hook raised; ``hook`` is its qualified name, the error its
+    ``__cause__``. The bus stops (its handlers drain) and ``eventbus run`` exits 7."""
+
+    def __init__(self, hook: str, cause: BaseException) -> None:
+        self.hook = hook
+        super().__init__(f"startup hook {hook} failed: {type(cause).__name__}: {cause}")
 
 
 class Reject(Exception):

@@ -7,23 +7,27 @@ each request asks every worker:
 
 - ``/metrics``: the workers' expositions merged (`merge`); a worker that does not answer is
   left out of that scrape.
-- ``/readyz``: 200 only when every worker reported its port and says it is ready.
-- ``/livez``: 200 when every worker that reported its port answers and is still running (one
-  still starting is not dead yet).
+- ``/readyz``: 200 only when every worker runs, reported its port and says it is ready (a
+  worker the supervisor is restarting is not).
+- ``/livez``: 200 when every running worker that reported its port answers (one still
+  starting is not dead yet; a dead one is the supervisor's to restart).
+
+The live workers come from the `Supervisor`: a restarted worker has a new pid.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from eventbus.metrics import http
 from eventbus.metrics.merge import merge, render
+from eventbus.supervisor import Supervisor
 
 __all__ = ["serve_workers", "write_port"]
 
@@ -41,16 +45,20 @@ def write_port(directory: str, port: int) -> None:
 
 
 class _Workers:
-    def __init__(self, directory: str, children: list[subprocess.Popen[bytes]]) -> None:
+    def __init__(self, directory: str, supervisor: Supervisor) -> None:
         self._directory = Path(directory)
-        self._children = {child.pid: child for child in children}
+        self._supervisor = supervisor
 
     def ports(self) -> dict[int, int]:
-        """Worker pid -> port, for every worker that reported one."""
+        """Worker pid -> port, for every live worker that reported one (a restarted worker's
+        old pid left its file behind: it no longer counts)."""
+        live = set(self._supervisor.pids().values())
         found: dict[int, int] = {}
         for path in self._directory.glob("*.port"):
             try:
-                found[int(path.stem)] = int(path.read_text())
+                pid = int(path.stem)
+                if pid in live:
+                    found[pid] = int(path.read_text())
             except (OSError, ValueError):
                 continue
         return found
@@ -77,37 +85,33 @@ class _Workers:
             texts = [body.decode() for status, body in answers.values() if status == 200]
             return 200, CONTENT_TYPE_LATEST, render(merge(texts))
         if path == "/readyz":
+            # A worker being restarted is missing from ``ports``: not ready until it is back.
             ports, answers = await self.ask("/readyz")
-            ready = len(ports) == len(self._children) and all(
-                pid in answers and answers[pid][0] == 200 for pid in self._children
+            ready = len(ports) == self._supervisor.workers and all(
+                answers.get(pid, (0, b""))[0] == 200 for pid in ports
             )
             return (200, _TEXT, b"ready\n") if ready else (503, _TEXT, b"not ready\n")
         if path == "/livez":
+            # The supervisor restarts a dead worker itself; only one that hangs is for the
+            # orchestrator to act on.
             ports, answers = await self.ask("/livez")
-            alive = all(
-                self._children[pid].poll() is None and answers.get(pid, (0, b""))[0] == 200
-                for pid in ports
-                if pid in self._children
-            )
+            alive = all(answers.get(pid, (0, b""))[0] == 200 for pid in ports)
             return (200, _TEXT, b"ok\n") if alive else (503, _TEXT, b"a worker is down\n")
         return 404, _TEXT, b"/metrics, /livez or /readyz\n"
 
 
 async def serve_workers(
-    host: str, port: int, directory: str, children: list[subprocess.Popen[bytes]]
-) -> list[int]:
-    """Serve the merged endpoints until every child exited; their exit codes."""
-    workers = _Workers(directory, children)
-    codes: list[int] = [0] * len(children)
+    host: str,
+    port: int,
+    directory: str,
+    supervisor: Supervisor,
+    *,
+    task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the merged endpoints of ``supervisor``'s workers until cancelled;
+    ``task_status.started(port)`` once listening."""
+    workers = _Workers(directory, supervisor)
     async with anyio.create_task_group() as tg:
         bound = await tg.start(http.serve, host, port, workers.respond)
-        log.info("metrics of %d workers on http://%s:%d/metrics", len(children), host, bound)
-
-        async def wait(i: int, child: subprocess.Popen[bytes]) -> None:
-            codes[i] = await anyio.to_thread.run_sync(child.wait)
-
-        async with anyio.create_task_group() as waiting:
-            for i, child in enumerate(children):
-                waiting.start_soon(wait, i, child)
-        tg.cancel_scope.cancel()
-    return codes
+        log.info("metrics of %d workers on http://%s:%d/metrics", supervisor.workers, host, bound)
+        task_status.started(bound)
