@@ -2,9 +2,9 @@
 
 Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
 4 bad configuration (URL, scheme, handler), 5 broker unreachable, 6 access refused
-(authentication or authorization), 7 a startup hook failed, 130 stopped by a second signal
-before the drain finished. ``run --workers N`` exits with a worker's code when it gives up
-(128 + N for a worker killed by signal N).
+(authentication or authorization), 7 a startup hook failed, 8 no such dead-letter queue,
+130 stopped by a second signal before the drain finished. ``run --workers N`` exits with a
+worker's code when it gives up (128 + N for a worker killed by signal N).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -33,14 +35,16 @@ from eventbus.errors import (
     AuthorizationError,
     BrokerUnavailableError,
     ConfigurationError,
+    NotFoundError,
     StartupHookError,
 )
-from eventbus.logs import JsonFormatter
+from eventbus.logs import JsonFormatter, quiet_client_libraries
 from eventbus.message import Message
 from eventbus.metrics.config import WORKER_PORTS_DIR, MetricsConfig, require_prometheus_client
 from eventbus.reload import require_watchfiles, watch, watched_paths
 from eventbus.supervisor import MAX_RESTARTS, UP_DIR, WINDOW, Supervisor, mark_up
 from eventbus.transports.base import Transport
+from eventbus.transports.memory import existing_memory_broker
 from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
 
@@ -55,6 +59,8 @@ EXIT_STARTUP = 7
 _FATAL_AT_START = (EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_DENIED)
 """Exit codes of a worker that could not start, which a restart cannot fix: the supervisor
 gives up at once on them (and on `EXIT_STARTUP`). Once a worker is up they are the app's."""
+EXIT_NOT_FOUND = 8
+"""``eventbus dlq show|replay|purge`` of a dead-letter queue that does not exist."""
 
 log = logging.getLogger("eventbus.cli")
 
@@ -266,20 +272,47 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- publish and dlq ----------------------------------------------------------------------------
 
 
-def _transport(url: str | None) -> Transport:
+def _given_url(url: str | None) -> str:
     url = url or os.environ.get("EVENTBUS_URL")
     if not url:
         raise CliError("give --url or set EVENTBUS_URL", EXIT_USAGE)
-    return transport_for_url(url)
+    return url
+
+
+def _broker_url(given: str | None, command: str) -> str:
+    """``--url``, else ``EVENTBUS_URL``; not a memory broker this process does not have.
+
+    ``eventbus publish`` and ``dlq`` run in a process of their own: a ``memory://`` broker
+    would be born empty in it and die with it, so a publish went nowhere and a DLQ looked
+    empty, all with exit 0. Called in process (``main([...])`` from a test), the broker may
+    exist already, and then it is the one meant."""
+    url = _given_url(given)
+    if urlsplit(url).scheme == "memory" and existing_memory_broker(url) is None:
+        source = " (the URL in EVENTBUS_URL)" if not given else ""
+        raise CliError(
+            f"memory:// lives inside one process, so `eventbus {command}` cannot reach an "
+            f"app's memory broker{source}; use a broker URL (kafka://... or amqp://...)",
+            EXIT_CONFIG,
+        )
+    return url
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
+    if args.old_topic is not None:  # 0.1's `eventbus publish URL TOPIC`
+        if args.url:
+            raise CliError("give the URL once: eventbus publish TOPIC --url URL", EXIT_USAGE)
+        args.url, args.topic = args.topic, args.old_topic
+        print(
+            "eventbus: warning: `eventbus publish URL TOPIC` is deprecated; "
+            "use `eventbus publish TOPIC --url URL` (or EVENTBUS_URL)",
+            file=sys.stderr,
+        )
     try:
         payload = json.loads(args.json)
     except json.JSONDecodeError as exc:
         raise CliError(f"--json is not valid JSON: {exc}", EXIT_USAGE) from exc
     headers = dict(_header(h) for h in args.header)
-    bus = EventBus(args.url)
+    bus = EventBus(_broker_url(args.url, "publish"))
 
     async def publish() -> str:
         async with bus:
@@ -299,12 +332,12 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    command = f"dlq {args.dlq_command}"
+    app: EventBus | None = None
     if args.dlq_command == "list" and args.app:
-        bus = load_bus(args.app)
-        transport = bus.transport if not args.url else _transport(args.url)
-        names = list(args.names) + [s.dead_letter for s in bus.subscribers if s.dead_letter]
+        app = load_bus(args.app)
+        names = list(args.names) + [s.dead_letter for s in app.subscribers if s.dead_letter]
     else:
-        transport = _transport(args.url)
         names = list(getattr(args, "names", None) or [getattr(args, "name", "")])
     if not any(names):
         raise CliError(
@@ -313,6 +346,18 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     if args.dlq_command == "purge" and not args.yes:  # asked before anything connects
         raise CliError("purge deletes dead letters for good: add --yes", EXIT_USAGE)
+
+    if app is None or args.url:
+        url = _broker_url(args.url, command)
+        transport = transport_for_url(url)
+    elif app.url.startswith("memory:"):  # importing the app made its broker, here: empty
+        raise CliError(
+            f"memory:// lives inside one process, so `eventbus {command}` cannot reach "
+            f"the memory broker of {args.app}; give --url kafka://... or amqp://...",
+            EXIT_CONFIG,
+        )
+    else:
+        url, transport = app.url, app.transport
 
     async def act() -> int:
         await transport.connect()
@@ -324,14 +369,63 @@ def cmd_dlq(args: argparse.Namespace) -> int:
                 for letter in await dlq_show(transport, args.name, limit=args.limit):
                     print(json.dumps(_describe(letter), ensure_ascii=False))
             elif args.dlq_command == "replay":
-                print(f"replayed {await dlq_replay(transport, args.name, limit=args.limit)}")
+                with _ReplayProgress(args.name) as progress:
+                    moved = await dlq_replay(
+                        transport, args.name, limit=args.limit, progress=progress
+                    )
+                print(f"replayed {moved}")
             elif args.dlq_command == "purge":
                 print(f"purged {await dlq_purge(transport, args.name, limit=args.limit)}")
+        except NotFoundError as exc:
+            raise CliError(
+                f"no dead-letter queue {exc.name!r} on {censor_url(url)}", EXIT_NOT_FOUND
+            ) from None
         finally:
             await transport.close()
         return 0
 
     return anyio.run(act)
+
+
+class _ReplayProgress:
+    """Progress of a replay on stderr: a bar on a terminal; otherwise (a log, a pipe) a line
+    each tenth of the replay, at least `PROGRESS_EVERY` messages apart, and at least every
+    `PROGRESS_SECONDS`. Nothing for the last message: the summary on stdout says it."""
+
+    PROGRESS_EVERY = 100
+    PROGRESS_SECONDS = 5.0
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._terminal = sys.stderr.isatty()
+        self._bar: Any = None  # rich.progress.Progress, imported only on a terminal
+        self._shown = 0
+        self._shown_at = time.monotonic()
+
+    def __enter__(self) -> _ReplayProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._terminal:
+            if self._bar is None:
+                from rich.console import Console
+                from rich.progress import Progress
+
+                self._bar = Progress(console=Console(stderr=True), transient=True)
+                self._bar.add_task(f"replaying {self._name}", total=total)
+                self._bar.start()
+            self._bar.update(self._bar.task_ids[0], completed=done)
+            return
+        now = time.monotonic()
+        due = done - self._shown >= max(self.PROGRESS_EVERY, total // 10)
+        if done >= total or not (due or now - self._shown_at >= self.PROGRESS_SECONDS):
+            return
+        self._shown, self._shown_at = done, now
+        print(f"eventbus: replaying {self._name!r}: {done}/{total}", file=sys.stderr, flush=True)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -342,7 +436,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from eventbus.status import Target, gather, render
 
     targets: list[Target] = []
-    transport: Transport | None = _transport(args.url) if args.url else None
+    transport: Transport | None = transport_for_url(args.url) if args.url else None
     if args.app:
         bus = load_bus(args.app)
         transport = transport or bus.transport
@@ -364,7 +458,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     if not targets:
         raise CliError("give --app MODULE:ATTR, or --group TOPIC:GROUP / --queue NAME", EXIT_USAGE)
-    transport = transport or _transport(None)
+    transport = transport or transport_for_url(_given_url(None))
     console = Console()
 
     async def show() -> int:
@@ -521,12 +615,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     pub = commands.add_parser("publish", help="publish one JSON message")
-    pub.add_argument("url")
-    pub.add_argument("topic")
+    pub.add_argument("topic", metavar="TOPIC", help="topic (or queue, with --queue)")
+    pub.add_argument("old_topic", nargs="?", help=argparse.SUPPRESS)  # 0.1: publish URL TOPIC
+    pub.add_argument("--url", help="transport URL (default: EVENTBUS_URL)")
     pub.add_argument("--json", required=True, help="the payload, as JSON")
-    pub.add_argument("--key")
-    pub.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")
+    pub.add_argument("--key", help="partition key (default none)")
+    pub.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a header; repeat for more (default none)",
+    )
     pub.add_argument("--queue", action="store_true", help="send to a queue instead of a topic")
+    _log_level_option(pub)
     pub.set_defaults(func=cmd_publish)
 
     status = commands.add_parser(
@@ -534,8 +636,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--app", metavar="MODULE:ATTR", help="report on this app's handlers")
     status.add_argument("--url", help="transport URL (default: the app's, or EVENTBUS_URL)")
-    status.add_argument("--group", action="append", default=[], metavar="TOPIC:GROUP")
-    status.add_argument("--queue", action="append", default=[], metavar="NAME")
+    status.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="TOPIC:GROUP",
+        help="a topic's group to report on; repeat for more (default none)",
+    )
+    status.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a queue to report on; repeat for more (default none)",
+    )
+    _log_level_option(status)
     status.add_argument(
         "--watch",
         nargs="?",
@@ -568,8 +683,20 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--yes", action="store_true")
     for sub in dlq_commands.choices.values():
         sub.add_argument("--url", help="transport URL (default: EVENTBUS_URL)")
+        _log_level_option(sub)
     dlq.set_defaults(func=cmd_dlq)
     return parser
+
+
+def _log_level_option(command: argparse.ArgumentParser) -> None:
+    # One-shot commands print their result; their logs are for when something goes wrong.
+    command.add_argument(
+        "--log-level",
+        default="warning",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error"],
+        help="default warning",
+    )
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -581,8 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = getattr(args, "log_level", "info").upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    if getattr(args, "log_format", "text") == "json":
-        for handler in logging.getLogger().handlers:
+    for handler in logging.getLogger().handlers:
+        quiet_client_libraries(handler)
+        if getattr(args, "log_format", "text") == "json":
             handler.setFormatter(JsonFormatter())
     try:
         code: int = args.func(args)

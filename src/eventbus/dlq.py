@@ -3,6 +3,10 @@
 They work on every transport because a dead-letter destination is an ordinary queue. Reading
 stops after the queue's depth at the start (so a replayed message that fails again is not
 replayed twice in one run) or after ``idle`` seconds without a message.
+
+A queue that does not exist raises `NotFoundError` before anything subscribes: subscribing
+declares (RabbitMQ) or creates (Kafka) what it reads, and a mistyped name must not leave an
+empty dead-letter queue behind. The depth tells: `Transport.depth` is None for a missing queue.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from eventbus import headers as h
+from eventbus.errors import NotFoundError
 from eventbus.message import Message
 from eventbus.transports.base import Destination, Kind, RawDelivery, SubscriptionSpec, Transport
 
@@ -19,9 +24,12 @@ __all__ = ["dlq_depths", "dlq_purge", "dlq_replay", "dlq_show", "replay_destinat
 
 DEFAULT_IDLE = 3.0
 
+Progress = Callable[[int, int], None]
+"""Called after each dead letter with (done so far, at most how many this run moves)."""
+
 
 async def dlq_depths(transport: Transport, names: Sequence[str]) -> dict[str, int | None]:
-    """Messages waiting in each dead-letter queue (None: unknown or does not exist)."""
+    """Messages waiting in each dead-letter queue (None: it does not exist)."""
     return {name: await transport.depth(name, "queue") for name in names}
 
 
@@ -39,12 +47,13 @@ async def _each(
     limit: int | None,
     idle: float,
     visit: Callable[[RawDelivery], Awaitable[None]],
+    progress: Progress | None = None,
 ) -> int:
     depth = await transport.depth(name, "queue")
-    if limit is None:
-        limit = depth if depth is not None else 1_000_000
-    elif depth is not None:
-        limit = min(limit, depth)  # no idle wait for letters that are not there
+    if depth is None:
+        raise NotFoundError("dead-letter queue", name)
+    # No idle wait for letters that are not there.
+    limit = depth if limit is None else min(limit, depth)
     if limit <= 0:
         return 0
     spec = SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500))
@@ -63,6 +72,8 @@ async def _each(
                 for raw in batch[: limit - seen]:
                     seen += 1
                     await visit(raw)
+                    if progress is not None:
+                        progress(seen, limit)
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
@@ -112,10 +123,16 @@ def replay_destination(letter: Message) -> tuple[Destination, Message]:
 
 
 async def dlq_replay(
-    transport: Transport, name: str, *, limit: int | None = None, idle: float = DEFAULT_IDLE
+    transport: Transport,
+    name: str,
+    *,
+    limit: int | None = None,
+    idle: float = DEFAULT_IDLE,
+    progress: Progress | None = None,
 ) -> int:
     """Send dead letters back to the group (or queue) that failed them; returns how many.
-    Each is published (and confirmed) before it is removed from the dead-letter queue."""
+    Each is published (and confirmed) before it is removed from the dead-letter queue.
+    ``progress`` is told after each one (the CLI draws a progress bar with it)."""
     moved = 0
 
     async def replay(raw: RawDelivery) -> None:
@@ -125,7 +142,7 @@ async def dlq_replay(
         await raw.ack()
         moved += 1
 
-    await _each(transport, name, limit, idle, replay)
+    await _each(transport, name, limit, idle, replay, progress)
     return moved
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "HandlerSignatureError",
     "LeaseLostError",
     "MessageTooLargeError",
+    "NotFoundError",
     "PublishError",
     "Reject",
     "Retry",
@@ -64,6 +65,16 @@ class BrokerUnavailableError(EventBusError, ConnectionError):
     def __init__(self, address: str, detail: str = "") -> None:
         self.address = address
         super().__init__(f"cannot reach broker at {address}" + (f": {detail}" if detail else ""))
+
+
+class NotFoundError(EventBusError, LookupError):
+    """What an operation reads does not exist on the broker, and the operation refuses to
+    create it: the ``eventbus dlq`` commands on a dead-letter queue nobody made (a typo would
+    otherwise leave an empty queue or topic behind). The CLI exits 7."""
+
+    def __init__(self, what: str, name: str) -> None:
+        self.name = name
+        super().__init__(f"no {what} {name!r}")
 
 
 class PublishError(EventBusError):

@@ -1,6 +1,9 @@
-"""The ``--log-format json`` formatter: one JSON object a line, tagged with the message being
+"""How the ``eventbus`` command logs.
+
+The ``--log-format json`` formatter: one JSON object a line, tagged with the message being
 handled (id, topic or queue, group, handler, attempt) and the current trace id, so a log
-pipeline can follow one message across workers without parsing text."""
+pipeline can follow one message across workers without parsing text. And the filter that
+keeps the broker client libraries' own lines at DEBUG."""
 
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ from typing import Any
 
 from eventbus.dispatch.current import HANDLING
 
-__all__ = ["JsonFormatter"]
+__all__ = ["CLIENT_LIBRARIES", "JsonFormatter", "quiet_client_libraries"]
+
+CLIENT_LIBRARIES = ("aiokafka", "aiormq", "pamqp")
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,3 +52,24 @@ def _trace_id() -> str | None:
         return None
     context = trace.get_current_span().get_span_context()
     return f"{context.trace_id:032x}" if context.is_valid else None
+
+
+class _ClientLibraryFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and record.name.partition(".")[0] in CLIENT_LIBRARIES:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
+_QUIET = _ClientLibraryFilter()
+
+
+def quiet_client_libraries(handler: logging.Handler) -> None:
+    """Log the client libraries' records (aiokafka, aiormq) through ``handler`` as DEBUG.
+
+    They log an error for each connection attempt that fails while the adapters retry, so an
+    unreachable broker printed pages before the one line that says so. The adapters translate
+    what matters into eventbus's own exceptions and log lines; ``--log-level debug`` still
+    shows the libraries' lines. Idempotent."""
+    handler.addFilter(_QUIET)

@@ -229,7 +229,7 @@ def test_bad_command_line_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_publish_to_a_queue(
     url: str, broker: MemoryBroker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["publish", url, "jobs", "--json", '{"id": 1}', "--queue", "--key", "k"]
+    args = ["publish", "jobs", "--url", url, "--json", '{"id": 1}', "--queue", "--key", "k"]
     assert main([*args, "--header", "tenant=a=b"]) == 0
     printed = capsys.readouterr().out.strip()
     [message] = broker.ready("jobs")
@@ -250,7 +250,7 @@ def test_publish_bad_input_exits_2(
     message: str,
 ) -> None:
     with pytest.raises(SystemExit) as caught:
-        main(["publish", url, "jobs", "--queue", *extra])
+        main(["publish", "jobs", "--url", url, "--queue", *extra])
     assert caught.value.code == 2
     assert message in capsys.readouterr().err
     assert not broker.log

@@ -301,8 +301,10 @@ class Transport(Protocol):
         ...
 
     async def depth(self, name: str, kind: Kind) -> int | None:
-        """Messages waiting in a queue (or unread by a topic's queue reader); None if unknown
-        or if it does not exist. Used by the ``eventbus dlq`` commands."""
+        """Messages waiting in a queue (or unread by a topic's queue reader); None for a topic,
+        or a queue that does not exist. Never creates it (no declare, no broker
+        auto-creation). Used by the ``eventbus dlq`` commands, which refuse a queue whose depth
+        is None (`eventbus.NotFoundError`) rather than subscribe and so create it."""
         ...
 
     async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:

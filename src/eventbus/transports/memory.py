@@ -47,7 +47,14 @@ from eventbus.transports.base import (
 )
 from eventbus.transports.urls import parse_options
 
-__all__ = ["LOG_LIMIT", "RETENTION", "MemoryBroker", "MemoryTransport", "memory_broker"]
+__all__ = [
+    "LOG_LIMIT",
+    "RETENTION",
+    "MemoryBroker",
+    "MemoryTransport",
+    "existing_memory_broker",
+    "memory_broker",
+]
 
 PARTITIONS = 16
 LOG_LIMIT = 100_000
@@ -275,6 +282,12 @@ _brokers: dict[str, MemoryBroker] = {}
 def memory_broker(name: str = "default") -> MemoryBroker:
     """The process's broker ``name`` (``memory://NAME``; plain ``memory://`` is "default")."""
     return _brokers.setdefault(name, MemoryBroker())
+
+
+def existing_memory_broker(url: str) -> MemoryBroker | None:
+    """The broker a ``memory://`` URL names, if something in this process made it; never
+    makes one (the ``eventbus`` command refuses a broker that would be born empty in it)."""
+    return _brokers.get(urlsplit(url).netloc or "default")
 
 
 class _MemoryDelivery:

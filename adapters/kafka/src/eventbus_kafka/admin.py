@@ -13,6 +13,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import for_code  # type: ignore[import-untyped]
+from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
 
 from eventbus.errors import AuthorizationError, BrokerUnavailableError, ConfigurationError
 from eventbus_kafka.errors import is_transient
@@ -128,9 +129,13 @@ class TopicAdmin:
                 await asyncio.sleep(0.05)
 
     async def topic_partitions(self, name: str) -> list[int] | None:
-        """Partition ids of an existing topic, None if it does not exist."""
-        described = await self.client.describe_topics([name])
-        for topic in described:
+        """Partition ids of an existing topic, None if it does not exist. Never creates it:
+        ``describe_topics`` asks with ``allow_auto_topic_creation`` on, so a broker with
+        ``auto.create.topics.enable`` would create the topic a moment after answering that it
+        is missing (and ``eventbus dlq list`` of a typo would leave one behind)."""
+        request = MetadataRequest([name], allow_auto_topic_creation=False)
+        response = await self.client._send_request(request)
+        for topic in response.to_object()["topics"]:
             if topic["topic"] == name and topic["error_code"] == 0:
                 return sorted(p["partition"] for p in topic["partitions"])
         return None

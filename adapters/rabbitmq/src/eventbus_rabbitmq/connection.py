@@ -143,7 +143,11 @@ class Connector:
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
                     self._last_error = e
                     delay = self._backoff.next()
-                    log.warning(
+                    # Until a first connection, every caller waits with a deadline and its
+                    # BrokerUnavailableError carries the last error: a warning per attempt
+                    # would only repeat it (pages of them from a one-shot `eventbus` command).
+                    log.log(
+                        logging.WARNING if self.generation else logging.DEBUG,
                         "RabbitMQ %s connection to %s failed (%s); retrying in %.1f s",
                         self._purpose,
                         self._settings.address,
