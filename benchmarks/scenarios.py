@@ -11,6 +11,7 @@ from benchmarks.contenders import (
     kafka_eventbus,
     kafka_faststream,
     kafka_raw,
+    rabbit_aiormq,
     rabbit_eventbus,
     rabbit_faststream,
     rabbit_raw,
@@ -240,9 +241,18 @@ RABBIT_CONSUME = Scenario(
             note="concurrency=1, max_in_flight=prefetch",
         ),
         Contender("faststream AckPolicy.ACK", rabbit_faststream.consume, "aio-pika iterator+ack"),
+        Contender(
+            "aiormq multiple-ack",
+            rabbit_aiormq.consume,
+            "aio-pika iterator+ack",
+            note="lean ceiling: no framework, one ack frame per prefetch/4 deliveries",
+        ),
     ],
     targets=[
         Target("consume >= 0.85x raw", "eventbus", "ratio_to", 0.85, "aio-pika iterator+ack"),
+        # Issue 16 asks for eventbus reported against RabbitMQ's real ceiling; no goal was set,
+        # so the bar is where a framework with per-message acks can reasonably stand.
+        Target("consume >= 0.5x lean aiormq", "eventbus", "ratio_to", 0.5, "aiormq multiple-ack"),
         Target(
             "consume >= 1.5x FastStream", "eventbus", "ratio_to", 1.5, "faststream AckPolicy.ACK"
         ),
