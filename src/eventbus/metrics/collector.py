@@ -59,7 +59,13 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "restarts",
         "Times a subscription broke and was established again.",
     ),
+    (
+        "eventbus_breaker_opened",
+        "breaker_opened",
+        "Times the subscription's circuit breaker opened (a trip or a failed probe).",
+    ),
 )
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 def _labels(sub: SubscriptionMetrics) -> list[str]:
@@ -79,6 +85,7 @@ class BusCollector(Collector):
         yield from _counters(subs)
         yield from _histograms(subs)
         yield from _in_flight(subs)
+        yield from _breaker(subs)
         yield from _publishes(self._metrics)
         yield from _backlog(self._metrics)
 
@@ -145,6 +152,19 @@ def _in_flight(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
         saturation.add_metric(labels, now / bound if bound else 0.0)
         oldest.add_metric(labels, sub.oldest_unsettled_age())
     yield from (current, limit, saturation, oldest)
+
+
+def _breaker(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        "eventbus_breaker_state",
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open (subscriptions with a breaker).",
+        labels=LABELS,
+    )
+    for sub in subs:
+        current = sub.subscriber.stats.breaker_state
+        if current is not None:
+            state.add_metric(_labels(sub), BREAKER_STATES[current])
+    yield state
 
 
 def _publishes(metrics: BusMetrics) -> Iterator[Metric]:
