@@ -26,9 +26,9 @@ class CircuitBreaker:
     waiting deliveries run), its failure opens it for another ``open_for``.
 
     What counts as a failure: an attempt the retry policy would retry (an exception the policy
-    retries, `Retry`, a timed-out attempt). `Reject`, an error the policy gives up on and an
-    undecodable body say something about one message, not about an outage: they are not
-    counted and dead-letter as without a breaker.
+    retries, or `Retry`). `Reject`, an error the policy gives up on and an undecodable body say
+    something about one message, not about an outage: they are not counted and dead-letter as
+    without a breaker.
 
     Each worker process has its own breaker per subscription; processes do not share state.
     Until the breaker trips, failed attempts spend attempts as usual: with few messages in

@@ -23,6 +23,7 @@ from eventbus import (
     RetryPolicy,
 )
 from eventbus.dispatch.breaker import Breaker, HeldError
+from eventbus.metrics.merge import merge, render
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 
@@ -251,3 +252,62 @@ def _get(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         body: bytes = response.read()
     return body.decode()
+
+
+def test_with_several_workers_the_most_open_state_wins_and_trips_add_up() -> None:
+    labels = 'destination="jobs",kind="queue",group="",handler="work"'
+
+    def worker(state: int, opened: int) -> str:
+        return (
+            "# HELP eventbus_breaker_state x\n# TYPE eventbus_breaker_state gauge\n"
+            f"eventbus_breaker_state{{{labels}}} {state}\n"
+            "# HELP eventbus_breaker_opened x\n# TYPE eventbus_breaker_opened counter\n"
+            f"eventbus_breaker_opened_total{{{labels}}} {opened}\n"
+        )
+
+    merged = {
+        s.name: s.value
+        for family in text_string_to_metric_families(
+            render(merge([worker(0, 1), worker(2, 3), worker(1, 0)])).decode()
+        )
+        for s in family.samples
+    }
+    assert merged == {"eventbus_breaker_state": 2, "eventbus_breaker_opened_total": 4}
+
+
+async def test_half_open_with_nothing_waiting_fetches_a_probe_and_a_void_probe_passes_on() -> None:
+    bus = EventBus("memory://breaker-nothing-waits")
+
+    @bus.consume("q", breaker=CircuitBreaker(failure_ratio=1.0, min_calls=1, open_for=0.05))
+    async def work(message: Message) -> None: ...
+
+    sub = bus.subscribers[0]
+    assert sub.options.breaker is not None
+    calls: list[str] = []
+    outcome: list[BaseException] = [ConnectionError("down")]
+
+    async def handler(_: Delivery) -> None:
+        if outcome:
+            raise outcome[0]
+
+    async with anyio.create_task_group() as tg:
+        gate = Breaker(
+            sub.options.breaker,
+            sub,
+            lambda: calls.append("pause"),
+            lambda: calls.append("resume"),
+            lambda: tg,
+        )
+        attempt = cast(Callable[[Any], Awaitable[None]], gate.guard(handler))
+        with pytest.raises(HeldError):
+            await attempt(None)  # trips: open, paused
+        await wait_for(lambda: gate.state == "half-open", what="half-open")
+        assert calls == ["pause", "resume"], "nobody waits: fetch a message to probe with"
+        outcome[:] = [Reject("one bad message")]
+        with pytest.raises(Reject):
+            await attempt(None)  # a probe without a verdict
+        assert gate.state == "half-open"
+        outcome.clear()
+        await attempt(None)  # the next probe succeeds
+        assert gate.state == "closed" and calls == ["pause", "resume", "resume"]
+        assert sub.stats.breaker_opened == 1

@@ -23,11 +23,12 @@ from prometheus_client.registry import Collector
 from eventbus.dispatch.subscriber import SubscriberStats
 from eventbus.metrics.recorder import BusMetrics, SubscriptionMetrics
 
-__all__ = ["LAG", "QUEUE_DEPTH", "BusCollector"]
+__all__ = ["BREAKER_STATE", "LAG", "QUEUE_DEPTH", "BusCollector"]
 
 LABELS = ["destination", "kind", "group", "handler"]
 LAG = "eventbus_consumer_lag_messages"
 QUEUE_DEPTH = "eventbus_queue_depth_messages"
+BREAKER_STATE = "eventbus_breaker_state"
 
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("eventbus_consumed_messages", "received", "Messages received from the broker."),
@@ -156,7 +157,7 @@ def _in_flight(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
 
 def _breaker(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
     state = GaugeMetricFamily(
-        "eventbus_breaker_state",
+        BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 half-open, 2 open (subscriptions with a breaker).",
         labels=LABELS,
     )
