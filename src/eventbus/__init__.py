@@ -1,6 +1,7 @@
 """eventbus: async messaging over Kafka, RabbitMQ and memory with acks, retries, dead letters,
 per-key ordering, deduplication and graceful shutdown done once, correctly."""
 
+from eventbus.breaker import CircuitBreaker
 from eventbus.bus import EventBus
 from eventbus.codecs import AsyncCodec, Codec, JsonCodec
 from eventbus.dedup import ClaimResult, DedupStore, InboxStore, MemoryDedupStore
@@ -32,6 +33,7 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "BrokerUnavailableError",
+    "CircuitBreaker",
     "ClaimResult",
     "Codec",
     "ConfigurationError",

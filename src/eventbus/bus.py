@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 
+from eventbus.breaker import CircuitBreaker
 from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
@@ -214,6 +215,7 @@ class EventBus:
         dedup_lease: float = 300.0,
         publish_to: str | None = None,
         send_to: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -223,7 +225,10 @@ class EventBus:
 
         ``publish_to`` (a topic) or ``send_to`` (a queue): where the handler's return value is
         published, with the handled message as its cause and its key (DESIGN 12); ``None``
-        publishes nothing. A message with a reply-to gets the value as its reply instead."""
+        publishes nothing. A message with a reply-to gets the value as its reply instead.
+
+        ``breaker``: a `CircuitBreaker`; past its failure ratio the subscription stops fetching
+        and handlers wait, spending no attempt, until a probe attempt succeeds (DESIGN 11)."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -238,6 +243,7 @@ class EventBus:
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
+            breaker=breaker,
         )
         return self._register(topic, "topic", group, options)
 
@@ -256,6 +262,7 @@ class EventBus:
         dedup_lease: float = 300.0,
         publish_to: str | None = None,
         send_to: str | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -271,6 +278,7 @@ class EventBus:
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
+            breaker=breaker,
         )
         return self._register(queue, "queue", None, options)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from eventbus.breaker import CircuitBreaker
 from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
@@ -45,6 +46,8 @@ class SubscriptionOptions:
     returns: Destination | None = None
     """Where the handler's return value is published (``publish_to=`` / ``send_to=``); a
     reply-to on the message takes precedence (`eventbus.dispatch.returns`)."""
+    breaker: CircuitBreaker | None = None
+    """The consumer circuit breaker (`eventbus.dispatch.breaker`); None: none."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -68,6 +71,8 @@ class SubscriptionOptions:
         _positive("dedup_ttl", self.dedup_ttl)
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
+        if self.breaker is not None and not isinstance(self.breaker, CircuitBreaker):
+            raise ConfigurationError(f"breaker must be a CircuitBreaker, got {self.breaker!r}")
         if self.dedup_key is not None and self.dedup is None:
             raise ConfigurationError("dedup_key needs dedup=")
 

@@ -23,6 +23,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.dispatch.breaker import Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
@@ -87,6 +88,13 @@ class SubscriptionRunner:
             # Built once here: without metrics the handler chain is exactly what it was.
             self._handler = metrics.timed(self._handler)
             metrics.watch(self._in_flight)
+        self._breaker: Breaker | None = None
+        if options.breaker is not None:
+            # Outermost, built once: without a breaker the chain and the runner are unchanged.
+            self._breaker = Breaker(
+                options.breaker, subscriber, self.pause, self.resume, lambda: self._work
+            )
+            self._handler = self._breaker.guard(self._handler)
         self._decoder = Decoder(
             codec,
             subscriber.handler.payload_type,
@@ -287,6 +295,13 @@ class SubscriptionRunner:
                     log.info("%s: lease lost on %s; claiming again", sub.describe(), message.id)
                     state.claim_owner = None
                     continue
+                if isinstance(exc, HeldError):
+                    # The circuit breaker is open: the same attempt runs again once it closes.
+                    if exc.error is not None:
+                        sub.stats.failed_attempts += 1
+                    if state.settled or await self._wait_for_breaker(state, exc):
+                        return False
+                    continue
                 sub.stats.failed_attempts += 1
                 if state.settled:
                     log.warning(
@@ -346,6 +361,24 @@ class SubscriptionRunner:
         with anyio.move_on_after(after):
             await state.wait_settled()
         await state.expire()
+
+    async def _wait_for_breaker(self, state: DeliveryState, held: HeldError) -> bool:
+        """Park until the breaker lets attempts through, spending no attempt (DESIGN 11); True
+        if the subscription started stopping meanwhile."""
+        assert self._breaker is not None
+        await state.release_claim()
+        if held.error is not None:
+            log.info(
+                "%s: attempt %d of %s failed (%r) while the circuit breaker is open; it waits "
+                "and spends no attempt",
+                self.subscriber.describe(),
+                state.attempt,
+                state.raw.message.id,
+                held.error,
+            )
+        with self._lanes.parked() if self._lanes is not None else contextlib.nullcontext():
+            await self._breaker.wait(self._stop_event)
+        return self._stopping
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
         """Sleep without a worker's turn (others start meanwhile); True if the subscription

@@ -35,6 +35,10 @@ class SubscriberStats:
     """Dead-letter or redelivery publishes that failed and were tried again."""
     restarts: int = 0
     """Times the transport subscription broke and was established again."""
+    breaker_opened: int = 0
+    """Times the circuit breaker opened: a trip, or a failed probe (`CircuitBreaker`)."""
+    breaker_state: str | None = None
+    """``closed``, ``open`` or ``half-open``; None without a circuit breaker."""
 
     def count_dead_letter(self, reason: str) -> None:
         self.dead_lettered += 1

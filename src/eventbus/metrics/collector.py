@@ -23,11 +23,12 @@ from prometheus_client.registry import Collector
 from eventbus.dispatch.subscriber import SubscriberStats
 from eventbus.metrics.recorder import BusMetrics, SubscriptionMetrics
 
-__all__ = ["LAG", "QUEUE_DEPTH", "BusCollector"]
+__all__ = ["BREAKER_STATE", "LAG", "QUEUE_DEPTH", "BusCollector"]
 
 LABELS = ["destination", "kind", "group", "handler"]
 LAG = "eventbus_consumer_lag_messages"
 QUEUE_DEPTH = "eventbus_queue_depth_messages"
+BREAKER_STATE = "eventbus_breaker_state"
 
 _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("eventbus_consumed_messages", "received", "Messages received from the broker."),
@@ -59,7 +60,13 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "restarts",
         "Times a subscription broke and was established again.",
     ),
+    (
+        "eventbus_breaker_opened",
+        "breaker_opened",
+        "Times the subscription's circuit breaker opened (a trip or a failed probe).",
+    ),
 )
+BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
 
 def _labels(sub: SubscriptionMetrics) -> list[str]:
@@ -79,6 +86,7 @@ class BusCollector(Collector):
         yield from _counters(subs)
         yield from _histograms(subs)
         yield from _in_flight(subs)
+        yield from _breaker(subs)
         yield from _publishes(self._metrics)
         yield from _backlog(self._metrics)
 
@@ -145,6 +153,19 @@ def _in_flight(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
         saturation.add_metric(labels, now / bound if bound else 0.0)
         oldest.add_metric(labels, sub.oldest_unsettled_age())
     yield from (current, limit, saturation, oldest)
+
+
+def _breaker(subs: list[SubscriptionMetrics]) -> Iterator[Metric]:
+    state = GaugeMetricFamily(
+        BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open (subscriptions with a breaker).",
+        labels=LABELS,
+    )
+    for sub in subs:
+        current = sub.subscriber.stats.breaker_state
+        if current is not None:
+            state.add_metric(_labels(sub), BREAKER_STATES[current])
+    yield state
 
 
 def _publishes(metrics: BusMetrics) -> Iterator[Metric]:

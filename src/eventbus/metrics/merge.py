@@ -3,6 +3,7 @@
 Each worker process counts only what it handled, so counters, histograms and in-flight gauges
 add up. Consumer lag, queue depth and the age of the oldest unsettled message are facts about
 the broker or the slowest worker, which several workers may report at once: the largest wins.
+So does a circuit breaker's state (each worker has its own): open if any worker's is open.
 Saturation is recomputed from the summed in-flight and limit (a sum of ratios means nothing).
 """
 
@@ -15,11 +16,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from eventbus.metrics.collector import LAG, QUEUE_DEPTH
+from eventbus.metrics.collector import BREAKER_STATE, LAG, QUEUE_DEPTH
 
 __all__ = ["merge", "render"]
 
-MAXIMUM = frozenset({LAG, QUEUE_DEPTH, "eventbus_oldest_unsettled_age_seconds"})
+MAXIMUM = frozenset({LAG, QUEUE_DEPTH, BREAKER_STATE, "eventbus_oldest_unsettled_age_seconds"})
 SATURATION = "eventbus_in_flight_saturation_ratio"
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]
