@@ -11,6 +11,11 @@ CAUSATION_ID = "eventbus-causation-id"
 """On a message published while a handler ran: the id of the message that handler was handling
 (its correlation id travels as the message's ``correlation_id``; DESIGN 9)."""
 
+EXPIRES_AT = "eventbus-expires-at"
+"""When the message expires unhandled (``publish(..., ttl=)`` / ``expires_at=``): Unix time in
+seconds, a decimal number (``1764612000.250``). Checked by the consumer before each attempt
+(`eventbus.dispatch.expiry`); removed by ``eventbus dlq replay``."""
+
 DLQ_REASON = "eventbus-dlq-reason"
 ERROR_TYPE = "eventbus-error-type"
 ERROR_MESSAGE = "eventbus-error-message"

@@ -12,7 +12,8 @@ from eventbus.message import Message
 
 __all__ = ["DeadLetterReason", "dead_letter_message", "default_dead_letter_name"]
 
-DeadLetterReason = Literal["rejected", "retries-exhausted", "undecodable"]
+DeadLetterReason = Literal["rejected", "retries-exhausted", "undecodable", "expired"]
+"""``expired``: past its ``eventbus-expires-at`` before an attempt could start (DESIGN 11)."""
 
 TRACEBACK_LIMIT = 4000
 """Characters of traceback kept: enough to find the line, small enough for any broker."""
