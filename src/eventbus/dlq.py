@@ -97,8 +97,9 @@ async def dlq_show(
 def replay_destination(letter: Message) -> tuple[Destination, Message]:
     """Where a dead letter goes back to (the group that failed it only) and what is sent: the
     original message with the dead-letter headers removed, a fresh attempt count, and no
-    expiry (``eventbus-expires-at``): replaying is asking for it to be handled, and an
-    ``expired`` dead letter would otherwise only be dead-lettered again."""
+    expiry: replaying is asking for it to be handled, and an ``expired`` dead letter would
+    otherwise only be dead-lettered again (the dead letter keeps it as
+    ``eventbus-original-expires-at``, removed with the other ``eventbus-original-*``)."""
     kind: Kind = "queue" if letter.headers.get(h.ORIGINAL_KIND) == "queue" else "topic"
     topic = letter.headers.get(h.ORIGINAL_TOPIC) or letter.topic
     group = letter.headers.get(h.ORIGINAL_GROUP) or None

@@ -140,7 +140,8 @@ async def test_expired_before_the_consumer_started_is_dead_lettered(
         assert letter.headers[h.DLQ_REASON] == "expired"
         assert letter.headers[h.ERROR_TYPE] == "eventbus.dispatch.expiry.ExpiredError"
         assert letter.headers[h.ATTEMPTS] == "1"
-        assert h.EXPIRES_AT in letter.headers, "the original headers are kept"
+        assert h.EXPIRES_AT not in letter.headers, "a dead letter does not expire in its queue"
+        assert float(letter.headers[h.ORIGINAL_EXPIRES_AT]) < time.time()
 
 
 async def test_on_expired_drop_acks_and_counts(
@@ -205,7 +206,7 @@ async def test_redeliveries_through_the_broker_check_again(
     assert attempts == [1]
     [letter] = broker.published("jobs.dlq")
     assert letter.headers[h.DLQ_REASON] == "expired"
-    assert h.EXPIRES_AT in letter.headers
+    assert h.ORIGINAL_EXPIRES_AT in letter.headers
 
 
 async def test_malformed_expiry_header_is_dead_lettered_as_undecodable(
@@ -248,6 +249,7 @@ async def test_replay_strips_the_expiry_and_the_message_is_handled(
     [letter] = broker.published("jobs.dlq")
     _, original = replay_destination(letter)
     assert h.EXPIRES_AT not in original.headers
+    assert h.ORIGINAL_EXPIRES_AT not in original.headers
 
     transport = MemoryTransport(url)
     await transport.connect()
@@ -257,3 +259,26 @@ async def test_replay_strips_the_expiry_and_the_message_is_handled(
         await transport.close()
     async with bus:
         await wait_for(lambda: calls == ["stale"])
+
+
+async def test_a_dead_letter_queue_consumer_handles_an_expired_letter(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker, url: str
+) -> None:
+    bus = make_bus()
+    parked: list[Message] = []
+
+    @bus.consume("jobs")
+    async def handler(body: str) -> None:
+        raise AssertionError("not called for an expired message")
+
+    @bus.consume("jobs.dlq")
+    async def dead_letters(message: Message) -> None:
+        parked.append(message)
+
+    await _publish_expired(url, "jobs", "queue", "late-1", ttl=0.01)
+    await anyio.sleep(0.05)
+    async with bus:
+        await wait_for(lambda: len(parked) == 1)
+    assert parked[0].id == "late-1" and parked[0].headers[h.DLQ_REASON] == "expired"
+    assert bus.subscribers[1].stats.expired == 0
+    assert broker.published("jobs.dlq.dlq") == []
