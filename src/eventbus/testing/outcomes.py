@@ -58,7 +58,8 @@ class Outcome:
     attempts: tuple[Attempt, ...]
     """Every handler call, in order (empty for a duplicate or an undecodable message)."""
     reason: DeadLetterReason | None = None
-    """Why it was dead-lettered: ``rejected``, ``retries-exhausted`` or ``undecodable``."""
+    """Why it was dead-lettered: ``rejected``, ``retries-exhausted``, ``undecodable`` or
+    ``expired``."""
     error: BaseException | None = None
     """What the last failed attempt raised (for a dead letter: its cause)."""
 
