@@ -13,7 +13,7 @@ from eventbus import ConfigurationError, Delivery, EventBus, Message, RetryPolic
 from eventbus import headers as h
 from eventbus.dispatch.expiry import ExpiryHeaderError, expired, expiry_header
 from eventbus.dlq import dlq_replay, replay_destination
-from eventbus.testing import MemoryBroker
+from eventbus.testing import MemoryBroker, TestBus
 from eventbus.testing.conformance import wait_for
 from eventbus.transports.base import Destination
 from eventbus.transports.memory import MemoryTransport
@@ -282,3 +282,26 @@ async def test_a_dead_letter_queue_consumer_handles_an_expired_letter(
     assert parked[0].id == "late-1" and parked[0].headers[h.DLQ_REASON] == "expired"
     assert bus.subscribers[1].stats.expired == 0
     assert broker.published("jobs.dlq.dlq") == []
+
+
+async def test_testbus_reports_expired_outcomes(make_bus: Callable[..., EventBus]) -> None:
+    bus = make_bus()
+    calls: list[str] = []
+
+    @bus.consume("kept")
+    async def kept(body: str) -> None:
+        calls.append(body)
+
+    @bus.consume("dropped", on_expired="drop")
+    async def dropped(body: str) -> None:
+        calls.append(body)
+
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    async with TestBus(bus) as client:
+        dead = await client.send("kept", "x", expires_at=past)
+        gone = await client.send("dropped", "y", expires_at=past)
+        live = await client.send("dropped", "z", ttl=60)
+    assert dead.status == "dead-lettered" and dead.reason == "expired"
+    assert gone.status == "expired"
+    assert live.status == "handled"
+    assert calls == ["z"]

@@ -124,7 +124,7 @@ async def settled_expired(sub: Subscriber, state: DeliveryState) -> bool:
     sub.stats.expired += 1
     if sub.options.on_expired == "drop":
         log.info("%s: dropping %s, expired at %s", sub.describe(), message.id, describe(deadline))
-        await state.ack()
+        await state.ack(tell="expired")
         return True
     error = ExpiredError(f"expired at {describe(deadline)} before attempt {state.attempt}")
     await state.carry_out(DeadLetter("expired"), error)
