@@ -8,7 +8,8 @@ with ``on_expired="drop"``, acked unhandled and counted.
 
 The consumer checks before every attempt: before decoding a delivery (a redelivery through the
 broker is a new delivery, checked again) and before each in-process retry. A message without
-the header costs one dictionary lookup; the header is parsed only when present. The deadline is
+the header costs the runner one ``in`` test per delivery; the header is parsed only when
+present. The deadline is
 compared with this process's wall clock, so clock skew between producer and consumer shifts it.
 
 A header that is not a finite number cannot have come from eventbus (the ``eventbus-`` prefix is

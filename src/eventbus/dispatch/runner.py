@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
@@ -231,7 +232,9 @@ class SubscriptionRunner:
             log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
             await state.carry_out(DeadLetter("undecodable"), error)
             return False
-        if await settled_expired(self.subscriber, state):
+        # Without the header (the usual case) one lookup, no coroutine: this runs per delivery.
+        expires = h.EXPIRES_AT in message.headers
+        if expires and await settled_expired(sub, state):
             return False
         try:
             payload = await self._decoder.decode(message)
@@ -254,7 +257,7 @@ class SubscriptionRunner:
         while True:
             if self._stopping:
                 return False
-            if not checked and await settled_expired(self.subscriber, state):
+            if expires and not checked and await settled_expired(sub, state):
                 return False
             checked = False
             if guard is not None:
