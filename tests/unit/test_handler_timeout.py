@@ -148,6 +148,27 @@ async def test_a_handler_that_swallows_the_cancellation_still_timed_out(
     assert calls == 2 and stats.handled == 0 and stats.timed_out == 2
 
 
+async def test_an_error_raised_while_unwinding_is_still_a_timeout(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker
+) -> None:
+    bus = make_bus()
+
+    @bus.consume("jobs", timeout=0.1, retry=RetryPolicy(max_attempts=1))
+    async def handler(body: str) -> None:
+        try:
+            await anyio.sleep(10)
+        finally:
+            raise RuntimeError("connection closed under me")
+
+    async with bus:
+        await bus.send("jobs", "x")
+        await wait_for(lambda: bus.subscribers[0].stats.dead_lettered == 1, within=5)
+    [letter] = broker.published("jobs.dlq")
+    assert letter.headers[h.ERROR_TYPE] == "eventbus.errors.HandlerTimeoutError"
+    assert "connection closed under me" in letter.headers[h.ERROR_TRACEBACK]
+    assert bus.subscribers[0].stats.timed_out == 1
+
+
 async def test_a_quick_handler_is_not_affected(make_bus: Callable[..., EventBus]) -> None:
     bus = make_bus()
     seen: list[int] = []

@@ -353,12 +353,20 @@ class SubscriptionRunner:
         Its own cancel scope: the timeout's cancellation ends inside it and never reaches
         `_is_ours`, while the bus's (shutdown, a lost delivery) comes from outside and goes on
         past it, so neither is taken for the other."""
+        cleanup: Exception | None = None
         with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
-            await self._handler(delivery)
+            try:
+                await self._handler(delivery)
+            except Exception as exc:
+                if not scope.cancel_called:
+                    raise
+                cleanup = exc  # raised while unwinding from the timeout: still the timeout
         if scope.cancel_called:
             # Also when the handler swallowed the cancellation and returned: it ran too long.
             self.subscriber.stats.timed_out += 1
-            raise HandlerTimeoutError(self.subscriber.handler.name, seconds, delivery.attempt)
+            raise HandlerTimeoutError(
+                self.subscriber.handler.name, seconds, delivery.attempt
+            ) from cleanup
 
     def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:
         """The bus's own cancellation -- shutdown past the graceful timeout, or the delivery
