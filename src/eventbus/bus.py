@@ -23,13 +23,14 @@ from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
 from eventbus.dispatch.current import HANDLING
+from eventbus.dispatch.expiry import expiry_header
 from eventbus.dispatch.handler import inspect_handler
 from eventbus.dispatch.invoke import Middleware
 from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError, StartupHookError
-from eventbus.headers import CAUSATION_ID
+from eventbus.headers import CAUSATION_ID, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
@@ -216,6 +217,8 @@ class EventBus:
         publish_to: str | None = None,
         send_to: str | None = None,
         breaker: CircuitBreaker | None = None,
+        timeout: float | None = None,
+        on_expired: Literal["dead-letter", "drop"] = "dead-letter",
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -228,7 +231,13 @@ class EventBus:
         publishes nothing. A message with a reply-to gets the value as its reply instead.
 
         ``breaker``: a `CircuitBreaker`; past its failure ratio the subscription stops fetching
-        and handlers wait, spending no attempt, until a probe attempt succeeds (DESIGN 11)."""
+        and handlers wait, spending no attempt, until a probe attempt succeeds (DESIGN 11).
+        ``timeout``: seconds one attempt of an async handler may run; a longer one is cancelled
+        and fails with `HandlerTimeoutError` (the retry policy decides what follows). Refused on
+        a synchronous handler, whose thread cannot be cancelled. ``on_expired``: what happens to
+        a message published with ``ttl``/``expires_at`` that is found expired before an attempt:
+        ``"dead-letter"`` (reason ``expired``) or ``"drop"`` (acked unhandled, counted in
+        ``stats.expired``)."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -244,6 +253,8 @@ class EventBus:
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
             breaker=breaker,
+            timeout=timeout,
+            on_expired=on_expired,
         )
         return self._register(topic, "topic", group, options)
 
@@ -263,6 +274,8 @@ class EventBus:
         publish_to: str | None = None,
         send_to: str | None = None,
         breaker: CircuitBreaker | None = None,
+        timeout: float | None = None,
+        on_expired: Literal["dead-letter", "drop"] = "dead-letter",
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -279,6 +292,8 @@ class EventBus:
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
             breaker=breaker,
+            timeout=timeout,
+            on_expired=on_expired,
         )
         return self._register(queue, "queue", None, options)
 
@@ -338,6 +353,11 @@ class EventBus:
                 raise HandlerSignatureError(
                     f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "
                     "to settle with"
+                )
+            if options.timeout is not None and not spec.is_async:
+                raise HandlerSignatureError(
+                    f"handler {spec.name}: timeout= needs an async handler; a synchronous one "
+                    "runs in a thread, which cannot be cancelled"
                 )
             if options.returns is not None and spec.return_type is type(None):
                 raise HandlerSignatureError(
@@ -415,9 +435,15 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
     ) -> str:
         """Publish an event to every group of ``topic``; returns the message id once the broker
-        confirmed it. Messages with the same ``key`` are handled in publish order."""
+        confirmed it. Messages with the same ``key`` are handled in publish order.
+
+        ``ttl`` (seconds) or ``expires_at`` (an aware datetime): a consumer that gets the
+        message later does not handle it, and dead-letters it as ``expired`` (or drops it, by
+        its ``on_expired``)."""
         return await self._publish_one(
             Destination(_check_name("topic", topic), "topic"),
             payload,
@@ -425,6 +451,7 @@ class EventBus:
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
+            expires=expiry_header(ttl, expires_at),
         )
 
     async def send(
@@ -436,8 +463,11 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
     ) -> str:
-        """Send a command to ``queue``: exactly one consumer handles it."""
+        """Send a command to ``queue``: exactly one consumer handles it. ``ttl``/``expires_at``
+        as for `publish`."""
         return await self._publish_one(
             Destination(_check_name("queue", queue), "queue"),
             payload,
@@ -445,6 +475,7 @@ class EventBus:
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
+            expires=expiry_header(ttl, expires_at),
         )
 
     async def _publish_one(
@@ -456,17 +487,21 @@ class EventBus:
         headers: Mapping[str, str] | None,
         message_id: str | None,
         correlation_id: str | None,
+        expires: str | None = None,
     ) -> str:
         if self._sync_codec is not None:
             encoded = self._sync_codec.encode(payload)
         else:
             assert self._async_codec is not None
             encoded = await self._async_codec.encode(payload, to.name)
+        checked = _checked_headers(headers)
+        if expires is not None:
+            checked[EXPIRES_AT] = expires
         message = self._encoded(
             to.name,
             encoded,
             key=key,
-            headers=_checked_headers(headers),
+            headers=checked,
             message_id=message_id,
             correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
@@ -481,14 +516,20 @@ class EventBus:
         *,
         keys: Sequence[str | None] | None = None,
         headers: Mapping[str, str] | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
     ) -> list[str]:
         """The high-throughput path: publish many messages without waiting for each confirm in
         turn. Returns their ids; if some fail, `PublishError.failures` maps their indices to
-        the causes (the others were confirmed)."""
+        the causes (the others were confirmed). ``ttl``/``expires_at`` as for `publish`, one
+        deadline for all."""
         if keys is not None and len(keys) != len(payloads):
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
         common = _checked_headers(headers)  # checked once, copied per message
+        expires = expiry_header(ttl, expires_at)
+        if expires is not None:
+            common[EXPIRES_AT] = expires
         # One call, one publish time: the wire format then formats it once, not per message.
         now = datetime.now(UTC)
         if self._sync_codec is not None:

@@ -96,7 +96,10 @@ async def dlq_show(
 
 def replay_destination(letter: Message) -> tuple[Destination, Message]:
     """Where a dead letter goes back to (the group that failed it only) and what is sent: the
-    original message with the dead-letter headers removed and a fresh attempt count."""
+    original message with the dead-letter headers removed, a fresh attempt count, and no
+    expiry: replaying is asking for it to be handled, and an ``expired`` dead letter would
+    otherwise only be dead-lettered again (the dead letter keeps it as
+    ``eventbus-original-expires-at``, removed with the other ``eventbus-original-*``)."""
     kind: Kind = "queue" if letter.headers.get(h.ORIGINAL_KIND) == "queue" else "topic"
     topic = letter.headers.get(h.ORIGINAL_TOPIC) or letter.topic
     group = letter.headers.get(h.ORIGINAL_GROUP) or None
@@ -105,6 +108,7 @@ def replay_destination(letter: Message) -> tuple[Destination, Message]:
         for k, v in letter.headers.items()
         if k not in h.DEAD_LETTER_HEADERS
         and k != h.ATTEMPT
+        and k != h.EXPIRES_AT
         and not k.startswith("eventbus-original-")
     }
     original = Message(

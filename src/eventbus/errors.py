@@ -12,6 +12,7 @@ __all__ = [
     "ConfigurationError",
     "EventBusError",
     "HandlerSignatureError",
+    "HandlerTimeoutError",
     "LeaseLostError",
     "MessageTooLargeError",
     "NotFoundError",
@@ -57,6 +58,20 @@ class AuthorizationError(ConfigurationError, PermissionError):
 
 class HandlerSignatureError(ConfigurationError, TypeError):
     """A handler's parameters cannot be injected; raised at decoration time."""
+
+
+class HandlerTimeoutError(EventBusError, TimeoutError):
+    """An attempt ran longer than its subscription's ``timeout=`` and was cancelled. It counts
+    as a failed attempt: the retry policy decides what follows (``give_up_on`` may name it),
+    and a dead letter names it in ``eventbus-error-type``."""
+
+    def __init__(self, handler: str, timeout: float, attempt: int) -> None:
+        self.handler = handler
+        self.timeout = timeout
+        self.attempt = attempt
+        super().__init__(
+            f"handler {handler} did not finish attempt {attempt} within timeout={timeout:g}s"
+        )
 
 
 class BrokerUnavailableError(EventBusError, ConnectionError):

@@ -11,6 +11,12 @@ CAUSATION_ID = "eventbus-causation-id"
 """On a message published while a handler ran: the id of the message that handler was handling
 (its correlation id travels as the message's ``correlation_id``; DESIGN 9)."""
 
+EXPIRES_AT = "eventbus-expires-at"
+"""When the message expires unhandled (``publish(..., ttl=)`` / ``expires_at=``): Unix time in
+seconds, a decimal number (``1764612000.250``). Checked by the consumer before each attempt
+(`eventbus.dispatch.expiry`). A dead letter carries it as ``eventbus-original-expires-at``
+instead, so whoever reads the dead-letter queue handles it; a replay sends it without."""
+
 DLQ_REASON = "eventbus-dlq-reason"
 ERROR_TYPE = "eventbus-error-type"
 ERROR_MESSAGE = "eventbus-error-message"
@@ -22,6 +28,7 @@ ATTEMPTS = "eventbus-attempts"
 FAILED_AT = "eventbus-failed-at"
 ORIGINAL_PARTITION = "eventbus-original-partition"
 ORIGINAL_OFFSET = "eventbus-original-offset"
+ORIGINAL_EXPIRES_AT = "eventbus-original-expires-at"
 
 DEAD_LETTER_HEADERS = (
     DLQ_REASON,
@@ -35,4 +42,5 @@ DEAD_LETTER_HEADERS = (
     FAILED_AT,
     ORIGINAL_PARTITION,
     ORIGINAL_OFFSET,
+    ORIGINAL_EXPIRES_AT,
 )

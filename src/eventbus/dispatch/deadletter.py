@@ -12,7 +12,8 @@ from eventbus.message import Message
 
 __all__ = ["DeadLetterReason", "dead_letter_message", "default_dead_letter_name"]
 
-DeadLetterReason = Literal["rejected", "retries-exhausted", "undecodable"]
+DeadLetterReason = Literal["rejected", "retries-exhausted", "undecodable", "expired"]
+"""``expired``: past its ``eventbus-expires-at`` before an attempt could start (DESIGN 11)."""
 
 TRACEBACK_LIMIT = 4000
 """Characters of traceback kept: enough to find the line, small enough for any broker."""
@@ -56,6 +57,11 @@ def dead_letter_message(
         added[f"eventbus-original-{name}"] = value
     # Every value must reach the broker: a dead letter that cannot be encoded never gets out.
     headers = {_encodable(k): _encodable(v)[:HEADER_LIMIT] for k, v in message.headers.items()}
+    expires = headers.pop(h.EXPIRES_AT, None)
+    if expires is not None:
+        # Kept for the record only: a dead letter must not expire in its own queue, or whoever
+        # reads it would dead-letter it again instead of seeing it (DESIGN 11).
+        added[h.ORIGINAL_EXPIRES_AT] = expires
     headers.update((k, _encodable(v)) for k, v in added.items())
     return message.replace_headers(headers)
 

@@ -17,8 +17,9 @@ from eventbus.transports.base import RawDelivery
 
 __all__ = ["Observer", "Settled", "Settlement"]
 
-Settled = Literal["acked", "dead-lettered", "redelivered", "released", "unsettled"]
-"""``acked``: done (handled, or skipped as a duplicate); ``dead-lettered`` (or dropped with
+Settled = Literal["acked", "dead-lettered", "redelivered", "released", "unsettled", "expired"]
+"""``acked``: done (handled, or skipped as a duplicate); ``expired``: acked unhandled, past its
+expiry, with ``on_expired="drop"``; ``dead-lettered`` (or dropped with
 ``dead_letter=None``); ``redelivered``: sent back for another attempt (through the broker, or
 requeued on a broadcast); ``released``: given back unsettled, the subscription stopping;
 ``unsettled``: a manual-ack handler returned without settling (not a settle: the delivery

@@ -48,6 +48,13 @@ class SubscriptionOptions:
     reply-to on the message takes precedence (`eventbus.dispatch.returns`)."""
     breaker: CircuitBreaker | None = None
     """The consumer circuit breaker (`eventbus.dispatch.breaker`); None: none."""
+    timeout: float | None = None
+    """Seconds one attempt of an async handler may run before it is cancelled and counts as
+    failed (`eventbus.HandlerTimeoutError`); None: no limit. Refused on synchronous handlers,
+    whose thread cannot be cancelled (DESIGN 8)."""
+    on_expired: Literal["dead-letter", "drop"] = "dead-letter"
+    """What happens to a message past its ``ttl``/``expires_at`` (`eventbus.dispatch.expiry`):
+    dead-lettered as ``expired``, or acked unhandled and counted (``SubscriberStats.expired``)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -69,6 +76,12 @@ class SubscriptionOptions:
         _positive("ack_timeout", self.ack_timeout)
         _positive("dedup_lease", self.dedup_lease)
         _positive("dedup_ttl", self.dedup_ttl)
+        if self.timeout is not None:
+            _positive("timeout", self.timeout)
+        if self.on_expired not in ("dead-letter", "drop"):
+            raise ConfigurationError(
+                f"on_expired must be 'dead-letter' or 'drop', got {self.on_expired!r}"
+            )
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
         if self.breaker is not None and not isinstance(self.breaker, CircuitBreaker):

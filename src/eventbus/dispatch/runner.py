@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.breaker import Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
+from eventbus.dispatch.expiry import settled_expired
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
 from eventbus.dispatch.lanes import KeyLanes
@@ -38,7 +40,7 @@ from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import LeaseLostError
+from eventbus.errors import HandlerTimeoutError, LeaseLostError
 from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
@@ -238,6 +240,10 @@ class SubscriptionRunner:
             log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
             await state.carry_out(DeadLetter("undecodable"), error)
             return False
+        # Without the header (the usual case) one lookup, no coroutine: this runs per delivery.
+        expires = h.EXPIRES_AT in message.headers
+        if expires and await settled_expired(sub, state):
+            return False
         try:
             payload = await self._decoder.decode(message)
         except Stopping:
@@ -255,9 +261,13 @@ class SubscriptionRunner:
                 await state.fail("internal", exc)
                 return False
 
+        checked = True  # just now, above
         while True:
             if self._stopping:
                 return False
+            if expires and not checked and await settled_expired(sub, state):
+                return False
+            checked = False
             if guard is not None:
                 assert state.dedup_key is not None
                 try:
@@ -280,7 +290,10 @@ class SubscriptionRunner:
             try:
                 await self._limiter.acquire()
                 try:
-                    await self._handler(delivery)
+                    if options.timeout is None:
+                        await self._handler(delivery)
+                    else:
+                        await self._timed(delivery, options.timeout)
                 finally:
                     self._limiter.release()
             except BaseException as exc:
@@ -347,6 +360,28 @@ class SubscriptionRunner:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             state.tell_unsettled()
             return True
+
+    async def _timed(self, delivery: Delivery, seconds: float) -> None:
+        """The handler within ``seconds`` (the ``timeout`` option), else `HandlerTimeoutError`:
+        a failed attempt.
+
+        Its own cancel scope: the timeout's cancellation ends inside it and never reaches
+        `_is_ours`, while the bus's (shutdown, a lost delivery) comes from outside and goes on
+        past it, so neither is taken for the other."""
+        cleanup: Exception | None = None
+        with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
+            try:
+                await self._handler(delivery)
+            except Exception as exc:
+                if not scope.cancel_called:
+                    raise
+                cleanup = exc  # raised while unwinding from the timeout: still the timeout
+        if scope.cancel_called:
+            # Also when the handler swallowed the cancellation and returned: it ran too long.
+            self.subscriber.stats.timed_out += 1
+            raise HandlerTimeoutError(
+                self.subscriber.handler.name, seconds, delivery.attempt
+            ) from cleanup
 
     def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:
         """The bus's own cancellation -- shutdown past the graceful timeout, or the delivery

@@ -120,7 +120,9 @@ class DeliveryState:
 
     # -- the user's operations (through `Delivery`) -----------------------------------------
 
-    async def ack(self) -> None:
+    async def ack(self, tell: Settled = "acked") -> None:
+        """Acknowledge (``tell``: how an observer hears of it; ``expired`` for a dropped
+        expired message)."""
         if self.inbox_open:
             # Acking now would mark the key done before the handler's writes commit; if the
             # handler then raised, the effect would be lost and its redelivery skipped.
@@ -131,7 +133,7 @@ class DeliveryState:
         try:
             await self._complete_claim()
             await self.raw.ack()
-            self._tell("acked")
+            self._tell(tell)
         finally:
             self.leave()
 

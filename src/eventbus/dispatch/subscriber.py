@@ -25,6 +25,11 @@ class SubscriberStats:
     dead_lettered: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     """``dead_lettered`` by `DeadLetterReason` (``rejected``, ``retries-exhausted``, ...)."""
+    timed_out: int = 0
+    """Attempts cancelled by the subscription's ``timeout`` (also in ``failed_attempts``)."""
+    expired: int = 0
+    """Messages found past their expiry before an attempt: dead-lettered as ``expired`` (also
+    in ``dead_lettered``), or acked unhandled with ``on_expired="drop"``."""
     duplicates: int = 0
     """Skipped by deduplication (acked without running the handler)."""
     redelivered: int = 0

@@ -613,6 +613,72 @@ class ConformanceSuite:
         assert {m.headers[h.DLQ_REASON] for m in dead} == {"undecodable"}
         assert next(m for m in dead if m.id == "poison-1").body == b"\xff not json"
 
+    # -- timeouts and expiry (DESIGN 11) ------------------------------------------------------
+
+    async def test_handler_timeout_fails_the_attempt_and_the_key_goes_on(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        bus, topic, group = make_bus(), name("timeout"), name("g")
+        calls: list[tuple[int, int]] = []
+        letters: list[Message] = []
+
+        @bus.subscribe(topic, group=group, timeout=0.5, retry=_fast_retry(2))
+        async def handler(order: Order, delivery: Delivery) -> None:
+            calls.append((order.id, delivery.attempt))
+            if order.id == 1:
+                await anyio.sleep_forever()  # would hang the key forever without timeout=
+
+        @bus.consume(f"{topic}.{group}.dlq")
+        async def dlq(message: Message) -> None:
+            letters.append(message)
+
+        async with bus:
+            await bus.publish(topic, Order(id=1), key="k", message_id="hangs-1")
+            await bus.publish(topic, Order(id=2), key="k")
+            await wait_for(lambda: len(letters) == 1 and (2, 1) in calls)
+        assert calls == [(1, 1), (1, 2), (2, 1)]
+        [letter] = letters
+        assert letter.id == "hangs-1"
+        assert letter.headers[h.DLQ_REASON] == "retries-exhausted"
+        assert letter.headers[h.ERROR_TYPE] == "eventbus.errors.HandlerTimeoutError"
+        assert letter.headers[h.ATTEMPTS] == "2"
+
+    async def test_expired_message_dead_lettered_unhandled_a_live_one_handled(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        topic, group = name("expiry"), name("g")
+        handled: list[str] = []
+        letters: list[Message] = []
+
+        def consumer() -> EventBus:
+            bus = make_bus()
+
+            @bus.subscribe(topic, group=group)
+            async def handler(body: str) -> None:
+                handled.append(body)
+
+            @bus.consume(f"{topic}.{group}.dlq")
+            async def dlq(message: Message) -> None:
+                letters.append(message)
+
+            return bus
+
+        async with consumer():  # the group exists (RabbitMQ refuses a topic without one)
+            pass
+        publisher = make_bus()
+        async with publisher.publisher():
+            await publisher.publish(topic, "stale", key="k", ttl=0.5, message_id="stale-1")
+            await publisher.publish(topic, "fresh", key="k", ttl=300, message_id="fresh-1")
+        await anyio.sleep(1.0)  # the consumer starts after the first one expired
+        async with consumer():
+            await wait_for(lambda: handled == ["fresh"] and len(letters) == 1)
+        [letter] = letters
+        assert letter.id == "stale-1"
+        assert letter.headers[h.DLQ_REASON] == "expired"
+        assert letter.headers[h.ERROR_TYPE] == "eventbus.dispatch.expiry.ExpiredError"
+        assert h.EXPIRES_AT not in letter.headers, "a dead letter does not expire in its queue"
+        assert float(letter.headers[h.ORIGINAL_EXPIRES_AT]) < time.time()
+
     # -- deduplication ------------------------------------------------------------------------
 
     async def test_dedup_same_id_three_times_once_per_group_across_restart(

@@ -169,6 +169,8 @@ class Ledger:
             status = "dead-lettered"
         elif event.how == "unsettled":
             status = "unsettled"
+        elif event.how == "expired":
+            status = "expired"
         else:  # acked: a duplicate when deduplication skipped the handler
             status = "handled" if ran else "duplicate"
         # The handler's own exception when its last call raised (the pipeline may have seen it

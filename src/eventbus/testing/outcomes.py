@@ -22,11 +22,13 @@ from eventbus.message import Message
 
 __all__ = ["Attempt", "Outcome", "PublishResult", "Status"]
 
-Status = Literal["handled", "dead-lettered", "unsettled", "duplicate"]
+Status = Literal["handled", "dead-lettered", "unsettled", "duplicate", "expired"]
 """``handled``: acked after the handler ran (a manual-ack handler acked it); ``dead-lettered``:
 sent to the dead-letter queue (``Outcome.reason`` says why), or dropped when the subscription
 has ``dead_letter=None``; ``unsettled``: a manual-ack handler returned without settling it;
-``duplicate``: skipped by deduplication, the handler did not run."""
+``duplicate``: skipped by deduplication, the handler did not run; ``expired``: past its
+``ttl``/``expires_at``, acked unhandled by a subscription with ``on_expired="drop"`` (with the
+default it is ``dead-lettered``, reason ``expired``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +60,8 @@ class Outcome:
     attempts: tuple[Attempt, ...]
     """Every handler call, in order (empty for a duplicate or an undecodable message)."""
     reason: DeadLetterReason | None = None
-    """Why it was dead-lettered: ``rejected``, ``retries-exhausted`` or ``undecodable``."""
+    """Why it was dead-lettered: ``rejected``, ``retries-exhausted``, ``undecodable`` or
+    ``expired``."""
     error: BaseException | None = None
     """What the last failed attempt raised (for a dead letter: its cause)."""
 

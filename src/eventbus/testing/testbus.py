@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
@@ -217,6 +218,8 @@ class TestBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
     ) -> PublishResult:
         """`EventBus.publish`, then wait until every subscription that received the message
         reached an outcome."""
@@ -228,6 +231,8 @@ class TestBus:
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
+            ttl=ttl,
+            expires_at=expires_at,
         )
         return await self._result(Destination(topic, "topic"), sent)
 
@@ -240,6 +245,8 @@ class TestBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        ttl: float | None = None,
+        expires_at: datetime | None = None,
     ) -> PublishResult:
         """`EventBus.send`, then wait until the queue's consumer reached an outcome."""
         self._running()
@@ -250,6 +257,8 @@ class TestBus:
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
+            ttl=ttl,
+            expires_at=expires_at,
         )
         return await self._result(Destination(queue, "queue"), sent)
 
