@@ -374,7 +374,9 @@ def test_a_password_in_the_url_shows_nowhere(tmp_path: Path) -> None:
     seen_children = 0
     deadline = time.monotonic() + 30
     while worker.proc.poll() is None and time.monotonic() < deadline:
-        table = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+        table = subprocess.run(
+            ["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True
+        ).stdout
         children = [line for line in table.splitlines() if "slow_app:bus --workers 1" in line]
         seen_children = max(seen_children, len(children))
         assert all(secret not in line for line in children), children
