@@ -32,6 +32,7 @@ from eventbus.headers import CAUSATION_ID
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
+from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
@@ -214,6 +215,7 @@ class EventBus:
         dedup_lease: float = 300.0,
         publish_to: str | None = None,
         send_to: str | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -223,7 +225,11 @@ class EventBus:
 
         ``publish_to`` (a topic) or ``send_to`` (a queue): where the handler's return value is
         published, with the handled message as its cause and its key (DESIGN 12); ``None``
-        publishes nothing. A message with a reply-to gets the value as its reply instead."""
+        publishes nothing. A message with a reply-to gets the value as its reply instead.
+
+        ``rate_limit``: at most ``RateLimit(per_second, burst)`` handler starts (retries
+        included), in this process or, with ``shared=RedisRateLimiter(url)``, across all of
+        them; a start over the limit waits, it is never nacked (DESIGN 11)."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -238,6 +244,7 @@ class EventBus:
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
+            rate_limit=rate_limit,
         )
         return self._register(topic, "topic", group, options)
 
@@ -256,6 +263,7 @@ class EventBus:
         dedup_lease: float = 300.0,
         publish_to: str | None = None,
         send_to: str | None = None,
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -271,6 +279,7 @@ class EventBus:
             dedup_key=dedup_key,
             dedup_lease=dedup_lease,
             returns=_returns(publish_to, send_to),
+            rate_limit=rate_limit,
         )
         return self._register(queue, "queue", None, options)
 

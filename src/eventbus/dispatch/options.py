@@ -10,6 +10,7 @@ from typing import Literal
 from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
+from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination
 
@@ -45,6 +46,8 @@ class SubscriptionOptions:
     returns: Destination | None = None
     """Where the handler's return value is published (``publish_to=`` / ``send_to=``); a
     reply-to on the message takes precedence (`eventbus.dispatch.returns`)."""
+    rate_limit: RateLimit | None = None
+    """Handler starts per second (`eventbus.dispatch.throttle`); None: no limit, no cost."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -68,6 +71,8 @@ class SubscriptionOptions:
         _positive("dedup_ttl", self.dedup_ttl)
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigurationError(f"rate_limit must be a RateLimit, got {self.rate_limit!r}")
         if self.dedup_key is not None and self.dedup is None:
             raise ConfigurationError("dedup_key needs dedup=")
 

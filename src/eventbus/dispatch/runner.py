@@ -37,6 +37,7 @@ from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.dispatch.throttle import Throttle
 from eventbus.errors import LeaseLostError
 from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
@@ -102,6 +103,17 @@ class SubscriptionRunner:
             self._accept,
             self._ownership.lose_all,
         )
+        self._throttle = (
+            Throttle(
+                subscriber,
+                options.rate_limit,
+                self._stop_event,
+                lambda: self._consume.pause("rate-limit"),
+                lambda: self._consume.resume("rate-limit"),
+            )
+            if options.rate_limit is not None
+            else None
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -142,6 +154,11 @@ class SubscriptionRunner:
         if not self.closed.is_set():
             await self._release_unsettled()
             await self._consume.aclose()
+            if self._throttle is not None:
+                try:
+                    await self._throttle.close()
+                except Exception:
+                    log.exception("%s: closing the rate limiter failed", self.subscriber.describe())
             self.closed.set()
 
     async def drain(self) -> None:
@@ -250,6 +267,9 @@ class SubscriptionRunner:
         while True:
             if self._stopping:
                 return False
+            # Rate limit: a turn per handler start, retries included, taken before the claim.
+            if self._throttle is not None and await self._throttle.take():
+                return False  # stopping while waiting: released, not started
             if guard is not None:
                 assert state.dedup_key is not None
                 try:

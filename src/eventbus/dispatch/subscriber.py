@@ -35,6 +35,10 @@ class SubscriberStats:
     """Dead-letter or redelivery publishes that failed and were tried again."""
     restarts: int = 0
     """Times the transport subscription broke and was established again."""
+    throttled: int = 0
+    """Handler starts that waited for their turn of the ``rate_limit``."""
+    throttled_seconds: float = 0.0
+    """Seconds those starts waited, added up (more than wall time when several waited)."""
 
     def count_dead_letter(self, reason: str) -> None:
         self.dead_lettered += 1

@@ -59,6 +59,16 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "restarts",
         "Times a subscription broke and was established again.",
     ),
+    (
+        "eventbus_rate_limited_starts",
+        "throttled",
+        "Handler starts that waited for their turn of the subscription's rate limit.",
+    ),
+    (
+        "eventbus_rate_limited_seconds",
+        "throttled_seconds",
+        "Seconds handler starts waited for the rate limit, added up.",
+    ),
 )
 
 
