@@ -292,6 +292,35 @@ async def test_a_shared_limiter_outage_waits_without_spending_attempts(
     assert limiter.closed == 1, "the bus closes the limiter when the subscription stops"
 
 
+class HangingSharedLimiter(FlakySharedLimiter):
+    """Its first call never answers (a network path lost without a reset)."""
+
+    async def reserve(self, scope: str, per_second: float, burst: int) -> float:
+        self.calls.append((scope, per_second, burst))
+        if len(self.calls) == 1:
+            await anyio.sleep_forever()
+        return 0.0
+
+
+async def test_a_shared_limiter_that_hangs_counts_as_an_outage(
+    make_bus: Callable[..., EventBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(throttle, "CALL_TIMEOUT", 0.2)
+    limiter = HangingSharedLimiter(failures=0)
+    bus = make_bus()
+    handled: list[int] = []
+
+    @bus.consume("rl-hang", rate_limit=RateLimit(5.0, shared=limiter))
+    async def handle(payload: dict[str, int]) -> None:
+        handled.append(payload["n"])
+
+    async with bus:
+        await bus.send("rl-hang", {"n": 1})
+        await wait_for(lambda: handled == [1], "handled after the hung call timed out", 5)
+    assert len(limiter.calls) == 2
+    assert bus.subscribers[0].stats.failed_attempts == 0
+
+
 async def test_no_rate_limit_no_throttle(make_bus: Callable[..., EventBus]) -> None:
     bus = make_bus()
 

@@ -26,7 +26,7 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.ratelimit.config import RateLimit
 from eventbus.ratelimit.gcra import Gcra
 
-__all__ = ["PAUSE_AFTER", "Throttle"]
+__all__ = ["CALL_TIMEOUT", "PAUSE_AFTER", "Throttle"]
 
 log = logging.getLogger("eventbus.dispatch")
 
@@ -36,6 +36,9 @@ state of a busy limited subscription: the in-flight bound throttles fetching the
 and resuming for each would only add broker round trips."""
 
 _OUTAGE_BACKOFF = (0.05, 5.0)
+CALL_TIMEOUT = 5.0
+"""Seconds a shared limiter may take to answer before the call counts as an outage: a Redis
+that hangs (a lost network path) must neither hold a handler start nor a drain for longer."""
 
 
 class Throttle:
@@ -91,14 +94,15 @@ class Throttle:
         with contextlib.ExitStack() as outage:
             while True:
                 try:
-                    wait = await shared.reserve(
-                        self._sub.scope, self._limit.per_second, self._limit.burst
-                    )
+                    with anyio.fail_after(CALL_TIMEOUT):
+                        wait = await shared.reserve(
+                            self._sub.scope, self._limit.per_second, self._limit.burst
+                        )
                 except Exception as exc:
                     if not self._outage:
                         self._outage = True
                         log.warning(
-                            "%s: the shared rate limiter cannot be reached (%s); handlers wait "
+                            "%s: the shared rate limiter cannot be reached (%r); handlers wait "
                             "and fetching pauses until it answers",
                             self._sub.describe(),
                             exc,
