@@ -5,6 +5,7 @@ every message once and dead-letter none."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from eventbus import EventBus
+from eventbus import EventBus, RateLimit
 from eventbus.transports.base import SubscriptionSpec
 
 pytestmark = [pytest.mark.amqp, pytest.mark.redis]
@@ -140,3 +141,46 @@ async def test_three_workers_share_one_limit(
     assert sum(1 for c in per_worker if c > 0) >= 2, f"the workers shared the work: {report}"
     assert dlq is None or dlq.total == 0, f"dead-lettered: {dlq}; {report}"
     assert codes == [0] * WORKERS, f"exit codes {codes}"
+
+
+async def test_long_waits_pause_and_resume_a_rabbitmq_subscription(
+    amqp_url: str, name: Callable[[str], str]
+) -> None:
+    """Turns 1.2 s apart: each wait pauses the subscription (RabbitMQ stops handing out) and
+    resumes it; every message is still handled once, in order, with nothing redelivered."""
+    queue = name("rate-limit-pause")
+    bus = EventBus(amqp_url)
+    starts: list[float] = []
+    done = anyio.Event()
+
+    @bus.consume(queue, rate_limit=RateLimit(per_second=1 / 1.2, burst=1))
+    async def handle(job: dict[str, int]) -> None:
+        starts.append(time.monotonic())
+        if len(starts) == 4:
+            done.set()
+
+    async with bus:
+        [runner] = bus._runners
+        paused: list[bool] = []
+
+        async def watch() -> None:
+            while not done.is_set():
+                paused.append(
+                    runner._consume.current is not None and bool(runner._consume._paused_by)
+                )
+                await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            for n in range(4):
+                await bus.send(queue, {"n": n})
+            with anyio.fail_after(20):
+                await done.wait()
+        await anyio.sleep(0.1)
+        assert any(paused), "fetching paused during the long waits"
+        assert not runner._consume._paused_by, "and resumed once none was left"
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(gap >= 1.2 - 0.01 for gap in gaps), gaps
+    stats = bus.subscribers[0].stats
+    assert stats.handled == 4 and stats.redelivered == 0 and stats.dead_lettered == 0
+    assert stats.throttled == 3 and stats.throttled_seconds >= 3 * 1.2 - 0.05
