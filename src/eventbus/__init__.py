@@ -25,6 +25,7 @@ from eventbus.errors import (
 )
 from eventbus.message import Delivery, Message
 from eventbus.metrics.config import MetricsConfig
+from eventbus.ratelimit import RateLimit, RedisRateLimiter
 from eventbus.retry import RetryPolicy
 
 __version__ = "0.2.0.dev0"
@@ -54,6 +55,8 @@ __all__ = [
     "Middleware",
     "NotFoundError",
     "PublishError",
+    "RateLimit",
+    "RedisRateLimiter",
     "Reject",
     "Retry",
     "RetryPolicy",

@@ -34,6 +34,7 @@ from eventbus.headers import CAUSATION_ID, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
+from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
@@ -219,6 +220,7 @@ class EventBus:
         breaker: CircuitBreaker | None = None,
         timeout: float | None = None,
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -237,7 +239,10 @@ class EventBus:
         a synchronous handler, whose thread cannot be cancelled. ``on_expired``: what happens to
         a message published with ``ttl``/``expires_at`` that is found expired before an attempt:
         ``"dead-letter"`` (reason ``expired``) or ``"drop"`` (acked unhandled, counted in
-        ``stats.expired``)."""
+        ``stats.expired``).
+        ``rate_limit``: at most ``RateLimit(per_second, burst)`` handler starts (retries
+        included), in this process or, with ``shared=RedisRateLimiter(url)``, across all of
+        them; a start over the limit waits, it is never nacked (DESIGN 11)."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -255,6 +260,7 @@ class EventBus:
             breaker=breaker,
             timeout=timeout,
             on_expired=on_expired,
+            rate_limit=rate_limit,
         )
         return self._register(topic, "topic", group, options)
 
@@ -276,6 +282,7 @@ class EventBus:
         breaker: CircuitBreaker | None = None,
         timeout: float | None = None,
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
+        rate_limit: RateLimit | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -294,6 +301,7 @@ class EventBus:
             breaker=breaker,
             timeout=timeout,
             on_expired=on_expired,
+            rate_limit=rate_limit,
         )
         return self._register(queue, "queue", None, options)
 

@@ -49,7 +49,9 @@ class ConsumeLoop:
         self._stopped = anyio.Event()
         self._closed = anyio.Event()
         self.current: Subscription | None = None
-        self._paused = False
+        self._paused_by: set[str] = set()
+        """Who asked for a pause (the user, the rate limit, ...): fetching resumes when all
+        of them resumed, so one policy never undoes another's pause."""
 
     async def start(self, group: TaskGroup) -> None:
         """Run in ``group``; return once live. A start-up failure is raised as itself: a user
@@ -76,7 +78,7 @@ class ConsumeLoop:
                     self.current = None
                     await sub.close()
                     return
-                if self._paused:
+                if self._paused_by:
                     sub.pause()
                 async with anyio.create_task_group() as tg:
                     await tg.start(sub.run)
@@ -143,14 +145,14 @@ class ConsumeLoop:
         current = self.current
         return current is not None and current.connected
 
-    def pause(self) -> None:
-        self._paused = True
+    def pause(self, by: str = "user") -> None:
+        self._paused_by.add(by)
         if self.current is not None:
             self.current.pause()
 
-    def resume(self) -> None:
-        self._paused = False
-        if self.current is not None:
+    def resume(self, by: str = "user") -> None:
+        self._paused_by.discard(by)
+        if not self._paused_by and self.current is not None:
             self.current.resume()
 
     async def stop(self) -> None:

@@ -11,6 +11,7 @@ from eventbus.breaker import CircuitBreaker
 from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
+from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.transports.base import Destination
 
@@ -55,6 +56,8 @@ class SubscriptionOptions:
     on_expired: Literal["dead-letter", "drop"] = "dead-letter"
     """What happens to a message past its ``ttl``/``expires_at`` (`eventbus.dispatch.expiry`):
     dead-lettered as ``expired``, or acked unhandled and counted (``SubscriberStats.expired``)."""
+    rate_limit: RateLimit | None = None
+    """Handler starts per second (`eventbus.dispatch.throttle`); None: no limit, no cost."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -86,6 +89,8 @@ class SubscriptionOptions:
             raise ConfigurationError(f"retry must be a RetryPolicy, got {self.retry!r}")
         if self.breaker is not None and not isinstance(self.breaker, CircuitBreaker):
             raise ConfigurationError(f"breaker must be a CircuitBreaker, got {self.breaker!r}")
+        if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
+            raise ConfigurationError(f"rate_limit must be a RateLimit, got {self.rate_limit!r}")
         if self.dedup_key is not None and self.dedup is None:
             raise ConfigurationError("dedup_key needs dedup=")
 

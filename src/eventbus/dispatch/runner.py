@@ -40,6 +40,7 @@ from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.dispatch.throttle import Throttle
 from eventbus.errors import HandlerTimeoutError, LeaseLostError
 from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
@@ -94,7 +95,11 @@ class SubscriptionRunner:
         if options.breaker is not None:
             # Outermost, built once: without a breaker the chain and the runner are unchanged.
             self._breaker = Breaker(
-                options.breaker, subscriber, self.pause, self.resume, lambda: self._work
+                options.breaker,
+                subscriber,
+                lambda: self._consume.pause("breaker"),  # its own: it never undoes another's
+                lambda: self._consume.resume("breaker"),
+                lambda: self._work,
             )
             self._handler = self._breaker.guard(self._handler)
         self._decoder = Decoder(
@@ -111,6 +116,17 @@ class SubscriptionRunner:
             self._in_flight,
             self._accept,
             self._ownership.lose_all,
+        )
+        self._throttle = (
+            Throttle(
+                subscriber,
+                options.rate_limit,
+                self._stop_event,
+                lambda: self._consume.pause("rate-limit"),
+                lambda: self._consume.resume("rate-limit"),
+            )
+            if options.rate_limit is not None
+            else None
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -152,6 +168,11 @@ class SubscriptionRunner:
         if not self.closed.is_set():
             await self._release_unsettled()
             await self._consume.aclose()
+            if self._throttle is not None:
+                try:
+                    await self._throttle.close()
+                except Exception:
+                    log.exception("%s: closing the rate limiter failed", self.subscriber.describe())
             self.closed.set()
 
     async def drain(self) -> None:
@@ -268,6 +289,9 @@ class SubscriptionRunner:
             if expires and not checked and await settled_expired(sub, state):
                 return False
             checked = False
+            # Rate limit: a turn per handler start, retries included, taken before the claim.
+            if self._throttle is not None and await self._throttle.take():
+                return False  # stopping while waiting: released, not started
             if guard is not None:
                 assert state.dedup_key is not None
                 try:

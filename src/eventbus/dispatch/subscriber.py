@@ -44,6 +44,10 @@ class SubscriberStats:
     """Times the circuit breaker opened: a trip, or a failed probe (`CircuitBreaker`)."""
     breaker_state: str | None = None
     """``closed``, ``open`` or ``half-open``; None without a circuit breaker."""
+    throttled: int = 0
+    """Handler starts that waited for their turn of the ``rate_limit``."""
+    throttled_seconds: float = 0.0
+    """Seconds those starts waited, added up (more than wall time when several waited)."""
 
     def count_dead_letter(self, reason: str) -> None:
         self.dead_lettered += 1

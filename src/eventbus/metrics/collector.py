@@ -65,6 +65,16 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "breaker_opened",
         "Times the subscription's circuit breaker opened (a trip or a failed probe).",
     ),
+    (
+        "eventbus_rate_limited_starts",
+        "throttled",
+        "Handler starts that waited for their turn of the subscription's rate limit.",
+    ),
+    (
+        "eventbus_rate_limited_seconds",
+        "throttled_seconds",
+        "Seconds handler starts waited for the rate limit, added up.",
+    ),
 )
 BREAKER_STATES = {"closed": 0, "half-open": 1, "open": 2}
 
