@@ -33,6 +33,7 @@ from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
+from eventbus.schedule import not_before
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
 
@@ -130,6 +131,7 @@ class EventBus:
         self._runners: list[SubscriptionRunner] = []
         self._task_group: TaskGroup | None = None
         self._hooks_scope: anyio.CancelScope | None = None
+        self._forwarder_scope: anyio.CancelScope | None = None
         self._drain_scope: anyio.CancelScope | None = None
         self._running = False
         self._consuming = False
@@ -407,11 +409,17 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Publish an event to every group of ``topic``; returns the message id once the broker
-        confirmed it. Messages with the same ``key`` are handled in publish order."""
+        confirmed it. Messages with the same ``key`` are handled in publish order.
+
+        ``delay`` (seconds) or ``at`` (an aware datetime; a past one means now) schedules it:
+        it is delivered no earlier, to the groups bound to the topic when it falls due, and
+        a scheduled message keeps no order with the others (docs/flow-control.md)."""
         return await self._publish_one(
-            Destination(_check_name("topic", topic), "topic"),
+            Destination(_check_name("topic", topic), "topic", not_before=not_before(delay, at)),
             payload,
             key=key,
             headers=headers,
@@ -428,10 +436,13 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         message_id: str | None = None,
         correlation_id: str | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> str:
-        """Send a command to ``queue``: exactly one consumer handles it."""
+        """Send a command to ``queue``: exactly one consumer handles it. ``delay``/``at``
+        schedule it, as for `publish`."""
         return await self._publish_one(
-            Destination(_check_name("queue", queue), "queue"),
+            Destination(_check_name("queue", queue), "queue", not_before=not_before(delay, at)),
             payload,
             key=key,
             headers=headers,
@@ -473,13 +484,17 @@ class EventBus:
         *,
         keys: Sequence[str | None] | None = None,
         headers: Mapping[str, str] | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> list[str]:
         """The high-throughput path: publish many messages without waiting for each confirm in
         turn. Returns their ids; if some fail, `PublishError.failures` maps their indices to
-        the causes (the others were confirmed)."""
+        the causes (the others were confirmed). ``delay``/``at`` schedule them all, as for
+        `publish`."""
         if keys is not None and len(keys) != len(payloads):
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
+        due = not_before(delay, at)
         common = _checked_headers(headers)  # checked once, copied per message
         # One call, one publish time: the wire format then formats it once, not per message.
         now = datetime.now(UTC)
@@ -500,7 +515,7 @@ class EventBus:
             )
             for body, key in zip(encoded, keys or itertools.repeat(None), strict=False)
         ]
-        await self._send(Destination(topic, "topic"), messages)
+        await self._send(Destination(topic, "topic", not_before=due), messages)
         return [m.id for m in messages]
 
     async def _send(self, to: Destination, messages: Sequence[Message]) -> None:
@@ -548,6 +563,7 @@ class EventBus:
             raise RuntimeError("this bus is already running")
         await self.transport.connect()
         self._hooks_scope = anyio.CancelScope()
+        self._forwarder_scope = None
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._running = True
@@ -574,6 +590,10 @@ class EventBus:
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
+            forward = getattr(self.transport, "forward_scheduled", None)
+            if consumers and forward is not None:
+                self._forwarder_scope = anyio.CancelScope()
+                await self._task_group.start(self._forward_scheduled, forward)
             if self._startup and consumers:
                 self._task_group.start_soon(self._run_startup_hooks)
         except BaseException as exc:
@@ -587,6 +607,14 @@ class EventBus:
         tb: TracebackType | None,
     ) -> bool | None:
         return await self._stop(exc_type, exc, tb)
+
+    async def _forward_scheduled(
+        self, forward: Callable[..., Coroutine[Any, Any, None]], *, task_status: Any
+    ) -> None:
+        """The transport's forwarder of scheduled messages (delay tiers), until the bus stops."""
+        assert self._forwarder_scope is not None
+        with self._forwarder_scope:
+            await forward(task_status=task_status)
 
     async def run(self) -> None:
         """The `async with` lifecycle until cancelled (the CLI cancels it on SIGTERM/SIGINT)."""
@@ -653,6 +681,8 @@ class EventBus:
                 runner.abort()
             for runner in self._runners:
                 await runner.closed.wait()
+            if self._forwarder_scope is not None:
+                self._forwarder_scope.cancel()  # unacked ones are forwarded by the next bus
             if self._shutdown and self._consuming:
                 await self._run_shutdown_hooks()
             if self._metrics_service is not None:
