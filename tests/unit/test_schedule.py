@@ -2,18 +2,23 @@
 publish_many; never early; a long delay blocks nothing; a topic message reaches the groups
 bound when it falls due; bad values are refused before anything is published."""
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 
 import anyio
 import pytest
 
 from eventbus import ConfigurationError, EventBus, Message
+from eventbus.errors import BrokerUnavailableError, PublishError, UnroutableError
 from eventbus.schedule import not_before
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
+from eventbus.transports import scheduling
+from eventbus.transports.base import DeliveryOwner, Destination, Subscription, SubscriptionSpec
+from eventbus.transports.memory import MemoryTransport
 
 TOLERANCE = 0.05
 
@@ -128,3 +133,86 @@ async def test_a_group_bound_before_due_gets_a_scheduled_topic_message(
     assert got[0][0] == message_id
     assert got[0][1] >= published + 0.3 - TOLERANCE
     assert len(got) == 1, "once, not once from retention and once from the schedule"
+
+
+# -- the forwarder of delay tiers (eventbus.transports.scheduling), on memory queues -----------
+
+
+async def _forward_once(
+    transport: MemoryTransport,
+    publish: Callable[[Destination, Sequence[Message]], Awaitable[None]],
+    done: Callable[[], bool],
+) -> None:
+    spec = SubscriptionSpec("tiers-out", "queue", None, scheduling.PREFETCH)
+
+    async def subscribe(owner: DeliveryOwner) -> Subscription:
+        return await transport.subscribe(spec, owner)
+
+    forwarder = scheduling.Forwarder(subscribe, publish, dead_letters="tiers-out.dlq")
+    async with anyio.create_task_group() as tg:
+        await tg.start(forwarder.run)
+        await wait_for(done)
+        tg.cancel_scope.cancel()
+
+
+def test_stamped_headers_round_trip_and_are_removed() -> None:
+    to = Destination("orders", "topic", "billing", not_before=1_900_000_000.125)
+    original = Message(id="m", topic="orders", body=b"x", key="k", headers={"tenant": "a"})
+    stamped = scheduling.stamp(original, to)
+    assert stamped.headers["tenant"] == "a"
+    back_to, back = scheduling.scheduled(dataclasses.replace(stamped, topic="eventbus.tier.5s"))
+    assert back_to == to
+    assert back == original, "the final hop carries the message as published"
+
+
+async def test_forwarder_sends_due_messages_on_and_dead_letters_bad_ones(
+    url: str, broker: MemoryBroker
+) -> None:
+    transport = MemoryTransport(url)
+    await transport.connect()
+    due = Destination("orders", "topic", not_before=time.time() - 1)
+    good = scheduling.stamp(Message(id="good", topic="tiers-out", body=b"1"), due)
+    bare = Message(id="bare", topic="tiers-out", body=b"2")
+    await transport.publish(Destination("tiers-out", "queue"), [good, bare])
+    await _forward_once(
+        transport,
+        transport.publish,
+        lambda: bool(broker.published("orders")) and bool(broker.published("tiers-out.dlq")),
+    )
+    (forwarded,) = broker.published("orders")
+    assert forwarded.id == "good" and forwarded.topic == "orders"
+    assert not any(h.startswith("eventbus-schedule") for h in forwarded.headers)
+    (dead,) = broker.published("tiers-out.dlq")
+    assert dead.id == "bare" and dead.headers["eventbus-dlq-reason"] == "unroutable"
+    assert broker.ready("tiers-out") == [], "both acked"
+    await transport.close()
+
+
+async def test_forwarder_dead_letters_what_nothing_receives_and_keeps_what_the_broker_refused(
+    url: str, broker: MemoryBroker
+) -> None:
+    transport = MemoryTransport(url)
+    await transport.connect()
+    due = Destination("orders", "topic", not_before=time.time() - 1)
+    stamped = [
+        scheduling.stamp(Message(id=i, topic="tiers-out", body=b""), due) for i in ("gone", "down")
+    ]
+    await transport.publish(Destination("tiers-out", "queue"), stamped)
+    tries: list[str] = []
+
+    async def publish(to: Destination, messages: Sequence[Message]) -> None:
+        if to.name == "orders":
+            tries.append(messages[0].id)
+            if messages[0].id == "gone":
+                raise UnroutableError("no queue is bound")
+            raise PublishError("not confirmed", {0: BrokerUnavailableError("rabbit:5672", "down")})
+        await transport.publish(to, messages)
+
+    await _forward_once(
+        transport,
+        publish,
+        lambda: bool(broker.published("tiers-out.dlq")) and tries.count("down") >= 2,
+    )
+    assert [m.id for m in broker.published("tiers-out.dlq")] == ["gone"]
+    assert tries.count("down") >= 2, "an outage is not the message's fault: forwarded again"
+    await transport.close()

@@ -134,9 +134,14 @@ class Forwarder:
                         await tg.start(subscription.run)
                         backoff = 0.5
                         async for batch in subscription:
+                            # One failure does not cancel the others: each that got through
+                            # is acked, so an outage redelivers only what it stopped.
+                            outages: list[Exception] = []
                             async with anyio.create_task_group() as each:
                                 for raw in batch:
-                                    each.start_soon(self._forward, raw)
+                                    each.start_soon(self._forward_or_note, raw, outages)
+                            if outages:
+                                raise outages[0]
                         await subscription.close()  # iteration ended: let `run` return
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -150,6 +155,12 @@ class Forwarder:
                 )
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _forward_or_note(self, raw: RawDelivery, outages: list[Exception]) -> None:
+        try:
+            await self._forward(raw)
+        except Exception as e:
+            outages.append(e)
 
     async def _forward(self, raw: RawDelivery) -> None:
         try:
