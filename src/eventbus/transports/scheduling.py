@@ -33,9 +33,10 @@ import anyio
 from anyio.abc import TaskStatus
 
 from eventbus.errors import (
-    BrokerUnavailableError,
     ConfigurationError,
+    MessageTooLargeError,
     PublishError,
+    UnroutableError,
 )
 from eventbus.message import Message
 from eventbus.transports.base import (
@@ -62,6 +63,10 @@ _HEADERS = (DUE, NAME, KIND, GROUP)
 PREFETCH = 64
 """Deliveries a forwarder works on at once."""
 _MAX_BACKOFF = 30.0
+_PERMANENT = (UnroutableError, MessageTooLargeError, ConfigurationError)
+"""Publish failures that say something about the message: another try would fail the same way.
+Any other failure (an outage, a broker's nack) leaves the message unacked, to be forwarded
+again."""
 
 
 def tier_for(remaining: float) -> int | None:
@@ -84,7 +89,7 @@ def stamp(message: Message, to: Destination) -> Message:
 
 def scheduled(message: Message) -> tuple[Destination, Message]:
     """Where a message read from the scheduled queue goes, and the message to publish there
-    (scheduling headers removed). Raises ValueError for a message without them."""
+    (scheduling headers removed). Raises KeyError or ValueError for a message without them."""
     headers = dict(message.headers)
     due = float(headers.pop(DUE))
     name = headers.pop(NAME)
@@ -173,10 +178,10 @@ class Forwarder:
             await self._publish(to, [message])
         except (PublishError, ConfigurationError) as e:
             cause = e.failures.get(0, e) if isinstance(e, PublishError) and e.failures else e
-            if isinstance(cause, BrokerUnavailableError | ConnectionError):
+            if not isinstance(cause, _PERMANENT):
                 raise  # the broker, not the message: not acked, forwarded again later
             # Nothing would receive it now (a topic with no group bound when it fell due,
-            # a group since deleted): kept in a dead-letter queue rather than dropped.
+            # a group since deleted, a name refused): kept in a dead-letter queue, not dropped.
             await self._dead_letter(raw, f"{type(cause).__name__}: {cause}")
             return
         await raw.ack()  # only after the next hop was confirmed
