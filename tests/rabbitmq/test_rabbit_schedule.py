@@ -201,3 +201,26 @@ async def test_transport_forwarder_routes_a_scheduled_message_to_a_group(
             await done.wait()
         await anyio.sleep(0.3)
     assert got == {"a": [message.id], "b": []}
+
+
+async def test_a_topic_nobody_is_bound_to_when_due_dead_letters_the_message(
+    amqp_url: str, name: Callable[[str], str]
+) -> None:
+    """Publishing is accepted (it is checked when due); then nothing would receive it, so the
+    forwarder keeps it in ``eventbus.scheduled.dlq`` instead of dropping it."""
+    topic = name("sched-nobody")
+    bus = EventBus(amqp_url)
+    dead: list[Message] = []
+
+    @bus.consume("eventbus.scheduled.dlq")
+    async def on_dead(message: Message) -> None:
+        dead.append(message)
+
+    async with bus:
+        message_id = await bus.publish(topic, "lonely", delay=1.1)  # no UnroutableError now
+        with anyio.fail_after(15):
+            while not any(m.id == message_id for m in dead):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+    (mine,) = [m for m in dead if m.id == message_id]
+    assert mine.headers["eventbus-dlq-reason"] == "unroutable"
+    assert mine.headers["eventbus-schedule-name"] == topic, "where it was going, for a replay"

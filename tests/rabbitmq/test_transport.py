@@ -120,8 +120,8 @@ async def test_delayed_message_is_not_early_and_does_not_block_others(
     subscribe: Subscribe,
     forward: Callable[[RabbitMQTransport], Awaitable[None]],
 ) -> None:
-    """1.5 s goes through the 1 s delay tier, then the forwarder (eventbus_rabbitmq.scheduling),
-    then a per-message-expiration delay queue for the rest."""
+    """1.5 s goes through the 1 s delay tier, then the forwarder (eventbus.transports.scheduling),
+    which waits the rest in process."""
     transport = await make_transport(f"queue_type={queue_type}")
     await forward(transport)
     topic = name("delay")

@@ -13,8 +13,10 @@ publishes the message again toward its destination: into the next tier if time i
 to the real topic or queue. It acks or commits only once that publish is confirmed
 (at-least-once: a crash in between forwards it twice, never loses it). A topic message is
 published to its topic when it falls due, so it reaches the groups bound *then*. With less than
-the shortest tier left, the adapter's own short delay (RabbitMQ per-message-expiration queues,
-Kafka's paused retry topic) takes it the rest of the way.
+the shortest tier left, the forwarder waits the rest in process, holding the delivery unacked,
+then publishes plainly: on time, and refused at once (so dead-lettered, not silently dropped) if
+nothing would receive it. A publish with less than the shortest tier to begin with uses the
+adapter's own short delay (RabbitMQ per-message-expiration queues, Kafka's paused retry topic).
 
 Never early: a message enters a tier of ``t`` only with at least ``t`` left, and the final hop
 is published only once the due time, carried in a header, has passed. Where the message goes
@@ -27,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -138,15 +141,11 @@ class Forwarder:
                     async with anyio.create_task_group() as tg:
                         await tg.start(subscription.run)
                         backoff = 0.5
-                        async for batch in subscription:
-                            # One failure does not cancel the others: each that got through
-                            # is acked, so an outage redelivers only what it stopped.
-                            outages: list[Exception] = []
-                            async with anyio.create_task_group() as each:
+                        # One task per delivery; the subscription's prefetch bounds how many.
+                        async with anyio.create_task_group() as work:
+                            async for batch in subscription:
                                 for raw in batch:
-                                    each.start_soon(self._forward_or_note, raw, outages)
-                            if outages:
-                                raise outages[0]
+                                    work.start_soon(self._forward, raw)
                         await subscription.close()  # iteration ended: let `run` return
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -161,37 +160,59 @@ class Forwarder:
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    async def _forward_or_note(self, raw: RawDelivery, outages: list[Exception]) -> None:
-        try:
-            await self._forward(raw)
-        except Exception as e:
-            outages.append(e)
-
     async def _forward(self, raw: RawDelivery) -> None:
         try:
             to, message = scheduled(raw.message)
         except (KeyError, ValueError) as e:
             await self._dead_letter(raw, f"not a scheduled message ({e})")
             return
-        try:
-            # Due: to the real destination. Not yet: `publish` picks the next tier.
-            await self._publish(to, [message])
-        except (PublishError, ConfigurationError) as e:
-            cause = e.failures.get(0, e) if isinstance(e, PublishError) and e.failures else e
-            if not isinstance(cause, _PERMANENT):
-                raise  # the broker, not the message: not acked, forwarded again later
+        if to.not_before is not None and tier_for(to.delay) is None:
+            # Less than the shortest tier left: wait here, holding the delivery unacked (if
+            # this process dies, it is forwarded again), so that the last hop is a plain
+            # publish: on time, and refused now if nothing would receive the message.
+            # A clock, not an event: the loop catches a sleep that ends a hair early.
+            while (left := to.not_before - time.time()) > 0:  # noqa: ASYNC110
+                await anyio.sleep(left)
+            to = dataclasses.replace(to, not_before=None)
+        # Due: to the real destination. Not yet: `publish` picks the next tier.
+        failure = await self._send(to, message)
+        if failure is not None:
             # Nothing would receive it now (a topic with no group bound when it fell due,
             # a group since deleted, a name refused): kept in a dead-letter queue, not dropped.
-            await self._dead_letter(raw, f"{type(cause).__name__}: {cause}")
+            await self._dead_letter(raw, f"{type(failure).__name__}: {failure}")
             return
         await raw.ack()  # only after the next hop was confirmed
 
+    async def _send(self, to: Destination, message: Message) -> BaseException | None:
+        """Publish until confirmed; return a failure that is the message's own (`_PERMANENT`).
+        Any other (an outage, a broker's nack) is waited out: the delivery stays unacked."""
+        backoff = 0.5
+        while True:
+            try:
+                await self._publish(to, [message])
+                return None
+            except Exception as e:
+                cause = e.failures.get(0, e) if isinstance(e, PublishError) and e.failures else e
+                if isinstance(cause, _PERMANENT):
+                    return cause
+                log.warning(
+                    "scheduled message %s not forwarded to %r: %r; trying again in %.1f s",
+                    message.id,
+                    to.name,
+                    cause,
+                    backoff,
+                )
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
     async def _dead_letter(self, raw: RawDelivery, why: str) -> None:
-        dlq = self._dead_letters
-        log.error("scheduled message %s sent to %s: %s", raw.message.id, dlq, why)
+        log.error("scheduled message %s sent to %s: %s", raw.message.id, self._dead_letters, why)
         headers = dict(raw.message.headers)
         headers["eventbus-dlq-reason"] = "unroutable"
         headers["eventbus-error-message"] = why[:1000]
-        message = dataclasses.replace(raw.message, topic=dlq, headers=headers)
-        await self._publish(Destination(dlq, "queue"), [message])
+        message = dataclasses.replace(raw.message, topic=self._dead_letters, headers=headers)
+        failure = await self._send(Destination(self._dead_letters, "queue"), message)
+        if failure is not None:
+            log.error("scheduled message %s kept waiting: %r", raw.message.id, failure)
+            return  # never acked without a copy somewhere
         await raw.ack()
