@@ -16,7 +16,9 @@ published to its topic when it falls due, so it reaches the groups bound *then*.
 the shortest tier left, the forwarder waits the rest in process, holding the delivery unacked,
 then publishes plainly: on time, and refused at once (so dead-lettered, not silently dropped) if
 nothing would receive it. A publish with less than the shortest tier to begin with uses the
-adapter's own short delay (RabbitMQ per-message-expiration queues, Kafka's paused retry topic).
+adapter's own short delay (RabbitMQ per-message-expiration queues, Kafka's paused retry topic),
+or goes straight to the forwarder (a RabbitMQ topic publish: a delay queue would expire it into
+an exchange that may have no queue bound by then, which drops it silently).
 
 Never early: a message enters a tier of ``t`` only with at least ``t`` left, and the final hop
 is published only once the due time, carried in a header, has passed. Where the message goes

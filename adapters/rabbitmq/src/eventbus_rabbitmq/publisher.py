@@ -159,6 +159,13 @@ class Publisher:
 
             await self._declare(declare_tier, to, deadline)
             return _Route("", _fixed(names[-1]), scheduled=to)
+        if to.kind == "topic" and to.group is None:
+            # A delay queue would expire it into the topic's exchange, which drops it silently
+            # if no group is bound by then. The forwarder waits it out instead and publishes
+            # it when due, mandatory: what nothing receives is dead-lettered, not lost.
+            queue = self._topology.scheduled_queue()
+            await self._declare(lambda ch: self._topology.queue(ch, queue), to, deadline)
+            return _Route("", _fixed(queue), scheduled=to)
         # Delayed: park it in a TTL queue that dead-letters to the final exchange with the
         # message's routing key when its exact per-message expiration has passed. The bucket
         # is chosen from the delay left now; the expiration, computed later, can only be
