@@ -36,6 +36,7 @@ from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
 from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
+from eventbus.schedule import not_before
 from eventbus.transports.base import Destination, Kind, Transport
 from eventbus.transports.registry import transport_for_url
 
@@ -133,6 +134,7 @@ class EventBus:
         self._runners: list[SubscriptionRunner] = []
         self._task_group: TaskGroup | None = None
         self._hooks_scope: anyio.CancelScope | None = None
+        self._forwarder_scope: anyio.CancelScope | None = None
         self._drain_scope: anyio.CancelScope | None = None
         self._running = False
         self._consuming = False
@@ -445,21 +447,28 @@ class EventBus:
         correlation_id: str | None = None,
         ttl: float | None = None,
         expires_at: datetime | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Publish an event to every group of ``topic``; returns the message id once the broker
         confirmed it. Messages with the same ``key`` are handled in publish order.
 
         ``ttl`` (seconds) or ``expires_at`` (an aware datetime): a consumer that gets the
         message later does not handle it, and dead-letters it as ``expired`` (or drops it, by
-        its ``on_expired``)."""
+        its ``on_expired``).
+        ``delay`` (seconds) or ``at`` (an aware datetime; a past one means now) schedules it:
+        it is delivered no earlier, to the groups bound to the topic when it falls due, and
+        a scheduled message keeps no order with the others (docs/flow-control.md). With both,
+        ``ttl`` counts from when the message falls due."""
+        due = not_before(delay, at)
         return await self._publish_one(
-            Destination(_check_name("topic", topic), "topic"),
+            Destination(_check_name("topic", topic), "topic", not_before=due),
             payload,
             key=key,
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
-            expires=expiry_header(ttl, expires_at),
+            expires=expiry_header(ttl, expires_at, due),
         )
 
     async def send(
@@ -473,17 +482,20 @@ class EventBus:
         correlation_id: str | None = None,
         ttl: float | None = None,
         expires_at: datetime | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> str:
         """Send a command to ``queue``: exactly one consumer handles it. ``ttl``/``expires_at``
-        as for `publish`."""
+        and ``delay``/``at`` as for `publish`."""
+        due = not_before(delay, at)
         return await self._publish_one(
-            Destination(_check_name("queue", queue), "queue"),
+            Destination(_check_name("queue", queue), "queue", not_before=due),
             payload,
             key=key,
             headers=headers,
             message_id=message_id,
             correlation_id=correlation_id,
-            expires=expiry_header(ttl, expires_at),
+            expires=expiry_header(ttl, expires_at, due),
         )
 
     async def _publish_one(
@@ -526,16 +538,19 @@ class EventBus:
         headers: Mapping[str, str] | None = None,
         ttl: float | None = None,
         expires_at: datetime | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> list[str]:
         """The high-throughput path: publish many messages without waiting for each confirm in
         turn. Returns their ids; if some fail, `PublishError.failures` maps their indices to
-        the causes (the others were confirmed). ``ttl``/``expires_at`` as for `publish`, one
-        deadline for all."""
+        the causes (the others were confirmed). ``ttl``/``expires_at`` (one deadline for all)
+        and ``delay``/``at`` (one due time for all) as for `publish`."""
         if keys is not None and len(keys) != len(payloads):
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
+        due = not_before(delay, at)
         common = _checked_headers(headers)  # checked once, copied per message
-        expires = expiry_header(ttl, expires_at)
+        expires = expiry_header(ttl, expires_at, due)
         if expires is not None:
             common[EXPIRES_AT] = expires
         # One call, one publish time: the wire format then formats it once, not per message.
@@ -557,7 +572,7 @@ class EventBus:
             )
             for body, key in zip(encoded, keys or itertools.repeat(None), strict=False)
         ]
-        await self._send(Destination(topic, "topic"), messages)
+        await self._send(Destination(topic, "topic", not_before=due), messages)
         return [m.id for m in messages]
 
     async def _send(self, to: Destination, messages: Sequence[Message]) -> None:
@@ -605,6 +620,7 @@ class EventBus:
             raise RuntimeError("this bus is already running")
         await self.transport.connect()
         self._hooks_scope = anyio.CancelScope()
+        self._forwarder_scope = None
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._running = True
@@ -631,6 +647,10 @@ class EventBus:
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
+            forward = getattr(self.transport, "forward_scheduled", None)
+            if consumers and forward is not None:
+                self._forwarder_scope = anyio.CancelScope()
+                await self._task_group.start(self._forward_scheduled, forward)
             if self._startup and consumers:
                 self._task_group.start_soon(self._run_startup_hooks)
         except BaseException as exc:
@@ -644,6 +664,14 @@ class EventBus:
         tb: TracebackType | None,
     ) -> bool | None:
         return await self._stop(exc_type, exc, tb)
+
+    async def _forward_scheduled(
+        self, forward: Callable[..., Coroutine[Any, Any, None]], *, task_status: Any
+    ) -> None:
+        """The transport's forwarder of scheduled messages (delay tiers), until the bus stops."""
+        assert self._forwarder_scope is not None
+        with self._forwarder_scope:
+            await forward(task_status=task_status)
 
     async def run(self) -> None:
         """The `async with` lifecycle until cancelled (the CLI cancels it on SIGTERM/SIGINT)."""
@@ -710,6 +738,8 @@ class EventBus:
                 runner.abort()
             for runner in self._runners:
                 await runner.closed.wait()
+            if self._forwarder_scope is not None:
+                self._forwarder_scope.cancel()  # unacked ones are forwarded by the next bus
             if self._shutdown and self._consuming:
                 await self._run_shutdown_hooks()
             if self._metrics_service is not None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from eventbus_kafka import KafkaTransport
+from eventbus_kafka.wire import to_record
 from kafka_helpers import Live, group_of, messages, nothing_more, subscribe, take, wait_until
 
 from eventbus.message import Message
@@ -110,12 +111,14 @@ async def test_resume_keeps_a_partition_that_waits_for_a_retry_paused(
     topic = name("pauseretry")
     live = await subscribe(transport, spec(topic, 100))
     due = time.time() + 6.0
-    await transport.publish(
-        Destination(topic, group=group_of(topic), not_before=due),
-        [Message(id="later", topic=topic, body=b"")],
-    )
-    consumer = live.sub._consumer  # type: ignore[attr-defined]
     retry_topic = f"{topic}.{group_of(topic)}.retry"
+    # Written straight to the retry topic: a publish this long goes through the delay tiers
+    # first, and only its last second waits here.
+    record = to_record(
+        Message(id="later", topic=topic, body=b""), target_group=group_of(topic), not_before=due
+    )
+    assert not await transport._producer.send_all(retry_topic, [record])
+    consumer = live.sub._consumer  # type: ignore[attr-defined]
     await wait_until(lambda: any(tp.topic == retry_topic for tp in consumer.paused()), within=10)
     waiting = set(consumer.paused())
     assert len(waiting) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -348,9 +349,11 @@ async def test_prefetch_bounds_unsettled_deliveries(transport: KafkaTransport, n
 async def test_delayed_retry_waits_while_other_partitions_flow(
     transport: KafkaTransport, name: Name
 ) -> None:
+    """The late one goes through the delay tiers and the forwarder a started bus runs."""
     topic = name("delay")
     slow_key, fast_key = keys_on_distinct_partitions(2)
     sub = await subscribe(transport, topic_spec(topic))
+    forwarder = asyncio.create_task(transport.forward_scheduled())
     start = time.time()
     due = {"late": start + 8.0, "soon": start + 0.2}
     await transport.publish(
@@ -376,6 +379,9 @@ async def test_delayed_retry_waits_while_other_partitions_flow(
         if d.message.id in due:
             assert at[d.message.id] >= due[d.message.id]  # never handed out before it is due
     assert at["late"] - start < 8.0 + 5.0, "the partition is resumed once the record is due"
+    forwarder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await forwarder
     await sub.close()
 
 

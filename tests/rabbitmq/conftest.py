@@ -1,6 +1,7 @@
 """Fixtures for the RabbitMQ adapter tests: transports on the real broker, unique names."""
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -77,6 +78,37 @@ async def subscribe(make_transport: Make) -> AsyncIterator[Subscribe]:
     with anyio.fail_after(30):
         for _sub, task in running:
             await task  # run() returns after close(), and raised nothing meanwhile
+
+
+class _Started:
+    """A ``task_status`` for a coroutine run as a plain task."""
+
+    def __init__(self) -> None:
+        self.live: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def started(self, value: object = None) -> None:
+        if not self.live.done():
+            self.live.set_result(None)
+
+
+@pytest.fixture
+async def forward(
+    make_transport: Make,
+) -> AsyncIterator[Callable[[RabbitMQTransport], Awaitable[None]]]:
+    """``await forward(transport)``: runs the transport's scheduled-message forwarder (what
+    every started bus does) until the test ends; returns once it forwards."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(transport: RabbitMQTransport) -> None:
+        status = _Started()
+        tasks.append(asyncio.create_task(transport.forward_scheduled(task_status=status)))
+        await status.live
+
+    yield start
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.fixture(scope="session", autouse=True)

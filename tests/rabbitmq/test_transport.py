@@ -114,9 +114,16 @@ async def test_group_targeted_publish_finds_a_partitioned_group(
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 async def test_delayed_message_is_not_early_and_does_not_block_others(
-    make_transport: Make, name: Callable[[str], str], queue_type: str, subscribe: Subscribe
+    make_transport: Make,
+    name: Callable[[str], str],
+    queue_type: str,
+    subscribe: Subscribe,
+    forward: Callable[[RabbitMQTransport], Awaitable[None]],
 ) -> None:
+    """1.5 s goes through the 1 s delay tier, then the forwarder (eventbus.transports.scheduling),
+    which waits the rest in process."""
     transport = await make_transport(f"queue_type={queue_type}")
+    await forward(transport)
     topic = name("delay")
     sub = await subscribe(transport, group(topic, "g"))
     start = time.monotonic()

@@ -54,10 +54,14 @@ class ExpiryHeaderError(ValueError):
     dead-lettered as ``undecodable``."""
 
 
-def expiry_header(ttl: float | None, expires_at: datetime | None) -> str | None:
+def expiry_header(
+    ttl: float | None, expires_at: datetime | None, due: float | None = None
+) -> str | None:
     """The ``eventbus-expires-at`` value for a publish, or None without an expiry. ``ttl``:
-    seconds from now, finite and > 0; ``expires_at``: an aware datetime (one in the past is
-    allowed: the message is then expired when it arrives)."""
+    seconds from when the message is due (``due``, the Unix time of a scheduled publish;
+    else now), finite and > 0: a scheduled message gets its whole ttl once it falls due.
+    ``expires_at``: an aware datetime (one in the past is allowed: the message is then
+    expired when it arrives)."""
     if ttl is None and expires_at is None:
         return None
     if ttl is not None and expires_at is not None:
@@ -70,7 +74,7 @@ def expiry_header(ttl: float | None, expires_at: datetime | None) -> str | None:
             or ttl <= 0
         ):
             raise ConfigurationError(f"ttl must be > 0 seconds (finite), got {ttl!r}")
-        deadline = time.time() + ttl
+        deadline = (time.time() if due is None else max(due, time.time())) + ttl
     else:
         if not isinstance(expires_at, datetime):
             raise ConfigurationError(f"expires_at must be a datetime, got {expires_at!r}")

@@ -853,6 +853,65 @@ class ConformanceSuite:
                 await wait_for(lambda: set(seen) >= set(range(40)), what="all 40")
         assert set(seen) == set(range(40))
 
+    # -- scheduled publish (DESIGN 11) ----------------------------------------------------------
+
+    async def test_scheduled_publish_is_never_early_and_a_long_delay_blocks_nothing(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        """An hour-long delay published first, on the same key (so the same partition or
+        queue), holds back neither a message due in 1.5 s nor one due now."""
+        bus, topic, queue = make_bus(), name("sched"), name("sched-q")
+        handled: dict[str, float] = {}
+
+        @bus.subscribe(topic, group=name("g"))
+        async def on_topic(note: str) -> None:
+            handled[note] = time.time()
+
+        @bus.consume(queue)
+        async def on_queue(note: str) -> None:
+            handled[note] = time.time()
+
+        async with bus:
+            published = time.time()
+            await bus.publish(topic, "hour", key="k", delay=3600)
+            await bus.publish(topic, "soon", key="k", delay=1.5)
+            await bus.publish(topic, "now", key="k")
+            await bus.send(queue, "q-hour", key="k", delay=3600)
+            due = datetime.now(UTC) + timedelta(seconds=1.5)
+            await bus.send(queue, "q-at", key="k", at=due)
+            await bus.publish_many(topic, ["many-1", "many-2"], delay=1.5)
+            await wait_for(lambda: len(handled) == 5, what="the due messages")
+            await anyio.sleep(self.settle_time)
+        assert set(handled) == {"now", "soon", "q-at", "many-1", "many-2"}
+        assert handled["now"] < handled["soon"]
+        for note in ("soon", "many-1", "many-2"):
+            assert handled[note] >= published + 1.5 - 0.05, f"{note} came early"
+        assert handled["q-at"] >= due.timestamp() - 0.05, "at= came early"
+
+    async def test_scheduled_topic_message_reaches_a_group_bound_before_it_is_due(
+        self, make_bus: Callable[..., EventBus], name: Callable[[str], str]
+    ) -> None:
+        """Whatever a transport does with a topic nobody subscribed to yet, a scheduled message
+        goes to the groups there are when it falls due."""
+        topic = name("sched-late")
+        first, second = make_bus(), make_bus()
+        got: dict[str, float] = {}
+
+        @first.subscribe(topic, group=name("early"))
+        async def early(note: str) -> None:
+            got["early"] = time.time()
+
+        @second.subscribe(topic, group=name("late"))
+        async def late(note: str) -> None:
+            got["late"] = time.time()
+
+        async with first:
+            published = time.time()
+            await first.publish(topic, "x", delay=2.5)
+            async with second:
+                await wait_for(lambda: len(got) == 2, what="both groups")
+        assert min(got.values()) >= published + 2.5 - 0.05
+
     # -- dead-letter replay -------------------------------------------------------------------
 
     async def test_dlq_replay_reaches_only_the_failed_group(

@@ -274,6 +274,11 @@ class Transport(Protocol):
     Optionally a transport names its broker for tracing in a ``messaging_system`` attribute
     (OpenTelemetry's ``messaging.system``: ``"kafka"``, ``"rabbitmq"``); without it a traced bus
     uses the URL scheme.
+
+    Optionally, a transport whose delayed messages need moving on by a client (delay tiers:
+    RabbitMQ) has ``async def forward_scheduled(*, task_status)``: every bus started with its
+    consumers runs it in its task group, calls ``task_status.started()`` once it forwards, and
+    cancels it when it stops. It must settle a message only once its next hop is confirmed.
     """
 
     spi_version: int

@@ -186,6 +186,9 @@ class MemoryBroker:
         self._topics: dict[str, dict[str, _Group]] = {}
         self._broadcasts: dict[str, list[_Group]] = {}
         self._queues: dict[str, _Group] = {}
+        self._scheduled: dict[str, list[tuple[float, Message]]] = {}
+        """Delayed topic publishes not yet due (monotonic due time): a group created before
+        they fall due gets them even when retention does not keep them (DESIGN 11)."""
 
     def published(self, name: str) -> list[Message]:
         """Messages published to topic or queue ``name`` (dead letters included), in order."""
@@ -223,6 +226,7 @@ class MemoryBroker:
         self._topics.clear()
         self._broadcasts.clear()
         self._queues.clear()
+        self._scheduled.clear()
 
     def publish(self, to: Destination, message: Message) -> None:
         self.log.append((to, message))
@@ -238,6 +242,12 @@ class MemoryBroker:
             kept.append((to, message))
         for group in (*self._topics.get(to.name, {}).values(), *self._broadcasts.get(to.name, ())):
             group.put(message, to.delay)
+        if to.delay > 0:
+            now = time.monotonic()
+            pending = self._scheduled.setdefault(to.name, [])
+            pending.append((now + to.delay, message))
+            if len(pending) & (len(pending) - 1) == 0:  # at powers of two: amortized O(1)
+                pending[:] = [(due, m) for due, m in pending if due > now]
 
     def _group(self, topic: str, name: str) -> _Group:
         """Group ``name`` of ``topic``; a new one starts with what the topic retained, like a
@@ -246,8 +256,17 @@ class MemoryBroker:
         group = groups.get(name)
         if group is None:
             group = groups[name] = _Group()
-            for to, message in self._retained.get(topic, ()):
+            kept = self._retained.get(topic, ())
+            for to, message in kept:
                 group.put(message, to.delay)  # a delayed one keeps what is left of its delay
+            now = time.monotonic()
+            pending = [(due, m) for due, m in self._scheduled.pop(topic, []) if due > now]
+            if pending:
+                self._scheduled[topic] = pending
+                retained = {id(m) for _, m in kept}
+                for due, message in pending:
+                    if id(message) not in retained:  # not kept: still due to the groups bound
+                        group.put(message, due - now)
         return group
 
     def group_for(self, spec: SubscriptionSpec) -> _Group:

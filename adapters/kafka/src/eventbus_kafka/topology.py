@@ -5,6 +5,9 @@
 - queue ``Q`` (dead-letter queues ``T.G.dlq`` too): consumer group ``eventbus.queue.Q`` reads
   ``Q`` and ``Q.retry``.
 - broadcast (group None): no consumer group; every partition of ``T`` from its end.
+- scheduled messages with a second or more left (`eventbus.transports.scheduling`): delay tier
+  topics ``eventbus.delay.<seconds>s``, read by consumer group ``eventbus-scheduler`` (the
+  forwarder of every started bus).
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ from eventbus.transports.base import Destination, Kind, SubscriptionSpec
 
 __all__ = [
     "QUEUE_GROUP_PREFIX",
+    "SCHEDULER_GROUP",
     "consumer_group",
     "destination_topic",
     "retry_topic",
     "subscribed_topics",
+    "tier_topic",
     "validate_name",
 ]
 
 QUEUE_GROUP_PREFIX = "eventbus.queue."
+SCHEDULER_GROUP = "eventbus-scheduler"
+"""The consumer group of the delay tiers' forwarders: one per cluster, every bus a member."""
 _LEGAL = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_TOPIC = 249
 
@@ -46,11 +53,17 @@ def retry_topic(name: str, kind: Kind, group: str | None) -> str:
     return validate_name(topic)
 
 
+def tier_topic(seconds: int) -> str:
+    """The delay tier where every record waits ``seconds`` after it was written."""
+    return f"eventbus.delay.{seconds}s"
+
+
 def destination_topic(to: Destination) -> str:
     """The Kafka topic a publish goes to: the retry topic when it targets one group (topics)
     or has a due time (``not_before``): then a queue's main topic does not wait behind it. A
     delayed topic publish without a group is meant for every group, so it goes to the main
-    topic, whose partition then waits (paused) until it is due."""
+    topic, whose partition then waits (paused) until it is due: only for what is due within
+    the shortest delay tier (longer delays go through the tiers first)."""
     validate_name(to.name)
     if to.kind == "queue":
         return retry_topic(to.name, "queue", None) if to.not_before is not None else to.name

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.structs import TopicPartition  # type: ignore[import-untyped]
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
 
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
 from eventbus.message import Message
+from eventbus.transports import scheduling
 from eventbus.transports.base import (
     Backlog,
     Capabilities,
@@ -28,10 +32,12 @@ from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.producer import Producer
 from eventbus_kafka.subscription import KafkaSubscription
 from eventbus_kafka.topology import (
+    SCHEDULER_GROUP,
     consumer_group,
     destination_topic,
     retry_topic,
     subscribed_topics,
+    tier_topic,
     validate_name,
 )
 from eventbus_kafka.url import KafkaSettings, parse_url
@@ -149,6 +155,10 @@ class KafkaTransport:
         failure is a size error)."""
         if not messages:
             return
+        tier = scheduling.tier_for(to.delay) if to.not_before is not None else None
+        if tier is not None:
+            await self._publish_to_tier(to, tier, messages)
+            return
         topic = destination_topic(to)
         try:
             await self._admin.ensure_topics([topic])
@@ -163,6 +173,54 @@ class KafkaTransport:
         failures = await self._producer.send_all(topic, records)
         if failures:
             raise publish_error(failures, messages, f"Kafka topic {topic!r}")
+
+    async def _publish_to_tier(
+        self, to: Destination, tier: int, messages: Sequence[Message]
+    ) -> None:
+        """Into delay tier ``tier`` (`eventbus.transports.scheduling`): each record waits there
+        ``tier`` seconds after it is written, stamped with its destination and due time. Every
+        record of a tier topic waits as long, so its partitions are in due order and pausing one
+        until its head is due holds back nothing due sooner."""
+        destination_topic(to)  # the destination's names are checked now, not when due
+        topic = tier_topic(tier)
+        try:
+            await self._admin.ensure_topics([topic])
+        except BrokerUnavailableError as exc:
+            raise PublishError(
+                f"cannot publish to {topic!r}: {exc}", dict.fromkeys(range(len(messages)), exc)
+            ) from exc
+        leaves = time.time() + tier  # never after the due time: tier <= the delay left
+        records = [to_record(scheduling.stamp(m, to), not_before=leaves) for m in messages]
+        failures = await self._producer.send_all(topic, records)
+        if failures:
+            raise publish_error(failures, messages, f"Kafka topic {topic!r}")
+
+    async def forward_scheduled(
+        self, *, task_status: TaskStatus[None] = TASK_STATUS_IGNORED
+    ) -> None:
+        """Move scheduled messages on from the delay tiers until cancelled, in consumer group
+        ``eventbus-scheduler`` (`eventbus.transports.scheduling`). Every started bus runs it."""
+        topics = [tier_topic(t) for t in scheduling.TIERS]
+        spec = SubscriptionSpec("eventbus.scheduled", "queue", None, scheduling.PREFETCH)
+
+        async def subscribe(owner: DeliveryOwner) -> Subscription:
+            await self._admin.ensure_topics(topics)
+            sub = KafkaSubscription(
+                self.settings,
+                spec,
+                owner,
+                topics=topics,
+                group=SCHEDULER_GROUP,
+                admin=self._admin,
+                on_close=self._subscriptions.discard,
+            )
+            self._subscriptions.add(sub)
+            return sub
+
+        forwarder = scheduling.Forwarder(
+            subscribe, self.publish, dead_letters="eventbus.scheduled.dlq"
+        )
+        await forwarder.run(task_status=task_status)
 
     # -- consuming --------------------------------------------------------------------------
 

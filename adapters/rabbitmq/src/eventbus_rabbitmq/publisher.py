@@ -27,6 +27,7 @@ from eventbus.errors import (
     UnroutableError,
 )
 from eventbus.message import Message
+from eventbus.transports import scheduling
 from eventbus.transports.base import Destination
 from eventbus.transports.publishing import publish_error, too_large
 from eventbus_rabbitmq import wire
@@ -50,6 +51,7 @@ class _Route:
     exchange: str
     routing_key: Callable[[Message], str]
     not_before: float | None = None  # through a delay queue: due at this Unix time
+    scheduled: Destination | None = None  # through a delay tier: stamped with where it goes
 
     def expiration_ms(self) -> int | None:
         """The delay left, for the message's expiration in the delay queue. Computed right
@@ -147,6 +149,23 @@ class Publisher:
             final = _Route(to.name, wire.routing_key)
         if to.delay <= 0:
             return final
+        tier = scheduling.tier_for(to.delay)
+        if tier is not None:
+            # Long enough for a tier: no head-of-line blocking, any length (`scheduling`).
+            names: list[str] = []
+
+            async def declare_tier(channel: AbstractChannel) -> None:
+                names.append(await self._topology.tier(channel, tier))
+
+            await self._declare(declare_tier, to, deadline)
+            return _Route("", _fixed(names[-1]), scheduled=to)
+        if to.kind == "topic" and to.group is None:
+            # A delay queue would expire it into the topic's exchange, which drops it silently
+            # if no group is bound by then. The forwarder waits it out instead and publishes
+            # it when due, mandatory: what nothing receives is dead-lettered, not lost.
+            queue = self._topology.scheduled_queue()
+            await self._declare(lambda ch: self._topology.queue(ch, queue), to, deadline)
+            return _Route("", _fixed(queue), scheduled=to)
         # Delayed: park it in a TTL queue that dead-letters to the final exchange with the
         # message's routing key when its exact per-message expiration has passed. The bucket
         # is chosen from the delay left now; the expiration, computed later, can only be
@@ -228,6 +247,8 @@ class Publisher:
             await turn
         self._in_flight[message_id] = []
         try:
+            if route.scheduled is not None:
+                message = scheduling.stamp(message, route.scheduled)
             properties = wire.encode(message, expiration_ms=route.expiration_ms())
             async with asyncio.timeout_at(deadline):
                 result = await channel.basic_publish(

@@ -12,6 +12,12 @@ the broker says an entity is gone (someone deleted it, or the broker was reset).
     broadcast        exclusive auto-delete    (server-named)           bound to <topic>
     delay            fanout exchange + queue  eventbus.delay.<ms>[.<exchange>]
                      dead-lettering to <exchange> (default: "") with the original routing key
+                     (only for what is due in less than the shortest tier)
+    delay tier       durable queue            eventbus.tier[.quorum].<seconds>s
+                     x-message-ttl = the tier, dead-lettering to eventbus.scheduled[.quorum]
+    scheduled        durable queue            eventbus.scheduled[.quorum]
+                     read by every started bus, which sends each message on
+                     (`eventbus.transports.scheduling`)
 """
 
 from __future__ import annotations
@@ -262,6 +268,43 @@ class Topology:
         await channel.queue_declare(name, durable=True, arguments=args)
         await channel.queue_bind(name, name)
         self._mark("d", name)
+        return name
+
+    def scheduled_queue(self) -> str:
+        """Where delay tiers dead-letter to, read by the forwarder of every started bus."""
+        return (
+            "eventbus.scheduled.quorum"
+            if self._settings.queue_type == "quorum"
+            else ("eventbus.scheduled")
+        )
+
+    async def tier(self, channel: AbstractChannel, seconds: int) -> str:
+        """The queue where a message waits exactly ``seconds`` (a queue-wide TTL: every
+        message waits as long, so the head is always the first due and nothing waits behind a
+        longer delay), then is dead-lettered to `scheduled_queue`, declared first so that a
+        message never expires into nothing. Returns the tier queue's name."""
+        quorum = self._settings.queue_type == "quorum"
+        name = f"eventbus.tier{'.quorum' if quorum else ''}.{seconds}s"
+        if ("q", name) in self._declared:
+            return name
+        await self.queue(channel, self.scheduled_queue())
+        args: dict[str, Any] = {
+            "x-message-ttl": seconds * 1000,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": self.scheduled_queue(),
+        }
+        if quorum:
+            # At-least-once dead-lettering: the message leaves the tier only once the
+            # scheduled queue confirmed it.
+            args.update(
+                {
+                    "x-queue-type": "quorum",
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                }
+            )
+        await channel.queue_declare(name, durable=True, arguments=args)
+        self._mark("q", name)
         return name
 
     def _mark(self, kind: str, name: str) -> None:

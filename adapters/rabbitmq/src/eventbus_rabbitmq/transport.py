@@ -10,7 +10,9 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+import anyio
 from aiormq import exceptions as amqp
+from anyio.abc import TaskStatus
 
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
@@ -23,6 +25,7 @@ from eventbus.transports.base import (
     Subscription,
     SubscriptionSpec,
 )
+from eventbus.transports.scheduling import PREFETCH, Forwarder
 from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import translate
 from eventbus_rabbitmq.partitions import Locks
@@ -99,6 +102,20 @@ class RabbitMQTransport:
         if to.kind == "queue" and to.group is not None:
             raise ConfigurationError(f"queue {to.name!r}: groups apply to topics only")
         await self._publisher.publish(to, messages)
+
+    async def forward_scheduled(
+        self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Move scheduled messages on from the delay tiers until cancelled (`scheduling`).
+        Every started bus runs it; a bus that only publishes does not need to."""
+        queue = self._topology.scheduled_queue()
+        spec = SubscriptionSpec(queue, "queue", None, PREFETCH)
+
+        async def subscribe(owner: DeliveryOwner) -> Subscription:
+            return await self.subscribe(spec, owner)
+
+        forwarder = Forwarder(subscribe, self.publish, dead_letters=f"{queue}.dlq")
+        await forwarder.run(task_status=task_status)
 
     async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
         """Validate and return the subscription; it declares and consumes in its ``run``."""
