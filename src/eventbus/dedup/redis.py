@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from eventbus.dedup._validate import check_seconds
 from eventbus.dedup.base import ClaimResult
-from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.errors import ConfigurationError
+from eventbus.redis_errors import redis_address, translated_errors
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -136,21 +136,11 @@ class RedisDedupStore:
             self._claim_script = self._release_script = None
             await client.aclose()
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """redis-py's connection errors are not builtin ConnectionErrors: translate them."""
-        import redis.exceptions
-
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise BrokerUnavailableError(self._address(), str(exc)) from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return translated_errors(self._address())
 
     def _address(self) -> str:
-        if self._url is None:
-            return repr(self._client)
-        scheme, _, rest = self._url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"  # without credentials
+        return redis_address(self._url, self._client)
 
     def _redis(self) -> Redis:
         if self._client is None:

@@ -11,14 +11,13 @@ redis-py is imported when a limiter is made, never by ``import eventbus``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.errors import ConfigurationError
+from eventbus.redis_errors import redis_address, translated_errors
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
@@ -120,22 +119,11 @@ class RedisRateLimiter:
             self._script = None
             await client.aclose()
 
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """redis-py's connection errors are not builtin ConnectionErrors: translate them, with
-        the address but never the password."""
-        import redis.exceptions
-
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise BrokerUnavailableError(self._address(), str(exc)) from exc
+    def _errors(self) -> AbstractContextManager[None]:
+        return translated_errors(self._address())
 
     def _address(self) -> str:
-        if self._url is None:
-            return repr(self._client)
-        scheme, _, rest = self._url.partition("://")
-        return f"{scheme}://{rest.rpartition('@')[2]}"  # without credentials
+        return redis_address(self._url, self._client)
 
     def _redis(self) -> Redis:
         if self._client is None:
