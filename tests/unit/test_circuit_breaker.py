@@ -311,3 +311,31 @@ async def test_half_open_with_nothing_waiting_fetches_a_probe_and_a_void_probe_p
         await attempt(None)  # the next probe succeeds
         assert gate.state == "closed" and calls == ["pause", "resume", "resume"]
         assert sub.stats.breaker_opened == 1
+
+
+async def test_a_message_that_always_fails_cannot_hold_the_subscription(
+    url: str, broker: MemoryBroker
+) -> None:
+    # min_calls <= max_attempts: one poison message trips the breaker on its own and would be
+    # the probe after every open_for, failing, forever. Past HELD_FAILURES * max_attempts held
+    # failures its failures spend attempts again, so it ends dead-lettered and the next flows.
+    bus = EventBus(url)
+    handled: list[str] = []
+    calls: list[str] = []
+
+    @bus.consume("jobs", retry=FAST, breaker=QUICK)
+    async def job(message: Message) -> None:
+        calls.append(message.id)
+        if message.id == "poison":
+            raise ValueError("this input can never be handled")
+        handled.append(message.id)
+
+    async with bus:
+        await bus.send("jobs", {}, message_id="poison")
+        await wait_for(lambda: len(broker.published("jobs.dlq")) == 1, within=20)
+        await bus.send("jobs", {}, message_id="fine")
+        await wait_for(lambda: handled == ["fine"], within=20)
+    (letter,) = broker.published("jobs.dlq")
+    assert letter.id == "poison" and letter.headers["eventbus-dlq-reason"] == "retries-exhausted"
+    # 2 * max_attempts held failures, then max_attempts that count.
+    assert calls.count("poison") == 2 * FAST.max_attempts + FAST.max_attempts

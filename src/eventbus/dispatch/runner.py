@@ -53,6 +53,13 @@ __all__ = ["SubscriptionRunner"]
 log = logging.getLogger("eventbus.dispatch")
 
 
+HELD_FAILURES = 2
+"""Failures per ``max_attempts`` that one message may have while the circuit breaker holds it
+(spending no attempt) before its failures count again: enough to ride out an outage in which
+the held messages take turns as the probe, bounded so that one message failing for its own
+reasons cannot hold the subscription forever."""
+
+
 class SubscriptionRunner:
     """Runs one `Subscriber` over one transport subscription until told to stop."""
 
@@ -283,6 +290,8 @@ class SubscriptionRunner:
                 return False
 
         checked = True  # just now, above
+        held_failures = 0  # failures the circuit breaker held, spending no attempt
+        max_attempts = options.retry.max_attempts
         while True:
             if self._stopping:
                 return False
@@ -333,12 +342,21 @@ class SubscriptionRunner:
                     state.claim_owner = None
                     continue
                 if isinstance(exc, HeldError):
-                    # The circuit breaker is open: the same attempt runs again once it closes.
-                    if exc.error is not None:
-                        sub.stats.failed_attempts += 1
-                    if state.settled or await self._wait_for_breaker(state, exc):
-                        return False
-                    continue
+                    held_failures += exc.error is not None
+                    if exc.error is None or held_failures <= HELD_FAILURES * max_attempts:
+                        # The circuit breaker is open: the same attempt runs again once it
+                        # closes, spending no attempt.
+                        if exc.error is not None:
+                            sub.stats.failed_attempts += 1
+                        if state.settled or await self._wait_for_breaker(state, exc):
+                            return False
+                        continue
+                    # Past its share of free failures: a message that fails on its own (a
+                    # poison message that keeps tripping the breaker and failing as its probe)
+                    # would otherwise hold the subscription forever. From now on its failures
+                    # spend attempts, so it ends dead-lettered like any other.
+                    assert exc.error is not None
+                    exc = exc.error
                 sub.stats.failed_attempts += 1
                 if state.settled:
                     log.warning(
