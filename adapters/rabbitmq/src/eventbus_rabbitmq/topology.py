@@ -288,21 +288,18 @@ class Topology:
         if ("q", name) in self._declared:
             return name
         await self.queue(channel, self.scheduled_queue())
+        # A quorum queue whatever `queue_type` says: only quorum queues dead-letter at least
+        # once (3.10+), the message leaving the tier only once the scheduled queue confirmed
+        # it. A classic queue dead-letters at most once, and a broker crash at that moment
+        # would lose a message that waited, possibly for days, to be delivered.
         args: dict[str, Any] = {
             "x-message-ttl": seconds * 1000,
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": self.scheduled_queue(),
+            "x-queue-type": "quorum",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
         }
-        if quorum:
-            # At-least-once dead-lettering: the message leaves the tier only once the
-            # scheduled queue confirmed it.
-            args.update(
-                {
-                    "x-queue-type": "quorum",
-                    "x-dead-letter-strategy": "at-least-once",
-                    "x-overflow": "reject-publish",
-                }
-            )
         await channel.queue_declare(name, durable=True, arguments=args)
         self._mark("q", name)
         return name
