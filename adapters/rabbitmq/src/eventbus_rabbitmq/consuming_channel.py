@@ -244,8 +244,11 @@ class ConsumingChannel:
             log.debug("consumers of %s now prefetch %d", self._topic, self._refit)
             self._prefetch = self._refit
         while self.suspended and not self._halted and self.usable:
-            queue = self.suspended.pop()
+            # Suspended until consumed: `queues` never misses it while basic.consume is on
+            # the wire.
+            queue = next(iter(self.suspended))
             await self._consume(queue)
+            self.suspended.discard(queue)
             if self._halted:  # stopped while consuming: stop() did not see this consumer
                 await self.cancel(queue)
 
