@@ -388,13 +388,84 @@ RABBIT_LATENCY = Scenario(
     targets=[Target("p99 <= 5 ms", "eventbus", "p99_ms", 5.0)],
 )
 
+KAFKA_BATCH_CONSUME = Scenario(
+    key="h1-kafka-batch-consume",
+    title="Kafka consume with a batch handler (list[bytes]), at-least-once commits",
+    broker="kafka",
+    messages=lambda s: s.kafka_consume_messages,
+    settings=lambda s: {**_consume_settings(s), "handler": "list[bytes], no-op"},
+    contenders=[
+        Contender("aiokafka getmany+commit", p(kafka_raw.consume, payload="bytes")),
+        Contender(
+            "eventbus Batch(500)",
+            p(kafka_eventbus.consume_batch, max_size=500),
+            "aiokafka getmany+commit",
+            note="batch=Batch(max_size=500, max_wait=0.05), concurrency=1",
+        ),
+        Contender(
+            "eventbus per message",
+            p(kafka_eventbus.consume, payload="bytes"),
+            "aiokafka getmany+commit",
+            note="the same handler one message at a time, for comparison",
+        ),
+    ],
+    targets=[
+        Target(
+            "batch consume >= 0.9x raw",
+            "eventbus Batch(500)",
+            "ratio_to",
+            0.9,
+            "aiokafka getmany+commit",
+        )
+    ],
+)
+
+RABBIT_BATCH_CONSUME = Scenario(
+    key="h2-rabbit-batch-consume",
+    title="RabbitMQ consume with a batch handler (list[bytes]), prefetch 200",
+    broker="amqp",
+    messages=lambda s: s.rabbit_consume_messages,
+    settings=lambda s: {
+        **_rabbit_common(s),
+        "prefilled": s.rabbit_consume_messages,
+        "prefetch": s.prefetch,
+        "time_cap_s": s.max_seconds,
+    },
+    contenders=[
+        Contender("aio-pika iterator+ack", rabbit_raw.consume),
+        Contender(
+            "eventbus Batch(prefetch/2)",
+            rabbit_eventbus.consume_batch,
+            "aio-pika iterator+ack",
+            note="batch=Batch(max_size=100, max_wait=0.05), max_in_flight=prefetch",
+        ),
+        Contender(
+            "aiormq multiple-ack",
+            rabbit_aiormq.consume,
+            "aio-pika iterator+ack",
+            note="lean ceiling: no framework, one ack frame per prefetch/4 deliveries",
+        ),
+    ],
+    targets=[
+        Target(
+            "batch consume >= 1.0x aio-pika",
+            "eventbus Batch(prefetch/2)",
+            "ratio_to",
+            1.0,
+            "aio-pika iterator+ack",
+        )
+    ],
+)
+
 SCENARIOS = [
     KAFKA_PUBLISH,
     KAFKA_CONSUME,
     KAFKA_CONSUME_MODEL,
     KAFKA_CONSUME_OBSERVED,
+    KAFKA_BATCH_CONSUME,
     RABBIT_PUBLISH,
     RABBIT_CONSUME,
+    RABBIT_BATCH_CONSUME,
     KAFKA_KEYED,
     RABBIT_KEYED,
     KAFKA_LATENCY,

@@ -12,9 +12,9 @@ from typing import Any
 from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
 from benchmarks.harness import Measurement, Run
 from benchmarks.kafka_common import Order, body, delete_topics, filled_topic, kafka_topics
-from eventbus import EventBus, MetricsConfig
+from eventbus import Batch, EventBus, MetricsConfig
 
-__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
+__all__ = ["consume", "consume_batch", "keyed", "latency", "publish_batch", "publish_sequential"]
 
 WARM = 50
 
@@ -93,6 +93,25 @@ async def consume(
     try:
         async with filled_topic(settings, topic, run.messages, payload=payload), bus:
             return await tally.wait("eventbus consume")
+    finally:
+        await delete_topics(settings, [f"{topic}.{group}.retry"])
+
+
+async def consume_batch(run: Run, max_size: int = 500) -> Measurement:
+    """A batch handler (``batch=Batch(max_size)``) of ``list[bytes]``."""
+    settings = run.settings
+    topic, group = run.name("in"), run.name("g")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+
+    @bus.subscribe(topic, group=group, batch=Batch(max_size=max_size, max_wait=0.05))
+    async def handle(values: list[bytes]) -> None:
+        for _ in values:
+            tally.hit()
+
+    try:
+        async with filled_topic(settings, topic, run.messages, payload="bytes"), bus:
+            return await tally.wait("eventbus batch consume")
     finally:
         await delete_topics(settings, [f"{topic}.{group}.retry"])
 

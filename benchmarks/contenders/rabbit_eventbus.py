@@ -13,9 +13,9 @@ import os
 from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
 from benchmarks.harness import Measurement, Run
 from benchmarks.rabbit_common import declared, filled_queue
-from eventbus import EventBus
+from eventbus import Batch, EventBus
 
-__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
+__all__ = ["consume", "consume_batch", "keyed", "latency", "publish_batch", "publish_sequential"]
 
 WARM = 50
 
@@ -57,6 +57,23 @@ async def consume(run: Run) -> Measurement:
 
     async with filled_queue(settings, queue, run.messages, also_delete=[f"{queue}.dlq"]), bus:
         return await tally.wait("eventbus consume")
+
+
+async def consume_batch(run: Run) -> Measurement:
+    """A batch handler of ``list[bytes]``, batches of half the prefetch (two fit in flight)."""
+    settings = run.settings
+    queue = run.name("in")
+    tally = Tally(run.messages, settings.max_seconds)
+    bus = _bus(run)
+    batch = Batch(max_size=settings.prefetch // 2, max_wait=0.05)
+
+    @bus.consume(queue, max_in_flight=settings.prefetch, batch=batch)
+    async def handle(values: list[bytes]) -> None:
+        for _ in values:
+            tally.hit()
+
+    async with filled_queue(settings, queue, run.messages, also_delete=[f"{queue}.dlq"]), bus:
+        return await tally.wait("eventbus batch consume")
 
 
 async def keyed(run: Run, concurrency: int) -> Measurement:

@@ -1,6 +1,7 @@
 """eventbus: async messaging over Kafka, RabbitMQ and memory with acks, retries, dead letters,
 per-key ordering, deduplication and graceful shutdown done once, correctly."""
 
+from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.bus import EventBus
 from eventbus.codecs import AsyncCodec, Codec, JsonCodec
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncCodec",
     "AuthenticationError",
     "AuthorizationError",
+    "Batch",
     "BrokerUnavailableError",
     "CircuitBreaker",
     "ClaimResult",

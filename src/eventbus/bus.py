@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import anyio
 from anyio.abc import TaskGroup
 
+from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
@@ -223,6 +224,7 @@ class EventBus:
         timeout: float | None = None,
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
         rate_limit: RateLimit | None = None,
+        batch: Batch | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -244,7 +246,10 @@ class EventBus:
         ``stats.expired``).
         ``rate_limit``: at most ``RateLimit(per_second, burst)`` handler starts (retries
         included), in this process or, with ``shared=RedisRateLimiter(url)``, across all of
-        them; a start over the limit waits, it is never nacked (DESIGN 11)."""
+        them; a start over the limit waits, it is never nacked (DESIGN 11).
+        ``batch``: a `Batch`; the handler then takes lists (``list[Order]``, optionally
+        ``list[Delivery]``) of up to ``max_size`` messages, gathered for at most ``max_wait``
+        seconds (DESIGN 11)."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -263,6 +268,7 @@ class EventBus:
             timeout=timeout,
             on_expired=on_expired,
             rate_limit=rate_limit,
+            batch=batch,
         )
         return self._register(topic, "topic", group, options)
 
@@ -285,6 +291,7 @@ class EventBus:
         timeout: float | None = None,
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
         rate_limit: RateLimit | None = None,
+        batch: Batch | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -304,6 +311,7 @@ class EventBus:
             timeout=timeout,
             on_expired=on_expired,
             rate_limit=rate_limit,
+            batch=batch,
         )
         return self._register(queue, "queue", None, options)
 
@@ -358,7 +366,7 @@ class EventBus:
 
         def decorator(func: F) -> F:
             inbox_types = (store.inbox_type,) if isinstance(store, InboxStore) else ()
-            spec = inspect_handler(func, inbox_types)
+            spec = inspect_handler(func, inbox_types, batch=options.batch is not None)
             if options.ack == "manual" and not any(kind == "delivery" for _, kind in spec.params):
                 raise HandlerSignatureError(
                     f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "

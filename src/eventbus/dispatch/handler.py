@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from eventbus.errors import HandlerSignatureError
 from eventbus.message import Delivery, Message
@@ -30,6 +30,8 @@ class HandlerSpec:
     return_type: Any = None
     """The return annotation (``type(None)`` for ``-> None``), or None when there is none: what
     a handler with a declared destination publishes (for schema and AsyncAPI documents)."""
+    batch: bool = False
+    """A batch handler (``batch=``): every parameter is a list, ``payload_type`` its items'."""
 
     def kwargs(
         self, payload: object, delivery: Delivery, inbox: object = None
@@ -47,13 +49,27 @@ class HandlerSpec:
                 out[name] = inbox
         return out
 
+    def batch_kwargs(self, payloads: list[object], deliveries: list[Delivery]) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, kind in self.params:
+            if kind == "payload":
+                out[name] = payloads
+            elif kind == "delivery":
+                out[name] = deliveries
+            else:
+                out[name] = [d.message for d in deliveries]
+        return out
+
 
 def inspect_handler(
-    func: Callable[..., Any], inbox_types: tuple[type[Any], ...] = ()
+    func: Callable[..., Any], inbox_types: tuple[type[Any], ...] = (), *, batch: bool = False
 ) -> HandlerSpec:
     """Read ``func``'s annotations; raise `HandlerSignatureError` naming it if they cannot be
     served. The first parameter that is not a `Delivery` or `Message` (or an inbox resource) is
-    the payload; its annotation is what the body is validated into."""
+    the payload; its annotation is what the body is validated into.
+
+    ``batch``: a batch handler, whose parameters are lists of the same (``list[Order]``,
+    ``list[Delivery]``, ``list[Message]``); no inbox resource."""
     name = getattr(func, "__qualname__", repr(func))
     if not callable(func):
         raise HandlerSignatureError(f"handler {name} is not callable")
@@ -88,6 +104,8 @@ def inspect_handler(
                 "the payload type (a pydantic model, bytes, str, dict), Delivery or Message"
             )
         annotation = hints[param.name]
+        if batch:
+            annotation = _item_type(name, param.name, annotation)
         kind: ParamKind
         if annotation is Delivery:
             kind = "delivery"
@@ -97,6 +115,11 @@ def inspect_handler(
             # payload_type None, which decodes to the Message itself.
             kind = "message"
         elif isinstance(annotation, type) and inbox_types and issubclass(annotation, inbox_types):
+            if batch:
+                raise HandlerSignatureError(
+                    f"handler {name}: an inbox transaction covers one message; batch handlers "
+                    "cannot take one in this release (use dedup=True without the inbox)"
+                )
             kind, inbox_type = "inbox", annotation
         elif payload_type is None:
             kind, payload_type = "payload", annotation
@@ -115,4 +138,14 @@ def inspect_handler(
         inbox_type=inbox_type,
         is_async=inspect.iscoroutinefunction(func),
         return_type=hints.get("return"),
+        batch=batch,
+    )
+
+
+def _item_type(handler: str, param: str, annotation: Any) -> Any:
+    if get_origin(annotation) is list and len(get_args(annotation)) == 1:
+        return get_args(annotation)[0]
+    raise HandlerSignatureError(
+        f"handler {handler}: with batch= every parameter is a list; {param!r} is annotated "
+        f"{annotation!r} (write list[...] of the payload type, Delivery or Message)"
     )

@@ -23,7 +23,7 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.message import Delivery
 from eventbus.transports.base import Destination
 
-__all__ = ["Handler", "Middleware", "build_handler"]
+__all__ = ["Handler", "Middleware", "build_handler", "call_handler"]
 
 Handler = Callable[[Delivery], Awaitable[None]]
 """What middleware wraps: a call that handles one delivery (payload already decoded)."""
@@ -67,14 +67,15 @@ def _threaded_call(
     spec: HandlerSpec, declared: Destination | None, publish: PublishResult
 ) -> Handler:
     async def call(d: Delivery) -> None:
-        result = await _call(spec, spec.kwargs(d.payload, d))
+        result = await call_handler(spec, spec.kwargs(d.payload, d))
         if result is not None:
             await _publish(publish, d, declared, result)
 
     return call
 
 
-async def _call(spec: HandlerSpec, kwargs: dict[str, object]) -> object:
+async def call_handler(spec: HandlerSpec, kwargs: dict[str, object]) -> object:
+    """The user's function itself: awaited, or run in a worker thread when synchronous."""
     if spec.is_async:
         return await spec.func(**kwargs)
     result = await anyio.to_thread.run_sync(functools.partial(spec.func, **kwargs))
@@ -104,7 +105,7 @@ def _inbox_call(
         state.inbox_open = True
         try:
             async with inbox(scope, state.dedup_key, owner=state.claim_owner, ttl=ttl) as res:
-                result = await _call(spec, spec.kwargs(d.payload, d, res))
+                result = await call_handler(spec, spec.kwargs(d.payload, d, res))
                 if result is not None:
                     # Before the commit: once committed, a redelivery is skipped as done, so
                     # an output that failed after it would be lost; this way it may repeat.

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from eventbus.dispatch.deadletter import DeadLetterReason
 from eventbus.transports.base import RawDelivery
 
-__all__ = ["Observer", "Settled", "Settlement"]
+if TYPE_CHECKING:
+    from eventbus.message import Delivery
+
+__all__ = ["BatchCall", "Observer", "Settled", "Settlement"]
 
 Settled = Literal["acked", "dead-lettered", "redelivered", "released", "unsettled", "expired"]
 """``acked``: done (handled, or skipped as a duplicate); ``expired``: acked unhandled, past its
@@ -39,5 +42,15 @@ class Settlement:
     """For ``unsettled``: give the delivery back as a stopping subscription would."""
 
 
-Observer = Callable[[Settlement], None]
-"""Called synchronously in the settling task; it must not raise or block."""
+@dataclass(frozen=True, slots=True)
+class BatchCall:
+    """A batch handler was called (the per-message handler's calls are seen by middleware)."""
+
+    items: list[tuple[RawDelivery, Delivery]]
+    args: dict[str, object]
+    error: BaseException | None
+    """What the call raised; None when it returned."""
+
+
+Observer = Callable[[Settlement | BatchCall], None]
+"""Called synchronously in the settling (or calling) task; it must not raise or block."""

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
@@ -27,7 +28,8 @@ RabbitMQ's 30-minute consumer timeout, which would close the channel instead."""
 class SubscriptionOptions:
     """One subscription's options (DESIGN 2), frozen and checked at decoration time.
 
-    ``max_in_flight`` ``None`` becomes ``4 * concurrency``. ``dead_letter`` ``"auto"`` is
+    ``max_in_flight`` ``None`` becomes ``4 * concurrency``, or with ``batch`` room for two full
+    batches per concurrent handler (one handled, one filling). ``dead_letter`` ``"auto"`` is
     resolved against the topic or queue by `Subscriber`. ``dedup`` is the store itself (the bus
     turns ``dedup=True`` into its default store).
     """
@@ -58,12 +60,17 @@ class SubscriptionOptions:
     dead-lettered as ``expired``, or acked unhandled and counted (``SubscriberStats.expired``)."""
     rate_limit: RateLimit | None = None
     """Handler starts per second (`eventbus.dispatch.throttle`); None: no limit, no cost."""
+    batch: Batch | None = None
+    """Hand messages to the handler in lists (`eventbus.dispatch.batches`); None: one by one."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise ConfigurationError(f"concurrency must be >= 1, got {self.concurrency!r}")
+        if self.batch is not None and not isinstance(self.batch, Batch):
+            raise ConfigurationError(f"batch must be a Batch, got {self.batch!r}")
         if self.max_in_flight is None:
-            object.__setattr__(self, "max_in_flight", 4 * self.concurrency)
+            room = 4 if self.batch is None else max(4, 2 * self.batch.max_size)
+            object.__setattr__(self, "max_in_flight", room * self.concurrency)
         elif not isinstance(self.max_in_flight, int) or self.max_in_flight < self.concurrency:
             raise ConfigurationError(
                 f"max_in_flight ({self.max_in_flight!r}) must be >= concurrency "
@@ -93,6 +100,30 @@ class SubscriptionOptions:
             raise ConfigurationError(f"rate_limit must be a RateLimit, got {self.rate_limit!r}")
         if self.dedup_key is not None and self.dedup is None:
             raise ConfigurationError("dedup_key needs dedup=")
+        if self.batch is not None:
+            self._check_batch(self.batch)
+
+    def _check_batch(self, batch: Batch) -> None:
+        # Refused, never silently capped: a batch larger than the in-flight bound could only
+        # ever be cut short by max_wait.
+        if batch.max_size > self.in_flight_limit:
+            raise ConfigurationError(
+                f"Batch(max_size={batch.max_size}) is larger than max_in_flight "
+                f"({self.in_flight_limit}): no batch could fill; raise max_in_flight or lower "
+                "max_size"
+            )
+        if self.ack == "manual":
+            raise ConfigurationError(
+                "batch= settles when the handler returns; ack='manual' cannot be combined with "
+                "it (take list[Delivery] and nack() or reject() the items that failed)"
+            )
+        if self.breaker is not None:
+            raise ConfigurationError("breaker= cannot be combined with batch= in this release")
+        if self.returns is not None:
+            raise ConfigurationError(
+                "publish_to=/send_to= publish one handler's result per message; they cannot be "
+                "combined with batch= (publish from the handler instead)"
+            )
 
     @property
     def in_flight_limit(self) -> int:

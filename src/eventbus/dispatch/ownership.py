@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import anyio
 
 from eventbus.dispatch.inflight import InFlight
-from eventbus.dispatch.lanes import KeyLanes
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.transports.base import RawDelivery
@@ -26,12 +26,19 @@ __all__ = ["Ownership"]
 log = logging.getLogger("eventbus.dispatch")
 
 
+class Running(Protocol):
+    """Where deliveries are worked on: key lanes, or batch lanes."""
+
+    def is_running(self, item: DeliveryState) -> bool: ...
+    def cancel(self, item: DeliveryState) -> None: ...
+
+
 class Ownership:
     def __init__(
         self,
         subscriber: Subscriber,
         in_flight: InFlight[DeliveryState],
-        lanes: Callable[[], KeyLanes[DeliveryState] | None],
+        lanes: Callable[[], Running | None],
     ) -> None:
         self._sub = subscriber
         self._in_flight = in_flight

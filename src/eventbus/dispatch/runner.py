@@ -14,6 +14,7 @@ Deliveries the transport takes back are handled by `ownership.py` (the transport
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.dispatch.batch_lanes import BatchLanes
+from eventbus.dispatch.batches import BatchRunner
 from eventbus.dispatch.breaker import Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
@@ -41,7 +44,8 @@ from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
-from eventbus.errors import HandlerTimeoutError, LeaseLostError
+from eventbus.dispatch.timeout import within
+from eventbus.errors import LeaseLostError
 from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
@@ -83,6 +87,7 @@ class SubscriptionRunner:
         self._abort = anyio.Event()
         self.closed = anyio.Event()
         self._lanes: KeyLanes[DeliveryState] | None = None
+        self._batch_lanes: BatchLanes[DeliveryState] | None = None
         self._work: TaskGroup | None = None
         self._republisher = Republisher(subscriber, transport, lambda: self._stopping)
         self._guard = (
@@ -115,7 +120,9 @@ class SubscriptionRunner:
             self._sleep_unless_stopping,
             subscriber.describe(),
         )
-        self._ownership = Ownership(subscriber, self._in_flight, lambda: self._lanes)
+        self._ownership = Ownership(
+            subscriber, self._in_flight, lambda: self._lanes or self._batch_lanes
+        )
         self._consume = ConsumeLoop(
             subscriber,
             transport,
@@ -135,6 +142,16 @@ class SubscriptionRunner:
             if options.rate_limit is not None
             else None
         )
+        self._batches = BatchRunner(
+            subscriber,
+            self._decoder,
+            self._guard,
+            self._throttle,
+            self._limiter,
+            self._rng,
+            lambda: self._stopping,
+            self._sleep_unless_stopping,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -149,12 +166,7 @@ class SubscriptionRunner:
                 async with anyio.create_task_group() as work:
                     async with anyio.create_task_group() as handlers:
                         self._work = handlers
-                        self._lanes = KeyLanes(
-                            handlers,
-                            self._handle,
-                            lambda: not self._stopping,
-                            self.subscriber.options.concurrency,
-                        )
+                        self._start_lanes(handlers)
                         await self._consume.start(work)
                         # Live: from now on only `abort` (after the drain) ends the work.
                         # Otherwise cancelling the scope that hosts the bus -- a cancelled
@@ -170,6 +182,24 @@ class SubscriptionRunner:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
+
+    def _start_lanes(self, handlers: TaskGroup) -> None:
+        options = self.subscriber.options
+        if options.batch is None:
+            self._lanes = KeyLanes(
+                handlers, self._handle, lambda: not self._stopping, options.concurrency
+            )
+            return
+        self._batch_lanes = BatchLanes(
+            handlers,
+            self._handle_batch,
+            lambda: not self._stopping,
+            lambda state: state.raw.message.key,
+            lambda state: state.settled,
+            options.batch,
+            options.concurrency,
+        )
+        self._batch_lanes.start()
 
     async def _close(self) -> None:
         if not self.closed.is_set():
@@ -226,9 +256,12 @@ class SubscriptionRunner:
         if requeued:
             state.attempt = max(state.attempt, requeued)
         self._in_flight.add(raw, state)
-        if self._stopping or self._lanes is None:
+        if self._stopping:
             return  # fetched during stop: released, not started
-        self._lanes.submit(raw.message.key, state)
+        if self._lanes is not None:
+            self._lanes.submit(raw.message.key, state)
+        elif self._batch_lanes is not None:
+            self._batch_lanes.submit(raw.message.key, state)
 
     # -- handling ---------------------------------------------------------------------------
 
@@ -256,6 +289,32 @@ class SubscriptionRunner:
             state.finish()
             if not keep_busy or state.settled:
                 self._in_flight.leave_busy(state)
+
+    async def _handle_batch(self, states: list[DeliveryState]) -> None:
+        if self._stopping:
+            return  # released later
+        for state in states:
+            self._in_flight.enter_busy(state)
+        try:
+            await self._batches.run(states)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and (
+                self._abort.is_set() or any(state.lost for state in states)
+            ):
+                raise
+            log.exception("%s: internal error handling a batch", self.subscriber.describe())
+            for state in states:
+                with contextlib.suppress(Exception):
+                    await state.fail("internal", exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for state in states:
+                    if not state.settled:
+                        # Cancelled with part of the batch lost: the rest runs again in a
+                        # later batch and claims its keys anew.
+                        with contextlib.suppress(Exception):
+                            await state.release_claim()
+                    self._in_flight.leave_busy(state)
 
     async def _attempts(self, state: DeliveryState) -> bool:
         """Run attempts until the message is settled or parked. Returns True when a manual-ack
@@ -326,7 +385,8 @@ class SubscriptionRunner:
                     if options.timeout is None:
                         await self._handler(delivery)
                     else:
-                        await self._timed(delivery, options.timeout)
+                        call = functools.partial(self._handler, delivery)
+                        await within(options.timeout, call, sub, delivery.attempt)
                 finally:
                     self._limiter.release()
             except BaseException as exc:
@@ -402,28 +462,6 @@ class SubscriptionRunner:
                 self._work.start_soon(self._expire, state, options.ack_timeout)
             state.tell_unsettled()
             return True
-
-    async def _timed(self, delivery: Delivery, seconds: float) -> None:
-        """The handler within ``seconds`` (the ``timeout`` option), else `HandlerTimeoutError`:
-        a failed attempt.
-
-        Its own cancel scope: the timeout's cancellation ends inside it and never reaches
-        `_is_ours`, while the bus's (shutdown, a lost delivery) comes from outside and goes on
-        past it, so neither is taken for the other."""
-        cleanup: Exception | None = None
-        with anyio.CancelScope(deadline=anyio.current_time() + seconds) as scope:
-            try:
-                await self._handler(delivery)
-            except Exception as exc:
-                if not scope.cancel_called:
-                    raise
-                cleanup = exc  # raised while unwinding from the timeout: still the timeout
-        if scope.cancel_called:
-            # Also when the handler swallowed the cancellation and returned: it ran too long.
-            self.subscriber.stats.timed_out += 1
-            raise HandlerTimeoutError(
-                self.subscriber.handler.name, seconds, delivery.attempt
-            ) from cleanup
 
     def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:
         """The bus's own cancellation -- shutdown past the graceful timeout, or the delivery

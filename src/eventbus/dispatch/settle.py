@@ -192,6 +192,21 @@ class DeliveryState:
         finally:
             self.leave()
 
+    async def put_back(self, delay: float) -> None:
+        """Back through the broker after ``delay`` without spending an attempt: a batch item
+        behind a same-key item that was nacked comes back after it, in order (DESIGN 11)."""
+        if not self._settle():
+            return
+        try:
+            await self.release_claim()
+            # `redeliver` sends attempt + 1: this attempt did not count.
+            await self._settling.republisher.redeliver(
+                self.raw, self.attempt - 1, delay, self._gone
+            )
+            self._tell("redelivered")
+        finally:
+            self.leave()
+
     async def expire(self) -> None:
         """``ack_timeout`` ran out on a manual-ack delivery: a failed attempt."""
         if self.settled:

@@ -25,7 +25,7 @@ import anyio
 from eventbus import headers as h
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.invoke import Handler
-from eventbus.dispatch.observe import Observer, Settlement
+from eventbus.dispatch.observe import BatchCall, Observer, Settlement
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import Retry
 from eventbus.message import Delivery, Message
@@ -131,7 +131,14 @@ class Ledger:
     def observer(self, sub: Subscriber) -> Observer:
         receiver = receiver_of(sub)
 
-        def observe(event: Settlement) -> None:
+        def observe(event: Settlement | BatchCall) -> None:
+            if isinstance(event, BatchCall):
+                for raw_delivery, delivery in event.items:
+                    called = self._unit(delivery.message.id, receiver)
+                    called.ran.add(id(raw_delivery))
+                    attempt = Attempt(delivery.attempt, event.args, delivery.payload, event.error)
+                    called.attempts.append(attempt)
+                return
             unit = self._unit(event.raw.message.id, receiver)
             raw = id(event.raw)
             late = unit.unsettled.pop(raw, None)

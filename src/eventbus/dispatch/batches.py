@@ -1,0 +1,296 @@
+"""Running one batch (``batch=``, DESIGN 11): per-item checks, the handler once, per-item settling.
+
+Each delivery of the batch goes through the same checks as a single one -- unreadable, expired,
+undecodable, its ``dedup_key`` and claim -- and what fails them is settled on its own; the rest
+goes to the handler as one list. Then:
+
+- The handler returns: every item it did not settle is acked. One it ``nack()``-ed goes back
+  through the broker (or is dead-lettered, attempts spent); one it ``reject()``-ed is
+  dead-lettered. Items settle only once the handler returned, in batch order, so the later
+  items of a nacked item's key are not acked: they come back after it, in order, spending no
+  attempt. The transports coalesce the acks (RabbitMQ ``multiple``, Kafka one commit).
+- The handler raises: the retry policy applies to the batch, item by item (each has its own
+  attempt count) through `outcome.decide`, and what it settles on the handler's behalf is
+  dropped. Items retried in process run again together after the longest delay; the others
+  are redelivered or dead-lettered at once.
+
+Not applied to batch handlers in this release: the middleware chain (and so tracing spans and
+handler-duration metrics), which wraps one message; ``breaker``, an inbox, ``ack='manual'``
+and ``publish_to``/``send_to`` are refused at decoration time.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from eventbus import headers as h
+from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
+from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
+from eventbus.dispatch.expiry import settled_expired
+from eventbus.dispatch.invoke import call_handler
+from eventbus.dispatch.observe import BatchCall
+from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, RetryViaBroker, decide
+from eventbus.dispatch.settle import DeliveryState, NackedError
+from eventbus.dispatch.slots import Slots
+from eventbus.dispatch.subscriber import Subscriber
+from eventbus.dispatch.throttle import Throttle
+from eventbus.dispatch.timeout import within
+from eventbus.errors import Reject
+from eventbus.message import Delivery
+
+__all__ = ["BatchItem", "BatchRunner"]
+
+log = logging.getLogger("eventbus.dispatch")
+
+_ACK = ("ack", None)
+
+
+class BatchItem:
+    """The settler behind one `Delivery` of a batch: it records what the handler decided;
+    `BatchRunner` carries it out once the handler returned."""
+
+    __slots__ = ("payload", "state", "verdict")
+
+    def __init__(self, state: DeliveryState, payload: object) -> None:
+        self.state = state
+        self.payload = payload
+        self.verdict: tuple[str, object] | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self.verdict is not None or self.state.settled
+
+    async def ack(self) -> None:
+        if self.verdict is None:
+            self.verdict = _ACK
+
+    async def nack(self, delay: float | None) -> None:
+        if self.verdict is None:
+            self.verdict = ("nack", delay)
+
+    async def reject(self, reason: str | None) -> None:
+        if self.verdict is None:
+            self.verdict = ("reject", reason)
+
+
+@dataclass(slots=True)
+class BatchRunner:
+    """Carries batches of one subscription through their attempts (see the module doc)."""
+
+    subscriber: Subscriber
+    decoder: Decoder
+    guard: DedupGuard | None
+    throttle: Throttle | None
+    limiter: Slots
+    rng: random.Random
+    stopping: Callable[[], bool]
+    sleep: Callable[[float], Awaitable[bool]]
+    """Sleep unless stopping; True when the subscription started stopping meanwhile."""
+
+    async def run(self, states: list[DeliveryState]) -> None:
+        items = [item for state in states if (item := await self._checked(state)) is not None]
+        while items and not self.stopping():
+            if await self._turns(items):
+                return  # stopping while waiting: released, not started
+            items = await self._claimed(items)
+            if not items:
+                return
+            for item in items:
+                item.verdict = None
+            error = await self._call(items)
+            if error is None:
+                self.subscriber.stats.handled += len(items)
+                await self._settle(items)
+                return
+            items = await self._failed(items, error)
+
+    # -- before the handler -----------------------------------------------------------------
+
+    async def _checked(self, state: DeliveryState) -> BatchItem | None:
+        """The item to hand to the handler, or None when ``state`` was settled on its own."""
+        sub = self.subscriber
+        if state.settled:
+            return None
+        message = state.raw.message
+        if state.raw.defect is not None:
+            error = DeliveryDefectError(state.raw.defect)
+            log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
+            await state.carry_out(DeadLetter("undecodable"), error)
+            return None
+        if h.EXPIRES_AT in message.headers and await settled_expired(sub, state):
+            return None
+        try:
+            payload = await self.decoder.decode(message)
+        except Stopping:
+            return None
+        except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
+            log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
+            await state.carry_out(DeadLetter("undecodable"), exc)
+            return None
+        if self.guard is not None:
+            try:
+                state.dedup_key = self.guard.key_of(message)
+            except Exception as exc:  # the user's dedup_key: a failure outside the handler
+                log.error("%s: dedup_key failed on %s: %r", sub.describe(), message.id, exc)
+                await state.fail("internal", exc)
+                return None
+        return BatchItem(state, payload)
+
+    async def _turns(self, items: list[BatchItem]) -> bool:
+        """A turn of the rate limit per item (each is a message handled); True if stopping."""
+        if self.throttle is not None:
+            for _ in items:
+                if await self.throttle.take():
+                    return True
+        return False
+
+    async def _claimed(self, items: list[BatchItem]) -> list[BatchItem]:
+        """Claim each item's dedup key; duplicates are acked and left out."""
+        guard = self.guard
+        if guard is None:
+            return items
+        run: list[BatchItem] = []
+        for item in items:
+            state = item.state
+            assert state.dedup_key is not None
+            try:
+                claim, state.claim_owner = await guard.claim(state.dedup_key)
+            except KeyRefusedError as exc:
+                log.error("%s: %s", self.subscriber.describe(), exc)
+                await state.fail("internal", exc)
+                continue
+            if claim == "done":
+                await state.ack()
+            elif claim == "run":
+                run.append(item)
+            else:
+                return []  # stopping: released, not started
+        return run
+
+    # -- the handler ------------------------------------------------------------------------
+
+    async def _call(self, items: list[BatchItem]) -> BaseException | None:
+        """Run the handler once on ``items``; what it raised, or None."""
+        sub = self.subscriber
+        spec = sub.handler
+        deliveries = [
+            Delivery(
+                item.state.raw.message,
+                attempt=item.state.attempt,
+                redelivered=item.state.raw.redelivered or item.state.attempt > 1,
+                settler=item,
+                payload=item.payload,
+            )
+            for item in items
+        ]
+        kwargs = spec.batch_kwargs([item.payload for item in items], deliveries)
+        timeout = sub.options.timeout
+        attempt = max(item.state.attempt for item in items)
+
+        async def call() -> None:
+            await call_handler(spec, kwargs)
+
+        try:
+            await self.limiter.acquire()
+            try:
+                if timeout is None:
+                    await call()
+                else:
+                    await within(timeout, call, sub, attempt)
+            finally:
+                self.limiter.release()
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()) and (
+                self.stopping() or any(item.state.lost for item in items)
+            ):
+                raise  # the bus's own: shutdown, or deliveries of the batch lost
+            self._tell(items, deliveries, kwargs, exc)
+            return exc
+        self._tell(items, deliveries, kwargs, None)
+        return None
+
+    def _tell(
+        self,
+        items: list[BatchItem],
+        deliveries: list[Delivery],
+        kwargs: dict[str, object],
+        error: BaseException | None,
+    ) -> None:
+        observer = self.subscriber.observer
+        if observer is not None:
+            pairs = [(item.state.raw, d) for item, d in zip(items, deliveries, strict=True)]
+            observer(BatchCall(pairs, kwargs, error))
+
+    # -- after it ---------------------------------------------------------------------------
+
+    async def _settle(self, items: list[BatchItem]) -> None:
+        """The handler returned: carry out what it decided per item, in batch order."""
+        back: dict[str, float] = {}
+        """Keys with an item that goes back through the broker, and its delay."""
+        policy = self.subscriber.options.retry
+        for item in items:
+            state = item.state
+            key = state.raw.message.key
+            how, arg = item.verdict or _ACK
+            if how == "nack":
+                error = NackedError(f"nacked on attempt {state.attempt}")
+                delay = arg if isinstance(arg, float | int) else None
+                outcome = decide(policy, state.attempt, error, "nacked", delay=delay, rng=self.rng)
+                await state.carry_out(outcome, error)
+                if isinstance(outcome, RetryViaBroker) and key is not None:
+                    back[key] = outcome.delay
+            elif how == "reject":
+                reason = arg if isinstance(arg, str) else None
+                await state.carry_out(DeadLetter("rejected"), Reject(reason))
+            elif key is not None and key in back:
+                await state.put_back(back[key])
+            else:
+                await state.ack()
+
+    async def _failed(self, items: list[BatchItem], error: BaseException) -> list[BatchItem]:
+        """The handler raised: the policy per item. Returns the items to run again, after
+        waiting for the longest of their delays; the others are settled here."""
+        sub = self.subscriber
+        sub.stats.failed_attempts += len(items)
+        again: list[BatchItem] = []
+        delay = 0.0
+        for item in items:
+            state = item.state
+            if state.lost:
+                continue
+            outcome = decide(
+                sub.options.retry,
+                state.attempt,
+                error,
+                "raised",
+                broadcast=sub.broadcast,
+                rng=self.rng,
+            )
+            if not isinstance(outcome, DeadLetter):
+                sub.stats.retried += 1
+            if isinstance(outcome, RetryInProcess):
+                await state.release_claim()
+                again.append(item)
+                delay = max(delay, outcome.delay)
+            else:
+                await state.carry_out(outcome, error)
+        if not again:
+            return []
+        log.info(
+            "%s: a batch of %d failed (%r); retrying %d of them in %.3fs",
+            sub.describe(),
+            len(items),
+            error,
+            len(again),
+            delay,
+        )
+        if await self.sleep(delay):
+            return []
+        for item in again:
+            item.state.attempt += 1
+        return again
