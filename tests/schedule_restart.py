@@ -199,7 +199,9 @@ async def scheduled_and_expiry_across_restart(
     back by the outage come on time."""
     await require_scripted(broker)
     topic, queue, stale = name("sched-rs"), name("sched-rs-q"), name("expiry-rs")
-    group = name("g")  # Kafka groups span topics: one of this test only
+    # Kafka groups span topics: one per subscription, of this test only, so that starting one
+    # consumer does not rebalance another.
+    group, stale_group = name("g"), name("e")
     seen, expiry_seen = Seen(), Seen()
 
     worker = EventBus(url)
@@ -219,11 +221,11 @@ async def scheduled_and_expiry_across_restart(
     def expiry_consumer() -> EventBus:
         bus = EventBus(url)
 
-        @bus.subscribe(stale, group=group)
+        @bus.subscribe(stale, group=stale_group)
         async def on_stale(message: Message) -> None:
             expiry_seen.handle(message)
 
-        @bus.consume(f"{stale}.{group}.dlq")
+        @bus.consume(f"{stale}.{stale_group}.dlq")
         async def on_stale_letter(message: Message) -> None:
             expiry_seen.letter(message)
 
