@@ -12,7 +12,7 @@ import pydantic
 import pytest
 from anyio.abc import TaskStatus
 
-from eventbus import ConfigurationError, Delivery, EventBus, Message, RetryPolicy
+from eventbus import Batch, ConfigurationError, Delivery, EventBus, Message, RetryPolicy
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
 from eventbus.transports.base import (
@@ -310,3 +310,37 @@ def test_a_transport_built_for_another_spi_version_is_refused() -> None:
     text = str(caught.value)
     assert "SPI version 1" in text and "needs version 2" in text and "eventbus-kafka" in text
     check_spi_version("kafka", 2)  # the current one passes
+
+
+async def test_a_batch_with_a_lost_delivery_is_cancelled_and_the_rest_runs_again(
+    url: str, broker: MemoryBroker
+) -> None:
+    transport = TappedTransport(url)
+    bus = EventBus(transport=transport)
+    calls: list[list[str]] = []
+    cancelled: list[list[str]] = []
+
+    @bus.subscribe("orders", group="g", batch=Batch(max_size=3, max_wait=5.0))
+    async def handle(messages: list[Message]) -> None:
+        ids = [m.id for m in messages]
+        calls.append(ids)
+        if len(calls) == 1:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                cancelled.append(ids)
+                raise
+
+    async with bus:
+        for i in range(1, 4):
+            await bus.publish("orders", Order(id=i), key="k", message_id=f"m{i}")
+        await wait_for(lambda: len(calls) == 1)
+        with anyio.fail_after(10):
+            await transport.owners[0].lost([handed(transport, "m1")])
+        # lost() returned: the batch's handler was cancelled; the rest runs in a new batch.
+        assert cancelled == [["m1", "m2", "m3"]]
+        await wait_for(lambda: len(calls) == 2)
+    assert calls[1] == ["m2", "m3"]
+    stats = bus.subscribers[0].stats
+    assert stats.lost == 1 and stats.handled == 2 and stats.failed_attempts == 0
+    assert broker.published("orders.g.dlq") == []

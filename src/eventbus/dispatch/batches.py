@@ -93,7 +93,7 @@ class BatchRunner:
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
 
     async def run(self, states: list[DeliveryState]) -> None:
-        items = [item for state in states if (item := await self._checked(state)) is not None]
+        items = await self._all_checked(states)
         while items and not self.stopping():
             if await self._turns(items):
                 return  # stopping while waiting: released, not started
@@ -110,6 +110,25 @@ class BatchRunner:
             items = await self._failed(items, error)
 
     # -- before the handler -----------------------------------------------------------------
+
+    async def _all_checked(self, states: list[DeliveryState]) -> list[BatchItem]:
+        # The usual item -- readable, no expiry, a codec with nothing to await, no dedup --
+        # is decoded in this loop: per item, a coroutine would cost as much as the rest.
+        decoder = self.decoder
+        fast = decoder.immediate and self.guard is None
+        items: list[BatchItem] = []
+        for state in states:
+            raw = state.raw
+            if fast and raw.defect is None and h.EXPIRES_AT not in raw.message.headers:
+                try:
+                    items.append(BatchItem(state, decoder.decode_now(raw.message)))
+                    continue
+                except Exception:  # `_checked` decodes it again and settles it
+                    pass
+            item = await self._checked(state)
+            if item is not None:
+                items.append(item)
+        return items
 
     async def _checked(self, state: DeliveryState) -> BatchItem | None:
         """The item to hand to the handler, or None when ``state`` was settled on its own."""
@@ -178,17 +197,20 @@ class BatchRunner:
         """Run the handler once on ``items``; what it raised, or None."""
         sub = self.subscriber
         spec = sub.handler
-        deliveries = [
-            Delivery(
-                item.state.raw.message,
-                attempt=item.state.attempt,
-                redelivered=item.state.raw.redelivered or item.state.attempt > 1,
-                settler=item,
-                payload=item.payload,
-            )
-            for item in items
-        ]
-        kwargs = spec.batch_kwargs([item.payload for item in items], deliveries)
+        deliveries: list[Delivery] | None = None
+        if spec.takes_deliveries or sub.observer is not None:
+            deliveries = [
+                Delivery(
+                    item.state.raw.message,
+                    attempt=item.state.attempt,
+                    redelivered=item.state.raw.redelivered or item.state.attempt > 1,
+                    settler=item,
+                    payload=item.payload,
+                )
+                for item in items
+            ]
+        messages = [item.state.raw.message for item in items]
+        kwargs = spec.batch_kwargs([item.payload for item in items], messages, deliveries)
         timeout = sub.options.timeout
         attempt = max(item.state.attempt for item in items)
 
@@ -217,12 +239,12 @@ class BatchRunner:
     def _tell(
         self,
         items: list[BatchItem],
-        deliveries: list[Delivery],
+        deliveries: list[Delivery] | None,
         kwargs: dict[str, object],
         error: BaseException | None,
     ) -> None:
         observer = self.subscriber.observer
-        if observer is not None:
+        if observer is not None and deliveries is not None:
             pairs = [(item.state.raw, d) for item, d in zip(items, deliveries, strict=True)]
             observer(BatchCall(pairs, kwargs, error))
 

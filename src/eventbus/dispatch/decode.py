@@ -49,6 +49,18 @@ class Decoder:
         self._wait = wait
         self._describe = describe
 
+    @property
+    def immediate(self) -> bool:
+        """`decode_now` may be used: nothing to await (the raw message, or a sync codec)."""
+        return self._raw or not self._async
+
+    def decode_now(self, message: Message) -> object:
+        """`decode` without a coroutine, when `immediate`; raises what the codec raised (a
+        codec outage included: the caller then takes the waiting path, `decode`)."""
+        if self._raw:
+            return message
+        return cast(Codec, self._codec).decode(message, self._target)
+
     async def decode(self, message: Message) -> object:
         """The payload; raises what the codec raised for a poison message, or `Stopping`."""
         if self._raw:

@@ -49,7 +49,14 @@ class HandlerSpec:
                 out[name] = inbox
         return out
 
-    def batch_kwargs(self, payloads: list[object], deliveries: list[Delivery]) -> dict[str, object]:
+    @property
+    def takes_deliveries(self) -> bool:
+        return any(kind == "delivery" for _, kind in self.params)
+
+    def batch_kwargs(
+        self, payloads: list[object], messages: list[Message], deliveries: list[Delivery] | None
+    ) -> dict[str, object]:
+        """A batch handler's arguments; ``deliveries`` may be None unless it takes them."""
         out: dict[str, object] = {}
         for name, kind in self.params:
             if kind == "payload":
@@ -57,7 +64,7 @@ class HandlerSpec:
             elif kind == "delivery":
                 out[name] = deliveries
             else:
-                out[name] = [d.message for d in deliveries]
+                out[name] = messages
         return out
 
 

@@ -314,6 +314,7 @@ class SubscriptionRunner:
                         # later batch and claims its keys anew.
                         with contextlib.suppress(Exception):
                             await state.release_claim()
+                    state.finish()  # `Ownership.lost` may wait for it
                     self._in_flight.leave_busy(state)
 
     async def _attempts(self, state: DeliveryState) -> bool:

@@ -130,10 +130,13 @@ class DeliveryState:
             return
         if not self._settle():
             return
+        # Runs once per message: the checks are inlined, no coroutine where none is needed.
         try:
-            await self._complete_claim()
+            if self.claim_owner is not None:
+                await self._complete_claim()
             await self.raw.ack()
-            self._tell(tell)
+            if self._settling.subscriber.observer is not None:
+                self._tell(tell)
         finally:
             self.leave()
 
