@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from eventbus.dedup._validate import check_seconds
 from eventbus.dedup.base import ClaimResult
 from eventbus.errors import ConfigurationError
-from eventbus.redis_errors import redis_address, translated_errors
+from eventbus.redis_common import connect, redis_address, redis_target, translated_errors
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -67,23 +67,7 @@ class RedisDedupStore:
     """
 
     def __init__(self, url_or_client: str | Redis, *, prefix: str = "eventbus:dedup") -> None:
-        if isinstance(url_or_client, str):
-            if not url_or_client.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigurationError(
-                    "url_or_client must be a redis://, rediss:// or unix:// URL (e.g. "
-                    "'redis://127.0.0.1:6379/0') or a redis.asyncio.Redis, got a string starting "
-                    f"{url_or_client.partition('://')[0][:20]!r}"
-                )
-            self._url: str | None = url_or_client
-            self._client: Redis | None = None
-        elif hasattr(url_or_client, "evalsha") and hasattr(url_or_client, "register_script"):
-            self._url = None
-            self._client = url_or_client
-        else:
-            raise ConfigurationError(
-                "url_or_client must be a Redis URL or a redis.asyncio.Redis client, "
-                f"got {type(url_or_client).__name__}"
-            )
+        self._url, self._client = redis_target(url_or_client, "RedisDedupStore")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError(f"prefix must be a non-empty string, got {prefix!r}")
         self._prefix = prefix
@@ -145,13 +129,8 @@ class RedisDedupStore:
     def _redis(self) -> Redis:
         if self._client is None:
             # Only a store built from a URL gets here (one built from a client always has it).
-            try:
-                import redis.asyncio
-            except ImportError as exc:  # pragma: no cover - depends on the installation
-                raise ImportError(
-                    "RedisDedupStore needs redis-py: pip install 'eventbus[redis]'"
-                ) from exc
-            self._client = redis.asyncio.from_url(str(self._url))
+            assert self._url is not None
+            self._client = connect(self._url, "RedisDedupStore")
         return self._client
 
 

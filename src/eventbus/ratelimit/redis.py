@@ -12,10 +12,10 @@ redis-py is imported when a limiter is made, never by ``import eventbus``.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError
-from eventbus.redis_errors import redis_address, translated_errors
+from eventbus.redis_common import connect, redis_address, redis_target, translated_errors
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -38,9 +38,6 @@ redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
            'PX', math.ceil((next_tat - now) / 1000) + 1000)
 return math.ceil(start - now)
 """
-
-_EXTRA = "pip install 'eventbus[redis]'"
-
 
 class RedisRateLimiter:
     """Shares a `RateLimit` across processes through Redis: ``RateLimit(30, 5,
@@ -65,24 +62,7 @@ class RedisRateLimiter:
         key: str | None = None,
         prefix: str = "eventbus:ratelimit",
     ) -> None:
-        if isinstance(url_or_client, str):
-            if not url_or_client.startswith(("redis://", "rediss://", "unix://")):
-                raise ConfigurationError(
-                    "url_or_client must be a redis://, rediss:// or unix:// URL (e.g. "
-                    "'redis://127.0.0.1:6379/0') or a redis.asyncio.Redis, got a string starting "
-                    f"{url_or_client.partition('://')[0][:20]!r}"
-                )
-            _import_redis()  # fail here, at decoration time, rather than on the first message
-            self._url: str | None = url_or_client
-            self._client: Redis | None = None
-        elif hasattr(url_or_client, "evalsha") and hasattr(url_or_client, "register_script"):
-            self._url = None
-            self._client = url_or_client
-        else:
-            raise ConfigurationError(
-                "url_or_client must be a Redis URL or a redis.asyncio.Redis client, "
-                f"got {type(url_or_client).__name__}"
-            )
+        self._url, self._client = redis_target(url_or_client, "RedisRateLimiter")
         if key is not None and (not isinstance(key, str) or not key):
             raise ConfigurationError(f"key must be a non-empty string or None, got {key!r}")
         if not isinstance(prefix, str) or not prefix:
@@ -127,13 +107,6 @@ class RedisRateLimiter:
 
     def _redis(self) -> Redis:
         if self._client is None:
-            self._client = _import_redis().from_url(str(self._url))
+            assert self._url is not None
+            self._client = connect(self._url, "RedisRateLimiter")
         return self._client
-
-
-def _import_redis() -> Any:
-    try:
-        import redis.asyncio
-    except ImportError as exc:
-        raise ImportError(f"RedisRateLimiter needs redis-py: {_EXTRA}") from exc
-    return redis.asyncio
