@@ -39,6 +39,7 @@ redis.call('SET', KEYS[1], string.format('%.0f', next_tat),
 return math.ceil(start - now)
 """
 
+
 class RedisRateLimiter:
     """Shares a `RateLimit` across processes through Redis: ``RateLimit(30, 5,
     shared=RedisRateLimiter("redis://127.0.0.1:6379/0"))`` holds for all workers together.
