@@ -438,3 +438,18 @@ async def test_a_running_bus_is_refused() -> None:
         with pytest.raises(RuntimeError, match="stop it first"):
             await TestBus(bus).__aenter__()
         assert bus.transport is transport
+
+
+async def test_a_scheduled_publish_returns_once_it_fell_due_and_was_handled() -> None:
+    bus = EventBus("memory://")
+    handled_at: list[float] = []
+
+    @bus.consume("reminders")
+    async def remind(user: User) -> None:
+        handled_at.append(time.time())
+
+    async with TestBus(bus) as client:
+        sent = time.time()
+        result = await client.send("reminders", User(name="John"), delay=0.3)
+        assert result.status == "handled" and result.handled_with == User(name="John")
+        assert handled_at[0] - sent >= 0.3 - 0.002, "never early"

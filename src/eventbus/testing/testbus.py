@@ -220,9 +220,12 @@ class TestBus:
         correlation_id: str | None = None,
         ttl: float | None = None,
         expires_at: datetime | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> PublishResult:
         """`EventBus.publish`, then wait until every subscription that received the message
-        reached an outcome."""
+        reached an outcome (with ``delay``/``at``, once it fell due: within the TestBus
+        ``timeout``)."""
         self._running()
         sent = await self.bus.publish(
             topic,
@@ -233,6 +236,8 @@ class TestBus:
             correlation_id=correlation_id,
             ttl=ttl,
             expires_at=expires_at,
+            delay=delay,
+            at=at,
         )
         return await self._result(Destination(topic, "topic"), sent)
 
@@ -247,6 +252,8 @@ class TestBus:
         correlation_id: str | None = None,
         ttl: float | None = None,
         expires_at: datetime | None = None,
+        delay: float | None = None,
+        at: datetime | None = None,
     ) -> PublishResult:
         """`EventBus.send`, then wait until the queue's consumer reached an outcome."""
         self._running()
@@ -259,6 +266,8 @@ class TestBus:
             correlation_id=correlation_id,
             ttl=ttl,
             expires_at=expires_at,
+            delay=delay,
+            at=at,
         )
         return await self._result(Destination(queue, "queue"), sent)
 
