@@ -144,6 +144,9 @@ MEMORY = "eventbus: error: memory:// lives inside one process, so `eventbus "
         (["dlq", "purge", "orders.g.dlq", "--yes", "--url", "memory://a"], {}, "dlq purge"),
         (["dlq", "list", "orders.g.dlq"], {"EVENTBUS_URL": "memory://"}, "dlq list"),
         (["dlq", "list", "--app", "dlq_app:bus"], {}, "dlq list"),
+        (["status", "--group", "orders:g", "--url", "memory://"], {}, "status"),
+        (["status", "--queue", "jobs"], {"EVENTBUS_URL": "memory://x"}, "status"),
+        (["status", "--app", "dlq_app:bus"], {}, "status"),
     ],
 )
 def test_memory_urls_are_refused_in_a_process_of_their_own(

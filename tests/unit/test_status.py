@@ -17,6 +17,7 @@ import pytest
 
 from eventbus import EventBus, Reject
 from eventbus.cli import main
+from eventbus.testing import memory_broker
 
 APPS = Path(__file__).parent / "apps"
 
@@ -106,6 +107,7 @@ def test_status_needs_something_to_report_on(capsys: pytest.CaptureFixture[str])
 
 
 def test_status_of_named_groups_and_queues(capsys: pytest.CaptureFixture[str]) -> None:
+    memory_broker("status-named")  # in this process: the one `main` reads
     code = main(
         ["status", "--url", "memory://status-named", "--group", "orders:billing", "--queue", "q"]
     )
@@ -114,13 +116,19 @@ def test_status_of_named_groups_and_queues(capsys: pytest.CaptureFixture[str]) -
     assert "orders" in out and "billing" in out and "missing" in out
 
 
-def test_watch_redraws_until_ctrl_c() -> None:
+@pytest.mark.amqp
+def test_watch_redraws_until_ctrl_c(amqp_url: str) -> None:
     """Piped (not a terminal), each redraw is printed after the previous one; Ctrl-C ends it
     with exit code 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventbus", "status", "--app", "status_app:bus", "--watch", "0.2"],
         cwd=APPS,
-        env={**os.environ, "COLUMNS": "200"},
+        env={
+            **os.environ,
+            "STATUS_URL": amqp_url,
+            "STATUS_TOPIC": f"status-{uuid.uuid4().hex[:8]}",
+            "COLUMNS": "200",
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 
 from eventbus.bus import EventBus
 from eventbus.errors import ConfigurationError
+from eventbus.transports.base import Transport
 from eventbus.transports.memory import existing_memory_broker
+from eventbus.transports.registry import transport_for_url
 
 EXIT_ERROR, EXIT_USAGE, EXIT_IMPORT, EXIT_CONFIG, EXIT_UNREACHABLE = 1, 2, 3, 4, 5
 EXIT_DENIED = 6
@@ -82,6 +84,24 @@ def broker_url(given: str | None, command: str) -> str:
             EXIT_CONFIG,
         )
     return url
+
+
+def app_or_given_broker(
+    app: EventBus | None, app_name: str | None, given: str | None, command: str
+) -> tuple[str, Transport]:
+    """The broker a command that may read an app (``--app``) works on: ``--url`` (else
+    ``EVENTBUS_URL``) when given or without an app, else the app's own -- unless that is
+    ``memory://``: importing the app made its broker here, empty."""
+    if app is None or given:
+        url = broker_url(given, command)
+        return url, transport_for_url(url)
+    if app.url.startswith("memory:"):
+        raise CliError(
+            f"memory:// lives inside one process, so `eventbus {command}` cannot reach "
+            f"the memory broker of {app_name}; give --url kafka://... or amqp://...",
+            EXIT_CONFIG,
+        )
+    return app.url, app.transport
 
 
 def at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], float]:

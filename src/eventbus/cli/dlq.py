@@ -12,11 +12,10 @@ import anyio
 
 from eventbus.bus import EventBus
 from eventbus.cli.common import (
-    EXIT_CONFIG,
     EXIT_NOT_FOUND,
     EXIT_USAGE,
     CliError,
-    broker_url,
+    app_or_given_broker,
     load_bus,
     log_level_option,
     message_limit,
@@ -24,7 +23,6 @@ from eventbus.cli.common import (
 from eventbus.dlq import dlq_depths, dlq_purge, dlq_replay, dlq_show
 from eventbus.errors import NotFoundError
 from eventbus.message import Message
-from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
 
 
@@ -44,17 +42,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     if args.dlq_command == "purge" and not args.yes:  # asked before anything connects
         raise CliError("purge deletes dead letters for good: add --yes", EXIT_USAGE)
 
-    if app is None or args.url:
-        url = broker_url(args.url, command)
-        transport = transport_for_url(url)
-    elif app.url.startswith("memory:"):  # importing the app made its broker, here: empty
-        raise CliError(
-            f"memory:// lives inside one process, so `eventbus {command}` cannot reach "
-            f"the memory broker of {args.app}; give --url kafka://... or amqp://...",
-            EXIT_CONFIG,
-        )
-    else:
-        url, transport = app.url, app.transport
+    url, transport = app_or_given_broker(app, getattr(args, "app", None), args.url, command)
 
     async def act() -> int:
         await transport.connect()

@@ -8,17 +8,16 @@ from typing import Any
 
 import anyio
 
+from eventbus.bus import EventBus
 from eventbus.cli.common import (
     EXIT_USAGE,
     CliError,
+    app_or_given_broker,
     at_least,
-    given_url,
     load_bus,
     log_level_option,
 )
 from eventbus.dispatch.deadletter import default_dead_letter_name
-from eventbus.transports.base import Transport
-from eventbus.transports.registry import transport_for_url
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -29,10 +28,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from eventbus.status import Target, gather, render
 
     targets: list[Target] = []
-    transport: Transport | None = transport_for_url(args.url) if args.url else None
+    bus: EventBus | None = None
     if args.app:
         bus = load_bus(args.app)
-        transport = transport or bus.transport
         targets += [
             Target(s.kind, s.name, s.group, s.handler.name, s.dead_letter)
             for s in bus.subscribers
@@ -51,7 +49,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     if not targets:
         raise CliError("give --app MODULE:ATTR, or --group TOPIC:GROUP / --queue NAME", EXIT_USAGE)
-    transport = transport or transport_for_url(given_url(None))
+    _, transport = app_or_given_broker(bus, args.app, args.url, "status")
     console = Console()
 
     async def show() -> int:
