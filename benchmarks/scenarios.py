@@ -219,6 +219,14 @@ RABBIT_PUBLISH = Scenario(
     ],
 )
 
+LEAN_AIORMQ = Contender(
+    "aiormq multiple-ack",
+    rabbit_aiormq.consume,
+    "aio-pika iterator+ack",
+    note="lean ceiling: no framework, one ack frame per prefetch/4 deliveries",
+)
+"""RabbitMQ's real consume ceiling, in every RabbitMQ consume scenario."""
+
 RABBIT_CONSUME = Scenario(
     key="d2-rabbit-consume",
     title="RabbitMQ consume, prefetch 200, manual acks, no-op handler",
@@ -241,12 +249,7 @@ RABBIT_CONSUME = Scenario(
             note="concurrency=1, max_in_flight=prefetch",
         ),
         Contender("faststream AckPolicy.ACK", rabbit_faststream.consume, "aio-pika iterator+ack"),
-        Contender(
-            "aiormq multiple-ack",
-            rabbit_aiormq.consume,
-            "aio-pika iterator+ack",
-            note="lean ceiling: no framework, one ack frame per prefetch/4 deliveries",
-        ),
+        LEAN_AIORMQ,
     ],
     targets=[
         Target("consume >= 0.85x raw", "eventbus", "ratio_to", 0.85, "aio-pika iterator+ack"),
@@ -439,12 +442,7 @@ RABBIT_BATCH_CONSUME = Scenario(
             "aio-pika iterator+ack",
             note="batch=Batch(max_size=100, max_wait=0.05), max_in_flight=prefetch",
         ),
-        Contender(
-            "aiormq multiple-ack",
-            rabbit_aiormq.consume,
-            "aio-pika iterator+ack",
-            note="lean ceiling: no framework, one ack frame per prefetch/4 deliveries",
-        ),
+        LEAN_AIORMQ,
     ],
     targets=[
         Target(

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 import anyio
 
 from eventbus import headers as h
-from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
+from eventbus.dispatch.decode import Decoder
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
-from eventbus.dispatch.expiry import settled_expired
 from eventbus.dispatch.invoke import call_handler
 from eventbus.dispatch.observe import BatchCall
 from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, RetryViaBroker, decide
+from eventbus.dispatch.prepare import NOT_HANDLED, prepare
 from eventbus.dispatch.settle import DeliveryState, NackedError
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
@@ -132,33 +132,10 @@ class BatchRunner:
 
     async def _checked(self, state: DeliveryState) -> BatchItem | None:
         """The item to hand to the handler, or None when ``state`` was settled on its own."""
-        sub = self.subscriber
         if state.settled:
             return None
-        message = state.raw.message
-        if state.raw.defect is not None:
-            error = DeliveryDefectError(state.raw.defect)
-            log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
-            await state.carry_out(DeadLetter("undecodable"), error)
-            return None
-        if h.EXPIRES_AT in message.headers and await settled_expired(sub, state):
-            return None
-        try:
-            payload = await self.decoder.decode(message)
-        except Stopping:
-            return None
-        except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
-            log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
-            await state.carry_out(DeadLetter("undecodable"), exc)
-            return None
-        if self.guard is not None:
-            try:
-                state.dedup_key = self.guard.key_of(message)
-            except Exception as exc:  # the user's dedup_key: a failure outside the handler
-                log.error("%s: dedup_key failed on %s: %r", sub.describe(), message.id, exc)
-                await state.fail("internal", exc)
-                return None
-        return BatchItem(state, payload)
+        payload = await prepare(self.subscriber, state, self.decoder, self.guard)
+        return None if payload is NOT_HANDLED else BatchItem(state, payload)
 
     async def _turns(self, items: list[BatchItem]) -> bool:
         """A turn of the rate limit per item (each is a message handled); True if stopping."""

@@ -30,7 +30,7 @@ from eventbus.dispatch.batches import BatchRunner
 from eventbus.dispatch.breaker import Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
-from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
+from eventbus.dispatch.decode import Decoder
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.expiry import settled_expired
 from eventbus.dispatch.inflight import InFlight
@@ -38,6 +38,7 @@ from eventbus.dispatch.invoke import Middleware, build_handler
 from eventbus.dispatch.lanes import KeyLanes
 from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, decide
 from eventbus.dispatch.ownership import Ownership
+from eventbus.dispatch.prepare import NOT_HANDLED, prepare
 from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
@@ -323,31 +324,11 @@ class SubscriptionRunner:
         sub = self.subscriber
         options = sub.options
         message = state.raw.message
-        if state.raw.defect is not None:
-            error = DeliveryDefectError(state.raw.defect)
-            log.error("%s: unreadable delivery %s: %s", sub.describe(), message.id, error)
-            await state.carry_out(DeadLetter("undecodable"), error)
-            return False
-        # Without the header (the usual case) one lookup, no coroutine: this runs per delivery.
-        expires = h.EXPIRES_AT in message.headers
-        if expires and await settled_expired(sub, state):
-            return False
-        try:
-            payload = await self._decoder.decode(message)
-        except Stopping:
-            return False
-        except Exception as exc:  # any decoding failure is a poison message (DESIGN 3.4)
-            log.error("%s: undecodable message %s: %r", sub.describe(), message.id, exc)
-            await state.carry_out(DeadLetter("undecodable"), exc)
-            return False
         guard = self._guard
-        if guard is not None:
-            try:
-                state.dedup_key = guard.key_of(message)
-            except Exception as exc:  # the user's dedup_key: a failure outside the handler
-                log.error("%s: dedup_key failed on %s: %r", sub.describe(), message.id, exc)
-                await state.fail("internal", exc)
-                return False
+        payload = await prepare(sub, state, self._decoder, guard)
+        if payload is NOT_HANDLED:
+            return False
+        expires = h.EXPIRES_AT in message.headers
 
         checked = True  # just now, above
         held_failures = 0  # failures the circuit breaker held, spending no attempt
