@@ -651,6 +651,11 @@ class EventBus:
                     self._publish_result,
                     middleware,
                     metrics=metrics.subscription(subscriber) if metrics else None,
+                    batch_span=(
+                        self._tracing.batch_span(subscriber)
+                        if self._tracing is not None and subscriber.options.batch is not None
+                        else None
+                    ),
                 )
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited

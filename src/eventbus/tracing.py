@@ -1,4 +1,5 @@
-"""OpenTelemetry tracing (DESIGN 9): a PRODUCER span per publish, a CONSUMER span per attempt.
+"""OpenTelemetry tracing (DESIGN 9): a PRODUCER span per publish, a CONSUMER span per attempt
+(per call of a batch handler, linked to each message's publisher).
 
 Imported only when a bus is built with ``tracing=`` on, so nothing imports OpenTelemetry (the
 ``eventbus[otel]`` extra) otherwise, and a bus without tracing does no work for it beyond one
@@ -21,9 +22,11 @@ trace shape the same whichever way a message came back.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
+from eventbus.dispatch.batches import BatchSpan
 from eventbus.dispatch.invoke import Handler, Middleware
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
@@ -32,6 +35,7 @@ from eventbus.message import Delivery, Message
 from eventbus.transports.base import Destination, Transport
 
 try:
+    from opentelemetry import context as context_api
     from opentelemetry import propagate, trace
     from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import SpanKind, TracerProvider
@@ -156,6 +160,44 @@ class Tracing:
             return traced
 
         return wrap
+
+
+    def batch_span(self, subscriber: Subscriber) -> BatchSpan:
+        """The CONSUMER span around each call of a batch handler (``batch=``): one span for
+        the batch, linked to every message's publisher context (a batch has many parents, so
+        it starts a trace of its own, as the messaging conventions do for batch processing).
+        What the handler publishes continues the batch's trace."""
+        tracer = self._tracer
+        name = f"process {subscriber.name}"
+        common: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.destination.name": subscriber.name,
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "eventbus.destination.kind": subscriber.kind,
+        }
+        if subscriber.group is not None:
+            common["messaging.consumer.group.name"] = subscriber.group
+
+        def span(messages: Sequence[Message], attempt: int) -> AbstractContextManager[object]:
+            links = []
+            for message in messages:
+                context = propagate.extract(message.headers, getter=_getter)
+                publisher = trace.get_current_span(context).get_span_context()
+                if publisher.is_valid:
+                    links.append(trace.Link(publisher, {"messaging.message.id": message.id}))
+            attributes = dict(common)
+            attributes["messaging.batch.message_count"] = len(messages)
+            attributes["eventbus.attempt"] = attempt
+            return tracer.start_as_current_span(
+                name,
+                context=context_api.Context(),  # a root: not the caller's context
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                links=links,
+            )
+
+        return span
 
 
 def _with_context(message: Message, carrier: Mapping[str, str]) -> Message:

@@ -15,7 +15,7 @@ import pytest
 import tracing_helpers as th
 from opentelemetry.trace import SpanKind
 
-from eventbus import ConfigurationError, Delivery, EventBus, Message
+from eventbus import Batch, ConfigurationError, Delivery, EventBus, Message
 from eventbus.logs import JsonFormatter
 from eventbus.testing import MemoryBroker
 from eventbus.testing.conformance import wait_for
@@ -227,3 +227,33 @@ def test_off_imports_no_opentelemetry() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_batch_call_is_one_span_linked_to_each_publisher(make_bus: MakeBus) -> None:
+    provider, exporter = th.recorder()
+    bus = make_bus(tracing=provider)
+    calls: list[int] = []
+
+    @bus.subscribe("orders", group="g", batch=Batch(max_size=3, max_wait=5.0))
+    async def handle(payloads: list[dict[str, int]]) -> None:
+        calls.append(len(payloads))
+        await bus.publish("audit", {"n": len(payloads)})
+
+    async with bus:
+        for n in range(3):
+            await bus.publish("orders", {"n": n}, key="k")
+        await wait_for(lambda: calls == [3])
+    spans = exporter.get_finished_spans()
+    published = [s for s in spans if s.name == "publish orders"]
+    [batch] = [s for s in spans if s.kind == SpanKind.CONSUMER]
+    [audit] = [s for s in spans if s.name == "publish audit"]
+    assert batch.name == "process orders" and batch.parent is None, "a root of its own"
+    assert batch.attributes is not None
+    assert batch.attributes["messaging.batch.message_count"] == 3
+    assert batch.attributes["eventbus.attempt"] == 1
+    assert batch.attributes["messaging.consumer.group.name"] == "g"
+    assert {(link.context.trace_id, link.context.span_id) for link in batch.links} == {
+        (s.context.trace_id, s.context.span_id) for s in published
+    }, "linked to each message's publisher"
+    assert audit.parent is not None and audit.parent.span_id == batch.context.span_id
+    assert audit.context.trace_id == batch.context.trace_id, "what it publishes continues it"

@@ -14,16 +14,18 @@ goes to the handler as one list. Then:
   dropped. Items retried in process run again together after the longest delay; the others
   are redelivered or dead-lettered at once.
 
-Not applied to batch handlers in this release: the middleware chain (and so tracing spans and
-handler-duration metrics), which wraps one message; ``breaker``, an inbox, ``ack='manual'``
-and ``publish_to``/``send_to`` are refused at decoration time.
+Not applied to batch handlers in this release: the middleware chain, which wraps one message,
+and with it the handler-duration histogram (tracing has a span of its own per call,
+`BatchSpan`). ``breaker``, an inbox, ``ack='manual'`` and ``publish_to``/``send_to`` are
+refused at decoration time.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import anyio
@@ -41,13 +43,17 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
 from eventbus.dispatch.timeout import within
 from eventbus.errors import Reject
-from eventbus.message import Delivery
+from eventbus.message import Delivery, Message
 
-__all__ = ["BatchItem", "BatchRunner"]
+__all__ = ["BatchItem", "BatchRunner", "BatchSpan"]
 
 log = logging.getLogger("eventbus.dispatch")
 
 _ACK = ("ack", None)
+
+BatchSpan = Callable[[Sequence[Message], int], AbstractContextManager[object]]
+"""Opens the tracing span around one call of a batch handler (`eventbus.tracing`), given the
+batch's messages and the attempt."""
 
 
 class BatchItem:
@@ -91,6 +97,7 @@ class BatchRunner:
     stopping: Callable[[], bool]
     sleep: Callable[[float], Awaitable[bool]]
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
+    span: BatchSpan | None = None
 
     async def run(self, states: list[DeliveryState]) -> None:
         items = await self._all_checked(states)
@@ -191,8 +198,14 @@ class BatchRunner:
         timeout = sub.options.timeout
         attempt = max(item.state.attempt for item in items)
 
+        span = self.span
+
         async def call() -> None:
-            await call_handler(spec, kwargs)
+            if span is None:
+                await call_handler(spec, kwargs)
+            else:
+                with span(messages, attempt):
+                    await call_handler(spec, kwargs)
 
         try:
             await self.limiter.acquire()

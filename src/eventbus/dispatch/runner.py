@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.batch_lanes import BatchLanes
-from eventbus.dispatch.batches import BatchRunner
+from eventbus.dispatch.batches import BatchRunner, BatchSpan
 from eventbus.dispatch.breaker import Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
@@ -77,6 +77,7 @@ class SubscriptionRunner:
         middleware: Sequence[Middleware] = (),
         rng: random.Random | None = None,
         metrics: SubscriptionMetrics | None = None,
+        batch_span: BatchSpan | None = None,
     ) -> None:
         self.subscriber = subscriber
         options = subscriber.options
@@ -152,6 +153,7 @@ class SubscriptionRunner:
             self._rng,
             lambda: self._stopping,
             self._sleep_unless_stopping,
+            batch_span,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
