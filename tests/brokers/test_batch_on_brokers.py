@@ -4,11 +4,10 @@ where the later items of a nacked item's key come back after it, in order."""
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
+from collections.abc import Callable
 
 import anyio
-import pytest
 from pydantic import BaseModel
 
 from eventbus import Batch, Delivery, EventBus, RetryPolicy
@@ -16,27 +15,14 @@ from eventbus.testing.conformance import wait_for
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=0.1, jitter=False)
 
-BROKERS = [
-    pytest.param("kafka_url", marks=pytest.mark.kafka, id="kafka"),
-    pytest.param("amqp_url", marks=pytest.mark.amqp, id="rabbitmq"),
-]
-
 
 class Order(BaseModel):
     n: int
 
 
-@pytest.fixture
-def url(request: pytest.FixtureRequest) -> str:
-    return str(request.getfixturevalue(request.param))
-
-
-def name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.mark.parametrize("url", BROKERS, indirect=True)
-async def test_batches_keep_key_order_under_concurrency(url: str) -> None:
+async def test_batches_keep_key_order_under_concurrency(
+    broker: str, url: str, name: Callable[[str], str]
+) -> None:
     topic, group = name("batch-order"), name("g")
     bus = EventBus(url)
     handled: dict[str, list[int]] = defaultdict(list)
@@ -69,7 +55,7 @@ async def test_batches_keep_key_order_under_concurrency(url: str) -> None:
         await wait_for(lambda: sum(map(len, handled.values())) == total, within=60)
         await wait_for(lambda: bus.subscribers[0].stats.dead_lettered == 3, within=10)
     stats = bus.subscribers[0].stats
-    print(f"\n{url.split(':')[0]}: {len(sizes)} batches, sizes max {max(sizes)}")
+    print(f"\n{broker}: {len(sizes)} batches, sizes max {max(sizes)}")
     assert sorted(n for ns in handled.values() for n in ns) == list(range(total)), "each once"
     for key, ns in handled.items():
         assert ns == sorted(ns), f"{key} out of order"
@@ -79,8 +65,9 @@ async def test_batches_keep_key_order_under_concurrency(url: str) -> None:
     assert max(sizes) == 50, "full batches under a backlog"
 
 
-@pytest.mark.parametrize("url", BROKERS, indirect=True)
-async def test_items_settled_one_by_one_on_a_broker(url: str) -> None:
+async def test_items_settled_one_by_one_on_a_broker(
+    broker: str, url: str, name: Callable[[str], str]
+) -> None:
     """One key, one batch of six: 1 is nacked, 4 rejected. 1 comes back on attempt 2, then 2, 3
     and 5 (later items of its key) on their attempt 1, in order; 0 is acked, 4 dead-lettered."""
     topic, group = name("batch-items"), name("g")
