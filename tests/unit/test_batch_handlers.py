@@ -319,3 +319,29 @@ async def test_test_bus_reports_batch_outcomes(make_bus: Callable[..., EventBus]
         assert handled.status == "handled" and handled.handled_with == Order(n=1)
         rejected = await client.send("jobs", Order(n=-1))
         assert rejected.status == "dead-lettered" and rejected.reason == "rejected"
+
+
+async def test_stopping_lets_the_running_batch_finish_and_releases_the_rest(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker
+) -> None:
+    """Graceful shutdown (DESIGN 3.8): the batch that runs finishes and is acked; what waits
+    for a batch is released, never acked, and handled by the next run, in order."""
+    bus = make_bus()
+    handled: list[list[int]] = []
+    started = anyio.Event()
+
+    @bus.consume("jobs", batch=Batch(max_size=3, max_wait=1.0), max_in_flight=6)
+    async def handler(orders: list[Order]) -> None:
+        started.set()
+        await anyio.sleep(0.3)
+        handled.append([o.n for o in orders])
+
+    async with bus:
+        for n in range(5):
+            await bus.send("jobs", Order(n=n))
+        await started.wait()
+    assert handled == [[0, 1, 2]], "the running batch finished; 3 and 4 waited for more"
+    assert [m.body for m in broker.ready("jobs")] == [b'{"n":3}', b'{"n":4}'], "released"
+    async with bus:
+        await wait_for(lambda: len(handled) == 2, within=10)
+    assert handled[1] == [3, 4]
