@@ -161,7 +161,6 @@ class Tracing:
 
         return wrap
 
-
     def batch_span(self, subscriber: Subscriber) -> BatchSpan:
         """The CONSUMER span around each call of a batch handler (``batch=``): one span for
         the batch, linked to every message's publisher context (a batch has many parents, so

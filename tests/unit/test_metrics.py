@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus import (
+    Batch,
     ConfigurationError,
     Delivery,
     EventBus,
@@ -151,6 +152,25 @@ async def test_counters_and_histograms_per_subscription(url: str) -> None:
     errors = "eventbus_publish_errors_total"
     assert value(samples, errors, destination="refused", kind="topic") == 2
     assert value(samples, errors, destination="jobs", kind="queue") == 0
+
+
+async def test_a_batch_handler_is_counted_per_message_and_timed_per_call(url: str) -> None:
+    bus = EventBus(url, metrics=MetricsConfig(port=0, host="127.0.0.1"))
+    calls: list[int] = []
+
+    @bus.consume("batches", batch=Batch(max_size=4, max_wait=5.0))
+    async def bulk(jobs: list[Job]) -> None:
+        calls.append(len(jobs))
+
+    async with bus:
+        for n in range(8):
+            await bus.send("batches", Job(n=n))
+        await wait_for(lambda: calls == [4, 4])
+        samples = await scrape(bus)
+    b = {"destination": "batches", "handler": "bulk"}
+    assert value(samples, "eventbus_handled_messages_total", **b) == 8
+    assert value(samples, "eventbus_process_duration_seconds_count", **b) == 2, "per call"
+    assert value(samples, "eventbus_publish_to_handle_seconds_count", **b) == 8, "per message"
 
 
 async def test_in_flight_saturation_oldest_age_and_queue_depth(url: str) -> None:

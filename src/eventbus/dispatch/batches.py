@@ -14,10 +14,10 @@ goes to the handler as one list. Then:
   dropped. Items retried in process run again together after the longest delay; the others
   are redelivered or dead-lettered at once.
 
-Not applied to batch handlers in this release: the middleware chain, which wraps one message,
-and with it the handler-duration histogram (tracing has a span of its own per call,
-`BatchSpan`). ``breaker``, an inbox, ``ack='manual'`` and ``publish_to``/``send_to`` are
-refused at decoration time.
+Not applied to batch handlers in this release: the middleware chain, which wraps one message
+(tracing and the metrics' histograms have their own per call: `BatchSpan`, `BatchTimer`).
+``breaker``, an inbox, ``ack='manual'`` and ``publish_to``/``send_to`` are refused at
+decoration time.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from eventbus.dispatch.timeout import within
 from eventbus.errors import Reject
 from eventbus.message import Delivery, Message
 
-__all__ = ["BatchItem", "BatchRunner", "BatchSpan"]
+__all__ = ["BatchItem", "BatchRunner", "BatchSpan", "BatchTimer"]
 
 log = logging.getLogger("eventbus.dispatch")
 
@@ -54,6 +54,10 @@ _ACK = ("ack", None)
 BatchSpan = Callable[[Sequence[Message], int], AbstractContextManager[object]]
 """Opens the tracing span around one call of a batch handler (`eventbus.tracing`), given the
 batch's messages and the attempt."""
+
+BatchTimer = Callable[[Sequence[Message], Callable[[], Awaitable[object]]], Awaitable[None]]
+"""Runs one call of a batch handler observing the metrics' histograms
+(`eventbus.metrics.recorder.SubscriptionMetrics.timed_batch`)."""
 
 
 class BatchItem:
@@ -98,6 +102,7 @@ class BatchRunner:
     sleep: Callable[[float], Awaitable[bool]]
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
     span: BatchSpan | None = None
+    timed: BatchTimer | None = None
 
     async def run(self, states: list[DeliveryState]) -> None:
         items = await self._all_checked(states)
@@ -198,14 +203,20 @@ class BatchRunner:
         timeout = sub.options.timeout
         attempt = max(item.state.attempt for item in items)
 
-        span = self.span
+        span, timed = self.span, self.timed
 
-        async def call() -> None:
+        async def traced() -> None:
             if span is None:
                 await call_handler(spec, kwargs)
             else:
                 with span(messages, attempt):
                     await call_handler(spec, kwargs)
+
+        async def call() -> None:
+            if timed is None:
+                await traced()
+            else:
+                await timed(messages, traced)
 
         try:
             await self.limiter.acquire()

@@ -154,6 +154,7 @@ class SubscriptionRunner:
             lambda: self._stopping,
             self._sleep_unless_stopping,
             batch_span,
+            metrics.timed_batch if metrics is not None else None,
         )
 
     # -- lifecycle --------------------------------------------------------------------------

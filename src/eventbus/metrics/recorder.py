@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -76,6 +76,23 @@ class SubscriptionMetrics:
             duration.sum += took
 
         return call
+
+    async def timed_batch(
+        self, messages: Sequence[Message], call: Callable[[], Awaitable[object]]
+    ) -> None:
+        """One call of a batch handler (``batch=``): each message's publish-to-handle latency,
+        and the call's duration (one observation for the batch)."""
+        start = time.time()
+        for message in messages:
+            self.latency.observe(max(0.0, start - message.timestamp.timestamp()))
+        try:
+            await call()
+        except anyio.get_cancelled_exc_class():
+            raise  # taken back or stopping: no call to time
+        except BaseException:
+            self.duration.observe(time.time() - start)
+            raise
+        self.duration.observe(time.time() - start)
 
     def watch(self, in_flight: InFlight[DeliveryState]) -> None:
         self._in_flight = in_flight
