@@ -33,16 +33,19 @@ class Order(pydantic.BaseModel):
 class Tap:
     """A memory subscription that remembers what it handed out and can break on demand."""
 
-    def __init__(self, inner: Subscription) -> None:
+    def __init__(self, inner: Subscription, slow_acks: bool = False) -> None:
         self.inner = inner
         self.handed: list[RawDelivery] = []
         self.breaks = anyio.Event()
+        self.slow_acks = slow_acks
 
     def __aiter__(self) -> AsyncIterator[Sequence[RawDelivery]]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Sequence[RawDelivery]]:
         async for batch in self.inner:
+            if self.slow_acks:
+                batch = [SlowAck(d) for d in batch]  # type: ignore[misc]
             self.handed.extend(batch)
             yield batch
 
@@ -67,12 +70,27 @@ class Tap:
         await self.inner.close()
 
 
+class SlowAck:
+    """A delivery whose ack yields to the event loop, as a broker's does."""
+
+    def __init__(self, inner: RawDelivery) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def ack(self) -> None:
+        await anyio.lowlevel.checkpoint()
+        await self._inner.ack()
+
+
 class TappedTransport(MemoryTransport):
     """Injected through ``EventBus(transport=...)``: the memory broker, with its subscriptions'
     owners and deliveries in view, and publishes that can be held back."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, slow_acks: bool = False) -> None:
         super().__init__(url)
+        self.slow_acks = slow_acks
         self.owners: list[DeliveryOwner] = []
         self.taps: list[Tap] = []
         self.publishing = anyio.Event()
@@ -85,7 +103,7 @@ class TappedTransport(MemoryTransport):
         await super().publish(to, messages)
 
     async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
-        tap = Tap(await super().subscribe(spec, owner))
+        tap = Tap(await super().subscribe(spec, owner), self.slow_acks)
         self.owners.append(owner)
         self.taps.append(tap)
         return tap
@@ -344,3 +362,37 @@ async def test_a_batch_with_a_lost_delivery_is_cancelled_and_the_rest_runs_again
     stats = bus.subscribers[0].stats
     assert stats.lost == 1 and stats.handled == 2 and stats.failed_attempts == 0
     assert broker.published("orders.g.dlq") == []
+
+
+async def test_a_sync_batch_handler_that_outlives_a_loss_acks_the_rest_once(
+    url: str, broker: MemoryBroker
+) -> None:
+    """A thread cannot be cancelled: the loss waits for it, and what the handler did for the
+    items still ours is acked, not handled again."""
+    transport = TappedTransport(url, slow_acks=True)
+    bus = EventBus(transport=transport)
+    calls: list[list[str]] = []
+    running, release = threading.Event(), threading.Event()
+
+    @bus.subscribe("orders", group="g", batch=Batch(max_size=3, max_wait=5.0))
+    def handle(messages: list[Message]) -> None:  # runs in a thread
+        calls.append([m.id for m in messages])
+        running.set()
+        release.wait(10)
+
+    async with bus:
+        for i in range(1, 4):
+            await bus.publish("orders", Order(id=i), key=f"k{i}", message_id=f"m{i}")
+        await anyio.to_thread.run_sync(running.wait, 10)
+        async with anyio.create_task_group() as tg:
+
+            async def lose() -> None:
+                with anyio.fail_after(10):
+                    await transport.owners[0].lost([handed(transport, "m1")])
+
+            tg.start_soon(lose)
+            await anyio.sleep(0.2)
+            release.set()
+        await anyio.sleep(0.3)
+    assert [sorted(c) for c in calls] == [["m1", "m2", "m3"]], "m2, m3 acked, not run again"
+    assert [m.id for m in broker.ready("orders", "g")] == ["m1"], "the lost one goes on"

@@ -73,6 +73,13 @@ class BatchLanes(Generic[T]):
     def is_running(self, item: T) -> bool:
         return item in self._running
 
+    def returned(self, items: list[T]) -> None:
+        """The handler returned for ``items``: from now on their batch only settles them, and
+        losing one of them no longer cancels it (the others' acks must not be cut short, or
+        they would be handled again)."""
+        for item in items:
+            self._running.pop(item, None)
+
     def cancel(self, item: T) -> None:
         """Cancel the batch ``item`` runs in; what it leaves unsettled goes back to the front."""
         scope = self._running.get(item)

@@ -103,6 +103,8 @@ class BatchRunner:
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
     span: BatchSpan | None = None
     timed: BatchTimer | None = None
+    returned: Callable[[list[DeliveryState]], None] = lambda _states: None
+    """Told when the handler returned, before the items are settled (`BatchLanes.returned`)."""
 
     async def run(self, states: list[DeliveryState]) -> None:
         items = await self._all_checked(states)
@@ -116,8 +118,13 @@ class BatchRunner:
                 item.verdict = None
             error = await self._call(items)
             if error is None:
+                self.returned([item.state for item in items])
                 self.subscriber.stats.handled += len(items)
-                await self._settle(items)
+                # Handled: what the handler decided is carried out even when part of the batch
+                # was lost meanwhile (a synchronous handler outlives the cancel), or the other
+                # items would be handled again. Settling lost ones does nothing.
+                with anyio.CancelScope(shield=True):
+                    await self._settle(items)
                 return
             items = await self._failed(items, error)
 

@@ -155,6 +155,7 @@ class SubscriptionRunner:
             self._sleep_unless_stopping,
             batch_span,
             metrics.timed_batch if metrics is not None else None,
+            self._batch_returned,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -293,6 +294,10 @@ class SubscriptionRunner:
             state.finish()
             if not keep_busy or state.settled:
                 self._in_flight.leave_busy(state)
+
+    def _batch_returned(self, states: list[DeliveryState]) -> None:
+        if self._batch_lanes is not None:
+            self._batch_lanes.returned(states)
 
     async def _handle_batch(self, states: list[DeliveryState]) -> None:
         if self._stopping:
