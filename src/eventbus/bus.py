@@ -21,7 +21,7 @@ from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
-from eventbus.dedup.base import DedupStore, InboxStore
+from eventbus.dedup.base import BatchInboxStore, DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.expiry import expiry_header
@@ -371,6 +371,12 @@ class EventBus:
                 raise HandlerSignatureError(
                     f"handler {spec.name}: ack='manual' needs a parameter annotated Delivery "
                     "to settle with"
+                )
+            batch_inbox = spec.batch and spec.inbox_type is not None
+            if batch_inbox and not isinstance(store, BatchInboxStore):
+                raise HandlerSignatureError(
+                    f"handler {spec.name}: a batch handler that takes the inbox needs a store "
+                    f"that records many keys in one transaction (inbox_many); {store!r} has none"
                 )
             if options.timeout is not None and not spec.is_async:
                 raise HandlerSignatureError(

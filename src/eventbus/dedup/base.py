@@ -16,6 +16,7 @@ workers; `MemoryDedupStore` only within one process.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -72,4 +73,18 @@ class InboxStore(DedupStore, Protocol):
     ) -> AbstractAsyncContextManager[Any]:
         """Open a transaction, yield the resource, and on normal exit mark the key done in the
         same transaction and commit; on an exception roll back and release the claim."""
+        ...
+
+
+@runtime_checkable
+class BatchInboxStore(InboxStore, Protocol):
+    """An `InboxStore` that can also record a batch's keys in one transaction, as a batch
+    handler (``batch=``) that takes the inbox resource needs."""
+
+    def inbox_many(
+        self, scope: str, claims: Sequence[tuple[str, str]], *, ttl: float
+    ) -> AbstractAsyncContextManager[Any]:
+        """`inbox` for many ``(key, owner)`` claims: on normal exit all are marked done in the
+        transaction and it commits; on an exception (a lost lease on any key included) it
+        rolls back and every claim is released."""
         ...

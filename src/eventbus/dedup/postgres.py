@@ -19,8 +19,8 @@ it done: it rolls back with `LeaseLostError`, so only one worker's effects ever 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -131,14 +131,21 @@ class PostgresDedupStore:
     async def release(self, scope: str, key: str, *, owner: str) -> None:
         await self._call("execute", self._sql.release, scope, key, owner)
 
-    @asynccontextmanager
-    async def inbox(
+    def inbox(
         self, scope: str, key: str, *, owner: str, ttl: float
-    ) -> AsyncIterator[asyncpg.Connection]:
+    ) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """Yield a pool connection inside an open transaction; on normal exit record the key
         as done in that transaction and commit. On an exception (including cancellation) roll
         back, release ``owner``'s claim and re-raise. Raises `LeaseLostError` (after rolling
         back) when another worker took the key over after ``owner``'s lease ran out."""
+        return self.inbox_many(scope, [(key, owner)], ttl=ttl)
+
+    @asynccontextmanager
+    async def inbox_many(
+        self, scope: str, claims: Sequence[tuple[str, str]], *, ttl: float
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """`inbox` for a batch: one transaction, and every ``(key, owner)`` claim recorded as
+        done in it, or none (a lost lease on any key rolls it all back)."""
         ttl = check_seconds("ttl", ttl)
         pool = await self._get_pool()
         release_later = False
@@ -148,15 +155,16 @@ class PostgresDedupStore:
                 await tx.start()
                 try:
                     yield conn
-                    recorded = await conn.fetchval(self._sql.inbox_done, scope, key, owner, ttl)
-                    if recorded is None:
-                        raise LeaseLostError(
-                            f"dedup key {key!r} in scope {scope!r} was taken over by another "
-                            f"worker after the lease of {owner!r} ran out; this transaction was "
-                            "rolled back"
-                        )
+                    for key, owner in claims:
+                        recorded = await conn.fetchval(self._sql.inbox_done, scope, key, owner, ttl)
+                        if recorded is None:
+                            raise LeaseLostError(
+                                f"dedup key {key!r} in scope {scope!r} was taken over by another "
+                                f"worker after the lease of {owner!r} ran out; this transaction "
+                                "was rolled back"
+                            )
                 except BaseException:
-                    release_later = not await self._abort(conn, tx, scope, key, owner)
+                    release_later = not await self._abort(conn, tx, scope, claims)
                     raise
                 # If COMMIT itself fails, whether it happened is unknown: the dispatcher's
                 # release() is then right either way (it only drops a claim, never "done").
@@ -166,7 +174,8 @@ class PostgresDedupStore:
                 # Only now, with this connection back in the pool: taking a second connection
                 # while holding one could deadlock a pool full of failing inbox handlers.
                 with anyio.move_on_after(_ABORT_TIMEOUT, shield=True):
-                    await self._release_quietly(scope, key, owner)
+                    for key, owner in claims:
+                        await self._release_quietly(scope, key, owner)
 
     async def purge_expired(self, *, limit: int | None = None) -> int:
         """Delete up to ``limit`` (default: all) expired rows now; returns how many."""
@@ -242,15 +251,18 @@ class PostgresDedupStore:
         except Exception as exc:  # cleanup is best effort; the next round tries again
             log.warning("dedup cleanup of %s failed: %r", self._table, exc)
 
-    async def _abort(self, conn: Any, tx: Any, scope: str, key: str, owner: str) -> bool:
-        """Roll back and release the claim on the same connection; False if the claim could
-        not be released there (e.g. the connection broke)."""
+    async def _abort(
+        self, conn: Any, tx: Any, scope: str, claims: Sequence[tuple[str, str]]
+    ) -> bool:
+        """Roll back and release the claims on the same connection; False if they could not
+        be released there (e.g. the connection broke)."""
         # Shielded: a cancelled handler (graceful-shutdown timeout) must still roll back and
-        # give its claim up, or the message would wait for the whole lease to be retried.
+        # give its claims up, or the messages would wait for the whole lease to be retried.
         with anyio.move_on_after(_ABORT_TIMEOUT, shield=True):
             try:
                 await tx.rollback()
-                await conn.execute(self._sql.release, scope, key, owner)
+                for key, owner in claims:
+                    await conn.execute(self._sql.release, scope, key, owner)
                 return True
             except Exception as exc:  # a broken connection rolled back on the server anyway
                 log.debug("rollback of inbox transaction failed: %r", exc)

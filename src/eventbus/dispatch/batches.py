@@ -14,9 +14,12 @@ goes to the handler as one list. Then:
   dropped. Items retried in process run again together after the longest delay; the others
   are redelivered or dead-lettered at once.
 
-Not applied to batch handlers in this release: the middleware chain, which wraps one message
-(tracing and the metrics' histograms have their own per call: `BatchSpan`, `BatchTimer`).
-``breaker``, an inbox, ``ack='manual'`` and ``publish_to``/``send_to`` are refused at
+A handler that takes the inbox resource runs in one transaction for the batch
+(`BatchInboxStore.inbox_many`): every item's key is recorded done when it commits, and items
+are settled one by one only by raising (``nack``/``reject`` inside it are refused, as for one
+message). Not applied to batch handlers in this release: the middleware chain, which wraps one
+message (tracing and the metrics' histograms have their own per call: `BatchSpan`,
+`BatchTimer`). ``breaker``, ``ack='manual'`` and ``publish_to``/``send_to`` are refused at
 decoration time.
 """
 
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 import anyio
 
 from eventbus import headers as h
+from eventbus.dedup.base import BatchInboxStore
 from eventbus.dispatch.decode import Decoder
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.invoke import call_handler
@@ -42,7 +46,7 @@ from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
 from eventbus.dispatch.timeout import within
-from eventbus.errors import Reject
+from eventbus.errors import LeaseLostError, Reject
 from eventbus.message import Delivery, Message
 
 __all__ = ["BatchItem", "BatchRunner", "BatchSpan", "BatchTimer"]
@@ -80,10 +84,12 @@ class BatchItem:
             self.verdict = _ACK
 
     async def nack(self, delay: float | None) -> None:
+        self.state.refuse_inside_inbox("nack")
         if self.verdict is None:
             self.verdict = ("nack", delay)
 
     async def reject(self, reason: str | None) -> None:
+        self.state.refuse_inside_inbox("reject")
         if self.verdict is None:
             self.verdict = ("reject", reason)
 
@@ -107,6 +113,7 @@ class BatchRunner:
     """Told when the handler returned, before the items are settled (`BatchLanes.returned`)."""
 
     async def run(self, states: list[DeliveryState]) -> None:
+        sub = self.subscriber
         items = await self._all_checked(states)
         while items and not self.stopping():
             if await self._turns(items):
@@ -117,6 +124,13 @@ class BatchRunner:
             for item in items:
                 item.verdict = None
             error = await self._call(items)
+            if isinstance(error, LeaseLostError):
+                # Another worker took a key over while this batch ran; nothing was committed.
+                # Claim again without spending an attempt: done keys are acked, the rest runs.
+                log.info("%s: a lease was lost in a batch; claiming again", sub.describe())
+                for item in items:
+                    item.state.claim_owner = None
+                continue
             if error is None:
                 self.returned([item.state for item in items])
                 self.subscriber.stats.handled += len(items)
@@ -206,18 +220,25 @@ class BatchRunner:
                 for item in items
             ]
         messages = [item.state.raw.message for item in items]
-        kwargs = spec.batch_kwargs([item.payload for item in items], messages, deliveries)
+        payloads = [item.payload for item in items]
+        kwargs = spec.batch_kwargs(payloads, messages, deliveries)
         timeout = sub.options.timeout
         attempt = max(item.state.attempt for item in items)
 
         span, timed = self.span, self.timed
 
-        async def traced() -> None:
-            if span is None:
+        async def handle() -> None:
+            if spec.inbox_type is None:
                 await call_handler(spec, kwargs)
             else:
+                await self._in_inbox(items, kwargs)
+
+        async def traced() -> None:
+            if span is None:
+                await handle()
+            else:
                 with span(messages, attempt):
-                    await call_handler(spec, kwargs)
+                    await handle()
 
         async def call() -> None:
             if timed is None:
@@ -243,6 +264,27 @@ class BatchRunner:
             return exc
         self._tell(items, deliveries, kwargs, None)
         return None
+
+    async def _in_inbox(self, items: list[BatchItem], kwargs: dict[str, object]) -> None:
+        """The handler inside one inbox transaction that records every item's key as done
+        when it commits (`BatchInboxStore.inbox_many`)."""
+        sub = self.subscriber
+        store = sub.options.dedup
+        assert isinstance(store, BatchInboxStore)  # checked at decoration time
+        claims = [(item.state.dedup_key or "", item.state.claim_owner or "") for item in items]
+        for item in items:
+            item.state.inbox_open = True
+        try:
+            async with store.inbox_many(sub.scope, claims, ttl=sub.options.dedup_ttl) as res:
+                for name, kind in sub.handler.params:
+                    if kind == "inbox":
+                        kwargs[name] = res
+                await call_handler(sub.handler, kwargs)
+        finally:
+            for item in items:
+                item.state.inbox_open = False
+        for item in items:
+            item.state.inbox_done = True
 
     def _tell(
         self,

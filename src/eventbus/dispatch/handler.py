@@ -54,7 +54,11 @@ class HandlerSpec:
         return any(kind == "delivery" for _, kind in self.params)
 
     def batch_kwargs(
-        self, payloads: list[object], messages: list[Message], deliveries: list[Delivery] | None
+        self,
+        payloads: list[object],
+        messages: list[Message],
+        deliveries: list[Delivery] | None,
+        inbox: object = None,
     ) -> dict[str, object]:
         """A batch handler's arguments; ``deliveries`` may be None unless it takes them."""
         out: dict[str, object] = {}
@@ -63,8 +67,10 @@ class HandlerSpec:
                 out[name] = payloads
             elif kind == "delivery":
                 out[name] = deliveries
-            else:
+            elif kind == "message":
                 out[name] = messages
+            else:
+                out[name] = inbox
         return out
 
 
@@ -76,7 +82,7 @@ def inspect_handler(
     the payload; its annotation is what the body is validated into.
 
     ``batch``: a batch handler, whose parameters are lists of the same (``list[Order]``,
-    ``list[Delivery]``, ``list[Message]``); no inbox resource."""
+    ``list[Delivery]``, ``list[Message]``), but for the inbox resource: one for the batch."""
     name = getattr(func, "__qualname__", repr(func))
     if not callable(func):
         raise HandlerSignatureError(f"handler {name} is not callable")
@@ -111,7 +117,9 @@ def inspect_handler(
                 "the payload type (a pydantic model, bytes, str, dict), Delivery or Message"
             )
         annotation = hints[param.name]
-        if batch:
+        inbox = isinstance(annotation, type) and bool(inbox_types)
+        inbox = inbox and issubclass(annotation, inbox_types)
+        if batch and not inbox:  # the inbox resource is one, for the whole batch
             annotation = _item_type(name, param.name, annotation)
         kind: ParamKind
         if annotation is Delivery:
@@ -121,12 +129,7 @@ def inspect_handler(
             # must make ``order`` the payload. A handler with no other payload parameter gets
             # payload_type None, which decodes to the Message itself.
             kind = "message"
-        elif isinstance(annotation, type) and inbox_types and issubclass(annotation, inbox_types):
-            if batch:
-                raise HandlerSignatureError(
-                    f"handler {name}: an inbox transaction covers one message; batch handlers "
-                    "cannot take one in this release (use dedup=True without the inbox)"
-                )
+        elif inbox:
             kind, inbox_type = "inbox", annotation
         elif payload_type is None:
             kind, payload_type = "payload", annotation

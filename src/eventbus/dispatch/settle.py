@@ -143,15 +143,15 @@ class DeliveryState:
     async def nack(self, delay: float | None) -> None:
         """Always back through the broker, after ``delay`` or the policy's backoff (DESIGN 8);
         dead-lettered once the attempts are spent."""
-        self._refuse_inside_inbox("nack")
+        self.refuse_inside_inbox("nack")
         error = NackedError(f"nacked on attempt {self.attempt}")
         await self.fail("nacked", error, delay=delay)
 
     async def reject(self, reason: str | None) -> None:
-        self._refuse_inside_inbox("reject")
+        self.refuse_inside_inbox("reject")
         await self.carry_out(DeadLetter("rejected"), Reject(reason))
 
-    def _refuse_inside_inbox(self, what: str) -> None:
+    def refuse_inside_inbox(self, what: str) -> None:
         if self.inbox_open:
             raise RuntimeError(
                 f"{what}() inside an inbox transaction would settle before it commits; raise "
