@@ -154,6 +154,8 @@ class Producer:
             if producer is None:
                 raise RuntimeError("the Kafka transport is not connected; call connect() first")
             failed = await self._send_once(producer, topic, records, todo, deadline)
+            if not failed:
+                return failures
             replaced = generation != self._generation
             # Out of sequence, or failed by a producer another publish has replaced meanwhile
             # (stopping it fails what it still held): send again on the current producer.
@@ -184,6 +186,9 @@ class Producer:
         deadline: float,
     ) -> dict[int, tuple[BaseException, BaseException]]:
         """Send ``records[i]`` for each index; the failures as (translated, raw) by index."""
+        if len(indexes) == 1:
+            index = indexes[0]
+            return await self._send_one(producer, topic, records[index], index, deadline)
         failures: dict[int, tuple[BaseException, BaseException]] = {}
         pending: dict[asyncio.Future[Any], list[int]] = {}
         refused: dict[int, BaseException] = {}  # by the producer, before being queued
@@ -218,6 +223,61 @@ class Producer:
             failures[index] = (_translated(cause, self._settings.address), cause)
         if pending:
             await self._await_acks(pending, deadline, failures)
+        return failures
+
+    async def _send_one(
+        self, producer: Any, topic: str, record: KafkaRecord, index: int, deadline: float
+    ) -> dict[int, tuple[BaseException, BaseException]]:
+        """`_send_once` for one record (an awaited ``publish``), with the same outcomes: one
+        timeout covers queueing and the acknowledgement, which is awaited directly. Through
+        `_await_acks` an awaited publish paid for a second timer, ``asyncio.wait``'s waiter
+        future and callbacks, and one more turn of the event loop before the caller resumed.
+
+        The timeout cancels the producer's future if it is still pending: that does not stop
+        the record (aiokafka resolves only the futures not done yet), so, as with
+        ``asyncio.wait``, a record confirmed after the deadline is a duplicate when the caller
+        retries, never a loss."""
+        failures: dict[int, tuple[BaseException, BaseException]] = {}
+        if not self._fits(record, index, failures):
+            return failures
+        settings = self._settings
+        future: asyncio.Future[Any] | None = None
+        timeout = asyncio.timeout_at(deadline)
+        try:
+            async with timeout:
+                try:
+                    future = await producer.send(
+                        topic, record.value, key=record.key, headers=record.headers
+                    )
+                except Exception as exc:  # refused by the producer, before being queued
+                    failures[index] = (_translated(exc, settings.address), exc)
+                    return failures
+                await future
+            return failures
+        except Exception as exc:
+            if not timeout.expired():  # the broker's answer was an error
+                failures[index] = (_translated(exc, settings.address), exc)
+                return failures
+        # The deadline passed: while queueing, or before an acknowledgement came (one that
+        # came in the same turn of the loop as the deadline counts, as with asyncio.wait).
+        error: BaseException
+        if future is None:
+            error = BrokerUnavailableError(
+                settings.address,
+                f"could not queue the message within {settings.publish_timeout}s",
+            )
+        elif future.done() and not future.cancelled():
+            raised = future.exception()
+            if raised is None:
+                return failures
+            failures[index] = (_translated(raised, settings.address), raised)
+            return failures
+        else:
+            error = BrokerUnavailableError(
+                settings.address,
+                f"no acknowledgement within publish_timeout={settings.publish_timeout}s",
+            )
+        failures[index] = (error, error)
         return failures
 
     def _fits(
