@@ -329,7 +329,7 @@ class Producer:
         settings = self._settings
         task = asyncio.current_task()
         if task is None:
-            raise RuntimeError("publish from an asyncio task")
+            raise RuntimeError("a Kafka publish must run in an asyncio task")
         cancelling = task.cancelling()
         entry = self._deadlines.start(asyncio.get_running_loop(), deadline, task)
         future: asyncio.Future[Any] | None = None
