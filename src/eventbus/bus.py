@@ -55,6 +55,9 @@ log = logging.getLogger("eventbus")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_KNOWN_DESTINATIONS = 1024
+"""Names of each kind whose `Destination` a bus keeps: an application publishing to ever new
+names (one per tenant, say) does not grow it without bound; past it they are built each time."""
 
 
 def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -130,6 +133,8 @@ class EventBus:
         self.middleware = tuple(middleware)
         self.graceful_timeout = graceful_timeout
         self._subscribers: list[Subscriber] = []
+        self._destinations: dict[Kind, dict[str, Destination]] = {"topic": {}, "queue": {}}
+        """`_destination`'s: by kind, then name."""
         self._startup: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._shutdown: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._runners: list[SubscriptionRunner] = []
@@ -476,7 +481,7 @@ class EventBus:
         ``ttl`` counts from when the message falls due."""
         due = not_before(delay, at)
         return await self._publish_one(
-            Destination(_check_name("topic", topic), "topic", not_before=due),
+            self._destination(topic, "topic", due),
             payload,
             key=key,
             headers=headers,
@@ -503,7 +508,7 @@ class EventBus:
         and ``delay``/``at`` as for `publish`."""
         due = not_before(delay, at)
         return await self._publish_one(
-            Destination(_check_name("queue", queue), "queue", not_before=due),
+            self._destination(queue, "queue", due),
             payload,
             key=key,
             headers=headers,
@@ -511,6 +516,19 @@ class EventBus:
             correlation_id=correlation_id,
             expires=expiry_header(ttl, expires_at, due),
         )
+
+    def _destination(self, name: str, kind: Kind, due: float | None) -> Destination:
+        """Where `publish` / `send` go: the name checked once, and one immutable `Destination`
+        kept per name for the publishes that are not scheduled (most of them)."""
+        if due is not None:
+            return Destination(_check_name(kind, name), kind, not_before=due)
+        known = self._destinations[kind]
+        to = known.get(name) if type(name) is str else None
+        if to is None:
+            to = Destination(_check_name(kind, name), kind)
+            if type(name) is str and len(known) < _KNOWN_DESTINATIONS:
+                known[name] = to
+        return to
 
     async def _publish_one(
         self,

@@ -16,6 +16,14 @@ class Order(pydantic.BaseModel):
     note: str = ""
 
 
+class Bytes(bytes):
+    """Subclasses take the isinstance path of the codec, exact bytes and str a shortcut."""
+
+
+class Text(str):
+    __slots__ = ()
+
+
 def decode(body: bytes, target: Any) -> object:
     return JsonCodec().decode(Message(id="1", topic="t", body=body), target)
 
@@ -27,6 +35,8 @@ def decode(body: bytes, target: Any) -> object:
         (b"\x00\xff", b"\x00\xff", "application/octet-stream", None),
         (bytearray(b"ab"), b"ab", "application/octet-stream", None),
         ("héllo", "héllo".encode(), "text/plain; charset=utf-8", None),
+        (Bytes(b"ab"), b"ab", "application/octet-stream", None),
+        (Text("ab"), b"ab", "text/plain; charset=utf-8", None),
         ({"a": [1, None]}, b'{"a":[1,null]}', "application/json", None),
         ([1, 2], b"[1,2]", "application/json", None),
         (7, b"7", "application/json", None),

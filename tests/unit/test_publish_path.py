@@ -72,3 +72,24 @@ async def test_publish_many_shares_one_timestamp_and_checks_headers_once(
     # Each message owns its headers: changing one (a transport stamping a retry) is not seen
     # by the others.
     assert len({id(m.headers) for m in published}) == 3
+
+
+async def test_names_checked_once_still_refuse_bad_ones(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker
+) -> None:
+    """A bus keeps the `Destination` of each name it published to: later publishes to it reuse
+    it, and names it refused, or that are not text, are refused every time."""
+    async with make_bus() as bus:
+        for _ in range(2):
+            await bus.publish("orders", b"a")
+            await bus.send("jobs", b"b")
+            for bad in ("bad topic", "", 7, ["orders"], None):
+                with pytest.raises(ConfigurationError, match="invalid topic name"):
+                    await bus.publish(bad, b"x")  # type: ignore[arg-type]
+                with pytest.raises(ConfigurationError, match="invalid queue name"):
+                    await bus.send(bad, b"x")  # type: ignore[arg-type]
+        await bus.publish("orders", b"later", delay=0.01)
+    assert [m.body for m in broker.published("orders")][:2] == [b"a", b"a"]
+    assert bus._destinations["topic"]["orders"].not_before is None
+    assert set(bus._destinations["topic"]) == {"orders"}
+    assert set(bus._destinations["queue"]) == {"jobs"}

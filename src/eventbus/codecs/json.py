@@ -39,6 +39,12 @@ class JsonCodec:
     """
 
     def encode(self, payload: object) -> Encoded:
+        # Exactly bytes or str first: isinstance against BaseModel goes through its ABC
+        # metaclass, the dearest check here, and an opaque body is the commonest payload.
+        if type(payload) is bytes:
+            return Encoded(payload, BYTES)
+        if type(payload) is str:
+            return Encoded(payload.encode(), TEXT)
         if isinstance(payload, pydantic.BaseModel):
             return Encoded(payload.model_dump_json().encode(), JSON, type(payload).__name__)
         if isinstance(payload, bytes | bytearray | memoryview):

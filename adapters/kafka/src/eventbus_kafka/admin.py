@@ -54,6 +54,10 @@ class TopicAdmin:
             raise RuntimeError("the Kafka transport is not connected; call connect() first")
         return self._client
 
+    def ensured(self, name: str) -> bool:
+        """Whether ``name`` is known to exist (`ensure_topics` has nothing to do for it)."""
+        return name in self._ensured
+
     async def ensure_topics(self, names: Iterable[str]) -> None:
         """Create the topics that do not exist yet. Raises `ConfigurationError` naming the
         topic and the broker's reason when the broker refuses (bad name, replication factor

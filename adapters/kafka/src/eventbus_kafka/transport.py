@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
@@ -41,7 +41,7 @@ from eventbus_kafka.topology import (
     validate_name,
 )
 from eventbus_kafka.url import KafkaSettings, parse_url
-from eventbus_kafka.wire import to_record
+from eventbus_kafka.wire import KafkaRecord, to_record
 
 __all__ = ["KafkaTransport"]
 
@@ -155,24 +155,21 @@ class KafkaTransport:
         failure is a size error)."""
         if not messages:
             return
-        tier = scheduling.tier_for(to.delay) if to.not_before is not None else None
-        if tier is not None:
-            await self._publish_to_tier(to, tier, messages)
-            return
+        if to.not_before is not None:
+            tier = scheduling.tier_for(to.delay)
+            if tier is not None:
+                await self._publish_to_tier(to, tier, messages)
+                return
         topic = destination_topic(to)
-        try:
-            await self._admin.ensure_topics([topic])
-        except BrokerUnavailableError as exc:
-            raise PublishError(
-                f"cannot publish to {topic!r}: {exc}", dict.fromkeys(range(len(messages)), exc)
-            ) from exc
         # What the retry topic's consumer needs: the group the message is meant for (topics
         # only: a queue's retry topic has one reader) and when it is due.
         group = to.group if to.kind == "topic" else None
-        records = [to_record(m, target_group=group, not_before=to.not_before) for m in messages]
-        failures = await self._producer.send_all(topic, records)
-        if failures:
-            raise publish_error(failures, messages, f"Kafka topic {topic!r}")
+        not_before = to.not_before
+        await self._send(
+            topic,
+            messages,
+            lambda: [to_record(m, target_group=group, not_before=not_before) for m in messages],
+        )
 
     async def _publish_to_tier(
         self, to: Destination, tier: int, messages: Sequence[Message]
@@ -182,16 +179,31 @@ class KafkaTransport:
         record of a tier topic waits as long, so its partitions are in due order and pausing one
         until its head is due holds back nothing due sooner."""
         destination_topic(to)  # the destination's names are checked now, not when due
-        topic = tier_topic(tier)
-        try:
-            await self._admin.ensure_topics([topic])
-        except BrokerUnavailableError as exc:
-            raise PublishError(
-                f"cannot publish to {topic!r}: {exc}", dict.fromkeys(range(len(messages)), exc)
-            ) from exc
-        leaves = time.time() + tier  # never after the due time: tier <= the delay left
-        records = [to_record(scheduling.stamp(m, to), not_before=leaves) for m in messages]
-        failures = await self._producer.send_all(topic, records)
+
+        def records() -> list[KafkaRecord]:
+            leaves = time.time() + tier  # never after the due time: tier <= the delay left
+            return [to_record(scheduling.stamp(m, to), not_before=leaves) for m in messages]
+
+        await self._send(tier_topic(tier), messages, records)
+
+    async def _send(
+        self,
+        topic: str,
+        messages: Sequence[Message],
+        records: Callable[[], list[KafkaRecord]],
+    ) -> None:
+        """Make sure ``topic`` exists, send the ``records()`` of ``messages`` to it and wait
+        for every acknowledgement; `PublishError` for the ones that failed (a topic that cannot
+        be created fails them all). The records are built once the topic exists."""
+        if not self._admin.ensured(topic):
+            try:
+                await self._admin.ensure_topics([topic])
+            except BrokerUnavailableError as exc:
+                raise PublishError(
+                    f"cannot publish to {topic!r}: {exc}",
+                    dict.fromkeys(range(len(messages)), exc),
+                ) from exc
+        failures = await self._producer.send_all(topic, records())
         if failures:
             raise publish_error(failures, messages, f"Kafka topic {topic!r}")
 
