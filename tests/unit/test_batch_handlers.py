@@ -345,3 +345,84 @@ async def test_stopping_lets_the_running_batch_finish_and_releases_the_rest(
     async with bus:
         await wait_for(lambda: len(handled) == 2, within=10)
     assert handled[1] == [3, 4]
+
+
+async def test_a_message_twice_in_one_batch_is_claimed_once_and_skipped_once(
+    make_bus: Callable[..., EventBus],
+) -> None:
+    """The second copy would wait for the batch's own claim until the lease ran out; it goes
+    into the next batch instead and is skipped there as done."""
+    bus = make_bus()
+    calls: list[list[str]] = []
+
+    @bus.consume("jobs", batch=Batch(max_size=2, max_wait=0.05), dedup=True, dedup_lease=30)
+    async def handler(messages: list[Message]) -> None:
+        calls.append([m.id for m in messages])
+
+    async with bus:
+        with anyio.fail_after(5):
+            await bus.send("jobs", b"x", message_id="a")
+            await bus.send("jobs", b"x", message_id="a")  # a producer's retry, say
+            await wait_for(lambda: bus.subscribers[0].stats.duplicates == 1)
+    assert calls == [["a"]]
+
+
+async def test_later_nacks_of_a_key_never_come_back_sooner(
+    make_bus: Callable[..., EventBus],
+) -> None:
+    """m0 nacked with 0.3 s, m2 with 0: m2 (and m3 behind it) still come back after m0, m1."""
+    bus = make_bus()
+    seen: list[str] = []
+
+    @bus.subscribe("orders", group="g", batch=Batch(max_size=4, max_wait=0.05), retry=FAST)
+    async def handler(messages: list[Message], deliveries: list[Delivery]) -> None:
+        for message, delivery in zip(messages, deliveries, strict=True):
+            seen.append(message.id)
+            if delivery.attempt == 1 and message.id == "m0":
+                await delivery.nack(delay=0.3)
+            elif delivery.attempt == 1 and message.id == "m2":
+                await delivery.nack(delay=0.0)
+
+    async with bus:
+        for n in range(4):
+            await bus.publish("orders", str(n).encode(), key="k", message_id=f"m{n}")
+        await wait_for(lambda: len(seen) == 8, within=10)
+    assert seen[4:] == ["m0", "m1", "m2", "m3"]
+
+
+async def test_a_broadcast_put_back_comes_back_behind_the_nacked_item(
+    make_bus: Callable[..., EventBus],
+) -> None:
+    bus = make_bus()
+    seen: list[tuple[str, int]] = []
+
+    @bus.subscribe("orders", batch=Batch(max_size=2, max_wait=0.05))
+    async def handler(messages: list[Message], deliveries: list[Delivery]) -> None:
+        for message, delivery in zip(messages, deliveries, strict=True):
+            seen.append((message.id, delivery.attempt))
+            if message.id == "m0" and delivery.attempt == 1:
+                await delivery.nack()
+
+    async with bus:
+        for n in range(2):
+            await bus.publish("orders", str(n).encode(), key="k", message_id=f"m{n}")
+        await wait_for(lambda: len(seen) == 4, within=10)
+    assert [i for i, _ in seen[2:]] == ["m0", "m1"]
+
+
+async def test_test_bus_does_not_wait_for_a_batch_handlers_retry_delay(
+    make_bus: Callable[..., EventBus],
+) -> None:
+    from eventbus import Retry
+    from eventbus.testing import TestBus
+
+    bus = make_bus()
+
+    @bus.consume("jobs", batch=Batch(max_size=1, max_wait=0.0))
+    async def handler(orders: list[Order], deliveries: list[Delivery]) -> None:
+        if deliveries[0].attempt == 1:
+            raise Retry(30.0)
+
+    async with TestBus(bus, timeout=5) as client:
+        result = await client.send("jobs", Order(n=1))
+    assert result.status == "handled" and len(result.attempts) == 2

@@ -396,3 +396,73 @@ async def test_a_sync_batch_handler_that_outlives_a_loss_acks_the_rest_once(
         await anyio.sleep(0.3)
     assert [sorted(c) for c in calls] == [["m1", "m2", "m3"]], "m2, m3 acked, not run again"
     assert [m.id for m in broker.ready("orders", "g")] == ["m1"], "the lost one goes on"
+
+
+async def test_a_delivery_lost_while_it_waits_for_a_batch_never_reaches_the_handler(
+    url: str,
+) -> None:
+    transport = TappedTransport(url)
+    bus = EventBus(transport=transport)
+    calls: list[list[str]] = []
+    gate = anyio.Event()
+
+    @bus.subscribe("orders", group="g", batch=Batch(max_size=2, max_wait=0.1))
+    async def handle(messages: list[Message]) -> None:
+        calls.append(sorted(m.id for m in messages))
+        if len(calls) == 1:
+            await gate.wait()
+
+    async with bus:
+        await bus.publish("orders", Order(id=1), key="a", message_id="m1")
+        await bus.publish("orders", Order(id=2), key="b", message_id="m2")
+        await wait_for(lambda: len(calls) == 1)
+        await bus.publish("orders", Order(id=3), key="c", message_id="m3")  # waits its turn
+        await anyio.sleep(0.05)
+        await transport.owners[0].lost([handed(transport, "m3")])
+        gate.set()
+        await anyio.sleep(0.4)
+    assert calls == [["m1", "m2"]], "m3 was no longer ours when its batch could run"
+    assert bus.subscribers[0].stats.lost == 1
+
+
+async def test_a_loss_during_a_batch_failure_leaves_the_rest_for_a_later_batch(
+    url: str, broker: MemoryBroker
+) -> None:
+    """A synchronous batch handler outlives the loss of A, then raises: the attempt counts for
+    nothing, and B (still ours) is neither dead-lettered inside the cancelled batch nor
+    stranded: it runs again in a later batch."""
+    transport = TappedTransport(url)
+    bus = EventBus(transport=transport)
+    running, release = threading.Event(), threading.Event()
+    calls: list[list[str]] = []
+
+    @bus.subscribe(
+        "orders",
+        group="g",
+        batch=Batch(max_size=2, max_wait=0.2),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    def handle(messages: list[Message]) -> None:  # runs in a thread
+        calls.append(sorted(m.id for m in messages))
+        if len(calls) == 1:
+            running.set()
+            release.wait(10)
+            raise RuntimeError("database down")
+
+    async with bus:
+        await bus.publish("orders", Order(id=1), key="a", message_id="A")
+        await bus.publish("orders", Order(id=2), key="b", message_id="B")
+        await anyio.to_thread.run_sync(running.wait, 10)
+        async with anyio.create_task_group() as tg:
+
+            async def lose() -> None:
+                with anyio.fail_after(10):
+                    await transport.owners[0].lost([handed(transport, "A")])
+
+            tg.start_soon(lose)
+            await anyio.sleep(0.1)
+            release.set()
+        await wait_for(lambda: len(calls) == 2)
+    assert calls == [["A", "B"], ["B"]]
+    assert broker.published("orders.g.dlq") == [], "the failure with A lost counts for nothing"
+    assert bus.subscribers[0].stats.handled == 1

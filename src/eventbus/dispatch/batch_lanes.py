@@ -112,7 +112,8 @@ class BatchLanes(Generic[T]):
             if key is not None:
                 keys.add(key)
             batch.append(item)
-        self._since = anyio.current_time()
+        # What is left waited since `_since` already: it goes when a batch slot is free
+        # (`submit` sets `_since` anew once the queue was empty).
         if not batch:
             return
         if keys and self._waiting:

@@ -25,6 +25,7 @@ decoration time.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
@@ -107,6 +108,8 @@ class BatchRunner:
     stopping: Callable[[], bool]
     sleep: Callable[[float], Awaitable[bool]]
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
+    aborted: Callable[[], bool]
+    """Past the graceful timeout: a cancellation now is the bus's own, not the handler's."""
     span: BatchSpan | None = None
     timed: BatchTimer | None = None
     returned: Callable[[list[DeliveryState]], None] = lambda _states: None
@@ -151,6 +154,8 @@ class BatchRunner:
         fast = decoder.immediate and self.guard is None
         items: list[BatchItem] = []
         for state in states:
+            if state.settled:
+                continue  # lost to the transport while it waited for this batch
             raw = state.raw
             if fast and raw.defect is None and h.EXPIRES_AT not in raw.message.headers:
                 try:
@@ -179,16 +184,25 @@ class BatchRunner:
         return False
 
     async def _claimed(self, items: list[BatchItem]) -> list[BatchItem]:
-        """Claim each item's dedup key; duplicates are acked and left out."""
+        """Claim each item's dedup key; duplicates are acked and left out.
+
+        Keys are claimed in sorted order, so two batches that share keys (the same message
+        published twice) never wait for each other in a circle. A key twice in one batch is
+        claimed once: the second item stays out, unsettled, goes into the next batch and is
+        skipped there as done (claiming it here would wait for this batch's own claim)."""
         guard = self.guard
         if guard is None:
             return items
-        run: list[BatchItem] = []
-        for item in items:
-            state = item.state
-            assert state.dedup_key is not None
+        run: set[int] = set()
+        claimed: set[str] = set()
+        for index in sorted(range(len(items)), key=lambda i: items[i].state.dedup_key or ""):
+            state = items[index].state
+            key = state.dedup_key
+            assert key is not None
+            if key in claimed:
+                continue
             try:
-                claim, state.claim_owner = await guard.claim(state.dedup_key)
+                claim, state.claim_owner = await guard.claim(key)
             except KeyRefusedError as exc:
                 log.error("%s: %s", self.subscriber.describe(), exc)
                 await state.fail("internal", exc)
@@ -196,10 +210,11 @@ class BatchRunner:
             if claim == "done":
                 await state.ack()
             elif claim == "run":
-                run.append(item)
+                claimed.add(key)
+                run.add(index)
             else:
                 return []  # stopping: released, not started
-        return run
+        return [item for index, item in enumerate(items) if index in run]
 
     # -- the handler ------------------------------------------------------------------------
 
@@ -257,7 +272,7 @@ class BatchRunner:
                 self.limiter.release()
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()) and (
-                self.stopping() or any(item.state.lost for item in items)
+                self.aborted() or any(item.state.lost for item in items)
             ):
                 raise  # the bus's own: shutdown, or deliveries of the batch lost
             self._tell(items, deliveries, kwargs, exc)
@@ -302,9 +317,12 @@ class BatchRunner:
 
     async def _settle(self, items: list[BatchItem]) -> None:
         """The handler returned: carry out what it decided per item, in batch order."""
+        sub = self.subscriber
+        policy = sub.options.retry
         back: dict[str, float] = {}
-        """Keys with an item that goes back through the broker, and its delay."""
-        policy = self.subscriber.options.retry
+        """Keys with an item that goes back through the broker: the delay it goes back after.
+        Later items of the key go back after it, never sooner (DESIGN 11)."""
+        broker_bound: list[Callable[[], Awaitable[None]]] = []
         for item in items:
             state = item.state
             key = state.raw.message.key
@@ -313,28 +331,37 @@ class BatchRunner:
                 error = NackedError(f"nacked on attempt {state.attempt}")
                 delay = arg if isinstance(arg, float | int) else None
                 outcome = decide(policy, state.attempt, error, "nacked", delay=delay, rng=self.rng)
-                await state.carry_out(outcome, error)
                 if isinstance(outcome, RetryViaBroker) and key is not None:
+                    outcome = RetryViaBroker(max(outcome.delay, back.get(key, 0.0)))
                     back[key] = outcome.delay
+                broker_bound.append(functools.partial(state.carry_out, outcome, error))
             elif how == "reject":
                 reason = arg if isinstance(arg, str) else None
                 await state.carry_out(DeadLetter("rejected"), Reject(reason))
             elif key is not None and key in back:
-                await state.put_back(back[key])
+                broker_bound.append(functools.partial(state.put_back, back[key]))
             else:
                 await state.ack()
+        # A broadcast has no group to send them to: they are requeued, and a requeue may put
+        # a message at the front, so the newest goes first to come back last.
+        for send_back in reversed(broker_bound) if sub.broadcast else broker_bound:
+            await send_back()
 
     async def _failed(self, items: list[BatchItem], error: BaseException) -> list[BatchItem]:
         """The handler raised: the policy per item. Returns the items to run again, after
         waiting for the longest of their delays; the others are settled here."""
         sub = self.subscriber
+        if any(item.state.lost for item in items):
+            # Part of the batch was taken back while the handler ran (a synchronous one
+            # outlived the cancel): the attempt counts for nothing. The rest stays unsettled
+            # and goes into a later batch; settling it here would run into the cancellation.
+            return []
         sub.stats.failed_attempts += len(items)
         again: list[BatchItem] = []
         delay = 0.0
+        back: dict[str, float] = {}  # as in `_settle`: a key's later items never go sooner
         for item in items:
             state = item.state
-            if state.lost:
-                continue
             outcome = decide(
                 sub.options.retry,
                 state.attempt,
@@ -349,8 +376,12 @@ class BatchRunner:
                 await state.release_claim()
                 again.append(item)
                 delay = max(delay, outcome.delay)
-            else:
-                await state.carry_out(outcome, error)
+                continue
+            key = state.raw.message.key
+            if isinstance(outcome, RetryViaBroker) and key is not None:
+                outcome = RetryViaBroker(max(outcome.delay, back.get(key, 0.0)))
+                back[key] = outcome.delay
+            await state.carry_out(outcome, error)
         if not again:
             return []
         log.info(

@@ -66,6 +66,11 @@ class Ownership:
             for state in unsettled:
                 state.drop()
             for state in running:
+                # Before the cancel: the work cancelled below then takes the cancellation for
+                # the bus's own, also when a settle of its delivery was already under way (a
+                # batch would otherwise fail its other deliveries as an internal error).
+                state.lost = True
+            for state in running:
                 state.expect_finish()
                 assert lanes is not None
                 lanes.cancel(state)

@@ -153,6 +153,7 @@ class SubscriptionRunner:
             self._rng,
             lambda: self._stopping,
             self._sleep_unless_stopping,
+            self._abort.is_set,
             batch_span,
             metrics.timed_batch if metrics is not None else None,
             self._batch_returned,

@@ -133,6 +133,12 @@ class Ledger:
 
         def observe(event: Settlement | BatchCall) -> None:
             if isinstance(event, BatchCall):
+                error = event.error
+                if self._instant_retries and isinstance(error, Retry) and error.delay:
+                    # What `middleware` does for one message; a batch handler has no middleware
+                    # to rewrite it in, so the pause it asked for is dropped here, before the
+                    # pipeline reads it.
+                    error.delay = 0.0
                 for raw_delivery, delivery in event.items:
                     called = self._unit(delivery.message.id, receiver)
                     called.ran.add(id(raw_delivery))
