@@ -58,8 +58,6 @@ def test_what_cannot_be_combined_with_batch_is_refused(make_bus: Callable[..., E
     bus = make_bus()
     with pytest.raises(ConfigurationError, match="ack='manual'"):
         bus.consume("q", batch=Batch(10), ack="manual")
-    with pytest.raises(ConfigurationError, match="breaker="):
-        bus.consume("q", batch=Batch(10), breaker=CircuitBreaker())
     with pytest.raises(ConfigurationError, match="publish_to"):
         bus.consume("q", batch=Batch(10), publish_to="out")
     with pytest.raises(ConfigurationError, match="batch must be a Batch"):
@@ -426,3 +424,39 @@ async def test_test_bus_does_not_wait_for_a_batch_handlers_retry_delay(
     async with TestBus(bus, timeout=5) as client:
         result = await client.send("jobs", Order(n=1))
     assert result.status == "handled" and len(result.attempts) == 2
+
+
+async def test_the_breaker_holds_batches_through_an_outage(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker
+) -> None:
+    """The handler fails for a second (its database is down): the breaker opens, batches wait
+    spending no attempt, and once it recovers every message is handled, none dead-lettered.
+    Without the breaker the same outage dead-letters them."""
+
+    async def run(breaker: CircuitBreaker | None) -> tuple[int, int]:
+        bus = make_bus()
+        down_until = anyio.current_time() + 1.0
+        handled: list[int] = []
+
+        @bus.subscribe(
+            "orders",
+            group=f"g-{breaker is not None}",
+            batch=Batch(max_size=5, max_wait=0.02),
+            retry=FAST,
+            breaker=breaker,
+        )
+        async def handler(orders: list[Order]) -> None:
+            if anyio.current_time() < down_until:
+                raise ConnectionError("database down")
+            handled.extend(o.n for o in orders)
+
+        async with bus:
+            for n in range(20):
+                await bus.publish("orders", Order(n=n))
+            stats = bus.subscribers[0].stats
+            await wait_for(lambda: len(handled) + stats.dead_lettered == 20, within=15)
+        return len(handled), stats.dead_lettered
+
+    held = CircuitBreaker(failure_ratio=0.5, min_calls=2, window=10.0, open_for=0.3)
+    assert await run(held) == (20, 0), "nothing dead-lettered because of the outage"
+    assert await run(None) == (0, 20), "without it, the retries run out"

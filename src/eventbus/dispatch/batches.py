@@ -19,8 +19,8 @@ A handler that takes the inbox resource runs in one transaction for the batch
 are settled one by one only by raising (``nack``/``reject`` inside it are refused, as for one
 message). Not applied to batch handlers in this release: the middleware chain, which wraps one
 message (tracing and the metrics' histograms have their own per call: `BatchSpan`,
-`BatchTimer`). ``breaker``, ``ack='manual'`` and ``publish_to``/``send_to`` are refused at
-decoration time.
+`BatchTimer`); ``breaker`` guards each call as it guards one message's attempt. ``ack='manual'``
+and ``publish_to``/``send_to`` are refused at decoration time.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import anyio
 
 from eventbus import headers as h
 from eventbus.dedup.base import BatchInboxStore
+from eventbus.dispatch.breaker import HELD_FAILURES, Breaker, HeldError
 from eventbus.dispatch.decode import Decoder
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
 from eventbus.dispatch.invoke import call_handler
@@ -110,6 +111,9 @@ class BatchRunner:
     """Sleep unless stopping; True when the subscription started stopping meanwhile."""
     aborted: Callable[[], bool]
     """Past the graceful timeout: a cancellation now is the bus's own, not the handler's."""
+    breaker: Breaker | None
+    stop: anyio.Event
+    """Set when the subscription starts stopping (ends a wait for the breaker)."""
     span: BatchSpan | None = None
     timed: BatchTimer | None = None
     returned: Callable[[list[DeliveryState]], None] = lambda _states: None
@@ -118,6 +122,7 @@ class BatchRunner:
     async def run(self, states: list[DeliveryState]) -> None:
         sub = self.subscriber
         items = await self._all_checked(states)
+        held_failures = 0  # failures the circuit breaker held, spending no attempt
         while items and not self.stopping():
             if await self._turns(items):
                 return  # stopping while waiting: released, not started
@@ -127,6 +132,19 @@ class BatchRunner:
             for item in items:
                 item.verdict = None
             error = await self._call(items)
+            if isinstance(error, HeldError):
+                # As for one message (runner.py): the breaker is open, the same attempt runs
+                # again once it closes; past its share of free failures the batch's failures
+                # spend attempts again.
+                held_failures += error.error is not None
+                limit = HELD_FAILURES * sub.options.retry.max_attempts
+                if error.error is None or held_failures <= limit:
+                    if error.error is not None:
+                        sub.stats.failed_attempts += len(items)
+                    if await self._wait_for_breaker(items):
+                        return
+                    continue
+                error = error.error
             if isinstance(error, LeaseLostError):
                 # Another worker took a key over while this batch ran; nothing was committed.
                 # Claim again without spending an attempt: done keys are acked, the rest runs.
@@ -255,11 +273,18 @@ class BatchRunner:
                 with span(messages, attempt):
                     await handle()
 
-        async def call() -> None:
+        async def timed_call() -> None:
             if timed is None:
                 await traced()
             else:
                 await timed(messages, traced)
+
+        call = timed_call
+        if self.breaker is not None:
+            guarded = self.breaker.guard(lambda _: timed_call())
+
+            async def call() -> None:
+                await guarded(None)
 
         try:
             await self.limiter.acquire()
@@ -275,7 +300,10 @@ class BatchRunner:
                 self.aborted() or any(item.state.lost for item in items)
             ):
                 raise  # the bus's own: shutdown, or deliveries of the batch lost
-            self._tell(items, deliveries, kwargs, exc)
+            if not isinstance(exc, HeldError):
+                self._tell(items, deliveries, kwargs, exc)
+            elif exc.error is not None:  # it ran and failed while the breaker tripped
+                self._tell(items, deliveries, kwargs, exc.error)
             return exc
         self._tell(items, deliveries, kwargs, None)
         return None
@@ -312,6 +340,15 @@ class BatchRunner:
         if observer is not None and deliveries is not None:
             pairs = [(item.state.raw, d) for item, d in zip(items, deliveries, strict=True)]
             observer(BatchCall(pairs, kwargs, error))
+
+    async def _wait_for_breaker(self, items: list[BatchItem]) -> bool:
+        """Park until the breaker lets attempts through, spending no attempt; True if the
+        subscription started stopping meanwhile."""
+        assert self.breaker is not None
+        for item in items:
+            await item.state.release_claim()
+        await self.breaker.wait(self.stop)
+        return self.stopping()
 
     # -- after it ---------------------------------------------------------------------------
 

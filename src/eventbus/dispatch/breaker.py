@@ -22,22 +22,28 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from eventbus.breaker import CircuitBreaker
-from eventbus.dispatch.invoke import Handler
 from eventbus.dispatch.outcome import DeadLetter, decide
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import LeaseLostError
-from eventbus.message import Delivery
 
-__all__ = ["Breaker", "BreakerState", "HeldError"]
+__all__ = ["HELD_FAILURES", "Breaker", "BreakerState", "HeldError"]
 
 log = logging.getLogger("eventbus.dispatch")
+
+T = TypeVar("T")
+
+HELD_FAILURES = 2
+"""Failures per ``max_attempts`` that one message may have while the circuit breaker holds it
+(spending no attempt) before its failures count again: enough to ride out an outage in which
+the held messages take turns as the probe, bounded so that one message failing for its own
+reasons cannot hold the subscription forever."""
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -88,10 +94,12 @@ class Breaker:
 
     # -- the handler chain ------------------------------------------------------------------
 
-    def guard(self, handler: Handler) -> Handler:
+    def guard(self, handler: Callable[[T], Awaitable[None]]) -> Callable[[T], Awaitable[None]]:
+        """``handler`` (the chain for one message, or a batch handler's call) behind the
+        breaker."""
         cancelled = anyio.get_cancelled_exc_class()
 
-        async def call(delivery: Delivery) -> None:
+        async def call(delivery: T) -> None:
             probe = False
             if self._state != "closed":
                 if not self._admit():

@@ -117,8 +117,6 @@ class SubscriptionOptions:
                 "batch= settles when the handler returns; ack='manual' cannot be combined with "
                 "it (take list[Delivery] and nack() or reject() the items that failed)"
             )
-        if self.breaker is not None:
-            raise ConfigurationError("breaker= cannot be combined with batch= in this release")
         if self.returns is not None:
             raise ConfigurationError(
                 "publish_to=/send_to= publish one handler's result per message; they cannot be "

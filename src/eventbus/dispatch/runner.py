@@ -27,7 +27,7 @@ from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dispatch.batch_lanes import BatchLanes
 from eventbus.dispatch.batches import BatchRunner, BatchSpan
-from eventbus.dispatch.breaker import Breaker, HeldError
+from eventbus.dispatch.breaker import HELD_FAILURES, Breaker, HeldError
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.decode import Decoder
@@ -56,13 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["SubscriptionRunner"]
 
 log = logging.getLogger("eventbus.dispatch")
-
-
-HELD_FAILURES = 2
-"""Failures per ``max_attempts`` that one message may have while the circuit breaker holds it
-(spending no attempt) before its failures count again: enough to ride out an outage in which
-the held messages take turns as the probe, bounded so that one message failing for its own
-reasons cannot hold the subscription forever."""
 
 
 class SubscriptionRunner:
@@ -154,6 +147,8 @@ class SubscriptionRunner:
             lambda: self._stopping,
             self._sleep_unless_stopping,
             self._abort.is_set,
+            self._breaker,
+            self._stop_event,
             batch_span,
             metrics.timed_batch if metrics is not None else None,
             self._batch_returned,
