@@ -263,11 +263,12 @@ def _ce_time(raw: bytes) -> datetime | None:
     last = _last_ce_time  # one read: another thread may replace it, never tear it
     if raw == last[0]:
         return last[1]
-    try:
-        text = raw.decode()
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    moment = parse_time(text)
+    try:  # what eventbus writes (`format_time`): RFC 3339 in UTC, read as it is
+        moment: datetime | None = datetime.fromisoformat(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        moment = None
+    if moment is None or moment.tzinfo is not UTC:
+        moment = parse_time(decode_text(raw))  # another zone, no zone, spaces, not a time
     _last_ce_time = (raw, moment)
     return moment
 
