@@ -6,6 +6,7 @@ from eventbus_kafka.wire import (
     NOT_BEFORE,
     REPLY_TO,
     TARGET_GROUP,
+    decode,
     from_record,
     routing,
     to_record,
@@ -183,3 +184,56 @@ def test_reply_to_is_read_back_and_is_not_an_application_header() -> None:
     assert got.reply_to == "replies"
     assert got.headers == {}
     assert _read([("ce_id", b"x")]).reply_to is None
+
+
+def _decode(
+    record_headers: list[tuple[str, bytes | None]], timestamp_ms: int | None = 1_700_000_000_000
+) -> tuple[Message | None, str | None, float | None]:
+    return decode("orders", "orders", 3, 17, None, b"body", record_headers, timestamp_ms)
+
+
+def test_decode_reads_message_and_routing_in_one_pass_as_the_two_readers_do() -> None:
+    """What the fetch loop uses: the same message as `from_record`, the same routing as
+    `routing`, whatever the order and repetitions of the headers."""
+    sent = Message(
+        id="id-1",
+        topic="orders",
+        body=b"body",
+        headers={"tenant": "t1", "ce_source": "/erp"},
+        content_type="application/json",
+        type="OrderPlaced",
+        timestamp=datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC),
+        correlation_id="corr-1",
+        reply_to="replies",
+    )
+    routed = to_record(sent, target_group="billing", not_before=1700000000.25).headers
+    cases: list[list[tuple[str, bytes | None]]] = [
+        routed,
+        routed[::-1],
+        [*routed, (NOT_BEFORE, b"soon"), (TARGET_GROUP, b"")],  # unreadable: the earlier due
+        [(NOT_BEFORE, b"inf"), ("tenant", b"a"), ("tenant", b"\xff"), ("ce_id", None)],
+        [("ce_time", b"2024-05-06T09:08:09+02:00"), ("ce_source", b"eventbus")],
+        [("ce_time", b"2024-05-06T07:08:09Z"), ("ce_time", b"garbage")],  # last wins
+        [],
+    ]
+    for headers in cases:
+        message, target, due = _decode(headers)
+        assert message == _read(headers, key=None), headers
+        assert message is not None and message.timestamp.tzinfo is UTC
+        assert (target, due) == routing(headers), headers
+    message, _, _ = _decode(routed)
+    assert message == sent
+    assert message is not None and type(message) is Message and repr(message) == repr(sent)
+
+
+def test_decode_leaves_a_record_read_at_hand_out_time_to_the_caller_when_asked() -> None:
+    """No usable time (no ``ce_time``, a record time a datetime cannot hold): its time is when
+    it is read, so the fetch loop leaves the decoding to the hand-out (routing still read)."""
+    for stamp in (None, -1, 2**62):
+        headers: list[tuple[str, bytes | None]] = [(TARGET_GROUP, b"g")]
+        assert decode("t", "t", 0, 1, None, b"", headers, stamp, defer=True) == (None, "g", None)
+        message, _, _ = _decode(headers, stamp)
+        assert message is not None
+        assert abs(message.timestamp - datetime.now(UTC)) < timedelta(seconds=5)
+    message, _, _ = decode("t", "t", 0, 1, None, b"", [], 0, defer=True)
+    assert message is not None and message.timestamp == datetime.fromtimestamp(0, UTC)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from eventbus.message import Message
@@ -13,25 +12,33 @@ from eventbus_kafka.wire import from_record
 __all__ = ["KafkaDelivery", "Taken"]
 
 
-@dataclass(slots=True)
 class Taken:
     """A record taken from the consumer and not finished: buffered, or yielded as a delivery.
-    ``tracker`` is its partition's bookkeeping for the assignment it was fetched under."""
+    ``tracker`` is its partition's bookkeeping for the assignment it was fetched under.
 
-    tracker: PartitionOffsets
-    partition: int
-    record: Any  # aiokafka ConsumerRecord
-    redelivered: bool = False
+    ``message`` is the record decoded by the fetch loop (`wire.decode`, which reads the
+    routing headers in the same pass), or None: `to_message` decodes it when it is handed out
+    (the fetch loop's decoding failed, or the record's time is when it is handed out).
+    A plain class with slots: one is built per consumed record."""
 
-    @property
-    def offset(self) -> int:
-        return int(self.record.offset)
+    __slots__ = ("message", "offset", "partition", "record", "redelivered", "size", "tracker")
 
-    @property
-    def size(self) -> int:
+    def __init__(
+        self,
+        tracker: PartitionOffsets,
+        partition: int,
+        record: Any,  # aiokafka ConsumerRecord
+        message: Message | None = None,
+    ) -> None:
+        self.tracker = tracker
+        self.partition = partition
+        self.record = record
+        self.message = message
+        self.offset: int = int(record.offset)
+        value = record.value
+        self.size: int = len(value) if value is not None else 0
         """Bytes of the value, for the read-ahead budget."""
-        value = self.record.value
-        return len(value) if value is not None else 0
+        self.redelivered = False
 
     def to_message(self, topic: str) -> Message:
         record = self.record
@@ -57,7 +64,15 @@ class KafkaDelivery:
     and no-ops once the delivery was reported lost (`detach`), its partition revoked or the
     subscription closed."""
 
-    __slots__ = ("_settled", "_settler", "defect", "message", "native", "redelivered", "taken")
+    __slots__ = (
+        "_native",
+        "_settled",
+        "_settler",
+        "defect",
+        "message",
+        "redelivered",
+        "taken",
+    )
 
     def __init__(
         self, settler: _Settler, taken: Taken, message: Message, defect: str | None = None
@@ -68,10 +83,23 @@ class KafkaDelivery:
         self._settled = False
         self.message = message
         self.redelivered = taken.redelivered
-        self.native: Mapping[str, str] = {
-            "partition": str(taken.partition),
-            "offset": str(taken.offset),
-        }
+        self._native: Mapping[str, str] | None = None
+
+    @property
+    def native(self) -> Mapping[str, str]:
+        """Built when asked for (dead letters, tracing), not for every record."""
+        native = self._native
+        if native is None:
+            taken = self.taken
+            native = self._native = {
+                "partition": str(taken.partition),
+                "offset": str(taken.offset),
+            }
+        return native
+
+    @native.setter
+    def native(self, value: Mapping[str, str]) -> None:
+        self._native = value
 
     def detach(self) -> None:
         """No longer this process's (reported lost): later settles do nothing."""

@@ -20,6 +20,7 @@ from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 
 from eventbus.backoff import Backoff
 from eventbus.errors import EventBusError
+from eventbus.message import Message
 from eventbus.transports.base import SubscriptionSpec
 from eventbus_kafka.assignment import Adopter
 from eventbus_kafka.delivery import Taken
@@ -27,7 +28,7 @@ from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.ownership import Ownership
 from eventbus_kafka.pauses import Pauses
 from eventbus_kafka.readahead import ReadAhead
-from eventbus_kafka.wire import routing
+from eventbus_kafka.wire import decode, routing
 
 __all__ = ["Fetcher"]
 
@@ -158,66 +159,96 @@ class Fetcher:
         return tracker is None or tracker.window <= self._window // 2
 
     def take(self, batch: dict[TP, list[Any]], limit: int) -> None:
-        """Buffer up to ``limit`` records; give the rest back (seek) so they are fetched again."""
+        """Buffer up to ``limit`` records; give the rest back (seek) so they are fetched again.
+
+        Each record is decoded here, once (`wire.decode` reads the routing headers and the
+        message in one pass). A record that cannot be decoded is routed by `routing` alone and
+        becomes a defect when it is handed out (`KafkaSubscription._message_of`); one whose
+        time is when it is read is decoded again then."""
         now = time.time()
         delayed = False
         owned, consumer = self._owned, self.consumer
-        for tp, records in batch.items():
-            if not records:
-                continue
-            tracker = owned.trackers.get(tp)
-            if tracker is None:
-                if owned.grouped:
-                    if tp in owned.assigned:
-                        # Assigned during this getmany and not adopted yet: the previous
-                        # owner's commit metadata (what it finished above its commit) is not
-                        # read yet. Give the records back; they are taken once adopted.
-                        owned.adopt_needed = True
-                        with contextlib.suppress(IllegalStateError):
-                            consumer.seek(tp, records[0].offset)
+        window, group, name = self._window, self._group, self._spec.name
+        taken: list[Taken] = []
+        add = taken.append
+        try:
+            for tp, records in batch.items():
+                if not records:
                     continue
-                tracker = owned.tracker_for(tp, records[0].offset)
-            if not owned.current(tracker):
-                continue  # being revoked: the new owner gets these from the commit
-            for record in records:
-                if limit <= 0:
-                    consumer.seek(tp, record.offset)
-                    break
-                if tracker.window >= self._window:
-                    # Bounded memory (DESIGN 8): one stuck record would make the bookkeeping
-                    # behind it grow without end. This partition waits, paused, until it
-                    # moves; the others keep flowing.
-                    consumer.seek(tp, record.offset)
-                    self._pauses.hold(tp)
-                    delayed = True
-                    log.warning(
-                        "%s: partition %s holds %d offsets behind unfinished offset %d; "
-                        "pausing it until that one is settled",
-                        self._describe,
-                        tp.partition,
-                        tracker.window,
-                        tracker.committable,
-                    )
-                    break
-                if tracker.skip(record.offset):
-                    continue  # finished by the previous owner (its commit metadata says so)
-                target, due = routing(record.headers or ())
-                if target is not None and self._group is not None and target != self._group:
-                    # Another group's retry or replay (a 0.1 worker may have published it to
-                    # the main topic): done for this group, whenever it is due.
-                    if tracker.track(record.offset):
-                        tracker.finish(record.offset)
-                    continue
-                if due is not None and due > now:
-                    # A retry that is not due: this partition waits (paused, no busy loop)
-                    # from this record on; every other partition keeps flowing.
-                    consumer.seek(tp, record.offset)
-                    self._pauses.delay(tp, due)
-                    delayed = True
-                    break
-                # A re-read after an offset reset is not tracked again, but still delivered.
-                tracker.track(record.offset)
-                self._buffer.push(Taken(tracker, tp.partition, record))
-                limit -= 1
+                tracker = owned.trackers.get(tp)
+                if tracker is None:
+                    if owned.grouped:
+                        if tp in owned.assigned:
+                            # Assigned during this getmany and not adopted yet: the previous
+                            # owner's commit metadata (what it finished above its commit) is
+                            # not read yet. Give the records back; they are taken once adopted.
+                            owned.adopt_needed = True
+                            with contextlib.suppress(IllegalStateError):
+                                consumer.seek(tp, records[0].offset)
+                        continue
+                    tracker = owned.tracker_for(tp, records[0].offset)
+                if not owned.current(tracker):
+                    continue  # being revoked: the new owner gets these from the commit
+                partition = tp.partition
+                skipping = tracker.skipping
+                for record in records:
+                    if limit <= 0:
+                        consumer.seek(tp, record.offset)
+                        break
+                    if tracker.window >= window:
+                        # Bounded memory (DESIGN 8): one stuck record would make the
+                        # bookkeeping behind it grow without end. This partition waits, paused,
+                        # until it moves; the others keep flowing.
+                        consumer.seek(tp, record.offset)
+                        self._pauses.hold(tp)
+                        delayed = True
+                        log.warning(
+                            "%s: partition %s holds %d offsets behind unfinished offset %d; "
+                            "pausing it until that one is settled",
+                            self._describe,
+                            partition,
+                            tracker.window,
+                            tracker.committable,
+                        )
+                        break
+                    offset = record.offset
+                    if skipping and tracker.skip(offset):
+                        continue  # finished by the previous owner (its commit metadata says so)
+                    try:
+                        message: Message | None
+                        message, target, due = decode(
+                            name,
+                            record.topic,
+                            record.partition,
+                            offset,
+                            record.key,
+                            record.value,
+                            record.headers,
+                            record.timestamp,
+                            defer=True,
+                        )
+                    except Exception:
+                        message = None  # a defect once handed out (`Taken.to_message` says why)
+                        target, due = routing(record.headers or ())
+                    if target is not None and group is not None and target != group:
+                        # Another group's retry or replay (a 0.1 worker may have published it
+                        # to the main topic): done for this group, whenever it is due.
+                        if tracker.track(offset):
+                            tracker.finish(offset)
+                        continue
+                    if due is not None and due > now:
+                        # A retry that is not due: this partition waits (paused, no busy loop)
+                        # from this record on; every other partition keeps flowing.
+                        consumer.seek(tp, offset)
+                        self._pauses.delay(tp, due)
+                        delayed = True
+                        break
+                    # A re-read after an offset reset is not tracked again, but still delivered.
+                    tracker.track(offset)
+                    add(Taken(tracker, partition, record, message))
+                    limit -= 1
+        finally:
+            if taken:
+                self._buffer.extend(taken)  # what was tracked, even if a seek failed after it
         if delayed:
             self.apply_pauses()

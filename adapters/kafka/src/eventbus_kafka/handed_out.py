@@ -33,6 +33,19 @@ class HandedOut:
         self._by_tracker.setdefault(delivery.taken.tracker, {})[delivery] = None
         self.count += 1
 
+    def add_all(self, deliveries: list[KafkaDelivery]) -> None:
+        """`add` of each of ``deliveries``, in order."""
+        by_tracker = self._by_tracker
+        tracker: PartitionOffsets | None = None
+        held: dict[KafkaDelivery, None] = {}
+        for delivery in deliveries:
+            if delivery.taken.tracker is not tracker:  # runs of one partition are usual
+                tracker = delivery.taken.tracker
+                found = by_tracker.get(tracker)
+                held = by_tracker[tracker] = {} if found is None else found
+            held[delivery] = None
+        self.count += len(deliveries)
+
     def settle(self, delivery: KafkaDelivery) -> bool:
         """``delivery`` was settled; False when it was not in here (detached before)."""
         tracker = delivery.taken.tracker

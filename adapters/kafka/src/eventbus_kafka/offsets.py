@@ -122,15 +122,28 @@ class PartitionOffsets:
     def finish(self, offset: int) -> bool:
         """The record is done. Returns False when that changes nothing (unknown offset, second
         call, or the partition was revoked)."""
-        if self.revoked or offset not in self._unfinished:
+        unfinished = self._unfinished
+        if self.revoked or offset not in unfinished:
             return False
-        self._unfinished.discard(offset)
-        self._done.add(offset)
-        while self._pending and self._pending[0] in self._done:
-            head = self._pending.popleft()
-            self._done.discard(head)
+        unfinished.discard(offset)
+        pending = self._pending  # holds every unfinished offset, so it is not empty
+        if pending[0] != offset:
+            self._done.add(offset)  # out of order: it waits behind the lowest unfinished one
+            return True
+        # The common case: records finish in the order they were taken.
+        pending.popleft()
+        self._next = offset + 1
+        done = self._done
+        while done and pending and pending[0] in done:
+            head = pending.popleft()
+            done.discard(head)
             self._next = head + 1
         return True
+
+    @property
+    def skipping(self) -> bool:
+        """Some offsets ahead are to be skipped (`skip`); False for nearly every partition."""
+        return bool(self._skip)
 
     @property
     def committable(self) -> int:

@@ -50,6 +50,12 @@ class ReadAhead:
         self._bytes += taken.size
         self.ready.set()
 
+    def extend(self, taken: list[Taken]) -> None:
+        """`push` of several records, in order."""
+        self._records.extend(taken)
+        self._bytes += sum([t.size for t in taken])
+        self.ready.set()
+
     def push_front(self, taken: Taken) -> None:
         """A released record goes out again before anything fetched after it."""
         self._records.appendleft(taken)
@@ -59,13 +65,17 @@ class ReadAhead:
     def take(self, most: int, current: Callable[[PartitionOffsets], bool]) -> list[Taken]:
         """Up to ``most`` records in fetch order, skipping (dropping) those whose tracker is
         no longer ``current``: their partition's new owner reads them from the commit."""
-        out: list[Taken] = []
         records = self._records
+        out: list[Taken] = []
         while records and len(out) < most:
-            taken = records.popleft()
-            self._bytes -= taken.size
-            if current(taken.tracker):
-                out.append(taken)
+            count = min(most - len(out), len(records))
+            popleft = records.popleft
+            chunk = [popleft() for _ in range(count)]
+            self._bytes -= sum([t.size for t in chunk])
+            # `current` once per tracker, not per record: a chunk spans a few partitions.
+            trackers = {t.tracker for t in chunk}
+            stale = {t for t in trackers if not current(t)}
+            out += [t for t in chunk if t.tracker not in stale] if stale else chunk
         self.taken_out += len(out)
         if len(records) <= self._low_water:
             self.room.set()

@@ -314,17 +314,22 @@ class KafkaSubscription:
                 handed_out.left.clear()
                 await handed_out.left.wait()
                 continue
-            batch = [self._hand_out(t) for t in buffer.take(room, self._owned.current)]
+            batch = self._hand_out(buffer.take(room, self._owned.current))
             if not batch:
                 buffer.ready.clear()
                 await buffer.ready.wait()
                 continue
             yield batch
 
-    def _hand_out(self, taken: Taken) -> KafkaDelivery:
-        delivery = KafkaDelivery(self, taken, *self._message_of(taken))
-        self._handed_out.add(delivery)
-        return delivery
+    def _hand_out(self, taken: list[Taken]) -> list[KafkaDelivery]:
+        batch = [
+            KafkaDelivery(self, t, t.message)
+            if t.message is not None
+            else KafkaDelivery(self, t, *self._message_of(t))
+            for t in taken
+        ]
+        self._handed_out.add_all(batch)
+        return batch
 
     def _message_of(self, taken: Taken) -> tuple[Message, str | None]:
         """The record as a message, and what could not be read of it (the core dead-letters
