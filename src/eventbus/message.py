@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["Delivery", "Message", "new_message_id"]
+__all__ = ["Delivery", "Message", "new_message", "new_message_id"]
 
 
 _COUNTER_BITS = 48
@@ -95,6 +96,75 @@ class Message:
             correlation_id=self.correlation_id,
             reply_to=self.reply_to,
         )
+
+
+def _message_factory() -> Callable[
+    [
+        str,
+        str,
+        bytes,
+        str | None,
+        dict[str, str],
+        str | None,
+        str | None,
+        datetime,
+        str | None,
+        str | None,
+    ],
+    Message,
+]:
+    """``Message(...)`` with every field given, positionally, at about half the cost: for a
+    transport that builds one per consumed record (the Kafka adapter).
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``; setting
+    the slots directly builds the very same object. Only while `Message` is what this was
+    written for (these fields, in this order, slots, no ``__post_init__``); otherwise its own
+    constructor is used."""
+    names = (
+        *("id", "topic", "body", "key", "headers", "content_type", "type", "timestamp"),
+        *("correlation_id", "reply_to"),
+    )
+    slots = getattr(Message, "__slots__", ())
+    if (
+        tuple(f.name for f in dataclasses.fields(Message)) != names
+        or tuple(slots) != names
+        or hasattr(Message, "__post_init__")
+    ):
+        return Message
+    setters = [vars(Message)[name].__set__ for name in names]
+    (set_id, set_topic, set_body, set_key, set_headers) = setters[:5]
+    (set_content_type, set_type, set_timestamp, set_correlation_id, set_reply_to) = setters[5:]
+    new = object.__new__
+
+    def new_message(
+        id: str,
+        topic: str,
+        body: bytes,
+        key: str | None,
+        headers: dict[str, str],
+        content_type: str | None,
+        type: str | None,
+        timestamp: datetime,
+        correlation_id: str | None,
+        reply_to: str | None,
+    ) -> Message:
+        message: Message = new(Message)
+        set_id(message, id)
+        set_topic(message, topic)
+        set_body(message, body)
+        set_key(message, key)
+        set_headers(message, headers)
+        set_content_type(message, content_type)
+        set_type(message, type)
+        set_timestamp(message, timestamp)
+        set_correlation_id(message, correlation_id)
+        set_reply_to(message, reply_to)
+        return message
+
+    return new_message
+
+
+new_message = _message_factory()
 
 
 class _Settler(Protocol):
