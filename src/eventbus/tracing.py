@@ -123,12 +123,8 @@ class Tracing:
             await send(to, sent)
         return sent
 
-    def middleware(self, subscriber: Subscriber) -> Middleware:
-        """The CONSUMER span around each attempt, parented to the publisher's context. Being
-        the outermost middleware, the span is current while the user's middleware and the
-        handler run: what they publish continues the trace."""
-        tracer = self._tracer
-        name = f"process {subscriber.name}"
+    def _process_attributes(self, subscriber: Subscriber) -> dict[str, Any]:
+        """What every CONSUMER span of ``subscriber`` carries."""
         common: dict[str, Any] = {
             "messaging.system": self.system,
             "messaging.destination.name": subscriber.name,
@@ -138,6 +134,15 @@ class Tracing:
         }
         if subscriber.group is not None:
             common["messaging.consumer.group.name"] = subscriber.group
+        return common
+
+    def middleware(self, subscriber: Subscriber) -> Middleware:
+        """The CONSUMER span around each attempt, parented to the publisher's context. Being
+        the outermost middleware, the span is current while the user's middleware and the
+        handler run: what they publish continues the trace."""
+        tracer = self._tracer
+        name = f"process {subscriber.name}"
+        common = self._process_attributes(subscriber)
         kafka = self.system == "kafka"
 
         def wrap(handler: Handler) -> Handler:
@@ -168,15 +173,7 @@ class Tracing:
         What the handler publishes continues the batch's trace."""
         tracer = self._tracer
         name = f"process {subscriber.name}"
-        common: dict[str, Any] = {
-            "messaging.system": self.system,
-            "messaging.destination.name": subscriber.name,
-            "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
-            "eventbus.destination.kind": subscriber.kind,
-        }
-        if subscriber.group is not None:
-            common["messaging.consumer.group.name"] = subscriber.group
+        common = self._process_attributes(subscriber)
 
         def span(messages: Sequence[Message], attempt: int) -> AbstractContextManager[object]:
             links = []

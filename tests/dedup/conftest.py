@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -29,3 +30,16 @@ async def effects_db(postgres_url: str, effects_table: str) -> AsyncIterator[Any
         )
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def effects(postgres_url: str) -> AsyncIterator[tuple[Any, str]]:
+    """A pool on the test database and a fresh table ``(id text)`` for a test's inbox writes."""
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+    table = f"inbox_effects_{uuid.uuid4().hex[:8]}"
+    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=2)
+    await pool.execute(f"CREATE TABLE {table} (id text)")
+    yield pool, table
+    await pool.execute(f"DROP TABLE {table}")
+    await pool.close()

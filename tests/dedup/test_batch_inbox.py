@@ -2,7 +2,6 @@
 writes and every item's "done" record commit together or not at all."""
 
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -16,16 +15,6 @@ from eventbus.testing.conformance import wait_for
 pytestmark = pytest.mark.postgres
 
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
-
-
-@pytest.fixture
-async def effects(postgres_url: str) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
-    table = f"batch_effects_{uuid.uuid4().hex[:8]}"
-    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=2)
-    await pool.execute(f"CREATE TABLE {table} (id text)")
-    yield pool, table
-    await pool.execute(f"DROP TABLE {table}")
-    await pool.close()
 
 
 async def test_a_failed_batch_rolls_back_and_its_retry_commits_once(

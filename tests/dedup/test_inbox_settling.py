@@ -1,7 +1,6 @@
 """Settling from inside an inbox handler cannot mark a message done before its writes commit."""
 
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -11,16 +10,6 @@ from eventbus.dedup import PostgresDedupStore
 from eventbus.testing.conformance import wait_for
 
 RETRY = RetryPolicy(max_attempts=3, initial_delay=0.01, jitter=False)
-
-
-@pytest.fixture
-async def effects(postgres_url: str) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
-    table = f"inbox_effects_{uuid.uuid4().hex[:8]}"
-    pool = await asyncpg.create_pool(postgres_url, min_size=1, max_size=2)
-    await pool.execute(f"CREATE TABLE {table} (id text)")
-    yield pool, table
-    await pool.execute(f"DROP TABLE {table}")
-    await pool.close()
 
 
 @pytest.mark.parametrize("settle", ["ack", "nack"])
