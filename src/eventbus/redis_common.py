@@ -10,7 +10,7 @@ only by these parts: a process that uses neither never imports it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from eventbus.errors import BrokerUnavailableError, ConfigurationError
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-__all__ = ["connect", "redis_address", "redis_target", "translated_errors"]
+__all__ = ["RedisConnection", "redis_address", "translated_errors"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -75,3 +75,34 @@ def translated_errors(address: str) -> Iterator[None]:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         raise BrokerUnavailableError(address, str(exc)) from exc
+
+
+class RedisConnection:
+    """The client of a Redis-backed part: made from a URL on first use (and closed by
+    `close`), or one the caller owns (never closed here); with its address and errors."""
+
+    def __init__(self, url_or_client: object, what: str) -> None:
+        self._what = what
+        self._url, self._client = redis_target(url_or_client, what)
+
+    @property
+    def address(self) -> str:
+        return redis_address(self._url, self._client)
+
+    def client(self) -> Redis:
+        if self._client is None:
+            # Only one made from a URL gets here (one given a client always has it).
+            assert self._url is not None
+            self._client = connect(self._url, self._what)
+        return self._client
+
+    def errors(self) -> AbstractContextManager[None]:
+        return translated_errors(self.address)
+
+    def detach(self) -> Redis | None:
+        """Forget a client made from the URL and return it for the caller to close (the next
+        use connects again); None when there is none, or for a client the caller owns."""
+        if self._url is None or self._client is None:
+            return None
+        client, self._client = self._client, None
+        return client

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from eventbus.dedup._validate import check_seconds
 from eventbus.dedup.base import ClaimResult
 from eventbus.errors import ConfigurationError
-from eventbus.redis_common import connect, redis_address, redis_target, translated_errors
+from eventbus.redis_common import RedisConnection
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -67,7 +66,7 @@ class RedisDedupStore:
     """
 
     def __init__(self, url_or_client: str | Redis, *, prefix: str = "eventbus:dedup") -> None:
-        self._url, self._client = redis_target(url_or_client, "RedisDedupStore")
+        self._conn = RedisConnection(url_or_client, "RedisDedupStore")
         if not isinstance(prefix, str) or not prefix:
             raise ConfigurationError(f"prefix must be a non-empty string, got {prefix!r}")
         self._prefix = prefix
@@ -75,7 +74,7 @@ class RedisDedupStore:
         self._release_script: AsyncScript | None = None
 
     def __repr__(self) -> str:
-        return f"RedisDedupStore({self._address()!r}, prefix={self._prefix!r})"
+        return f"RedisDedupStore({self._conn.address!r}, prefix={self._prefix!r})"
 
     def key_for(self, scope: str, key: str) -> str:
         """The Redis key that holds ``key``'s record in ``scope`` (for inspection and tests)."""
@@ -84,14 +83,14 @@ class RedisDedupStore:
 
     async def open(self) -> None:
         """Connect now (and check that Redis answers) rather than on first use."""
-        with self._errors():
-            await self._redis().ping()
+        with self._conn.errors():
+            await self._conn.client().ping()
 
     async def claim(self, scope: str, key: str, *, owner: str, lease: float) -> ClaimResult:
         lease_ms = _millis(check_seconds("lease", lease))
         if self._claim_script is None:
-            self._claim_script = self._redis().register_script(_CLAIM)
-        with self._errors():
+            self._claim_script = self._conn.client().register_script(_CLAIM)
+        with self._conn.errors():
             reply = await self._claim_script(
                 keys=[self.key_for(scope, key)], args=[owner, lease_ms]
             )
@@ -100,13 +99,13 @@ class RedisDedupStore:
     async def complete(self, scope: str, key: str, *, owner: str, ttl: float) -> None:
         # Unconditional (DedupStore.complete): the effect happened even if the lease ran out.
         ttl_ms = _millis(check_seconds("ttl", ttl))
-        with self._errors():
-            await self._redis().set(self.key_for(scope, key), "d:" + owner, px=ttl_ms)
+        with self._conn.errors():
+            await self._conn.client().set(self.key_for(scope, key), "d:" + owner, px=ttl_ms)
 
     async def release(self, scope: str, key: str, *, owner: str) -> None:
         if self._release_script is None:
-            self._release_script = self._redis().register_script(_RELEASE)
-        with self._errors():
+            self._release_script = self._conn.client().register_script(_RELEASE)
+        with self._conn.errors():
             await self._release_script(keys=[self.key_for(scope, key)], args=[owner])
 
     async def purge_expired(self, *, limit: int | None = None) -> int:
@@ -115,23 +114,10 @@ class RedisDedupStore:
 
     async def close(self) -> None:
         """Disconnect if the store made the client from a URL; a client you passed stays open."""
-        if self._url is not None and self._client is not None:
-            client, self._client = self._client, None
+        client = self._conn.detach()
+        if client is not None:
             self._claim_script = self._release_script = None
             await client.aclose()
-
-    def _errors(self) -> AbstractContextManager[None]:
-        return translated_errors(self._address())
-
-    def _address(self) -> str:
-        return redis_address(self._url, self._client)
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            # Only a store built from a URL gets here (one built from a client always has it).
-            assert self._url is not None
-            self._client = connect(self._url, "RedisDedupStore")
-        return self._client
 
 
 def _millis(seconds: float) -> int:

@@ -11,11 +11,10 @@ redis-py is imported when a limiter is made, never by ``import eventbus``.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 from eventbus.errors import ConfigurationError
-from eventbus.redis_common import connect, redis_address, redis_target, translated_errors
+from eventbus.redis_common import RedisConnection
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -63,7 +62,7 @@ class RedisRateLimiter:
         key: str | None = None,
         prefix: str = "eventbus:ratelimit",
     ) -> None:
-        self._url, self._client = redis_target(url_or_client, "RedisRateLimiter")
+        self._conn = RedisConnection(url_or_client, "RedisRateLimiter")
         if key is not None and (not isinstance(key, str) or not key):
             raise ConfigurationError(f"key must be a non-empty string or None, got {key!r}")
         if not isinstance(prefix, str) or not prefix:
@@ -74,7 +73,7 @@ class RedisRateLimiter:
 
     def __repr__(self) -> str:
         key = f", key={self._key!r}" if self._key is not None else ""
-        return f"RedisRateLimiter({self._address()!r}{key}, prefix={self._prefix!r})"
+        return f"RedisRateLimiter({self._conn.address!r}{key}, prefix={self._prefix!r})"
 
     def key_for(self, scope: str) -> str:
         """The Redis key of the limit of ``scope`` (for inspection and tests)."""
@@ -85,8 +84,8 @@ class RedisRateLimiter:
     async def reserve(self, scope: str, per_second: float, burst: int) -> float:
         interval = 1_000_000 / per_second
         if self._script is None:
-            self._script = self._redis().register_script(_RESERVE)
-        with self._errors():
+            self._script = self._conn.client().register_script(_RESERVE)
+        with self._conn.errors():
             micros = await self._script(
                 keys=[self.key_for(scope)], args=[repr(interval), repr((burst - 1) * interval)]
             )
@@ -95,19 +94,7 @@ class RedisRateLimiter:
     async def close(self) -> None:
         """Disconnect if the limiter made the client from a URL; the next `reserve` connects
         again. A client you passed stays open."""
-        if self._url is not None and self._client is not None:
-            client, self._client = self._client, None
+        client = self._conn.detach()
+        if client is not None:
             self._script = None
             await client.aclose()
-
-    def _errors(self) -> AbstractContextManager[None]:
-        return translated_errors(self._address())
-
-    def _address(self) -> str:
-        return redis_address(self._url, self._client)
-
-    def _redis(self) -> Redis:
-        if self._client is None:
-            assert self._url is not None
-            self._client = connect(self._url, "RedisRateLimiter")
-        return self._client
