@@ -47,8 +47,12 @@ RESOLUTION = 0.001
 """``eventbus-expires-at`` is written in milliseconds: a deadline read back may be up to half of
 one before the one computed."""
 
-WITHIN = 150.0
-"""Upper bound for everything to arrive after the restart: a loaded machine is slow."""
+WITHIN = 240.0
+"""Upper bound for everything to arrive after the restart. Beyond a slow, loaded machine: a
+RabbitMQ delay tier (a quorum queue dead-lettering at least once) that expires a message while
+the scheduled queue it moves to is not yet back retries that move only after its
+``dead_letter_worker_publisher_confirm_timeout``, 180 s by default. Late, never lost: the report
+prints how late each message was."""
 
 
 def _require(reason: str) -> None:
@@ -173,13 +177,45 @@ class Seen:
         return ids <= set(self.handled) | set(self.letters)
 
 
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+async def wait_until(
+    predicate: Callable[[], bool],
+    within: float,
+    what: str,
+    missing: Callable[[], object] = lambda: None,
+    broker: str | None = None,
+) -> None:
+    """Poll ``predicate``; on timeout say what is ``missing`` and, for RabbitMQ, where the
+    scheduling queues stand (a message stuck in a tier or in the scheduled queue shows there)."""
     try:
         with anyio.fail_after(within):
             while not predicate():  # noqa: ASYNC110 - a bounded poll
                 await anyio.sleep(0.05)
     except TimeoutError:
-        raise AssertionError(f"not within {within}s: {what}") from None
+        state = await _scheduling_queues() if broker == "rabbitmq" else ""
+        raise AssertionError(f"not within {within}s: {what}; missing {missing()}{state}") from None
+
+
+async def _scheduling_queues() -> str:
+    """``rabbitmqctl list_queues`` for eventbus's delay tiers and scheduled queue."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "messages",
+            "consumers",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    except (OSError, TimeoutError) as e:
+        return f"; rabbitmqctl list_queues failed: {e!r}"
+    lines = [ln for ln in out.decode(errors="replace").splitlines() if "eventbus." in ln]
+    return "; scheduling queues (name ready unacked total consumers):\n" + "\n".join(lines)
 
 
 @dataclass
@@ -282,12 +318,21 @@ async def scheduled_and_expiry_across_restart(
         )
 
         async with expiry_consumer() as consumer:
+            expiring = set(short) | set(long)
             await wait_until(
-                lambda: expiry_seen.settled(set(short) | set(long)),
+                lambda: expiry_seen.settled(expiring),
                 WITHIN,
                 "every message with a ttl handled or dead-lettered",
+                lambda: sorted(expiring - set(expiry_seen.handled) - set(expiry_seen.letters)),
+                broker,
             )
-            await wait_until(lambda: seen.settled(set(dues)), WITHIN, "every scheduled message")
+            await wait_until(
+                lambda: seen.settled(set(dues)),
+                WITHIN,
+                "every scheduled message",
+                lambda: sorted(set(dues) - set(seen.handled) - set(seen.letters)),
+                broker,
+            )
             await anyio.sleep(2.0)  # time for a duplicate to show
         stats = consumer.subscribers[0].stats
 
@@ -321,7 +366,8 @@ async def scheduled_and_expiry_across_restart(
         if mid in seen.handled and seen.handled[mid][0] < due.earliest
     }
     assert not early, f"handled before due (seconds early): {early}"
-    never_expire = {mid for mid, due in dues.items() if not due.ttl or due.ttl > WITHIN / 2}
+    # "ttl-from-due" (90 s from its due time) outlasts any restart this machine sees.
+    never_expire = {mid for mid, due in dues.items() if not due.ttl or due.ttl > 60.0}
     assert never_expire <= set(seen.handled), (
         f"not handled: {sorted(never_expire - set(seen.handled))}"
     )
