@@ -460,3 +460,29 @@ async def test_the_breaker_holds_batches_through_an_outage(
     held = CircuitBreaker(failure_ratio=0.5, min_calls=2, window=10.0, open_for=0.3)
     assert await run(held) == (20, 0), "nothing dead-lettered because of the outage"
     assert await run(None) == (0, 20), "without it, the retries run out"
+
+
+async def test_an_item_that_expires_before_the_batch_is_retried_is_dead_lettered(
+    make_bus: Callable[..., EventBus], broker: MemoryBroker
+) -> None:
+    """The retry is in process, after 0.5 s: the item with a 0.3 s ttl expired meanwhile and is
+    dead-lettered as ``expired`` instead of running again; the other item runs again."""
+    bus = make_bus()
+    calls: list[list[str]] = []
+    slow = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=0.5, jitter=False)
+
+    @bus.consume("jobs", batch=Batch(max_size=2, max_wait=5.0), retry=slow)
+    async def handler(messages: list[Message]) -> None:
+        calls.append([m.id for m in messages])
+        if len(calls) == 1:
+            raise RuntimeError("once")
+
+    async with bus:
+        await bus.send("jobs", Order(n=1), message_id="short", ttl=0.3)
+        await bus.send("jobs", Order(n=2), message_id="long", ttl=60.0)
+        await wait_for(lambda: bus.subscribers[0].stats.handled == 1, within=10)
+    assert calls == [["short", "long"], ["long"]]
+    letters = broker.published("jobs.dlq")
+    assert [(m.id, m.headers[h.DLQ_REASON]) for m in letters] == [("short", "expired")]
+    stats = bus.subscribers[0].stats
+    assert stats.expired == 1 and stats.dead_letter_reasons == {"expired": 1}

@@ -11,7 +11,8 @@ goes to the handler as one list. Then:
   attempt. The transports coalesce the acks (RabbitMQ ``multiple``, Kafka one commit).
 - The handler raises: the retry policy applies to the batch, item by item (each has its own
   attempt count) through `outcome.decide`, and what it settles on the handler's behalf is
-  dropped. Items retried in process run again together after the longest delay; the others
+  dropped. Items retried in process run again together after the longest delay, less those
+  that expired meanwhile (dead-lettered or dropped, as before a first attempt); the others
   are redelivered or dead-lettered at once.
 
 A handler that takes the inbox resource runs in one transaction for the batch
@@ -39,6 +40,7 @@ from eventbus.dedup.base import BatchInboxStore
 from eventbus.dispatch.breaker import HELD_FAILURES, Breaker, HeldError
 from eventbus.dispatch.decode import Decoder
 from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
+from eventbus.dispatch.expiry import settled_expired
 from eventbus.dispatch.invoke import call_handler
 from eventbus.dispatch.observe import BatchCall
 from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, RetryViaBroker, decide
@@ -122,8 +124,14 @@ class BatchRunner:
     async def run(self, states: list[DeliveryState]) -> None:
         sub = self.subscriber
         items = await self._all_checked(states)
+        checked = True  # just now, above
         held_failures = 0  # failures the circuit breaker held, spending no attempt
         while items and not self.stopping():
+            if not checked:  # a later attempt: what expired meanwhile is not run again
+                items = await self._unexpired(items)
+                if not items:
+                    return
+            checked = False
             if await self._turns(items):
                 return  # stopping while waiting: released, not started
             items = await self._claimed(items)
@@ -192,6 +200,16 @@ class BatchRunner:
             return None
         payload = await prepare(self.subscriber, state, self.decoder, self.guard)
         return None if payload is NOT_HANDLED else BatchItem(state, payload)
+
+    async def _unexpired(self, items: list[BatchItem]) -> list[BatchItem]:
+        """``items`` without those past their expiry, settled (`settled_expired`)."""
+        sub = self.subscriber
+        return [
+            item
+            for item in items
+            if h.EXPIRES_AT not in item.state.raw.message.headers
+            or not await settled_expired(sub, item.state)
+        ]
 
     async def _turns(self, items: list[BatchItem]) -> bool:
         """A turn of the rate limit per item (each is a message handled); True if stopping."""
