@@ -1,6 +1,7 @@
 """A TCP proxy that aborts every connection ``cut_after`` seconds after accepting it, and
 records when it accepted each (event loop time): a broker that takes connections, then drops
-them right after the handshake.
+them right after the handshake. `freeze` stops passing bytes, connections left open: a broker
+that stopped answering.
 
     proxy = CuttingProxy("127.0.0.1", 5672, cut_after=0.5)
     await proxy.start()        # clients connect to 127.0.0.1:proxy.port
@@ -24,6 +25,11 @@ class CuttingProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._serving: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -50,7 +56,9 @@ class CuttingProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
             self._writers.add(up_writer)
             async with asyncio.timeout(self.cut_after):
-                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+                await asyncio.gather(
+                    _pipe(reader, up_writer, self._flowing), _pipe(up_reader, writer, self._flowing)
+                )
         except (TimeoutError, OSError):
             pass
         finally:
@@ -61,7 +69,10 @@ class CuttingProxy:
                     end.transport.abort()  # a reset, as a crash or a network failure looks
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event
+) -> None:
     while data := await reader.read(65536):
+        await flowing.wait()
         writer.write(data)
         await writer.drain()

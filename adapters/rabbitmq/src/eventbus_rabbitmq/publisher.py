@@ -96,8 +96,19 @@ class Publisher:
         channel_retries = 0
         while pending:
             try:
-                channel = await self._publish_channel(deadline)
-                route = await self._route(to, deadline)
+                # Bounded as a whole: a declaration or a channel open that the broker never
+                # answers (just after a restart, say) must fail the publish, not hang it.
+                async with asyncio.timeout_at(deadline):
+                    channel = await self._publish_channel(deadline)
+                    route = await self._route(to, deadline)
+            except TimeoutError:
+                self._admin = None  # it may still wait for that answer: use a fresh one
+                unanswered = BrokerUnavailableError(
+                    self._settings.address,
+                    f"no answer declaring {to.name!r} within {self._settings.publish_timeout:g} s",
+                )
+                failures.update(dict.fromkeys(pending, unanswered))
+                break
             except EventBusError as e:
                 failures.update(dict.fromkeys(pending, e))
                 break
