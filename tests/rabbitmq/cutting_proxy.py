@@ -1,7 +1,8 @@
 """A TCP proxy that aborts every connection ``cut_after`` seconds after accepting it, and
 records when it accepted each (event loop time): a broker that takes connections, then drops
 them right after the handshake. `freeze` stops passing bytes, connections left open: a broker
-that stopped answering.
+that stopped answering; `freeze_requests` stops only what the client sends, so the broker's
+heartbeats and notifications still arrive; `thaw` lets everything through again.
 
     proxy = CuttingProxy("127.0.0.1", 5672, cut_after=0.5)
     await proxy.start()        # clients connect to 127.0.0.1:proxy.port
@@ -25,11 +26,20 @@ class CuttingProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._serving: set[asyncio.Task[None]] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
+        self._to_broker = asyncio.Event()
+        self._to_client = asyncio.Event()
+        self.thaw()
 
     def freeze(self) -> None:
-        self._flowing.clear()
+        self._to_broker.clear()
+        self._to_client.clear()
+
+    def freeze_requests(self) -> None:
+        self._to_broker.clear()
+
+    def thaw(self) -> None:
+        self._to_broker.set()
+        self._to_client.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -39,6 +49,7 @@ class CuttingProxy:
         if self._server is not None:
             self._server.close()
             self._server = None
+        self.thaw()  # a frozen pipe waits for it: let it run into the aborted writer
         for writer in list(self._writers):
             writer.transport.abort()  # ends the pipes, and so every _serve
         if self._serving:
@@ -57,7 +68,8 @@ class CuttingProxy:
             self._writers.add(up_writer)
             async with asyncio.timeout(self.cut_after):
                 await asyncio.gather(
-                    _pipe(reader, up_writer, self._flowing), _pipe(up_reader, writer, self._flowing)
+                    _pipe(reader, up_writer, self._to_broker),
+                    _pipe(up_reader, writer, self._to_client),
                 )
         except (TimeoutError, OSError):
             pass

@@ -100,7 +100,10 @@ async def lose(channel: ConsumingChannel, owner: DeliveryOwner, *, name: str) ->
             name,
             time.monotonic() - noticed,
         )
-    await channel.close(requeue_first=False)
+    # Bounded: a broker that does not answer the close must not hold up the restore (what
+    # is unacked on the channel is requeued when the connection goes, at the latest).
+    with anyio.move_on_after(RESTORE_STEP):
+        await channel.close(requeue_first=False)
 
 
 async def _restore(sub: Watched, *, connector: Connector, address: str) -> None:

@@ -186,14 +186,16 @@ class Balancer:
     async def close(self) -> None:
         """Called after the subscription's channel closed (its unacked messages are requeued)."""
         self._closed = True
-        for index in sorted(self._owned | self._draining):
-            try:
-                await self._unlock(index)
-            except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, RuntimeError):
-                break  # the connection is gone, and our locks with it
-        self._owned.clear()
-        self._draining.clear()
-        self._locks.release_all(self)
+        try:
+            for index in sorted(self._owned | self._draining):
+                try:
+                    await self._unlock(index)
+                except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, RuntimeError):
+                    break  # the connection is gone, and our locks with it
+        finally:  # also when cut short (a broker that does not answer): the locks go with it
+            self._owned.clear()
+            self._draining.clear()
+            self._locks.release_all(self)
         channel, self._lock_channel = self._lock_channel, None
         if channel is not None and not channel.is_closed:
             try:

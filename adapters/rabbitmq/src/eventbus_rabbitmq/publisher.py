@@ -13,8 +13,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
+import anyio
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from pamqp.commands import Basic
@@ -43,6 +45,7 @@ log = logging.getLogger("eventbus.rabbitmq")
 # Channel-level refusals (e.g. an exchange deleted behind our back) are retried this many times
 # after re-declaring; connection losses are retried until the deadline.
 _CHANNEL_RETRIES = 3
+_CLOSE_SECONDS = 1.0  # closing a channel the broker may not answer on
 _AMQP_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, asyncio.TimeoutError)
 
 
@@ -96,16 +99,18 @@ class Publisher:
         channel_retries = 0
         while pending:
             try:
-                # Bounded as a whole: a declaration or a channel open that the broker never
-                # answers (just after a restart, say) must fail the publish, not hang it.
+                await self._connection(deadline)  # bounded, and says why when it fails
+                # A channel open or a declaration the broker never answers (just after a
+                # restart, say) must fail the publish, not hang it.
                 async with asyncio.timeout_at(deadline):
                     channel = await self._publish_channel(deadline)
                     route = await self._route(to, deadline)
             except TimeoutError:
-                self._admin = None  # it may still wait for that answer: use a fresh one
+                await self._drop_admin()  # it may still wait for that answer
                 unanswered = BrokerUnavailableError(
                     self._settings.address,
-                    f"no answer declaring {to.name!r} within {self._settings.publish_timeout:g} s",
+                    f"no answer opening a channel or declaring {to.name!r} within "
+                    f"{self._settings.publish_timeout:g} s",
                 )
                 failures.update(dict.fromkeys(pending, unanswered))
                 break
@@ -220,6 +225,9 @@ class Publisher:
                 return
             except _AMQP_FAILURES as e:
                 if is_connection_lost(e):
+                    # A channel whose RPC was cancelled is unusable without being closed:
+                    # the next try opens a fresh one, or waits for the connection.
+                    await self._drop_admin(channel)
                     raise  # publish() reconnects and tries again until its deadline
                 # The admin channel is shared: a refusal caused by a concurrent declaration
                 # closes it for us too, so one more try on a fresh channel.
@@ -306,6 +314,18 @@ class Publisher:
                     conn, publisher_confirms=True, on_return_raises=False
                 )
             return self._channel
+
+    async def _drop_admin(self, channel: AbstractChannel | None = None) -> None:
+        """Forget the admin channel (only if it is still ``channel``, when given) and close it,
+        without waiting long for a broker that may not answer."""
+        admin = self._admin
+        if admin is None or (channel is not None and admin is not channel):
+            return
+        self._admin = None
+        if not admin.is_closed:
+            # Best effort: the channel is forgotten either way.
+            with anyio.move_on_after(_CLOSE_SECONDS, shield=True), suppress(*_AMQP_FAILURES):
+                await admin.close()
 
     async def _admin_channel(self, deadline: float) -> AbstractChannel:
         async with self._channel_lock:

@@ -20,21 +20,23 @@ interleave; reporting a loss takes no lock, so that it is never delayed by eithe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import anyio
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, AbstractConnection
 from anyio.abc import TaskStatus
 
+from eventbus.errors import BrokerUnavailableError
 from eventbus.transports.base import DeliveryOwner, RawDelivery, SubscriptionSpec
 from eventbus_rabbitmq.channel_watch import watch
 from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.consuming_channel import ConsumingChannel
 from eventbus_rabbitmq.delivery import SETTLE_FAILURES
 from eventbus_rabbitmq.errors import is_connection_lost, translate
-from eventbus_rabbitmq.partitions import Balancer, Locks
+from eventbus_rabbitmq.partitions import JOIN_SECONDS, Balancer, Locks
 from eventbus_rabbitmq.topology import Topology
 from eventbus_rabbitmq.url import Settings
 
@@ -150,7 +152,7 @@ class RabbitSubscription:
         if current is None or not current.usable or self._opening:
             return  # a channel being opened is stopped by reopen() once it is open
         if self._balancer is None:
-            await current.cancel_all()
+            await self._bounded("cancelling its consumers", current.cancel_all)
         # else: partition queues keep their single active consumer until close(): cancelling
         # now would hand the partition to the next subscriber while our in-flight messages of
         # the same keys are still being handled, breaking per-key order.
@@ -170,12 +172,44 @@ class RabbitSubscription:
         if current is not None:
             # Unacked deliveries go back to their queues (in order); a partition queue does that
             # itself when our channel closes, and only then activates the next consumer.
-            await current.close(requeue_first=self._balancer is None)
+            requeue_first = self._balancer is None
+            await self._bounded("closing", lambda: current.close(requeue_first=requeue_first))
         if self._balancer is not None:
             # Only now that our unacked messages are back in their queues may another
             # subscriber take over our partitions.
-            await self._balancer.close()
+            await self._bounded("leaving its partitions", self._balancer.close)
         self._on_closed(self)
+
+    @contextlib.contextmanager
+    def _answered(self, doing: str) -> Iterator[None]:
+        """Bound a step of the background work, which holds the lock, by ``publish_timeout``.
+        Past it the step fails with `BrokerUnavailableError`, which the loops take as an
+        interrupted step (logged; the channel watcher restores a channel that is gone), so
+        the lock is released instead of held forever against every restore."""
+        try:
+            with anyio.fail_after(self._settings.publish_timeout):
+                yield
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                self._settings.address,
+                f"no answer within {self._settings.publish_timeout:g} s while {doing} "
+                f"subscription {self._spec.name!r}",
+            ) from None
+
+    async def _bounded(self, doing: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step``, a part of stopping or closing, within ``publish_timeout``: a broker
+        that never answers must not hold up the bus's shutdown. What a cut-short close leaves
+        unacked is requeued when the connection closes."""
+        with anyio.move_on_after(self._settings.publish_timeout) as scope:
+            await step()
+        if scope.cancelled_caught:
+            log.warning(
+                "RabbitMQ at %s did not answer within %g s while %s subscription %s; going on",
+                self._settings.address,
+                self._settings.publish_timeout,
+                doing,
+                self._spec.name,
+            )
 
     # -- iteration --------------------------------------------------------------------------
 
@@ -226,7 +260,7 @@ class RabbitSubscription:
             current = self._current
             if self._stopped and current is not None:  # stop() came while it was being opened
                 if self._balancer is None:
-                    await current.cancel_all()
+                    await self._bounded("cancelling its consumers", current.cancel_all)
                 current.hold_releases()
 
     # -- used by the balancer ---------------------------------------------------------------
@@ -270,7 +304,8 @@ class RabbitSubscription:
                     return  # partitions stay until close() hands them on
                 try:
                     # Paused: keep the partitions where they are (see pause()).
-                    await self._balancer.tick(hold=self._paused)
+                    with self._answered("rebalancing"):
+                        await self._balancer.tick(hold=self._paused)
                 except SETTLE_FAILURES as e:
                     if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
                         what = f"balance the partitions of {self._spec.name!r}"
@@ -290,7 +325,8 @@ class RabbitSubscription:
                     continue  # a fresh channel starts unthrottled
                 before = current.throttles
                 try:
-                    await current.regulate()
+                    with self._answered("regulating the read-ahead of"):
+                        await current.regulate()
                 except SETTLE_FAILURES as e:
                     if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
                         what = f"consume {self._spec.name!r}"
@@ -303,38 +339,58 @@ class RabbitSubscription:
     async def _open(self, within: float | None) -> None:
         conn = await self._connector.get(within=within)
         generation = self._connector.generation
-        channel = await open_channel(conn, publisher_confirms=False)
-        current = ConsumingChannel(
-            channel,
-            topic=self._spec.name,
-            ack_batch=self._prefetch // 10,
-            wakeup=self._wakeup.set,
-            delivery_limit=(
-                self._settings.delivery_limit if self._settings.queue_type == "quorum" else None
-            ),
-            read_ahead_bytes=self._settings.read_ahead_bytes,
-            prefetch=self._prefetch,
-            # Quorum queues return what they assigned to a cancelled consumer (broadcast queues
-            # are always classic).
-            cancel_returns=self._settings.queue_type == "quorum"
-            and (self._spec.kind == "queue" or self._spec.group is not None),
-            on_flow=self._flow.set,
-        )
+        # A broker that keeps the connection up but never answers (just after a restart, say)
+        # must fail the open, not hang it: a restore holds the lock, a bus's start waits for
+        # the first open, and the scheduled-message forwarder opens this way too.
+        bound = self._settings.publish_timeout + (JOIN_SECONDS if self._balancer else 0.0)
         try:
-            # Per consumer (RabbitMQ's global=false): quorum queues support no other kind.
-            await channel.basic_qos(prefetch_count=self._prefetch)
-            queues = await self._declare(conn, channel)
-            self._current = current
-            if self._balancer is None:
-                for queue in queues:
-                    await current.consume(queue)
-            else:
-                await self._balancer.start(channel, generation, queues)
-        except BaseException:
-            # Nothing was handed out from it (not live yet): closing it requeues what arrived.
-            with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
-                await current.close(requeue_first=False)
-            raise
+            with anyio.fail_after(bound):
+                channel = await open_channel(conn, publisher_confirms=False)
+                current = ConsumingChannel(
+                    channel,
+                    topic=self._spec.name,
+                    ack_batch=self._prefetch // 10,
+                    wakeup=self._wakeup.set,
+                    delivery_limit=(
+                        self._settings.delivery_limit
+                        if self._settings.queue_type == "quorum"
+                        else None
+                    ),
+                    read_ahead_bytes=self._settings.read_ahead_bytes,
+                    prefetch=self._prefetch,
+                    # Quorum queues return what they assigned to a cancelled consumer
+                    # (broadcast queues are always classic).
+                    cancel_returns=self._settings.queue_type == "quorum"
+                    and (self._spec.kind == "queue" or self._spec.group is not None),
+                    on_flow=self._flow.set,
+                )
+                try:
+                    # Per consumer (RabbitMQ's global=false): quorum queues support no other.
+                    await channel.basic_qos(prefetch_count=self._prefetch)
+                    queues = await self._declare(conn, channel)
+                    self._current = current
+                    if self._balancer is None:
+                        for queue in queues:
+                            await current.consume(queue)
+                    else:
+                        await self._balancer.start(channel, generation, queues)
+                except BaseException:
+                    # Nothing was handed out from it (not live yet): closing it requeues what
+                    # arrived.
+                    with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                        await current.close(requeue_first=False)
+                    raise
+        except TimeoutError:
+            log.warning(
+                "RabbitMQ at %s did not answer within %g s while subscribing to %s",
+                self._settings.address,
+                bound,
+                self._spec.name,
+            )
+            raise BrokerUnavailableError(
+                self._settings.address,
+                f"no answer within {bound:g} s while subscribing to {self._spec.name!r}",
+            ) from None
         current.live = True
         self._wakeup.set()
 

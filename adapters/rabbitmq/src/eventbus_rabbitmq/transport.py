@@ -14,7 +14,7 @@ import anyio
 from aiormq import exceptions as amqp
 from anyio.abc import TaskStatus
 
-from eventbus.errors import ConfigurationError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
 from eventbus.message import Message
 from eventbus.transports.base import (
     Backlog,
@@ -174,16 +174,26 @@ class RabbitMQTransport:
 
     async def _inspect(self, queue: str) -> tuple[int, int] | None:
         """A queue's ready messages and consumers; None if it does not exist."""
-        conn = await self._publishing.get(within=self._settings.publish_timeout)
-        # A passive declare of a missing queue closes the channel: use a throwaway one.
-        channel = await open_channel(conn, publisher_confirms=False)
+        bound = self._settings.publish_timeout
+        conn = await self._publishing.get(within=bound)
         try:
-            ok = await channel.queue_declare(queue, passive=True)
-        except amqp.ChannelNotFoundEntity:
-            return None
-        except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError) as e:
-            raise translate(e, address=self._settings.address, what=f"inspect {queue!r}") from e
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+            # Bounded: `eventbus status` and `dlq` must not hang on a broker that never answers.
+            with anyio.fail_after(bound):
+                # A passive declare of a missing queue closes the channel: use a throwaway one.
+                channel = await open_channel(conn, publisher_confirms=False)
+                try:
+                    ok = await channel.queue_declare(queue, passive=True)
+                except amqp.ChannelNotFoundEntity:
+                    return None
+                except (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError) as e:
+                    what = f"inspect {queue!r}"
+                    raise translate(e, address=self._settings.address, what=what) from e
+                finally:
+                    if not channel.is_closed:
+                        with anyio.move_on_after(1.0, shield=True):
+                            await channel.close()
+        except TimeoutError:
+            raise BrokerUnavailableError(
+                self._settings.address, f"no answer within {bound:g} s inspecting {queue!r}"
+            ) from None
         return ok.message_count or 0, ok.consumer_count or 0

@@ -1,0 +1,123 @@
+"""A broker that keeps the connection up but stops answering (just after a restart, say) must
+not hang anything without a word. A publish fails within ``publish_timeout``, whichever step it
+waits in: declaring its destination as well as the publisher confirm. A subscription restoring
+its channel gives up each unanswered try after ``publish_timeout``, says so, and consumes again
+once the broker answers. Either wait left unbounded would hang whoever publishes (a handler's
+retry, the scheduled-message forwarder) or the subscription, holding its messages."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import aiormq
+import anyio
+import pytest
+from cutting_proxy import CuttingProxy
+from rabbit_helpers import unique_suffix
+
+from eventbus import BrokerUnavailableError, EventBus, Message
+from eventbus.testing.conformance import wait_for
+
+pytestmark = [pytest.mark.amqp, pytest.mark.timeout(120)]
+
+
+def through(url: str, port: int, query: str) -> str:
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    joined = f"{parts.query}&{query}" if parts.query else query
+    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}", query=joined))
+
+
+def proxy_to(url: str) -> CuttingProxy:
+    parts = urlsplit(url)
+    return CuttingProxy(parts.hostname or "127.0.0.1", parts.port or 5672, cut_after=600)
+
+
+async def test_a_declaration_the_broker_never_answers_fails_the_publish(amqp_url: str) -> None:
+    proxy: CuttingProxy | None = proxy_to(amqp_url)
+    assert proxy is not None
+    await proxy.start()
+    suffix = unique_suffix()
+    bus = EventBus(through(amqp_url, proxy.port, "publish_timeout=1.5"), graceful_timeout=1)
+    try:
+        async with bus.publisher():
+            await bus.send(f"rmq-unanswered-a-{suffix}", "declared and confirmed")
+            proxy.freeze()
+            # A queue not declared yet: the publish first waits for queue.declare-ok.
+            with anyio.fail_after(20), pytest.raises(BrokerUnavailableError) as raised:
+                await bus.send(f"rmq-unanswered-b-{suffix}", "never answered")
+            assert "no answer opening a channel or declaring" in str(raised.value)
+            assert f"rmq-unanswered-b-{suffix}" in str(raised.value)
+            await proxy.close()  # the bus's own stop must not wait for the frozen broker
+            proxy = None
+    finally:
+        if proxy is not None:
+            await proxy.close()
+
+
+async def test_a_restore_the_broker_never_answers_is_retried_and_consumes_again(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The queue is deleted behind the subscription's back: RabbitMQ cancels its consumer and
+    the subscription restores its channel, declaring the queue again. Meanwhile the proxy
+    passes nothing from the bus to the broker (the broker's heartbeats still arrive, so the
+    connection looks alive). Each try is given up after ``publish_timeout`` with a warning;
+    once the proxy lets requests through, the subscription consumes again."""
+    proxy = proxy_to(amqp_url)
+    await proxy.start()
+    queue = f"rmq-unanswered-sub-{unique_suffix()}"
+    handled: list[str] = []
+    bus = EventBus(through(amqp_url, proxy.port, "publish_timeout=1.5"), graceful_timeout=1)
+
+    @bus.consume(queue)
+    async def on_job(message: Message) -> None:
+        handled.append(message.id)
+
+    caplog.set_level(logging.WARNING, logger="eventbus.rabbitmq")
+    try:
+        async with bus:
+            await bus.send(queue, "before", message_id="before")
+            await wait_for(lambda: handled == ["before"], within=15)
+            proxy.freeze_requests()
+            connection = await aiormq.connect(amqp_url)
+            try:
+                channel = await connection.channel()
+                await channel.queue_delete(queue)
+            finally:
+                await connection.close()
+            await wait_for(
+                lambda: "did not answer within 1.5 s while subscribing to" in caplog.text,
+                within=40,
+            )
+            proxy.thaw()
+            # Published straight to the broker: the bus's own publisher may be mid-recovery.
+            connection = await aiormq.connect(amqp_url)
+            try:
+                channel = await connection.channel()
+                await wait_for_queue(channel, queue)
+                await channel.basic_publish(
+                    b'"after"',
+                    routing_key=queue,
+                    properties=aiormq.spec.Basic.Properties(message_id="after"),
+                )
+            finally:
+                await connection.close()
+            await wait_for(lambda: "after" in handled, within=60)
+    finally:
+        await proxy.close()
+    assert handled == ["before", "after"]
+
+
+async def wait_for_queue(channel: aiormq.abc.AbstractChannel, queue: str) -> None:
+    """Until the restored subscription declared ``queue`` again (a passive declare of a missing
+    queue closes the channel, so each try opens its own)."""
+    connection = channel.connection
+    with anyio.fail_after(60):
+        while True:
+            probe = await connection.channel()
+            try:
+                await probe.queue_declare(queue, passive=True)
+                return
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                await anyio.sleep(0.2)
