@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from schedule_restart import scheduled_and_expiry_across_restart
 
-pytestmark = [pytest.mark.kafka, pytest.mark.reliability, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.kafka, pytest.mark.reliability, pytest.mark.timeout(480)]
 
 
 async def test_scheduled_and_expiring_messages_across_a_broker_restart(
