@@ -465,11 +465,11 @@ async def test_the_breaker_holds_batches_through_an_outage(
 async def test_an_item_that_expires_before_the_batch_is_retried_is_dead_lettered(
     make_bus: Callable[..., EventBus], broker: MemoryBroker
 ) -> None:
-    """The retry is in process, after 0.5 s: the item with a 0.3 s ttl expired meanwhile and is
+    """The retry is in process, after 2 s: the item with a 1 s ttl expired meanwhile and is
     dead-lettered as ``expired`` instead of running again; the other item runs again."""
     bus = make_bus()
     calls: list[list[str]] = []
-    slow = RetryPolicy(max_attempts=3, initial_delay=0.5, max_delay=0.5, jitter=False)
+    slow = RetryPolicy(max_attempts=3, initial_delay=2.0, max_delay=2.0, jitter=False)
 
     @bus.consume("jobs", batch=Batch(max_size=2, max_wait=5.0), retry=slow)
     async def handler(messages: list[Message]) -> None:
@@ -478,7 +478,7 @@ async def test_an_item_that_expires_before_the_batch_is_retried_is_dead_lettered
             raise RuntimeError("once")
 
     async with bus:
-        await bus.send("jobs", Order(n=1), message_id="short", ttl=0.3)
+        await bus.send("jobs", Order(n=1), message_id="short", ttl=1.0)
         await bus.send("jobs", Order(n=2), message_id="long", ttl=60.0)
         await wait_for(lambda: bus.subscribers[0].stats.handled == 1, within=10)
     assert calls == [["short", "long"], ["long"]]
