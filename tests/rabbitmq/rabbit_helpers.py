@@ -6,6 +6,7 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
 import anyio
@@ -102,6 +103,13 @@ async def drain(url: str, queue: str) -> list[aiormq.abc.DeliveredMessage]:
     finally:
         await connection.close()
     return taken
+
+
+def through(url: str, port: int) -> str:
+    """``url`` pointed at a local proxy on ``port`` (same credentials, vhost and options)."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
 
 
 def with_options(url: str, options: str) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
 from cutting_proxy import CuttingProxy
-from rabbit_helpers import unique_suffix
+from rabbit_helpers import through, unique_suffix
 
 from eventbus import EventBus, Message
 
@@ -20,12 +20,6 @@ pytestmark = [pytest.mark.amqp, pytest.mark.timeout(120)]
 
 CUT_AFTER = 0.5
 WATCH = 14.0
-
-
-def through(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
 
 
 async def test_connections_dropped_after_the_handshake_are_reopened_with_growing_waits(

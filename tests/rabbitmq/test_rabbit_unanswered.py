@@ -8,25 +8,18 @@ retry, the scheduled-message forwarder) or the subscription, holding its message
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiormq
 import anyio
 import pytest
 from cutting_proxy import CuttingProxy
-from rabbit_helpers import unique_suffix
+from rabbit_helpers import through, unique_suffix, with_options
 
 from eventbus import BrokerUnavailableError, EventBus, Message
 from eventbus.testing.conformance import wait_for
 
 pytestmark = [pytest.mark.amqp, pytest.mark.timeout(120)]
-
-
-def through(url: str, port: int, query: str) -> str:
-    parts = urlsplit(url)
-    credentials = parts.netloc.rpartition("@")[0]
-    joined = f"{parts.query}&{query}" if parts.query else query
-    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}", query=joined))
 
 
 def proxy_to(url: str) -> CuttingProxy:
@@ -39,7 +32,8 @@ async def test_a_declaration_the_broker_never_answers_fails_the_publish(amqp_url
     assert proxy is not None
     await proxy.start()
     suffix = unique_suffix()
-    bus = EventBus(through(amqp_url, proxy.port, "publish_timeout=1.5"), graceful_timeout=1)
+    url = with_options(through(amqp_url, proxy.port), "publish_timeout=1.5")
+    bus = EventBus(url, graceful_timeout=1)
     try:
         async with bus.publisher():
             await bus.send(f"rmq-unanswered-a-{suffix}", "declared and confirmed")
@@ -68,7 +62,8 @@ async def test_a_restore_the_broker_never_answers_is_retried_and_consumes_again(
     await proxy.start()
     queue = f"rmq-unanswered-sub-{unique_suffix()}"
     handled: list[str] = []
-    bus = EventBus(through(amqp_url, proxy.port, "publish_timeout=1.5"), graceful_timeout=1)
+    url = with_options(through(amqp_url, proxy.port), "publish_timeout=1.5")
+    bus = EventBus(url, graceful_timeout=1)
 
     @bus.consume(queue)
     async def on_job(message: Message) -> None:

@@ -99,13 +99,12 @@ class Publisher:
         channel_retries = 0
         while pending:
             try:
-                await self._connection(deadline)  # bounded, and says why when it fails
-                # A channel open or a declaration the broker never answers (just after a
-                # restart, say) must fail the publish, not hang it.
-                async with asyncio.timeout_at(deadline):
-                    channel = await self._publish_channel(deadline)
-                    route = await self._route(to, deadline)
+                channel = await self._publish_channel(deadline)
+                route = await self._route(to, deadline)
             except TimeoutError:
+                # A channel open or a declaration the broker never answered (just after a
+                # restart, say): each is bounded by the deadline, so the publish fails instead
+                # of hanging. Only those slow paths pay for a timer, not every publish.
                 await self._drop_admin()  # it may still wait for that answer
                 unanswered = BrokerUnavailableError(
                     self._settings.address,
@@ -203,12 +202,13 @@ class Publisher:
             return cached
         name = group_queue(topic, group)
         conn = await self._connection(deadline)
-        if await _exists(conn, "queue", name):
-            route = _Route("", _fixed(name))
-        elif await _exists(conn, "exchange", name):
-            route = _Route(name, wire.routing_key)
-        else:
-            raise UnroutableError(f"group {group!r} of topic {topic!r} does not exist")
+        async with asyncio.timeout_at(deadline):
+            if await _exists(conn, "queue", name):
+                route = _Route("", _fixed(name))
+            elif await _exists(conn, "exchange", name):
+                route = _Route(name, wire.routing_key)
+            else:
+                raise UnroutableError(f"group {group!r} of topic {topic!r} does not exist")
         self._groups[(topic, group)] = route
         return route
 
@@ -221,7 +221,8 @@ class Publisher:
         for attempt in (1, 2):
             channel = await self._admin_channel(deadline)
             try:
-                await declare(channel)
+                async with asyncio.timeout_at(deadline):
+                    await declare(channel)
                 return
             except _AMQP_FAILURES as e:
                 if is_connection_lost(e):
@@ -310,9 +311,10 @@ class Publisher:
         async with self._channel_lock:
             if self._channel is None or self._channel.is_closed:
                 conn = await self._connection(deadline)
-                self._channel = await open_channel(
-                    conn, publisher_confirms=True, on_return_raises=False
-                )
+                async with asyncio.timeout_at(deadline):
+                    self._channel = await open_channel(
+                        conn, publisher_confirms=True, on_return_raises=False
+                    )
             return self._channel
 
     async def _drop_admin(self, channel: AbstractChannel | None = None) -> None:
@@ -331,7 +333,8 @@ class Publisher:
         async with self._channel_lock:
             if self._admin is None or self._admin.is_closed:
                 conn = await self._connection(deadline)
-                self._admin = await open_channel(conn, publisher_confirms=False)
+                async with asyncio.timeout_at(deadline):
+                    self._admin = await open_channel(conn, publisher_confirms=False)
             return self._admin
 
 
@@ -346,8 +349,9 @@ async def _exists(conn: AbstractConnection, kind: str, name: str) -> bool:
     except amqp.ChannelNotFoundEntity:
         return False
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        if not channel.is_closed:  # bounded: this may run after the broker stopped answering
+            with anyio.move_on_after(_CLOSE_SECONDS, shield=True), suppress(*_AMQP_FAILURES):
+                await channel.close()
     return True
 
 
