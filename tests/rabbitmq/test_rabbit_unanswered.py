@@ -116,3 +116,49 @@ async def wait_for_queue(channel: aiormq.abc.AbstractChannel, queue: str) -> Non
                 return
             except aiormq.exceptions.ChannelNotFoundEntity:
                 await anyio.sleep(0.2)
+
+
+async def test_a_rebalancing_tick_the_broker_never_answers_gives_its_channel_up(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partitioned group's balancer asks the broker every tick, holding the subscription's
+    lock. With the broker silent, the tick is given up after ``publish_timeout`` together
+    with its channel (a cancelled call leaves it half-closed), so the watcher restores a fresh
+    one once the broker answers, and the group consumes again."""
+    proxy = proxy_to(amqp_url)
+    await proxy.start()
+    topic = f"rmq-unanswered-parts-{unique_suffix()}"
+    handled: list[str] = []
+    url = with_options(through(amqp_url, proxy.port), "publish_timeout=1.5&partitions=2")
+    bus = EventBus(url, graceful_timeout=1)
+
+    @bus.subscribe(topic, group="g")
+    async def on_event(message: Message) -> None:
+        handled.append(message.id)
+
+    caplog.set_level(logging.WARNING, logger="eventbus.rabbitmq")
+    try:
+        async with bus:
+            await bus.publish(topic, "before", key="a", message_id="before")
+            await wait_for(lambda: handled == ["before"], within=30)
+            proxy.freeze_requests()
+            await wait_for(
+                lambda: "did not answer within 1.5 s while rebalancing subscription" in caplog.text,
+                within=30,
+            )
+            proxy.thaw()
+            connection = await aiormq.connect(amqp_url)
+            try:
+                channel = await connection.channel()
+                await channel.basic_publish(
+                    b'"after"',
+                    exchange=topic,
+                    routing_key="a",
+                    properties=aiormq.spec.Basic.Properties(message_id="after"),
+                )
+            finally:
+                await connection.close()
+            await wait_for(lambda: "after" in handled, within=60)
+    finally:
+        await proxy.close()
+    assert handled == ["before", "after"]

@@ -323,6 +323,12 @@ class ConsumingChannel:
         unacked.update(self._held)
         return unacked
 
+    def end(self) -> None:
+        """Count the channel as ended although aiormq does not (an answer the broker never
+        sent: a call cancelled on the channel leaves it half-closed): its subscription's watcher
+        gives it up and restores a fresh one."""
+        self._end()
+
     def _end(self) -> None:
         self._ended.set()
         self._wakeup()

@@ -261,6 +261,12 @@ class Balancer:
         self._locks.release(name, self)
         self._draining.discard(index)
 
+    def forget_lock_channel(self) -> None:
+        """A call on the lock channel went unanswered (so aiormq left it half-closed): open a
+        fresh one next time. The locks are exclusive queues of the connection, not of the
+        channel: they stay ours."""
+        self._lock_channel = None
+
     async def _get_lock_channel(self) -> AbstractChannel:
         channel = self._lock_channel
         if channel is None or channel.is_closed:

@@ -183,13 +183,25 @@ class RabbitSubscription:
     @contextlib.contextmanager
     def _answered(self, doing: str) -> Iterator[None]:
         """Bound a step of the background work, which holds the lock, by ``publish_timeout``.
-        Past it the step fails with `BrokerUnavailableError`, which the loops take as an
-        interrupted step (logged; the channel watcher restores a channel that is gone), so
-        the lock is released instead of held forever against every restore."""
+        Past it the channels the step used are given up (the watcher restores a fresh one) and
+        the step fails with `BrokerUnavailableError`, which the loops take as an interrupted
+        step: the lock is released instead of held forever against every restore."""
         try:
             with anyio.fail_after(self._settings.publish_timeout):
                 yield
         except TimeoutError:
+            log.warning(
+                "RabbitMQ at %s did not answer within %g s while %s subscription %s; "
+                "restoring its channel",
+                self._settings.address,
+                self._settings.publish_timeout,
+                doing,
+                self._spec.name,
+            )
+            if self._current is not None:
+                self._current.end()
+            if self._balancer is not None:
+                self._balancer.forget_lock_channel()
             raise BrokerUnavailableError(
                 self._settings.address,
                 f"no answer within {self._settings.publish_timeout:g} s while {doing} "
