@@ -85,8 +85,12 @@ def assert_bounded(consumer: Consumer, held: list[RawDelivery]) -> None:
     assert outstanding == sum(len(d.message.body) for d in [*held, *current.buffer])
     # The budget, the message that crossed it, and what the broker had sent before it saw the
     # cancel (counted, kept): with a steady stream one or two messages on localhost; generous
-    # here so that a loaded machine does not fail the test.
-    assert outstanding <= BUDGET + 6 * BODY, outstanding
+    # here so that a loaded machine does not fail the test. More for each further queue: the
+    # cancels go one round trip after another (aiormq runs one call per channel at a time), and
+    # each queue's consumer goes on receiving until its own cancel is seen (CI saw 7 over the
+    # budget with two partition queues).
+    slack = 6 + 4 * (len(current.suspended) - 1)
+    assert outstanding <= BUDGET + slack * BODY, (outstanding, len(current.suspended))
     assert current.throttled and not current.consumers, "consumers cancelled while over"
 
 
