@@ -181,20 +181,21 @@ class RabbitSubscription:
         self._on_closed(self)
 
     @contextlib.contextmanager
-    def _answered(self, doing: str) -> Iterator[None]:
-        """Bound a step of the background work, which holds the lock, by ``publish_timeout``.
-        Past it the channels the step used are given up (the watcher restores a fresh one) and
-        the step fails with `BrokerUnavailableError`, which the loops take as an interrupted
-        step: the lock is released instead of held forever against every restore."""
+    def _answered(self, doing: str, within: float | None = None) -> Iterator[None]:
+        """Bound a step that waits for the broker and holds the lock (opening the channel, a
+        rebalancing tick, a regulation) by ``within``, ``publish_timeout`` by default. Past it
+        the channels the step used are given up (a call cancelled on one leaves it half-closed;
+        the watcher restores a fresh one) and the step fails with `BrokerUnavailableError`:
+        the lock is released instead of held forever against every restore."""
+        bound = self._settings.publish_timeout if within is None else within
         try:
-            with anyio.fail_after(self._settings.publish_timeout):
+            with anyio.fail_after(bound):
                 yield
         except TimeoutError:
             log.warning(
-                "RabbitMQ at %s did not answer within %g s while %s subscription %s; "
-                "restoring its channel",
+                "RabbitMQ at %s did not answer within %g s while %s %s",
                 self._settings.address,
-                self._settings.publish_timeout,
+                bound,
                 doing,
                 self._spec.name,
             )
@@ -204,8 +205,7 @@ class RabbitSubscription:
                 self._balancer.forget_lock_channel()
             raise BrokerUnavailableError(
                 self._settings.address,
-                f"no answer within {self._settings.publish_timeout:g} s while {doing} "
-                f"subscription {self._spec.name!r}",
+                f"no answer within {bound:g} s while {doing} {self._spec.name!r}",
             ) from None
 
     async def _bounded(self, doing: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -316,7 +316,7 @@ class RabbitSubscription:
                     return  # partitions stay until close() hands them on
                 try:
                     # Paused: keep the partitions where they are (see pause()).
-                    with self._answered("rebalancing"):
+                    with self._answered("rebalancing subscription"):
                         await self._balancer.tick(hold=self._paused)
                 except SETTLE_FAILURES as e:
                     if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
@@ -337,7 +337,7 @@ class RabbitSubscription:
                     continue  # a fresh channel starts unthrottled
                 before = current.throttles
                 try:
-                    with self._answered("regulating the read-ahead of"):
+                    with self._answered("regulating the read-ahead of subscription"):
                         await current.regulate()
                 except SETTLE_FAILURES as e:
                     if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
@@ -355,54 +355,40 @@ class RabbitSubscription:
         # must fail the open, not hang it: a restore holds the lock, a bus's start waits for
         # the first open, and the scheduled-message forwarder opens this way too.
         bound = self._settings.publish_timeout + (JOIN_SECONDS if self._balancer else 0.0)
-        try:
-            with anyio.fail_after(bound):
-                channel = await open_channel(conn, publisher_confirms=False)
-                current = ConsumingChannel(
-                    channel,
-                    topic=self._spec.name,
-                    ack_batch=self._prefetch // 10,
-                    wakeup=self._wakeup.set,
-                    delivery_limit=(
-                        self._settings.delivery_limit
-                        if self._settings.queue_type == "quorum"
-                        else None
-                    ),
-                    read_ahead_bytes=self._settings.read_ahead_bytes,
-                    prefetch=self._prefetch,
-                    # Quorum queues return what they assigned to a cancelled consumer
-                    # (broadcast queues are always classic).
-                    cancel_returns=self._settings.queue_type == "quorum"
-                    and (self._spec.kind == "queue" or self._spec.group is not None),
-                    on_flow=self._flow.set,
-                )
-                try:
-                    # Per consumer (RabbitMQ's global=false): quorum queues support no other.
-                    await channel.basic_qos(prefetch_count=self._prefetch)
-                    queues = await self._declare(conn, channel)
-                    self._current = current
-                    if self._balancer is None:
-                        for queue in queues:
-                            await current.consume(queue)
-                    else:
-                        await self._balancer.start(channel, generation, queues)
-                except BaseException:
-                    # Nothing was handed out from it (not live yet): closing it requeues what
-                    # arrived.
-                    with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
-                        await current.close(requeue_first=False)
-                    raise
-        except TimeoutError:
-            log.warning(
-                "RabbitMQ at %s did not answer within %g s while subscribing to %s",
-                self._settings.address,
-                bound,
-                self._spec.name,
+        with self._answered("subscribing to", bound):
+            channel = await open_channel(conn, publisher_confirms=False)
+            current = ConsumingChannel(
+                channel,
+                topic=self._spec.name,
+                ack_batch=self._prefetch // 10,
+                wakeup=self._wakeup.set,
+                delivery_limit=(
+                    self._settings.delivery_limit if self._settings.queue_type == "quorum" else None
+                ),
+                read_ahead_bytes=self._settings.read_ahead_bytes,
+                prefetch=self._prefetch,
+                # Quorum queues return what they assigned to a cancelled consumer
+                # (broadcast queues are always classic).
+                cancel_returns=self._settings.queue_type == "quorum"
+                and (self._spec.kind == "queue" or self._spec.group is not None),
+                on_flow=self._flow.set,
             )
-            raise BrokerUnavailableError(
-                self._settings.address,
-                f"no answer within {bound:g} s while subscribing to {self._spec.name!r}",
-            ) from None
+            try:
+                # Per consumer (RabbitMQ's global=false): quorum queues support no other.
+                await channel.basic_qos(prefetch_count=self._prefetch)
+                queues = await self._declare(conn, channel)
+                self._current = current
+                if self._balancer is None:
+                    for queue in queues:
+                        await current.consume(queue)
+                else:
+                    await self._balancer.start(channel, generation, queues)
+            except BaseException:
+                # Nothing was handed out from it (not live yet): closing it requeues what
+                # arrived.
+                with anyio.move_on_after(_CLEANUP_SECONDS, shield=True):
+                    await current.close(requeue_first=False)
+                raise
         current.live = True
         self._wakeup.set()
 
