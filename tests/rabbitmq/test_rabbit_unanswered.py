@@ -14,7 +14,8 @@ import aiormq
 import anyio
 import pytest
 from cutting_proxy import CuttingProxy
-from rabbit_helpers import through, unique_suffix, with_options
+from rabbit_helpers import queue_counts, through, unique_suffix, with_options
+from raw_amqp import raw_publish
 
 from eventbus import BrokerUnavailableError, EventBus, Message
 from eventbus.testing.conformance import wait_for
@@ -86,33 +87,23 @@ async def test_a_restore_the_broker_never_answers_is_retried_and_consumes_again(
                 within=40,
             )
             proxy.thaw()
+            await wait_for_queue(amqp_url, queue)
             # Published straight to the broker: the bus's own publisher may be mid-recovery.
-            connection = await aiormq.connect(amqp_url)
-            try:
-                channel = await connection.channel()
-                await wait_for_queue(channel, queue)
-                await channel.basic_publish(
-                    b'"after"',
-                    routing_key=queue,
-                    properties=aiormq.spec.Basic.Properties(message_id="after"),
-                )
-            finally:
-                await connection.close()
+            await raw_publish(
+                amqp_url, exchange="", routing_key=queue, bodies=[b'"after"'], message_id="after"
+            )
             await wait_for(lambda: "after" in handled, within=60)
     finally:
         await proxy.close()
     assert handled == ["before", "after"]
 
 
-async def wait_for_queue(channel: aiormq.abc.AbstractChannel, queue: str) -> None:
-    """Until the restored subscription declared ``queue`` again (a passive declare of a missing
-    queue closes the channel, so each try opens its own)."""
-    connection = channel.connection
+async def wait_for_queue(url: str, queue: str) -> None:
+    """Until the restored subscription declared ``queue`` again."""
     with anyio.fail_after(60):
         while True:
-            probe = await connection.channel()
             try:
-                await probe.queue_declare(queue, passive=True)
+                await queue_counts(url, queue)
                 return
             except aiormq.exceptions.ChannelNotFoundEntity:
                 await anyio.sleep(0.2)
@@ -147,17 +138,9 @@ async def test_a_rebalancing_tick_the_broker_never_answers_gives_its_channel_up(
                 within=30,
             )
             proxy.thaw()
-            connection = await aiormq.connect(amqp_url)
-            try:
-                channel = await connection.channel()
-                await channel.basic_publish(
-                    b'"after"',
-                    exchange=topic,
-                    routing_key="a",
-                    properties=aiormq.spec.Basic.Properties(message_id="after"),
-                )
-            finally:
-                await connection.close()
+            await raw_publish(
+                amqp_url, exchange=topic, routing_key="a", bodies=[b'"after"'], message_id="after"
+            )
             await wait_for(lambda: "after" in handled, within=60)
     finally:
         await proxy.close()
