@@ -47,16 +47,23 @@ class Handled:
             await self.event.wait()
 
 
+def subscribed(url: str, topic: str, group: str, seen: Handled) -> EventBus:
+    """A bus whose handler for ``group`` of ``topic`` records what it gets in ``seen``."""
+    bus = EventBus(url)
+
+    @bus.subscribe(topic, group=group)
+    async def on(payload: str) -> None:
+        seen.add(payload)
+
+    return bus
+
+
 async def test_delay_is_never_early_and_a_long_delay_blocks_nothing(
     broker: str, url: str, name: Callable[[str], str]
 ) -> None:
     topic = name("sched")
-    bus = EventBus(url)
     seen = Handled()
-
-    @bus.subscribe(topic, group="g")
-    async def on(payload: str) -> None:
-        seen.add(payload)
+    bus = subscribed(url, topic, "g", seen)
 
     async with bus:
         published = time.time()
@@ -94,18 +101,9 @@ async def test_a_group_bound_after_publish_but_before_due_gets_the_message(
     publish no group receives): a group bound meanwhile gets it, and the one bound at publish
     too."""
     topic = name("sched-late")
-    early = EventBus(url)
     early_seen, late_seen = Handled(), Handled()
-
-    @early.subscribe(topic, group="early")
-    async def on_early(payload: str) -> None:
-        early_seen.add(payload)
-
-    late = EventBus(url)
-
-    @late.subscribe(topic, group="late")
-    async def on_late(payload: str) -> None:
-        late_seen.add(payload)
+    early = subscribed(url, topic, "early", early_seen)
+    late = subscribed(url, topic, "late", late_seen)
 
     async with early:
         published = time.time()
@@ -119,12 +117,8 @@ async def test_a_group_bound_after_publish_but_before_due_gets_the_message(
 
 async def test_publish_many_with_a_delay(broker: str, url: str, name: Callable[[str], str]) -> None:
     topic = name("sched-many")
-    bus = EventBus(url)
     seen = Handled()
-
-    @bus.subscribe(topic, group="g")
-    async def on(payload: str) -> None:
-        seen.add(payload)
+    bus = subscribed(url, topic, "g", seen)
 
     async with bus:
         published = time.time()
@@ -144,13 +138,7 @@ async def test_what_waits_is_forwarded_by_the_next_bus_never_early_never_lost(
     seen = Handled()
 
     def worker() -> EventBus:
-        bus = EventBus(url)
-
-        @bus.subscribe(topic, group="g")
-        async def on(payload: str) -> None:
-            seen.add(payload)
-
-        return bus
+        return subscribed(url, topic, "g", seen)
 
     async with worker():  # binds the group, so the topic publish is routable
         pass
