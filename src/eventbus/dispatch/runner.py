@@ -1,11 +1,12 @@
-"""One subscription at work: key lanes, attempts, and carrying out what `decide` says.
+"""One subscription at work: builds the pipeline once, runs it, and stops it in order.
 
 The pipeline for every transport (DESIGN 5): the consume loop (`consume.py`) fetches within the
 in-flight bound (`inflight.py`) and hands each delivery to a key lane (`lanes.py`); a lane
-worker decodes it, claims it with the dedup guard (`dedup_guard.py`), calls the handler through
-the middleware chain (`invoke.py`) within the concurrency limit (`slots.py`), and settles it
-(`settle.py`): ack, or what `outcome.decide` says follows a failure -- a retry in process, or a
-redelivery or dead letter through the broker (`republish.py`).
+worker runs its attempts (`attempts.py`): decodes it, claims it with the dedup guard
+(`dedup_guard.py`), calls the handler through the middleware chain (`invoke.py`) within the
+concurrency limit (`slots.py`), and settles it (`settle.py`): ack, or what `outcome.decide`
+says follows a failure -- a retry in process, or a redelivery or dead letter through the broker
+(`republish.py`). With ``batch=``, `batch_lanes.py` forms batches and `batches.py` runs them.
 
 Deliveries the transport takes back are handled by `ownership.py` (the transport's
 `DeliveryOwner`): dropped from the lanes, and work still running on them cancelled.
@@ -14,40 +15,34 @@ Deliveries the transport takes back are handled by `ownership.py` (the transport
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import random
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from eventbus import headers as h
 from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.dispatch.attempts import Attempts
 from eventbus.dispatch.batch_lanes import BatchLanes
 from eventbus.dispatch.batches import BatchRunner, BatchSpan
-from eventbus.dispatch.breaker import HELD_FAILURES, Breaker, HeldError
+from eventbus.dispatch.breaker import Breaker
 from eventbus.dispatch.consume import ConsumeLoop
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.decode import Decoder
-from eventbus.dispatch.dedup_guard import DedupGuard, KeyRefusedError
-from eventbus.dispatch.expiry import settled_expired
+from eventbus.dispatch.dedup_guard import DedupGuard
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.invoke import Middleware, build_handler
 from eventbus.dispatch.lanes import KeyLanes
-from eventbus.dispatch.outcome import DeadLetter, RetryInProcess, decide
 from eventbus.dispatch.ownership import Ownership
-from eventbus.dispatch.prepare import NOT_HANDLED, prepare
 from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.returns import PublishResult
 from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
-from eventbus.dispatch.timeout import within
-from eventbus.errors import LeaseLostError
-from eventbus.message import Delivery
 from eventbus.transports.base import RawDelivery, Transport
 
 if TYPE_CHECKING:
@@ -136,6 +131,22 @@ class SubscriptionRunner:
             )
             if options.rate_limit is not None
             else None
+        )
+        self._attempts = Attempts(
+            subscriber,
+            self._decoder,
+            self._guard,
+            self._throttle,
+            self._limiter,
+            self._handler,
+            self._rng,
+            lambda: self._stopping,
+            self._sleep_unless_stopping,
+            self._parked,
+            self._abort.is_set,
+            self._breaker,
+            self._stop_event,
+            lambda: self._work,
         )
         self._batches = BatchRunner(
             subscriber,
@@ -273,9 +284,9 @@ class SubscriptionRunner:
         keep_busy = False
         handling = HANDLING.set((self.subscriber, state))
         try:
-            keep_busy = await self._attempts(state)
+            keep_busy = await self._attempts.run(state)
         except BaseException as exc:
-            if self._is_ours(state, exc):
+            if self._attempts.is_ours(state, exc):
                 raise
             # Nothing may escape the worker (one that ends cancels every other handler of the
             # subscription), and the message must not stay in flight: a failure of the
@@ -322,169 +333,13 @@ class SubscriptionRunner:
                     state.finish()  # `Ownership.lost` may wait for it
                     self._in_flight.leave_busy(state)
 
-    async def _attempts(self, state: DeliveryState) -> bool:
-        """Run attempts until the message is settled or parked. Returns True when a manual-ack
-        delivery is left for the user to settle (it stays busy for graceful shutdown)."""
-        sub = self.subscriber
-        options = sub.options
-        message = state.raw.message
-        guard = self._guard
-        payload = await prepare(sub, state, self._decoder, guard)
-        if payload is NOT_HANDLED:
-            return False
-        expires = h.EXPIRES_AT in message.headers
-
-        checked = True  # just now, above
-        held_failures = 0  # failures the circuit breaker held, spending no attempt
-        max_attempts = options.retry.max_attempts
-        while True:
-            if self._stopping:
-                return False
-            if expires and not checked and await settled_expired(sub, state):
-                return False
-            checked = False
-            # Rate limit: a turn per handler start, retries included, taken before the claim.
-            if self._throttle is not None and await self._throttle.take():
-                return False  # stopping while waiting: released, not started
-            if guard is not None:
-                assert state.dedup_key is not None
-                try:
-                    claim, state.claim_owner = await guard.claim(state.dedup_key)
-                except KeyRefusedError as exc:
-                    log.error("%s: %s", sub.describe(), exc)
-                    await state.fail("internal", exc)
-                    return False
-                if claim == "done":
-                    await state.ack()
-                if claim != "run":
-                    return False
-            delivery = Delivery(
-                message,
-                attempt=state.attempt,
-                redelivered=state.raw.redelivered or state.attempt > 1,
-                settler=state,
-                payload=payload,
-            )
-            try:
-                await self._limiter.acquire()
-                try:
-                    if options.timeout is None:
-                        await self._handler(delivery)
-                    else:
-                        call = functools.partial(self._handler, delivery)
-                        await within(options.timeout, call, sub, delivery.attempt)
-                finally:
-                    self._limiter.release()
-            except BaseException as exc:
-                if self._is_ours(state, exc):
-                    raise
-                if state.lost:
-                    return False  # no longer ours: its next owner handles it
-                state.ack_deferred = False  # an ack inside a rolled-back inbox never happened
-                if isinstance(exc, LeaseLostError):
-                    # Another worker took the key over while this one worked; nothing was
-                    # committed. Claim again without spending an attempt: DONE or BUSY decides.
-                    log.info("%s: lease lost on %s; claiming again", sub.describe(), message.id)
-                    state.claim_owner = None
-                    continue
-                if isinstance(exc, HeldError):
-                    held_failures += exc.error is not None
-                    if exc.error is None or held_failures <= HELD_FAILURES * max_attempts:
-                        # The circuit breaker is open: the same attempt runs again once it
-                        # closes, spending no attempt.
-                        if exc.error is not None:
-                            sub.stats.failed_attempts += 1
-                        if state.settled or await self._wait_for_breaker(state, exc):
-                            return False
-                        continue
-                    # Past its share of free failures: a message that fails on its own (a
-                    # poison message that keeps tripping the breaker and failing as its probe)
-                    # would otherwise hold the subscription forever. From now on its failures
-                    # spend attempts, so it ends dead-lettered like any other.
-                    assert exc.error is not None
-                    exc = exc.error
-                sub.stats.failed_attempts += 1
-                if state.settled:
-                    log.warning(
-                        "%s: handler raised after settling %s: %r", sub.describe(), message.id, exc
-                    )
-                    return False
-                outcome = decide(
-                    options.retry,
-                    state.attempt,
-                    exc,
-                    "raised",
-                    broadcast=sub.broadcast,
-                    rng=self._rng,
-                )
-                if not isinstance(outcome, DeadLetter):
-                    sub.stats.retried += 1
-                if not isinstance(outcome, RetryInProcess):
-                    await state.carry_out(outcome, exc)
-                    return False
-                await state.release_claim()
-                log.info(
-                    "%s: attempt %d of %s failed (%r); retrying in %.3fs",
-                    sub.describe(),
-                    state.attempt,
-                    message.id,
-                    exc,
-                    outcome.delay,
-                )
-                # The key lane waits here without a concurrency slot; other keys flow.
-                if await self._sleep_unless_stopping(outcome.delay):
-                    return False
-                state.attempt += 1
-                continue
-            if state.lost:
-                return False  # a thread that could not be interrupted: it counts for nothing
-            sub.stats.handled += 1
-            if state.settled:
-                return False
-            if options.ack == "auto" or state.ack_deferred:
-                await state.ack()
-                return False
-            if self._work is not None:
-                self._work.start_soon(self._expire, state, options.ack_timeout)
-            state.tell_unsettled()
-            return True
-
-    def _is_ours(self, state: DeliveryState, exc: BaseException) -> bool:
-        """The bus's own cancellation -- shutdown past the graceful timeout, or the delivery
-        lost -- as opposed to a ``CancelledError`` the handler's code raised (awaiting a
-        cancelled future, say), which is a failed attempt like any other."""
-        if not isinstance(exc, anyio.get_cancelled_exc_class()):
-            return False
-        return self._abort.is_set() or state.lost
-
-    async def _expire(self, state: DeliveryState, after: float) -> None:
-        # Ends as soon as the delivery is settled, so timers do not pile up under load.
-        with anyio.move_on_after(after):
-            await state.wait_settled()
-        await state.expire()
-
-    async def _wait_for_breaker(self, state: DeliveryState, held: HeldError) -> bool:
-        """Park until the breaker lets attempts through, spending no attempt (DESIGN 11); True
-        if the subscription started stopping meanwhile."""
-        assert self._breaker is not None
-        await state.release_claim()
-        if held.error is not None:
-            log.info(
-                "%s: attempt %d of %s failed (%r) while the circuit breaker is open; it waits "
-                "and spends no attempt",
-                self.subscriber.describe(),
-                state.attempt,
-                state.raw.message.id,
-                held.error,
-            )
-        with self._lanes.parked() if self._lanes is not None else contextlib.nullcontext():
-            await self._breaker.wait(self._stop_event)
-        return self._stopping
+    def _parked(self) -> AbstractContextManager[object]:
+        return self._lanes.parked() if self._lanes is not None else contextlib.nullcontext()
 
     async def _sleep_unless_stopping(self, seconds: float) -> bool:
         """Sleep without a worker's turn (others start meanwhile); True if the subscription
         started stopping meanwhile."""
-        with self._lanes.parked() if self._lanes is not None else contextlib.nullcontext():
+        with self._parked():
             with anyio.move_on_after(seconds):
                 await self._stop_event.wait()
         return self._stopping
