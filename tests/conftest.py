@@ -1,13 +1,15 @@
 """Where the real brokers are: session fixtures ``kafka_url``, ``amqp_url``, ``redis_url``,
-``postgres_url`` (DESIGN.md section 7).
+``postgres_url``, ``registry_url`` (DESIGN.md section 7).
 
 Each endpoint is resolved in this order:
 
 1. the environment variable: ``EVENTBUS_TEST_KAFKA`` (``kafka://127.0.0.1:9092``),
    ``EVENTBUS_TEST_AMQP`` (``amqp://guest:guest@127.0.0.1:5672/``),
    ``EVENTBUS_TEST_REDIS`` (``redis://127.0.0.1:6379/0``),
-   ``EVENTBUS_TEST_POSTGRES`` (``postgresql://eventbus:eventbus@127.0.0.1:5432/eventbus_test``);
-   ``eval "$(scripts/brokers up && scripts/brokers env)"`` provisions all four natively;
+   ``EVENTBUS_TEST_POSTGRES`` (``postgresql://eventbus:eventbus@127.0.0.1:5432/eventbus_test``),
+   ``EVENTBUS_TEST_REGISTRY`` (``http://127.0.0.1:8081/apis/ccompat/v7``, a Confluent-compatible
+   schema registry); ``eval "$(scripts/brokers up && scripts/brokers env)"`` provisions all of
+   them natively;
 2. a container started with testcontainers, when a Docker engine is reachable (stopped at the
    end of the session);
 3. otherwise the test is skipped with the reason, or fails when ``EVENTBUS_REQUIRE_BROKERS=1``
@@ -33,6 +35,7 @@ ENV_VARS = {
     "amqp": "EVENTBUS_TEST_AMQP",
     "redis": "EVENTBUS_TEST_REDIS",
     "postgres": "EVENTBUS_TEST_POSTGRES",
+    "registry": "EVENTBUS_TEST_REGISTRY",
 }
 REQUIRE_VAR = "EVENTBUS_REQUIRE_BROKERS"
 HINT = 'run `eval "$(scripts/brokers up && scripts/brokers env)"` or set {var}'
@@ -43,7 +46,7 @@ class BrokerUnavailable(Exception):
 
 
 def resolve_endpoint(broker: str, containers: ExitStack) -> str:
-    """Return the URL of ``broker`` ("kafka", "amqp", "redis" or "postgres").
+    """Return the URL of ``broker`` ("kafka", "amqp", "redis", "postgres" or "registry").
 
     The environment variable wins; else a testcontainers container is started (and registered
     on ``containers`` to be stopped later) if Docker is reachable; else ``BrokerUnavailable``.
@@ -146,11 +149,22 @@ def _postgres_container(stack: ExitStack) -> str:
     return f"postgresql://eventbus:eventbus@{_host_port(postgres, 5432)}/eventbus_test"
 
 
+def _registry_container(stack: ExitStack) -> str:
+    core = importlib.import_module("testcontainers.core.container")
+    waiting = importlib.import_module("testcontainers.core.waiting_utils")
+    registry = core.DockerContainer("apicurio/apicurio-registry-mem:2.6.13.Final")
+    registry = registry.with_exposed_ports(8080)
+    stack.enter_context(registry)
+    waiting.wait_for_logs(registry, "Listening on", timeout=120)
+    return f"http://{_host_port(registry, 8080)}/apis/ccompat/v7"
+
+
 CONTAINERS: dict[str, Callable[[ExitStack], str]] = {
     "kafka": _kafka_container,
     "amqp": _amqp_container,
     "redis": _redis_container,
     "postgres": _postgres_container,
+    "registry": _registry_container,
 }
 
 
@@ -186,3 +200,9 @@ def redis_url(broker_containers: ExitStack) -> str:
 def postgres_url(broker_containers: ExitStack) -> str:
     """``postgresql://user:password@host:port/db`` of a real PostgreSQL server."""
     return endpoint_or_skip("postgres", broker_containers)
+
+
+@pytest.fixture(scope="session")
+def registry_url(broker_containers: ExitStack) -> str:
+    """``http://host:port/path`` of a real Confluent-compatible schema registry."""
+    return endpoint_or_skip("registry", broker_containers)
