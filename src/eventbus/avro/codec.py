@@ -1,0 +1,202 @@
+"""`AvroCodec`: Avro bodies in the Confluent wire format, with their schemas in a registry.
+
+A body is the magic byte 0, the writer schema's registry id (4 bytes, big-endian), then the
+Avro binary encoding: what the Confluent serializers write and read, so records cross between
+eventbus and any Confluent client in either direction.
+
+Publishing a pydantic model: its schema (`schema.model_schema`, or the ``.avsc`` given for it in
+``schemas=``) is looked up under the destination's subject -- or registered, with
+``auto_register=True`` (convenient in development; in production register schemas from CI,
+where compatibility is checked). Other payloads (``bytes``, ``str``, dicts) go through the
+``fallback`` codec (JSON by default), as do bodies that are not in the wire format when
+consuming: Avro is recognised by its magic byte, with or without a content type.
+
+Consuming: the writer schema comes from the registry by id (cached); the reader schema is the
+handler's model, so Avro's schema resolution applies: a field the reader does not know is
+skipped, a field the writer did not write takes the reader's default. What cannot be resolved
+(a field removed without a default, a type changed) is a `DecodeError` naming the schemas:
+the message is dead-lettered as ``undecodable``. While the registry is unreachable, decoding
+raises `BrokerUnavailableError`: the subscription waits and tries again, spending no attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import struct
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import fastavro
+import pydantic
+
+from eventbus.avro.registry import SchemaRegistry
+from eventbus.avro.schema import Schema, load_avsc, model_schema
+from eventbus.codecs.base import Codec, DecodeError, Encoded
+from eventbus.codecs.json import JsonCodec
+from eventbus.message import Message
+
+__all__ = ["AVRO", "AvroCodec", "SubjectStrategy"]
+
+AVRO = "application/avro"
+"""The content type of what `AvroCodec` writes (Confluent wire format inside)."""
+
+_MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+SubjectStrategy = Literal["topic", "record", "topic_record"]
+"""How a subject is named: ``topic`` -> ``<destination>-value`` (Confluent's default),
+``record`` -> the record's full name, ``topic_record`` -> ``<destination>-<full name>``."""
+
+
+class AvroCodec:
+    """An asynchronous codec (`eventbus.codecs.base.AsyncCodec`); see the module doc.
+
+    ``EventBus(url, codec=AvroCodec(SchemaRegistry(registry_url)))``, or per subscription and
+    per publish with ``codec=``.
+    """
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        *,
+        subject: SubjectStrategy | Callable[[str, Schema], str] = "topic",
+        auto_register: bool = False,
+        namespace: str | None = None,
+        schemas: Mapping[type[pydantic.BaseModel], str | Path | Schema] | None = None,
+        fallback: Codec | None = None,
+    ) -> None:
+        self.registry = registry
+        self._subject = subject
+        self._auto_register = auto_register
+        self._namespace = namespace
+        self._fallback: Codec = fallback or JsonCodec()
+        self._writer: dict[type[pydantic.BaseModel], tuple[Schema, str, Any]] = {}
+        """Per model: its schema, that schema's canonical text, and the parsed form."""
+        self._given: dict[type[pydantic.BaseModel], Schema] = {
+            model: source if isinstance(source, dict) else load_avsc(source)
+            for model, source in (schemas or {}).items()
+        }
+        self._parsed_writers: dict[int, Any] = {}
+        self._readers: dict[tuple[Any, str], Any] = {}
+
+    # -- encoding -----------------------------------------------------------------------------
+
+    async def encode(self, payload: object, destination: str) -> Encoded:
+        if not isinstance(payload, pydantic.BaseModel):
+            return self._fallback.encode(payload)
+        model = type(payload)
+        schema, text, parsed = self._writer_of(model)
+        subject = self.subject_of(destination, schema)
+        schema_id = await self.registry.id_of(subject, text, register=self._auto_register)
+        out = io.BytesIO()
+        out.write(_HEADER.pack(_MAGIC, schema_id))
+        try:
+            fastavro.schemaless_writer(out, parsed, _plain(payload.model_dump(mode="python")))
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"cannot encode {model.__name__} with its Avro schema: {exc}") from exc
+        return Encoded(out.getvalue(), AVRO, model.__name__)
+
+    def subject_of(self, destination: str, schema: Schema) -> str:
+        """The registry subject a record of ``schema`` published to ``destination`` is under."""
+        if callable(self._subject):
+            return self._subject(destination, schema)
+        full_name = _full_name(schema)
+        if self._subject == "record":
+            return full_name
+        if self._subject == "topic_record":
+            return f"{destination}-{full_name}"
+        return f"{destination}-value"
+
+    def schema_of(self, model: type[pydantic.BaseModel]) -> Schema:
+        """The schema a record of ``model`` is written with."""
+        return self._writer_of(model)[0]
+
+    def _writer_of(self, model: type[pydantic.BaseModel]) -> tuple[Schema, str, Any]:
+        found = self._writer.get(model)
+        if found is None:
+            schema = self._given.get(model) or model_schema(model, self._namespace)
+            parsed = fastavro.parse_schema(schema)
+            found = self._writer[model] = (schema, canonical(schema), parsed)
+        return found
+
+    # -- decoding -----------------------------------------------------------------------------
+
+    async def decode(self, message: Message, target: Any) -> object:
+        body = message.body
+        if len(body) < _HEADER.size or body[0] != _MAGIC:
+            return self._fallback.decode(message, target)  # not in the wire format: not ours
+        if target is bytes:
+            return body
+        _, schema_id = _HEADER.unpack_from(body)
+        writer = await self._writer_by_id(schema_id)
+        reader = self._reader_for(target, writer)
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(body[_HEADER.size :]), writer, reader)
+        except Exception as exc:  # a resolution failure or a truncated body: poison
+            raise DecodeError(
+                f"cannot read an Avro record written with schema id {schema_id} "
+                f"({_full_name(writer)}) as {_target_name(target)}: {exc}"
+            ) from exc
+        if target is dict or target is Any or target is object:
+            return record
+        try:
+            return pydantic.TypeAdapter(target).validate_python(record)
+        except pydantic.ValidationError as exc:
+            raise DecodeError(
+                f"Avro record does not validate as {_target_name(target)}: {exc}"
+            ) from exc
+
+    async def _writer_by_id(self, schema_id: int) -> Any:
+        parsed = self._parsed_writers.get(schema_id)
+        if parsed is None:
+            text = await self.registry.schema(schema_id)
+            try:
+                parsed = fastavro.parse_schema(json.loads(text))
+            except Exception as exc:
+                raise DecodeError(f"schema id {schema_id} is not an Avro schema: {exc}") from exc
+            self._parsed_writers[schema_id] = parsed
+        return parsed
+
+    def _reader_for(self, target: Any, writer: Any) -> Any:
+        """The handler's model as the reader schema, named as the writer's record: the subject
+        already says which record it is, and Avro only resolves records of the same name."""
+        if not (isinstance(target, type) and issubclass(target, pydantic.BaseModel)):
+            return None  # dicts and the like: read with the writer's schema as it is
+        name = _full_name(writer)
+        found = self._readers.get((target, name))
+        if found is None:
+            namespace, _, short = name.rpartition(".")
+            schema = self._given.get(target) or model_schema(target, namespace or None, short)
+            if schema.get("name") != short:
+                schema = {**schema, "name": short, "namespace": namespace or None}
+            found = self._readers[(target, name)] = fastavro.parse_schema(schema)
+        return found
+
+
+def canonical(schema: Schema) -> str:
+    """The schema's JSON text, written the same way every time (the registry compares text)."""
+    return json.dumps(schema, separators=(",", ":"), sort_keys=False)
+
+
+def _full_name(schema: Mapping[str, Any]) -> str:
+    name = str(schema.get("name", ""))
+    namespace = schema.get("namespace")
+    return f"{namespace}.{name}" if namespace and "." not in name else name
+
+
+def _target_name(target: Any) -> str:
+    return getattr(target, "__name__", repr(target))
+
+
+def _plain(value: Any) -> Any:
+    """``model_dump`` output as fastavro takes it: enum members as their values."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(item) for item in value]
+    return value

@@ -1,0 +1,242 @@
+"""A client for the Confluent Schema Registry REST API, which Apicurio (``/apis/ccompat/v7``)
+and Karapace serve too.
+
+Schemas are immutable once registered, so what is looked up is cached for the life of the
+client: a schema by id (consuming), the id of a schema under a subject (publishing). Only the
+first record of each kind costs a request.
+
+Errors say what failed and where, never with the URL's password: an unreachable registry (or
+one answering 5xx) is `BrokerUnavailableError` -- consuming waits for it, spending no attempt,
+publishing fails with it; anything the registry refuses is `SchemaRegistryError`, with the
+registry's own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import fastavro.schema
+import httpx
+
+from eventbus.errors import BrokerUnavailableError, EventBusError
+
+__all__ = ["SchemaRegistry", "SchemaRegistryError"]
+
+_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+# Error codes of the Confluent API, in the body of a 404 or 409.
+SUBJECT_NOT_FOUND = 40401
+VERSION_NOT_FOUND = 40402
+SCHEMA_NOT_FOUND = 40403
+
+
+class SchemaRegistryError(EventBusError):
+    """The registry refused a request: a schema that is not registered, an incompatible one, a
+    subject that does not exist. ``status`` and ``code`` are the registry's."""
+
+    def __init__(self, message: str, status: int = 0, code: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class SchemaRegistry:
+    """``SchemaRegistry("http://registry:8081")`` (Confluent) or
+    ``SchemaRegistry("http://registry:8080/apis/ccompat/v7")`` (Apicurio). Credentials may
+    be given in the URL (``https://user:password@host``) or as ``username``/``password``; they
+    are sent as HTTP basic authentication and never printed."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                f"schema registry URL must be http(s)://host[:port][/path], got {parts.scheme!r}"
+            )
+        if parts.username is not None and username is None:
+            username, password = parts.username, parts.password or ""
+        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        self.url = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+        """The registry's address, without credentials: safe to print."""
+        auth = httpx.BasicAuth(username, password or "") if username is not None else None
+        self._owned = client is None
+        self._client = client or httpx.AsyncClient(auth=auth, timeout=timeout)
+        self._by_id: dict[int, str] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> SchemaRegistry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    async def schema(self, schema_id: int) -> str:
+        """The schema (its JSON text) registered under ``schema_id``."""
+        found = self._by_id.get(schema_id)
+        if found is None:
+            body = await self._request("GET", f"/schemas/ids/{schema_id}")
+            found = self._by_id[schema_id] = str(body["schema"])
+        return found
+
+    async def id_of(self, subject: str, schema: str, *, register: bool = False) -> int:
+        """The id of ``schema`` under ``subject``; with ``register``, registered first if the
+        subject does not have it yet."""
+        key = (subject, schema)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        payload = {"schema": schema, "schemaType": "AVRO"}
+        if register:
+            body = await self._request("POST", f"/subjects/{_quoted(subject)}/versions", payload)
+        else:
+            try:
+                body = await self._request("POST", f"/subjects/{_quoted(subject)}", payload)
+            except SchemaRegistryError as exc:
+                if exc.status != 404:
+                    raise
+                # Registered by another tool, written another way (spaces, key order): the
+                # registry may compare text. Same parsing canonical form, same record bytes.
+                body = await self._same_schema(subject, schema)
+                if body is None:
+                    raise SchemaRegistryError(
+                        f"the schema is not registered under subject {subject!r} at {self.url} "
+                        "(register it, e.g. `eventbus schema register`, or turn auto_register "
+                        "on)",
+                        exc.status,
+                        exc.code,
+                    ) from None
+        found = self._ids[key] = int(body["id"])
+        self._by_id.setdefault(found, schema)
+        return found
+
+    async def _same_schema(self, subject: str, schema: str) -> Any:
+        """The newest version of ``subject`` whose schema has the parsing canonical form of
+        ``schema``, or None."""
+        try:
+            versions = await self._request("GET", f"/subjects/{_quoted(subject)}/versions")
+        except SchemaRegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        wanted = _canonical_form(schema)
+        for version in sorted(versions, reverse=True):
+            body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
+            if _canonical_form(str(body["schema"])) == wanted:
+                return body
+        return None
+
+    async def latest(self, subject: str) -> tuple[int, str] | None:
+        """The latest schema under ``subject`` (its id and JSON text), None if there is none."""
+        try:
+            body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/latest")
+        except SchemaRegistryError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        schema_id, schema = int(body["id"]), str(body["schema"])
+        self._by_id.setdefault(schema_id, schema)
+        return schema_id, schema
+
+    async def subjects(self) -> list[str]:
+        return [str(subject) for subject in await self._request("GET", "/subjects")]
+
+    async def compatible(self, subject: str, schema: str) -> list[str]:
+        """Why ``schema`` would break ``subject`` under the subject's compatibility level: the
+        registry's messages, empty when it is compatible (or the subject is new)."""
+        try:
+            body = await self._request(
+                "POST",
+                f"/compatibility/subjects/{_quoted(subject)}/versions/latest?verbose=true",
+                {"schema": schema, "schemaType": "AVRO"},
+            )
+        except SchemaRegistryError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        if body.get("is_compatible", False):
+            return []
+        return [str(message) for message in body.get("messages") or ()] or ["incompatible"]
+
+    async def set_compatibility(self, level: str, subject: str | None = None) -> None:
+        """Set the compatibility level (``BACKWARD``, ``FULL_TRANSITIVE``, ``NONE``, ...) of
+        ``subject``, or the registry's default."""
+        path = f"/config/{_quoted(subject)}" if subject else "/config"
+        await self._request("PUT", path, {"compatibility": level})
+
+    # -- the wire -----------------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, payload: Mapping[str, Any] | None = None
+    ) -> Any:
+        url = self.url + path
+        try:
+            response = await self._client.request(
+                method,
+                url,
+                content=json.dumps(payload) if payload is not None else None,
+                headers={"Content-Type": _CONTENT_TYPE, "Accept": _CONTENT_TYPE},
+            )
+        except httpx.HTTPError as exc:
+            raise BrokerUnavailableError(
+                f"schema registry at {self.url} unreachable: {type(exc).__name__}: {exc}"
+            ) from None  # the driver's message may hold the URL as given, credentials included
+        if response.status_code >= 500:
+            raise BrokerUnavailableError(
+                f"schema registry at {self.url} answered {response.status_code} to {method} "
+                f"{path}: {_message_of(response)}"
+            )
+        if response.status_code in (401, 403):
+            raise SchemaRegistryError(
+                f"schema registry at {self.url} refused the credentials ({response.status_code})",
+                response.status_code,
+            )
+        if response.status_code >= 400:
+            code = 0
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                code = int(response.json().get("error_code", 0))
+            raise SchemaRegistryError(
+                f"schema registry at {self.url}: {method} {path}: {response.status_code} "
+                f"{_message_of(response)}",
+                response.status_code,
+                code,
+            )
+        return response.json()
+
+
+def _quoted(subject: str) -> str:
+    return quote(subject, safe="")
+
+
+def _message_of(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("detail") or body)[:300]
+    return str(body)[:300]
+
+
+def _canonical_form(schema: str) -> str:
+    """Avro's parsing canonical form: what two texts of one schema have in common."""
+    try:
+        return str(fastavro.schema.to_parsing_canonical_form(json.loads(schema)))
+    except Exception:  # not Avro (or not JSON): compared as it is
+        return schema

@@ -1,0 +1,251 @@
+"""`AvroCodec` and `SchemaRegistry` against a real Confluent-compatible registry (Apicurio, from
+`scripts/brokers`), on the in-memory transport: the wire format, subjects, auto-registration,
+schema evolution both ways, a breaking change dead-lettered as ``undecodable``, and a registry
+outage (consuming waits, publishing fails with the address)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from pydantic import BaseModel
+
+from eventbus import Delivery, EventBus, Message, RetryPolicy
+from eventbus import headers as h
+from eventbus.avro import AVRO, AvroCodec, SchemaRegistry, SchemaRegistryError
+from eventbus.errors import BrokerUnavailableError
+from eventbus.testing.conformance import wait_for
+
+
+class OrderV1(BaseModel):
+    id: str
+    amount: float
+
+
+class OrderV2(BaseModel):
+    id: str
+    amount: float
+    currency: str = "EUR"
+
+
+class OrderBroken(BaseModel):
+    id: str
+    amount: str
+
+
+@pytest.fixture
+async def registry(registry_url: str) -> AsyncIterator[SchemaRegistry]:
+    async with SchemaRegistry(registry_url) as client:
+        yield client
+
+
+def _topic() -> str:
+    return f"avro-{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_model_goes_out_in_the_confluent_wire_format_and_comes_back(
+    registry: SchemaRegistry,
+) -> None:
+    codec = AvroCodec(registry, auto_register=True, namespace="shop")
+    topic = _topic()
+    encoded = await codec.encode(OrderV1(id="o1", amount=2.5), topic)
+    assert encoded.content_type == AVRO and encoded.type == "OrderV1"
+    magic, schema_id = struct.unpack(">bI", encoded.body[:5])
+    assert magic == 0
+    # Registered under the topic's value subject, with the model's schema, under that id.
+    latest = await registry.latest(f"{topic}-value")
+    assert latest is not None and latest[0] == schema_id
+    assert json.loads(latest[1])["name"] == "OrderV1"
+
+    bus = EventBus("memory://", codec=codec)
+    got: list[OrderV1] = []
+
+    @bus.subscribe(topic, group="g")
+    async def handle(order: OrderV1) -> None:
+        got.append(order)
+
+    async with bus:
+        await bus.publish(topic, OrderV1(id="o2", amount=1.0))
+        await wait_for(lambda: got)
+    assert got == [OrderV1(id="o2", amount=1.0)]
+
+
+async def test_without_auto_register_an_unregistered_schema_fails_the_publish_clearly(
+    registry: SchemaRegistry,
+) -> None:
+    codec = AvroCodec(registry, namespace="shop")
+    topic = _topic()
+    with pytest.raises(SchemaRegistryError, match=rf"not registered under subject '{topic}-value'"):
+        await codec.encode(OrderV1(id="o1", amount=2.5), topic)
+    # Registered (as CI would), the same publish finds it.
+    schema = json.dumps(codec.schema_of(OrderV1))
+    schema_id = await registry.id_of(f"{topic}-value", schema, register=True)
+    encoded = await codec.encode(OrderV1(id="o1", amount=2.5), topic)
+    assert struct.unpack(">bI", encoded.body[:5])[1] == schema_id
+
+
+async def test_subject_strategies(registry: SchemaRegistry) -> None:
+    topic = _topic()
+    space = f"ns{uuid.uuid4().hex[:8]}"
+    record = AvroCodec(registry, subject="record", auto_register=True, namespace=space)
+    await record.encode(OrderV1(id="1", amount=1.0), topic)
+    both = AvroCodec(registry, subject="topic_record", auto_register=True, namespace="shop")
+    await both.encode(OrderV1(id="1", amount=1.0), topic)
+    subjects = await registry.subjects()
+    assert f"{space}.OrderV1" in subjects
+    assert f"{topic}-shop.OrderV1" in subjects
+
+
+async def test_a_field_added_with_a_default_is_read_by_older_and_newer_consumers(
+    registry: SchemaRegistry,
+) -> None:
+    topic = _topic()
+    codec = AvroCodec(registry, auto_register=True, namespace="shop")
+    old = await codec.encode(OrderV1(id="old", amount=1.0), topic)
+    new = await codec.encode(OrderV2(id="new", amount=2.0, currency="USD"), topic)
+    assert old.body[1:5] != new.body[1:5]  # two schema versions, two ids
+
+    bus = EventBus("memory://", codec=AvroCodec(registry, namespace="shop"))
+    as_v1: list[OrderV1] = []
+    as_v2: list[OrderV2] = []
+
+    @bus.subscribe(topic, group="v1")
+    async def v1(order: OrderV1) -> None:
+        as_v1.append(order)
+
+    @bus.subscribe(topic, group="v2")
+    async def v2(order: OrderV2) -> None:
+        as_v2.append(order)
+
+    async with bus:
+        # Bodies already in the wire format pass through the fallback codec untouched.
+        await bus.publish(topic, old.body)
+        await bus.publish(topic, new.body)
+        await wait_for(lambda: len(as_v1) == 2 and len(as_v2) == 2)
+    assert as_v1 == [OrderV1(id="old", amount=1.0), OrderV1(id="new", amount=2.0)]
+    assert as_v2 == [
+        OrderV2(id="old", amount=1.0, currency="EUR"),  # the reader's default
+        OrderV2(id="new", amount=2.0, currency="USD"),
+    ]
+
+
+async def test_a_breaking_change_is_dead_lettered_undecodable_and_the_rest_flows(
+    registry: SchemaRegistry,
+) -> None:
+    topic = _topic()
+    writer = AvroCodec(registry, auto_register=True, namespace="shop")
+    bad = await writer.encode(OrderV1(id="bad", amount=1.0), topic)
+    bus = EventBus("memory://", codec=AvroCodec(registry, namespace="shop"))
+    got: list[OrderBroken] = []
+    dead: list[Message] = []
+
+    @bus.subscribe(
+        topic,
+        group="g",
+        dead_letter=f"{topic}.dead",
+        retry=RetryPolicy(max_attempts=3, initial_delay=0.01),
+    )
+    async def handle(order: OrderBroken) -> None:
+        got.append(order)
+
+    @bus.consume(f"{topic}.dead")
+    async def dlq(message: Message) -> None:
+        dead.append(message)
+
+    async with bus:
+        await bus.publish(topic, bad.body)
+        await bus.publish(topic, b"\x00\x00\x00\x00")  # truncated: no schema id
+        await wait_for(lambda: len(dead) == 2)
+    assert got == []
+    assert [m.headers[h.DLQ_REASON] for m in dead] == ["undecodable", "undecodable"]
+    assert [m.headers[h.ATTEMPTS] for m in dead] == ["1", "1"]  # poison: no retries
+    assert "OrderBroken" in dead[0].headers[h.ERROR_MESSAGE]
+
+
+async def test_while_the_registry_is_unreachable_consuming_waits_and_publishing_fails(
+    registry: SchemaRegistry, registry_url: str
+) -> None:
+    topic = _topic()
+    written = await AvroCodec(registry, auto_register=True, namespace="shop").encode(
+        OrderV1(id="o1", amount=1.0), topic
+    )
+    late = _LateProxy(registry_url)
+    down = SchemaRegistry(late.url)
+    bus = EventBus("memory://", codec=AvroCodec(down, namespace="shop"))
+    got: list[tuple[OrderV1, int]] = []
+
+    @bus.subscribe(topic, group="g", retry=RetryPolicy(max_attempts=1))
+    async def handle(order: OrderV1, delivery: Delivery) -> None:
+        got.append((order, delivery.attempt))
+
+    async with bus:
+        with pytest.raises(BrokerUnavailableError, match=rf"{late.url} unreachable"):
+            await bus.publish(topic, OrderV1(id="never", amount=0.0))
+        await bus.publish(topic, written.body)
+        await asyncio.sleep(1.5)  # decoding waits meanwhile: nothing handled, nothing dead
+        stats = bus.subscribers[0].stats
+        assert got == [] and stats.dead_lettered == 0 and stats.failed_attempts == 0
+        async with late:
+            await wait_for(lambda: got)
+        assert stats.dead_lettered == 0
+    assert got == [(OrderV1(id="o1", amount=1.0), 1)]  # no attempt spent while it waited
+    await down.aclose()
+
+
+def test_credentials_in_the_url_never_show() -> None:
+    client = SchemaRegistry("https://alice:s3cret@registry.example:8081/apis/ccompat/v7")
+    assert client.url == "https://registry.example:8081/apis/ccompat/v7"
+    assert "s3cret" not in repr(vars(client))
+
+
+async def test_an_unreachable_registry_error_names_the_address_not_the_password() -> None:
+    client = SchemaRegistry("http://bob:hunter2@127.0.0.1:1/ccompat")
+    with pytest.raises(BrokerUnavailableError) as caught:
+        await client.schema(1)
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+    await client.aclose()
+
+
+class _LateProxy:
+    """A TCP port that refuses connections until entered, then forwards to the registry."""
+
+    def __init__(self, upstream_url: str) -> None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(upstream_url)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        import socket
+
+        with socket.socket() as probe:  # a free port, nothing listening on it yet
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}{parts.path}"
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _LateProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
