@@ -72,6 +72,13 @@ def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return dict(headers)
 
 
+async def _encode_with(codec: Codec | AsyncCodec, payload: object, destination: str) -> Encoded:
+    """``payload`` through a codec given to one publish (either kind)."""
+    if inspect.iscoroutinefunction(codec.encode):
+        return await cast(AsyncCodec, codec).encode(payload, destination)
+    return cast(Codec, codec).encode(payload)
+
+
 def _check_name(what: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigurationError(
@@ -230,6 +237,7 @@ class EventBus:
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
         rate_limit: RateLimit | None = None,
         batch: Batch | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``topic``. Every group gets every message; within a group each
         message goes to one consumer. ``group=None``: every running instance gets every message
@@ -254,7 +262,9 @@ class EventBus:
         them; a start over the limit waits, it is never nacked (DESIGN 11).
         ``batch``: a `Batch`; the handler then takes lists (``list[Order]``, optionally
         ``list[Delivery]``) of up to ``max_size`` messages, gathered for at most ``max_wait``
-        seconds (DESIGN 11)."""
+        seconds (DESIGN 11).
+        ``codec``: how this subscription decodes bodies (say an `eventbus.avro.AvroCodec`);
+        None: the bus's codec."""
         _check_name("topic", topic)
         if group is not None:
             _check_name("group", group)
@@ -274,6 +284,7 @@ class EventBus:
             on_expired=on_expired,
             rate_limit=rate_limit,
             batch=batch,
+            codec=codec,
         )
         return self._register(topic, "topic", group, options)
 
@@ -297,6 +308,7 @@ class EventBus:
         on_expired: Literal["dead-letter", "drop"] = "dead-letter",
         rate_limit: RateLimit | None = None,
         batch: Batch | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> Callable[[F], F]:
         """Register a handler for ``queue``: each message goes to exactly one consumer. Options
         as for `subscribe`, without ``group``."""
@@ -317,6 +329,7 @@ class EventBus:
             on_expired=on_expired,
             rate_limit=rate_limit,
             batch=batch,
+            codec=codec,
         )
         return self._register(queue, "queue", None, options)
 
@@ -468,6 +481,7 @@ class EventBus:
         expires_at: datetime | None = None,
         delay: float | None = None,
         at: datetime | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> str:
         """Publish an event to every group of ``topic``; returns the message id once the broker
         confirmed it. Messages with the same ``key`` are handled in publish order.
@@ -478,7 +492,8 @@ class EventBus:
         ``delay`` (seconds) or ``at`` (an aware datetime; a past one means now) schedules it:
         it is delivered no earlier, to the groups bound to the topic when it falls due, and
         a scheduled message keeps no order with the others (docs/flow-control.md). With both,
-        ``ttl`` counts from when the message falls due."""
+        ``ttl`` counts from when the message falls due. ``codec``: encodes this payload instead
+        of the bus's codec."""
         due = not_before(delay, at)
         return await self._publish_one(
             self._destination(topic, "topic", due),
@@ -488,6 +503,7 @@ class EventBus:
             message_id=message_id,
             correlation_id=correlation_id,
             expires=expiry_header(ttl, expires_at, due),
+            codec=codec,
         )
 
     async def send(
@@ -503,9 +519,10 @@ class EventBus:
         expires_at: datetime | None = None,
         delay: float | None = None,
         at: datetime | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> str:
-        """Send a command to ``queue``: exactly one consumer handles it. ``ttl``/``expires_at``
-        and ``delay``/``at`` as for `publish`."""
+        """Send a command to ``queue``: exactly one consumer handles it. ``ttl``/``expires_at``,
+        ``delay``/``at`` and ``codec`` as for `publish`."""
         due = not_before(delay, at)
         return await self._publish_one(
             self._destination(queue, "queue", due),
@@ -515,6 +532,7 @@ class EventBus:
             message_id=message_id,
             correlation_id=correlation_id,
             expires=expiry_header(ttl, expires_at, due),
+            codec=codec,
         )
 
     def _destination(self, name: str, kind: Kind, due: float | None) -> Destination:
@@ -540,8 +558,11 @@ class EventBus:
         message_id: str | None,
         correlation_id: str | None,
         expires: str | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> str:
-        if self._sync_codec is not None:
+        if codec is not None:
+            encoded = await _encode_with(codec, payload, to.name)
+        elif self._sync_codec is not None:
             encoded = self._sync_codec.encode(payload)
         else:
             assert self._async_codec is not None
@@ -572,11 +593,12 @@ class EventBus:
         expires_at: datetime | None = None,
         delay: float | None = None,
         at: datetime | None = None,
+        codec: Codec | AsyncCodec | None = None,
     ) -> list[str]:
         """The high-throughput path: publish many messages without waiting for each confirm in
         turn. Returns their ids; if some fail, `PublishError.failures` maps their indices to
-        the causes (the others were confirmed). ``ttl``/``expires_at`` (one deadline for all)
-        and ``delay``/``at`` (one due time for all) as for `publish`."""
+        the causes (the others were confirmed). ``ttl``/``expires_at`` (one deadline for all),
+        ``delay``/``at`` (one due time for all) and ``codec`` as for `publish`."""
         if keys is not None and len(keys) != len(payloads):
             raise ConfigurationError("keys must be as long as payloads")
         _check_name("topic", topic)
@@ -587,7 +609,9 @@ class EventBus:
             common[EXPIRES_AT] = expires
         # One call, one publish time: the wire format then formats it once, not per message.
         now = datetime.now(UTC)
-        if self._sync_codec is not None:
+        if codec is not None:
+            encoded = [await _encode_with(codec, p, topic) for p in payloads]
+        elif self._sync_codec is not None:
             encoded = [self._sync_codec.encode(p) for p in payloads]
         else:
             assert self._async_codec is not None
@@ -671,7 +695,7 @@ class EventBus:
                 runner = SubscriptionRunner(
                     subscriber,
                     self.transport,
-                    self.codec,
+                    subscriber.options.codec or self.codec,
                     self._publish_result,
                     middleware,
                     metrics=metrics.subscription(subscriber) if metrics else None,

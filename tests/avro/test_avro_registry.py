@@ -249,3 +249,29 @@ class _LateProxy:
                 dst.close()
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_codec_per_subscription_and_per_publish(registry: SchemaRegistry) -> None:
+    topic = _topic()
+    avro = AvroCodec(registry, auto_register=True, namespace="shop")
+    bus = EventBus("memory://")  # JSON by default
+    as_avro: list[OrderV1] = []
+    as_json: list[Message] = []
+
+    @bus.subscribe(topic, group="avro", codec=avro)
+    async def avro_reader(order: OrderV1) -> None:
+        as_avro.append(order)
+
+    @bus.subscribe(topic, group="raw")
+    async def raw_reader(message: Message) -> None:
+        as_json.append(message)
+
+    async with bus:
+        await bus.publish(topic, OrderV1(id="a", amount=1.0), codec=avro)
+        await bus.publish(topic, OrderV1(id="j", amount=2.0))  # the bus's JSON codec
+        await bus.publish_many(topic, [OrderV1(id="m", amount=3.0)], codec=avro)
+        await wait_for(lambda: len(as_avro) == 3 and len(as_json) == 3)
+    # The Avro subscription reads both: Avro by its magic byte, JSON through its fallback.
+    assert sorted(o.id for o in as_avro) == ["a", "j", "m"]
+    assert [m.content_type for m in as_json] == [AVRO, "application/json", AVRO]
+    assert as_json[0].body[0] == 0 and as_json[1].body.startswith(b"{")

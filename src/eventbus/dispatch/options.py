@@ -9,6 +9,7 @@ from typing import Literal
 
 from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
+from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dedup.base import DedupStore
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
@@ -62,6 +63,8 @@ class SubscriptionOptions:
     """Handler starts per second (`eventbus.dispatch.throttle`); None: no limit, no cost."""
     batch: Batch | None = None
     """Hand messages to the handler in lists (`eventbus.dispatch.batches`); None: one by one."""
+    codec: Codec | AsyncCodec | None = None
+    """How this subscription decodes bodies; None: the bus's codec."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -98,6 +101,11 @@ class SubscriptionOptions:
             raise ConfigurationError(f"breaker must be a CircuitBreaker, got {self.breaker!r}")
         if self.rate_limit is not None and not isinstance(self.rate_limit, RateLimit):
             raise ConfigurationError(f"rate_limit must be a RateLimit, got {self.rate_limit!r}")
+        if self.codec is not None and not (
+            callable(getattr(self.codec, "encode", None))
+            and callable(getattr(self.codec, "decode", None))
+        ):
+            raise ConfigurationError(f"codec must have encode and decode, got {self.codec!r}")
         if self.dedup_key is not None and self.dedup is None:
             raise ConfigurationError("dedup_key needs dedup=")
         if self.batch is not None:
