@@ -31,7 +31,7 @@ from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError, HandlerSignatureError, StartupHookError
-from eventbus.headers import CAUSATION_ID, EXPIRES_AT
+from eventbus.headers import CAUSATION_ID, DATASCHEMA, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
@@ -456,6 +456,8 @@ class EventBus:
             if correlation_id is None:
                 correlation_id = cause.correlation_id or cause.id
             headers[CAUSATION_ID] = cause.id  # the eventbus- prefix is refused in user headers
+        if encoded.dataschema is not None:
+            headers[DATASCHEMA] = encoded.dataschema
         return Message(
             id=message_id or new_message_id(),
             topic=name,

@@ -7,6 +7,11 @@ ATTEMPT = "eventbus-attempt"
 """1-based attempt number of the delivery that carries it; incremented on every redelivery through
 the broker so the count travels with the message (several processes share it)."""
 
+DATASCHEMA = "ce_dataschema"
+"""CloudEvents ``dataschema``: a URI of the body's schema, written by a codec that has one (the
+Avro codec: the registry's ``/schemas/ids/<id>``). Kafka carries it under this name (the
+CloudEvents Kafka binding), RabbitMQ as ``cloudEvents_dataschema`` (the AMQP binding)."""
+
 CAUSATION_ID = "eventbus-causation-id"
 """On a message published while a handler ran: the id of the message that handler was handling
 (its correlation id travels as the message's ``correlation_id``; DESIGN 9)."""

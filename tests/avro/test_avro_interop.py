@@ -23,8 +23,9 @@ from confluent_kafka.serialization import (  # type: ignore[import-untyped]
 )
 from pydantic import BaseModel
 
-from eventbus import EventBus
-from eventbus.avro import AvroCodec, SchemaRegistry
+from eventbus import EventBus, Message
+from eventbus import headers as h
+from eventbus.avro import AVRO, AvroCodec, SchemaRegistry
 from eventbus.testing.conformance import wait_for
 
 pytestmark = pytest.mark.kafka
@@ -102,6 +103,8 @@ async def test_records_eventbus_writes_are_read_by_the_confluent_deserializer(
         for order in sent:
             await bus.publish(topic, order, key=order.id)
 
+    headers: list[dict[str, bytes]] = []
+
     def consume() -> list[dict[str, Any]]:
         client = SchemaRegistryClient({"url": registry_url})
         deserialize = AvroDeserializer(client)
@@ -123,12 +126,17 @@ async def test_records_eventbus_writes_are_read_by_the_confluent_deserializer(
                     continue
                 ctx = SerializationContext(topic, MessageField.VALUE)
                 read.append(deserialize(message.value(), ctx))
+                headers.append(dict(message.headers() or ()))
         finally:
             consumer.close()
         return read
 
     read = await anyio.to_thread.run_sync(consume)
     assert sorted(read, key=lambda r: int(r["id"][1:])) == [o.model_dump() for o in sent]
+    # CloudEvents in Kafka's binary mode: the schema's address in ce_dataschema.
+    schema_url = headers[0]["ce_dataschema"].decode()
+    assert schema_url.startswith(f"{registry.url}/schemas/ids/")
+    assert headers[0]["content-type"] == b"application/avro"
     await registry.aclose()
 
 
@@ -143,9 +151,12 @@ async def test_a_v1_producer_and_a_v2_consumer_and_back_over_rabbitmq(
     as_v2: list[OrderV2] = []
     as_v1: list[Order] = []
 
+    seen: list[Message] = []
+
     @bus.consume(queue)
-    async def v2(order: OrderV2) -> None:
+    async def v2(order: OrderV2, message: Message) -> None:
         as_v2.append(order)
+        seen.append(message)
 
     @bus.consume(f"{queue}.back")
     async def v1(order: Order) -> None:
@@ -156,5 +167,7 @@ async def test_a_v1_producer_and_a_v2_consumer_and_back_over_rabbitmq(
         await bus.send(f"{queue}.back", OrderV2(id="from-v2", amount=2.0, currency="USD"))
         await wait_for(lambda: as_v2 and as_v1, what="both records")
     assert as_v2 == [OrderV2(id="from-v1", amount=1.0, currency="EUR")]
+    assert seen[0].headers[h.DATASCHEMA].startswith(f"{registry.url}/schemas/ids/")
+    assert seen[0].content_type == AVRO
     assert as_v1 == [Order(id="from-v2", amount=2.0)]
     await registry.aclose()

@@ -60,6 +60,7 @@ async def test_a_model_goes_out_in_the_confluent_wire_format_and_comes_back(
     latest = await registry.latest(f"{topic}-value")
     assert latest is not None and latest[0] == schema_id
     assert json.loads(latest[1])["name"] == "OrderV1"
+    assert encoded.dataschema == f"{registry.url}/schemas/ids/{schema_id}"
 
     bus = EventBus("memory://", codec=codec)
     got: list[OrderV1] = []

@@ -11,6 +11,9 @@ where compatibility is checked). Other payloads (``bytes``, ``str``, dicts) go t
 ``fallback`` codec (JSON by default), as do bodies that are not in the wire format when
 consuming: Avro is recognised by its magic byte, with or without a content type.
 
+Each record carries the CloudEvents ``dataschema`` of its schema: the registry's
+``/schemas/ids/<id>`` URL, which answers with the schema.
+
 Consuming: the writer schema comes from the registry by id (cached); the reader schema is the
 handler's model, so Avro's schema resolution applies: a field the reader does not know is
 skipped, a field the writer did not write takes the reader's default. What cannot be resolved
@@ -97,7 +100,8 @@ class AvroCodec:
             fastavro.schemaless_writer(out, parsed, _plain(payload.model_dump(mode="python")))
         except (ValueError, TypeError) as exc:
             raise TypeError(f"cannot encode {model.__name__} with its Avro schema: {exc}") from exc
-        return Encoded(out.getvalue(), AVRO, model.__name__)
+        dataschema = f"{self.registry.url}/schemas/ids/{schema_id}"
+        return Encoded(out.getvalue(), AVRO, model.__name__, dataschema)
 
     def subject_of(self, destination: str, schema: Schema) -> str:
         """The registry subject a record of ``schema`` published to ``destination`` is under."""

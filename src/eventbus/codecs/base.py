@@ -21,6 +21,8 @@ class Encoded:
     content_type: str
     type: str | None = None
     """CloudEvents ``type``: the payload model's name, when there is one."""
+    dataschema: str | None = None
+    """CloudEvents ``dataschema``: where the body's schema is (a URI), when there is one."""
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from typing import Any
 
 from pamqp.commands import Basic
 
+from eventbus.headers import DATASCHEMA
 from eventbus.message import Message, new_message_id
 from eventbus.transports import cloudevents
 from eventbus_rabbitmq.frames import Unreadable
@@ -39,6 +40,7 @@ TIME = "cloudEvents_time"
 _CE_ID = "cloudEvents_id"
 _CE_TYPE = "cloudEvents_type"
 _CE_CORRELATION = "cloudEvents_correlationid"
+_CE_DATASCHEMA = "cloudEvents_dataschema"
 _REPLY_TO = "eventbus-reply-to"
 _PERSISTENT = 2
 _MAX_SHORTSTR = 255
@@ -85,6 +87,9 @@ def _property(headers: dict[str, Any], header: str, value: str | None) -> str | 
 
 def encode(message: Message, *, expiration_ms: int | None = None) -> Basic.Properties:
     headers: dict[str, Any] = dict(message.headers)
+    dataschema = headers.pop(DATASCHEMA, None)
+    if dataschema is not None:
+        headers[_CE_DATASCHEMA] = dataschema
     headers[SPECVERSION] = cloudevents.SPEC_VERSION
     headers.setdefault(SOURCE, cloudevents.SOURCE)
     headers[TIME] = cloudevents.format_time(message.timestamp)
@@ -126,6 +131,8 @@ def decode(
         for name, value in raw.items()
         if name not in _OURS and not str(name).startswith(_BROKER_HEADER_PREFIXES)
     }
+    if _CE_DATASCHEMA in headers:
+        headers[DATASCHEMA] = headers.pop(_CE_DATASCHEMA)
     foreign = SPECVERSION not in raw
     key = _optional_text(raw.get(KEY_HEADER))
     if key is None and foreign and exchange and routing_key:
