@@ -129,18 +129,29 @@ class SchemaRegistry:
     async def _same_schema(self, subject: str, schema: str) -> Any:
         """The newest version of ``subject`` whose schema has the parsing canonical form of
         ``schema``, or None."""
-        try:
-            versions = await self._request("GET", f"/subjects/{_quoted(subject)}/versions")
-        except SchemaRegistryError as exc:
-            if exc.status == 404:
-                return None
-            raise
         wanted = _canonical_form(schema)
-        for version in sorted(versions, reverse=True):
+        for version in reversed(await self.versions(subject)):
             body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
             if _canonical_form(str(body["schema"])) == wanted:
                 return body
         return None
+
+    async def versions(self, subject: str) -> list[int]:
+        """The version numbers of ``subject``, oldest first; empty when there is no subject."""
+        try:
+            versions = await self._request("GET", f"/subjects/{_quoted(subject)}/versions")
+        except SchemaRegistryError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return sorted(int(version) for version in versions)
+
+    async def version(self, subject: str, version: int) -> tuple[int, str]:
+        """Version ``version`` of ``subject``: its schema id and JSON text."""
+        body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
+        schema_id, schema = int(body["id"]), str(body["schema"])
+        self._by_id.setdefault(schema_id, schema)
+        return schema_id, schema
 
     async def latest(self, subject: str) -> tuple[int, str] | None:
         """The latest schema under ``subject`` (its id and JSON text), None if there is none."""

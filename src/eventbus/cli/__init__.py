@@ -1,10 +1,12 @@
-"""The ``eventbus`` command: run workers, publish, inspect and redrive dead letters.
+"""The ``eventbus`` command: run workers, publish, inspect and redrive dead letters, check
+schemas.
 
 Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
 4 bad configuration (URL, scheme, handler), 5 broker unreachable, 6 access refused
 (authentication or authorization), 7 a startup hook failed, 8 no such dead-letter queue,
-130 stopped by a second signal before the drain finished. ``run --workers N`` exits with a
-worker's code when it gives up (128 + N for a worker killed by signal N).
+9 a schema breaks its compatibility level (``schema check``), 130 stopped by a second signal
+before the drain finished. ``run --workers N`` exits with a worker's code when it gives up
+(128 + N for a worker killed by signal N).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from eventbus import __version__
-from eventbus.cli import dlq, publish, run, status
+from eventbus.cli import dlq, publish, run, schema, status
 from eventbus.cli.common import (
     EXIT_CONFIG,
     EXIT_DENIED,
@@ -40,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"eventbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (run, publish, status, dlq):
+    for command in (run, publish, status, dlq, schema):
         command.add_parser(commands)
     return parser
 
