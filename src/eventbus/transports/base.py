@@ -279,6 +279,10 @@ class Transport(Protocol):
     RabbitMQ) has ``async def forward_scheduled(*, task_status)``: every bus started with its
     consumers runs it in its task group, calls ``task_status.started()`` once it forwards, and
     cancels it when it stops. It must settle a message only once its next hop is confirmed.
+
+    Optionally, ``asyncapi_bindings(kind, name, group) -> dict`` describes a topic or queue in
+    AsyncAPI 3 protocol bindings, for ``eventbus asyncapi``: ``{"channel": {...}, "receive":
+    {...}, "message": {...}}``, each keyed by protocol (``{"kafka": {...}}``).
     """
 
     spi_version: int

@@ -255,6 +255,22 @@ class KafkaTransport:
 
     # -- inspection -------------------------------------------------------------------------
 
+    def asyncapi_bindings(
+        self, kind: Kind, name: str, group: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """AsyncAPI Kafka bindings (0.5.0) of a topic or queue: the topic, the consumer group
+        that reads it, and the record key (`eventbus.asyncapi`)."""
+        version = {"bindingVersion": "0.5.0"}
+        bindings: dict[str, dict[str, Any]] = {
+            "channel": {"kafka": {"topic": name, **version}},
+            "message": {"kafka": {"key": {"type": "string"}, **version}},
+        }
+        reader = consumer_group(SubscriptionSpec(name, kind, group, 1))
+        if reader is not None:
+            group_id = {"type": "string", "enum": [reader]}
+            bindings["receive"] = {"kafka": {"groupId": group_id, **version}}
+        return bindings
+
     async def depth(self, name: str, kind: Kind) -> int | None:
         """For a queue: records not yet committed by its consumer group, retry topic included.
         None for a topic (each group has its own backlog) or a queue that does not exist."""

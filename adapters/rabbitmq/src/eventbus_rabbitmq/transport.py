@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 from aiormq import exceptions as amqp
@@ -139,6 +140,27 @@ class RabbitMQTransport:
     def _forget(self, subscription: RabbitSubscription) -> None:
         if subscription in self._subscriptions:
             self._subscriptions.remove(subscription)
+
+    def asyncapi_bindings(
+        self, kind: Kind, name: str, group: str | None
+    ) -> dict[str, dict[str, Any]]:
+        """AsyncAPI AMQP bindings (0.3.0): a topic is a durable fanout exchange, a queue a
+        durable queue on the default exchange; a group reads its own queue ``<topic>.<group>``
+        (`eventbus.asyncapi`)."""
+        version = {"bindingVersion": "0.3.0"}
+        vhost = self._settings.vhost
+        channel: dict[str, Any]
+        if kind == "topic":
+            exchange = {"name": name, "type": "fanout", "durable": True, "autoDelete": False}
+            channel = {"is": "routingKey", "exchange": {**exchange, "vhost": vhost}}
+        else:
+            queue = {"name": name, "durable": True, "exclusive": False, "autoDelete": False}
+            channel = {"is": "queue", "queue": {**queue, "vhost": vhost}}
+        return {
+            "channel": {"amqp": {**channel, **version}},
+            "receive": {"amqp": {"ack": True, **version}},
+            "message": {"amqp": {"contentEncoding": "identity", **version}},
+        }
 
     async def depth(self, name: str, kind: Kind) -> int | None:
         """Messages ready in queue ``name`` (not those delivered and unacked); None for topics,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from eventbus.errors import ConfigurationError
 from eventbus.transports.urls import (
@@ -67,6 +67,7 @@ class Settings:
 
     amqp_url: str = field(repr=False)  # holds the password
     address: str
+    vhost: str = "/"
     prefetch: int | None = None
     queue_type: QueueType = "classic"
     partitions: int = 1
@@ -93,7 +94,8 @@ def parse_url(url: str) -> Settings:
     settings, passthrough = parse_options("RabbitMQ", parts.query, _OPTIONS, _AIORMQ_OPTIONS)
     amqp_url = urlunsplit(parts._replace(query=urlencode(passthrough), fragment=""))
     address = f"{_host(parts.hostname)}:{port}"
-    return Settings(amqp_url=amqp_url, address=address, **settings)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"  # as AMQP URIs say
+    return Settings(amqp_url=amqp_url, address=address, vhost=vhost, **settings)
 
 
 # The adapter's table; parsing, "unknown" and "given twice" errors are the core's (urls.py).
