@@ -8,6 +8,7 @@ from a shared CI machine mean nothing (docs/benchmarks.md has the real ones).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,20 @@ def test_quick_run_covers_every_scenario_and_contender(
             assert target["measured"] is not None, (key, target)
     assert "| contender |" in proc.stdout  # the table was printed
     assert results["machine"]["cpus"]
+
+
+def test_the_codec_cost_benchmark_runs(registry_url: str) -> None:
+    """`benchmarks/codec_cost.py` (docs/benchmarks.md), with few messages: it runs and reports
+    all four timings (no threshold: machines are shared)."""
+    env = {**os.environ, "EVENTBUS_SCHEMA_REGISTRY": registry_url, "CODEC_COST_MESSAGES": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.codec_cost"],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    for line in ("json encode", "json decode", "avro encode", "avro decode"):
+        assert line in done.stdout

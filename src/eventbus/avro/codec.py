@@ -24,6 +24,7 @@ raises `BrokerUnavailableError`: the subscription waits and tries again, spendin
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import json
@@ -38,7 +39,7 @@ import pydantic
 from eventbus.avro.registry import SchemaRegistry
 from eventbus.avro.schema import Schema, load_avsc, model_schema
 from eventbus.codecs.base import Codec, DecodeError, Encoded
-from eventbus.codecs.json import JsonCodec
+from eventbus.codecs.json import JsonCodec, _adapter
 from eventbus.message import Message
 
 __all__ = ["AVRO", "AvroCodec", "SubjectStrategy"]
@@ -76,13 +77,18 @@ class AvroCodec:
         self._auto_register = auto_register
         self._namespace = namespace
         self._fallback: Codec = fallback or JsonCodec()
-        self._writer: dict[type[pydantic.BaseModel], tuple[Schema, str, Any]] = {}
-        """Per model: its schema, that schema's canonical text, and the parsed form."""
+        self._writer: dict[type[pydantic.BaseModel], tuple[Schema, str, Any, bool]] = {}
+        """Per model: its schema, that schema's canonical text, the parsed form, and whether
+        it has enums."""
         self._given: dict[type[pydantic.BaseModel], Schema] = {
             model: source if isinstance(source, dict) else load_avsc(source)
             for model, source in (schemas or {}).items()
         }
+        self._ids: dict[tuple[type[pydantic.BaseModel], str], tuple[int, str]] = {}
+        """Per model and destination: the schema id it is written with, and its URL."""
         self._parsed_writers: dict[int, Any] = {}
+        self._resolving: dict[tuple[Any, int], tuple[Any, Any]] = {}
+        """Per target type and writer schema id: the writer and reader schemas, parsed."""
         self._readers: dict[tuple[Any, str], Any] = {}
 
     # -- encoding -----------------------------------------------------------------------------
@@ -91,16 +97,23 @@ class AvroCodec:
         if not isinstance(payload, pydantic.BaseModel):
             return self._fallback.encode(payload)
         model = type(payload)
-        schema, text, parsed = self._writer_of(model)
-        subject = self.subject_of(destination, schema)
-        schema_id = await self.registry.id_of(subject, text, register=self._auto_register)
+        schema, text, parsed, enums = self._writer_of(model)
+        known = self._ids.get((model, destination))
+        if known is None:
+            subject = self.subject_of(destination, schema)
+            schema_id = await self.registry.id_of(subject, text, register=self._auto_register)
+            known = self._ids[(model, destination)] = (
+                schema_id,
+                f"{self.registry.url}/schemas/ids/{schema_id}",
+            )
+        schema_id, dataschema = known
         out = io.BytesIO()
         out.write(_HEADER.pack(_MAGIC, schema_id))
         try:
-            fastavro.schemaless_writer(out, parsed, _plain(payload.model_dump(mode="python")))
+            record = payload.model_dump()
+            fastavro.schemaless_writer(out, parsed, _plain(record) if enums else record)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"cannot encode {model.__name__} with its Avro schema: {exc}") from exc
-        dataschema = f"{self.registry.url}/schemas/ids/{schema_id}"
         return Encoded(out.getvalue(), AVRO, model.__name__, dataschema)
 
     def subject_of(self, destination: str, schema: Schema) -> str:
@@ -118,12 +131,14 @@ class AvroCodec:
         """The schema a record of ``model`` is written with."""
         return self._writer_of(model)[0]
 
-    def _writer_of(self, model: type[pydantic.BaseModel]) -> tuple[Schema, str, Any]:
+    def _writer_of(self, model: type[pydantic.BaseModel]) -> tuple[Schema, str, Any, bool]:
         found = self._writer.get(model)
         if found is None:
             schema = self._given.get(model) or model_schema(model, self._namespace)
             parsed = fastavro.parse_schema(schema)
-            found = self._writer[model] = (schema, canonical(schema), parsed)
+            text = canonical(schema)
+            # Enum members must be written as their values; without enums, no walk is needed.
+            found = self._writer[model] = (schema, text, parsed, '"enum"' in text)
         return found
 
     # -- decoding -----------------------------------------------------------------------------
@@ -135,8 +150,16 @@ class AvroCodec:
         if target is bytes:
             return body
         _, schema_id = _HEADER.unpack_from(body)
-        writer = await self._writer_by_id(schema_id)
-        reader = self._reader_for(target, writer)
+        try:
+            pair = self._resolving.get((target, schema_id))
+        except TypeError:  # an unhashable annotation: resolved each time
+            pair = None
+        if pair is None:
+            writer = await self._writer_by_id(schema_id)
+            pair = (writer, self._reader_for(target, writer))
+            with contextlib.suppress(TypeError):
+                self._resolving[(target, schema_id)] = pair
+        writer, reader = pair
         try:
             record = fastavro.schemaless_reader(io.BytesIO(body[_HEADER.size :]), writer, reader)
         except Exception as exc:  # a resolution failure or a truncated body: poison
@@ -147,7 +170,9 @@ class AvroCodec:
         if target is dict or target is Any or target is object:
             return record
         try:
-            return pydantic.TypeAdapter(target).validate_python(record)
+            if isinstance(target, type) and issubclass(target, pydantic.BaseModel):
+                return target.model_validate(record)
+            return _adapter(target).validate_python(record)
         except pydantic.ValidationError as exc:
             raise DecodeError(
                 f"Avro record does not validate as {_target_name(target)}: {exc}"
@@ -174,8 +199,11 @@ class AvroCodec:
         if found is None:
             namespace, _, short = name.rpartition(".")
             schema = self._given.get(target) or model_schema(target, namespace or None, short)
-            if schema.get("name") != short:
-                schema = {**schema, "name": short, "namespace": namespace or None}
+            schema = {**schema, "name": short}
+            if namespace:
+                schema["namespace"] = namespace
+            else:  # a writer without a namespace
+                schema.pop("namespace", None)
             found = self._readers[(target, name)] = fastavro.parse_schema(schema)
         return found
 
