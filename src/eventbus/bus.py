@@ -406,6 +406,12 @@ class EventBus:
                     f"handler {spec.name}: publishes its return value to {options.returns.kind} "
                     f"{options.returns.name!r}, but is annotated to return None"
                 )
+            check_type = getattr(options.codec or self.codec, "check_type", None)
+            if check_type is not None and spec.payload_type is not None:
+                try:  # a codec that cannot carry the payload type says so now, not per message
+                    check_type(spec.payload_type)
+                except ConfigurationError as exc:
+                    raise HandlerSignatureError(f"handler {spec.name}: {exc}") from None
             self._subscribers.append(Subscriber(name, kind, group, spec, options))
             return func
 

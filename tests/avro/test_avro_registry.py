@@ -43,6 +43,14 @@ async def registry(registry_url: str) -> AsyncIterator[SchemaRegistry]:
         yield client
 
 
+@pytest.fixture(params=["memory", "kafka", "amqp"])
+def bus_url(request: pytest.FixtureRequest) -> str:
+    """The same test on every transport: the codec is transport-agnostic, the wire is not."""
+    if request.param == "memory":
+        return "memory://"
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
 def _topic() -> str:
     return f"avro-{uuid.uuid4().hex[:10]}"
 
@@ -135,12 +143,12 @@ async def test_a_field_added_with_a_default_is_read_by_older_and_newer_consumers
 
 
 async def test_a_breaking_change_is_dead_lettered_undecodable_and_the_rest_flows(
-    registry: SchemaRegistry,
+    registry: SchemaRegistry, bus_url: str
 ) -> None:
     topic = _topic()
     writer = AvroCodec(registry, auto_register=True, namespace="shop")
     bad = await writer.encode(OrderV1(id="bad", amount=1.0), topic)
-    bus = EventBus("memory://", codec=AvroCodec(registry, namespace="shop"))
+    bus = EventBus(bus_url, codec=AvroCodec(registry, namespace="shop"))
     got: list[OrderBroken] = []
     dead: list[Message] = []
 
@@ -168,7 +176,7 @@ async def test_a_breaking_change_is_dead_lettered_undecodable_and_the_rest_flows
 
 
 async def test_while_the_registry_is_unreachable_consuming_waits_and_publishing_fails(
-    registry: SchemaRegistry, registry_url: str
+    registry: SchemaRegistry, registry_url: str, bus_url: str
 ) -> None:
     topic = _topic()
     written = await AvroCodec(registry, auto_register=True, namespace="shop").encode(
@@ -176,7 +184,7 @@ async def test_while_the_registry_is_unreachable_consuming_waits_and_publishing_
     )
     late = _LateProxy(registry_url)
     down = SchemaRegistry(late.url)
-    bus = EventBus("memory://", codec=AvroCodec(down, namespace="shop"))
+    bus = EventBus(bus_url, codec=AvroCodec(down, namespace="shop"))
     got: list[tuple[OrderV1, int]] = []
 
     @bus.subscribe(topic, group="g", retry=RetryPolicy(max_attempts=1))

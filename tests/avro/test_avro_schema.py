@@ -156,3 +156,28 @@ def test_a_field_added_with_a_default_resolves_both_ways() -> None:
 def test_a_changed_type_does_not_resolve() -> None:
     with pytest.raises(Exception, match=r"amount|Schema"):
         _roundtrip(OrderV1(id="1", amount=2.0), OrderBroken)
+
+
+class Odd(BaseModel):
+    value: complex
+
+
+def test_a_handler_whose_model_has_no_avro_form_fails_at_decoration() -> None:
+    from eventbus import EventBus, HandlerSignatureError
+    from eventbus.avro import AvroCodec, SchemaRegistry
+
+    codec = AvroCodec(SchemaRegistry("http://registry.invalid:8081"))
+    bus = EventBus("memory://", codec=codec)
+    with pytest.raises(HandlerSignatureError, match=r"handler .*odd.*Odd\.value"):
+
+        @bus.subscribe("odd", group="g")
+        async def odd(payload: Odd) -> None: ...
+
+    json_bus = EventBus("memory://")  # the same model is fine for JSON, and per subscription
+    with pytest.raises(HandlerSignatureError, match=r"Odd\.value"):
+
+        @json_bus.subscribe("odd", group="g", codec=codec)
+        async def odd_too(payload: Odd) -> None: ...
+
+    @json_bus.subscribe("odd", group="h")
+    async def fine(payload: Odd) -> None: ...

@@ -127,6 +127,12 @@ class AvroCodec:
             return f"{destination}-{full_name}"
         return f"{destination}-value"
 
+    def check_type(self, target: Any) -> None:
+        """Called by the bus when a handler is registered: a model with no Avro form raises
+        `AvroSchemaError` (naming the field) then, not on its first message."""
+        if isinstance(target, type) and issubclass(target, pydantic.BaseModel):
+            self._writer_of(target)
+
     def schema_of(self, model: type[pydantic.BaseModel]) -> Schema:
         """The schema a record of ``model`` is written with."""
         return self._writer_of(model)[0]

@@ -1,7 +1,7 @@
 """``eventbus asyncapi``: write the AsyncAPI 3.0 document of an app (`eventbus.asyncapi`).
 
-    eventbus asyncapi app:bus                       # YAML on stdout
-    eventbus asyncapi app:bus -o asyncapi.json      # the format follows the file's extension
+eventbus asyncapi app:bus                       # YAML on stdout
+eventbus asyncapi app:bus -o asyncapi.json      # the format follows the file's extension
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ class Codec(Protocol):
 
     ``decode`` raises `DecodeError` for anything it cannot turn into ``target``. Both are called
     on the event loop: keep them fast and non-blocking.
+
+    Optionally, ``check_type(target)`` raises `eventbus.ConfigurationError` for a payload type
+    the codec can never decode into; the bus calls it when a handler is registered (for either
+    kind of codec), so the error names the handler at decoration time.
     """
 
     def encode(self, payload: object) -> Encoded: ...
