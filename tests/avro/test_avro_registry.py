@@ -12,29 +12,13 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from pydantic import BaseModel
+from order_versions import OrderBroken, OrderV1, OrderV2
 
 from eventbus import Delivery, EventBus, Message, RetryPolicy
 from eventbus import headers as h
 from eventbus.avro import AVRO, AvroCodec, SchemaRegistry, SchemaRegistryError
 from eventbus.errors import BrokerUnavailableError
 from eventbus.testing.conformance import wait_for
-
-
-class OrderV1(BaseModel):
-    id: str
-    amount: float
-
-
-class OrderV2(BaseModel):
-    id: str
-    amount: float
-    currency: str = "EUR"
-
-
-class OrderBroken(BaseModel):
-    id: str
-    amount: str
 
 
 @pytest.fixture

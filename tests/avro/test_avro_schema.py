@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import fastavro
 import pytest
+from order_versions import OrderBroken, OrderV1, OrderV2
 from pydantic import BaseModel, Field
 
 from eventbus.avro import AvroSchemaError, load_avsc, model_schema
@@ -111,22 +112,6 @@ def test_an_avsc_file_is_read_and_a_broken_one_named(tmp_path: Path) -> None:
 
 
 # -- resolution between versions ----------------------------------------------------------------
-
-
-class OrderV1(BaseModel):
-    id: str
-    amount: float
-
-
-class OrderV2(BaseModel):
-    id: str
-    amount: float
-    currency: str = "EUR"
-
-
-class OrderBroken(BaseModel):
-    id: str
-    amount: str  # the type changed: no resolution
 
 
 def _roundtrip(record: BaseModel, reader: type[BaseModel]) -> dict[str, Any]:
