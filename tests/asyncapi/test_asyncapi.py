@@ -69,7 +69,12 @@ def test_a_kafka_app_validates_and_lists_channels_operations_and_messages() -> N
     }
     orders = doc["channels"]["topic.orders"]
     assert orders["address"] == "orders"
-    assert orders["bindings"]["kafka"]["topic"] == "orders"
+    assert orders["bindings"]["kafka"] == {
+        "topic": "orders",
+        "partitions": 6,  # what eventbus creates topics with (?partitions=)
+        "replicas": 1,
+        "bindingVersion": "0.5.0",
+    }
     assert orders["messages"] == {"Order": {"$ref": "#/components/messages/Order"}}
     ops = doc["operations"]
     assert {name: op["action"] for name, op in ops.items()} == {

@@ -258,11 +258,18 @@ class KafkaTransport:
     def asyncapi_bindings(
         self, kind: Kind, name: str, group: str | None
     ) -> dict[str, dict[str, Any]]:
-        """AsyncAPI Kafka bindings (0.5.0) of a topic or queue: the topic, the consumer group
-        that reads it, and the record key (`eventbus.asyncapi`)."""
+        """AsyncAPI Kafka bindings (0.5.0) of a topic or queue: the topic with the partitions and
+        replicas eventbus creates it with (a topic made beforehand keeps its own), the consumer
+        group that reads it, and the record key (`eventbus.asyncapi`)."""
         version = {"bindingVersion": "0.5.0"}
+        settings = self.settings
+        topic = {
+            "topic": name,
+            "partitions": settings.partitions,
+            "replicas": settings.replication_factor,
+        }
         bindings: dict[str, dict[str, Any]] = {
-            "channel": {"kafka": {"topic": name, **version}},
+            "channel": {"kafka": {**topic, **version}},
             "message": {"kafka": {"key": {"type": "string"}, **version}},
         }
         reader = consumer_group(SubscriptionSpec(name, kind, group, 1))
