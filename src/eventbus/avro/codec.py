@@ -39,7 +39,7 @@ import pydantic
 from eventbus.avro.registry import SchemaRegistry
 from eventbus.avro.schema import Schema, load_avsc, model_schema
 from eventbus.codecs.base import Codec, DecodeError, Encoded
-from eventbus.codecs.json import JsonCodec, _adapter
+from eventbus.codecs.json import JsonCodec, type_adapter
 from eventbus.message import Message
 
 __all__ = ["AVRO", "AvroCodec", "SubjectStrategy"]
@@ -178,7 +178,7 @@ class AvroCodec:
         try:
             if isinstance(target, type) and issubclass(target, pydantic.BaseModel):
                 return target.model_validate(record)
-            return _adapter(target).validate_python(record)
+            return type_adapter(target).validate_python(record)
         except pydantic.ValidationError as exc:
             raise DecodeError(
                 f"Avro record does not validate as {_target_name(target)}: {exc}"

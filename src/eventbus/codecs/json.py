@@ -12,7 +12,7 @@ import pydantic_core
 from eventbus.codecs.base import DecodeError, Encoded
 from eventbus.message import Message
 
-__all__ = ["JsonCodec"]
+__all__ = ["JsonCodec", "type_adapter"]
 
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
@@ -24,7 +24,8 @@ def _cached_adapter(target: Any) -> pydantic.TypeAdapter[Any]:
     return pydantic.TypeAdapter(target)
 
 
-def _adapter(target: Any) -> pydantic.TypeAdapter[Any]:
+def type_adapter(target: Any) -> pydantic.TypeAdapter[Any]:
+    """A pydantic `TypeAdapter` for ``target``, built once per type (codecs share them)."""
     try:
         return _cached_adapter(target)
     except TypeError:  # unhashable annotation: build it each time
@@ -52,7 +53,7 @@ class JsonCodec:
         if isinstance(payload, str):
             return Encoded(payload.encode(), TEXT)
         try:
-            body = _adapter(type(payload)).dump_json(payload)
+            body = type_adapter(type(payload)).dump_json(payload)
         except pydantic_core.PydanticSerializationError as exc:
             raise TypeError(f"cannot encode {type(payload).__name__} as JSON: {exc}") from exc
         return Encoded(body, JSON)
@@ -68,7 +69,7 @@ class JsonCodec:
                 if not isinstance(value, dict):
                     raise DecodeError(f"expected a JSON object, got {type(value).__name__}")
                 return value
-            return _adapter(target).validate_json(message.body)
+            return type_adapter(target).validate_json(message.body)
         except (UnicodeDecodeError, ValueError) as exc:  # pydantic.ValidationError is a ValueError
             raise DecodeError(
                 f"cannot decode body as {getattr(target, '__name__', target)}: {exc}"
