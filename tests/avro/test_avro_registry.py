@@ -16,7 +16,7 @@ from order_versions import OrderBroken, OrderV1, OrderV2
 
 from eventbus import Delivery, EventBus, Message, RetryPolicy
 from eventbus import headers as h
-from eventbus.avro import AVRO, AvroCodec, SchemaRegistry, SchemaRegistryError
+from eventbus.avro import AVRO, AvroCodec, SchemaRegistry, SchemaRegistryError, model_schema
 from eventbus.errors import BrokerUnavailableError
 from eventbus.testing.conformance import wait_for
 
@@ -79,6 +79,22 @@ async def test_without_auto_register_an_unregistered_schema_fails_the_publish_cl
     schema_id = await registry.id_of(f"{topic}-value", schema, register=True)
     encoded = await codec.encode(OrderV1(id="o1", amount=2.5), topic)
     assert struct.unpack(">bI", encoded.body[:5])[1] == schema_id
+
+
+async def test_a_registry_that_enforces_compatibility_refuses_a_breaking_auto_registration(
+    registry: SchemaRegistry,
+) -> None:
+    topic = _topic()
+    # Three versions of one record: the later ones keep its name (`schemas=` can name them).
+    named = {m: model_schema(m, "shop", "Order") for m in (OrderV1, OrderV2, OrderBroken)}
+    codec = AvroCodec(registry, auto_register=True, schemas=named)
+    await codec.encode(OrderV1(id="o1", amount=1.0), topic)
+    # Apicurio's default level is NONE (Confluent's: BACKWARD): set it, as production would.
+    await registry.set_compatibility("BACKWARD", f"{topic}-value")
+    await codec.encode(OrderV2(id="o2", amount=1.0), topic)  # a default: compatible
+    with pytest.raises(SchemaRegistryError, match="STRING not compatible") as caught:
+        await codec.encode(OrderBroken(id="o3", amount="1"), topic)
+    assert caught.value.status == 409
 
 
 async def test_subject_strategies(registry: SchemaRegistry) -> None:

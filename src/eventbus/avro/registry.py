@@ -168,23 +168,6 @@ class SchemaRegistry:
     async def subjects(self) -> list[str]:
         return [str(subject) for subject in await self._request("GET", "/subjects")]
 
-    async def compatible(self, subject: str, schema: str) -> list[str]:
-        """Why ``schema`` would break ``subject`` under the subject's compatibility level: the
-        registry's messages, empty when it is compatible (or the subject is new)."""
-        try:
-            body = await self._request(
-                "POST",
-                f"/compatibility/subjects/{_quoted(subject)}/versions/latest?verbose=true",
-                {"schema": schema, "schemaType": "AVRO"},
-            )
-        except SchemaRegistryError as exc:
-            if exc.status == 404:
-                return []
-            raise
-        if body.get("is_compatible", False):
-            return []
-        return [str(message) for message in body.get("messages") or ()] or ["incompatible"]
-
     async def set_compatibility(self, level: str, subject: str | None = None) -> None:
         """Set the compatibility level (``BACKWARD``, ``FULL_TRANSITIVE``, ``NONE``, ...) of
         ``subject``, or the registry's default."""
