@@ -10,6 +10,7 @@ import json
 import struct
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import pytest
 from order_versions import OrderBroken, OrderV1, OrderV2
@@ -17,7 +18,8 @@ from order_versions import OrderBroken, OrderV1, OrderV2
 from eventbus import Delivery, EventBus, Message, RetryPolicy
 from eventbus import headers as h
 from eventbus.avro import AVRO, AvroCodec, SchemaRegistry, SchemaRegistryError, model_schema
-from eventbus.errors import BrokerUnavailableError
+from eventbus.codecs.base import DecodeError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
 from eventbus.testing.conformance import wait_for
 
 
@@ -284,3 +286,54 @@ async def test_codec_per_subscription_and_per_publish(registry: SchemaRegistry) 
     assert sorted(o.id for o in as_avro) == ["a", "j", "m"]
     assert [m.content_type for m in as_json] == [AVRO, "application/json", AVRO]
     assert as_json[0].body[0] == 0 and as_json[1].body.startswith(b"{")
+
+
+def test_registry_urls_parse_without_echoing_a_password() -> None:
+    assert SchemaRegistry("http://[::1]:8081/apis").url == "http://[::1]:8081/apis"
+    with pytest.raises(ConfigurationError) as caught:
+        SchemaRegistry("https://svc:abc/def@registry:8081")  # an unquoted '/' in the password
+    assert "abc" not in str(caught.value) and "def" not in str(caught.value)
+
+
+async def test_an_answer_that_is_not_the_registry_api_waits_and_an_unknown_id_is_poison(
+    registry: SchemaRegistry, registry_url: str
+) -> None:
+    topic = _topic()
+    body = (
+        await AvroCodec(registry, auto_register=True).encode(OrderV1(id="o", amount=1), topic)
+    ).body
+    message = Message(
+        id="m",
+        topic=topic,
+        body=body,
+        key=None,
+        headers={},
+        content_type=None,
+        type=None,
+        timestamp=datetime.now(UTC),
+        correlation_id=None,
+    )
+    # A wrong base path: the server answers, but not as a registry. Nothing says the record is
+    # bad, so decoding waits (BrokerUnavailableError) instead of dead-lettering every message.
+    wrong = SchemaRegistry(registry_url.rsplit("/apis", 1)[0] + "/not-the-api")
+    with pytest.raises(BrokerUnavailableError, match="cannot read schema id"):
+        await AvroCodec(wrong).decode(message, OrderV1)
+    await wrong.aclose()
+    # An id this registry never gave out: the record is poison (written against another one).
+    unknown = body[:1] + struct.pack(">I", 2**31 - 7) + body[5:]
+    with pytest.raises(DecodeError, match="is not in the registry"):
+        await AvroCodec(registry).decode(_with_body(message, unknown), OrderV1)
+
+
+def _with_body(message: Message, body: bytes) -> Message:
+    return Message(
+        id=message.id,
+        topic=message.topic,
+        body=body,
+        key=None,
+        headers={},
+        content_type=None,
+        type=None,
+        timestamp=message.timestamp,
+        correlation_id=None,
+    )

@@ -36,10 +36,11 @@ from typing import Any, Literal
 import fastavro
 import pydantic
 
-from eventbus.avro.registry import SchemaRegistry
+from eventbus.avro.registry import SCHEMA_NOT_FOUND, SchemaRegistry, SchemaRegistryError
 from eventbus.avro.schema import Schema, load_avsc, model_schema
 from eventbus.codecs.base import Codec, DecodeError, Encoded
 from eventbus.codecs.json import JsonCodec, type_adapter
+from eventbus.errors import BrokerUnavailableError
 from eventbus.message import Message
 
 __all__ = ["AVRO", "AvroCodec", "SubjectStrategy"]
@@ -48,6 +49,7 @@ AVRO = "application/avro"
 """The content type of what `AvroCodec` writes (Confluent wire format inside)."""
 
 _MAGIC = 0
+_CACHED = 4096
 _HEADER = struct.Struct(">bI")
 
 SubjectStrategy = Literal["topic", "record", "topic_record"]
@@ -102,10 +104,9 @@ class AvroCodec:
         if known is None:
             subject = self.subject_of(destination, schema)
             schema_id = await self.registry.id_of(subject, text, register=self._auto_register)
-            known = self._ids[(model, destination)] = (
-                schema_id,
-                f"{self.registry.url}/schemas/ids/{schema_id}",
-            )
+            known = (schema_id, f"{self.registry.url}/schemas/ids/{schema_id}")
+            if len(self._ids) < _CACHED:  # an app publishing to ever new names: bounded
+                self._ids[(model, destination)] = known
         schema_id, dataschema = known
         out = io.BytesIO()
         out.write(_HEADER.pack(_MAGIC, schema_id))
@@ -176,9 +177,10 @@ class AvroCodec:
         if target is dict or target is Any or target is object:
             return record
         try:
+            # The schema names fields by name (not alias), so validate by name.
             if isinstance(target, type) and issubclass(target, pydantic.BaseModel):
-                return target.model_validate(record)
-            return type_adapter(target).validate_python(record)
+                return target.model_validate(record, by_name=True)
+            return type_adapter(target).validate_python(record, by_name=True)
         except pydantic.ValidationError as exc:
             raise DecodeError(
                 f"Avro record does not validate as {_target_name(target)}: {exc}"
@@ -187,7 +189,16 @@ class AvroCodec:
     async def _writer_by_id(self, schema_id: int) -> Any:
         parsed = self._parsed_writers.get(schema_id)
         if parsed is None:
-            text = await self.registry.schema(schema_id)
+            try:
+                text = await self.registry.schema(schema_id)
+            except SchemaRegistryError as exc:
+                if exc.code == SCHEMA_NOT_FOUND:  # written against another registry: poison
+                    raise DecodeError(
+                        f"schema id {schema_id} is not in the registry at {self.registry.url}"
+                    ) from None
+                # Refused credentials, a wrong path, an odd answer: nothing says the record is
+                # bad. Wait for the registry (no attempt spent) rather than dead-letter it all.
+                raise BrokerUnavailableError(f"cannot read schema id {schema_id}: {exc}") from None
             try:
                 parsed = fastavro.parse_schema(json.loads(text))
             except Exception as exc:
@@ -200,6 +211,8 @@ class AvroCodec:
         already says which record it is, and Avro only resolves records of the same name."""
         if not (isinstance(target, type) and issubclass(target, pydantic.BaseModel)):
             return None  # dicts and the like: read with the writer's schema as it is
+        if not (isinstance(writer, dict) and writer.get("type") == "record"):
+            return None  # not a record (a union, a primitive): validating it says what is wrong
         name = _full_name(writer)
         found = self._readers.get((target, name))
         if found is None:
@@ -219,7 +232,9 @@ def canonical(schema: Schema) -> str:
     return json.dumps(schema, separators=(",", ":"), sort_keys=False)
 
 
-def _full_name(schema: Mapping[str, Any]) -> str:
+def _full_name(schema: Any) -> str:
+    if not isinstance(schema, Mapping):  # a primitive ("string") or a union (a list)
+        return json.dumps(schema)[:80]
     name = str(schema.get("name", ""))
     namespace = schema.get("namespace")
     return f"{namespace}.{name}" if namespace and "." not in name else name

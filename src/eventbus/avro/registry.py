@@ -17,16 +17,18 @@ import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import fastavro.schema
 import httpx
 
-from eventbus.errors import BrokerUnavailableError, EventBusError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError, EventBusError
+from eventbus.transports.urls import censor_url
 
 __all__ = ["SchemaRegistry", "SchemaRegistryError"]
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+_CACHED = 4096
+"""Entries a cache keeps; past it, lookups still work, uncached."""
 
 # Error codes of the Confluent API, in the body of a 404 or 409.
 SUBJECT_NOT_FOUND = 40401
@@ -60,13 +62,19 @@ class SchemaRegistry:
         client: httpx.AsyncClient | None = None,
     ) -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"schema registry URL must be http(s)://host[:port][/path], got {parts.scheme!r}"
+        try:
+            port = parts.port
+        except ValueError:  # the message would quote the URL, password included
+            port = -1
+        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            raise ConfigurationError(  # not echoed: a badly quoted password breaks parsing
+                "schema registry URL must be http(s)://[user:password@]host[:port][/path] "
+                "(percent-encode '/', '@' and ':' in a password); the one given does not parse"
             )
         if parts.username is not None and username is None:
-            username, password = parts.username, parts.password or ""
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+            username, password = unquote(parts.username), unquote(parts.password or "")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        host += f":{port}" if port else ""
         self.url = urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
         """The registry's address, without credentials: safe to print."""
         auth = httpx.BasicAuth(username, password or "") if username is not None else None
@@ -74,6 +82,7 @@ class SchemaRegistry:
         self._client = client or httpx.AsyncClient(auth=auth, timeout=timeout)
         self._by_id: dict[int, str] = {}
         self._ids: dict[tuple[str, str], int] = {}
+        """Bounded (`_CACHED`): an app publishing to ever new subjects would grow it."""
 
     async def aclose(self) -> None:
         if self._owned:
@@ -92,7 +101,9 @@ class SchemaRegistry:
         found = self._by_id.get(schema_id)
         if found is None:
             body = await self._request("GET", f"/schemas/ids/{schema_id}")
-            found = self._by_id[schema_id] = str(body["schema"])
+            found = _text(body, "schema", self.url)
+            if len(self._by_id) < _CACHED:
+                self._by_id[schema_id] = found
         return found
 
     async def id_of(self, subject: str, schema: str, *, register: bool = False) -> int:
@@ -109,7 +120,7 @@ class SchemaRegistry:
             try:
                 body = await self._request("POST", f"/subjects/{_quoted(subject)}", payload)
             except SchemaRegistryError as exc:
-                if exc.status != 404:
+                if exc.code not in (SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND):
                     raise
                 # Registered by another tool, written another way (spaces, key order): the
                 # registry may compare text. Same parsing canonical form, same record bytes.
@@ -122,17 +133,19 @@ class SchemaRegistry:
                         exc.status,
                         exc.code,
                     ) from None
-        found = self._ids[key] = int(body["id"])
-        self._by_id.setdefault(found, schema)
+        found = _number(body, "id", self.url)
+        if len(self._ids) < _CACHED:
+            self._ids[key] = found
+            self._by_id.setdefault(found, schema)
         return found
 
     async def _same_schema(self, subject: str, schema: str) -> Any:
-        """The newest version of ``subject`` whose schema has the parsing canonical form of
-        ``schema``, or None."""
-        wanted = _canonical_form(schema)
+        """The newest version of ``subject`` whose schema is ``schema`` written another way
+        (`_normal`), or None."""
+        wanted = _normal(schema)
         for version in reversed(await self.versions(subject)):
             body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
-            if _canonical_form(str(body["schema"])) == wanted:
+            if _normal(_text(body, "schema", self.url)) == wanted:
                 return body
         return None
 
@@ -141,29 +154,29 @@ class SchemaRegistry:
         try:
             versions = await self._request("GET", f"/subjects/{_quoted(subject)}/versions")
         except SchemaRegistryError as exc:
-            if exc.status == 404:
+            if exc.code == SUBJECT_NOT_FOUND:
                 return []
             raise
+        if not isinstance(versions, list):
+            raise SchemaRegistryError(
+                f"schema registry at {self.url}: unexpected answer {versions!r:.200}"
+            )
         return sorted(int(version) for version in versions)
 
     async def version(self, subject: str, version: int) -> tuple[int, str]:
         """Version ``version`` of ``subject``: its schema id and JSON text."""
         body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
-        schema_id, schema = int(body["id"]), str(body["schema"])
-        self._by_id.setdefault(schema_id, schema)
-        return schema_id, schema
+        return _number(body, "id", self.url), _text(body, "schema", self.url)
 
     async def latest(self, subject: str) -> tuple[int, str] | None:
         """The latest schema under ``subject`` (its id and JSON text), None if there is none."""
         try:
             body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/latest")
         except SchemaRegistryError as exc:
-            if exc.status == 404:
+            if exc.code in (SUBJECT_NOT_FOUND, VERSION_NOT_FOUND):
                 return None
             raise
-        schema_id, schema = int(body["id"]), str(body["schema"])
-        self._by_id.setdefault(schema_id, schema)
-        return schema_id, schema
+        return _number(body, "id", self.url), _text(body, "schema", self.url)
 
     async def subjects(self) -> list[str]:
         return [str(subject) for subject in await self._request("GET", "/subjects")]
@@ -191,27 +204,33 @@ class SchemaRegistry:
             raise BrokerUnavailableError(
                 f"schema registry at {self.url} unreachable: {type(exc).__name__}: {exc}"
             ) from None  # the driver's message may hold the URL as given, credentials included
-        if response.status_code >= 500:
+        status = response.status_code
+        if status >= 500 or status in (408, 429):
             raise BrokerUnavailableError(
-                f"schema registry at {self.url} answered {response.status_code} to {method} "
-                f"{path}: {_message_of(response)}"
+                f"schema registry at {self.url} answered {status} to {method} {path}: "
+                f"{_message_of(response)}"
             )
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise SchemaRegistryError(
-                f"schema registry at {self.url} refused the credentials ({response.status_code})",
-                response.status_code,
+                f"schema registry at {self.url} refused the credentials ({status})", status
             )
-        if response.status_code >= 400:
+        if status >= 300:  # a redirect is not followed: the URL should name the API itself
             code = 0
             with contextlib.suppress(ValueError, AttributeError, TypeError):
                 code = int(response.json().get("error_code", 0))
+            where = response.headers.get("location")
+            detail = f"redirected to {censor_url(where)}" if where else _message_of(response)
             raise SchemaRegistryError(
-                f"schema registry at {self.url}: {method} {path}: {response.status_code} "
-                f"{_message_of(response)}",
-                response.status_code,
-                code,
+                f"schema registry at {self.url}: {method} {path}: {status} {detail}", status, code
             )
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise SchemaRegistryError(
+                f"schema registry at {self.url}: {method} {path} answered {status} with no "
+                f"JSON (is it the registry's API?): {response.text[:120]!r}",
+                status,
+            ) from None
 
 
 def _quoted(subject: str) -> str:
@@ -228,9 +247,34 @@ def _message_of(response: httpx.Response) -> str:
     return str(body)[:300]
 
 
-def _canonical_form(schema: str) -> str:
-    """Avro's parsing canonical form: what two texts of one schema have in common."""
+def _normal(schema: str) -> Any:
+    """A schema's JSON without what does not change the records it writes (docs, key order,
+    spacing), for finding it among versions registered by another tool. Logical types,
+    defaults and names stay: two schemas that write records differently never match."""
     try:
-        return str(fastavro.schema.to_parsing_canonical_form(json.loads(schema)))
-    except Exception:  # not Avro (or not JSON): compared as it is
+        return _without_docs(json.loads(schema))
+    except ValueError:  # not JSON: compared as it is
         return schema
+
+
+def _without_docs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_docs(v) for k, v in sorted(value.items()) if k != "doc"}
+    if isinstance(value, list):
+        return [_without_docs(item) for item in value]
+    return value
+
+
+def _text(body: Any, key: str, where: str) -> str:
+    """``body[key]`` of a registry answer, as text; a clear error if the answer has no such."""
+    value = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(value, str):
+        raise SchemaRegistryError(f"schema registry at {where}: unexpected answer {body!r:.200}")
+    return value
+
+
+def _number(body: Any, key: str, where: str) -> int:
+    value = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(value, int):
+        raise SchemaRegistryError(f"schema registry at {where}: unexpected answer {body!r:.200}")
+    return value
