@@ -166,3 +166,15 @@ def test_a_handler_whose_model_has_no_avro_form_fails_at_decoration() -> None:
 
     @json_bus.subscribe("odd", group="h")
     async def fine(payload: Odd) -> None: ...
+
+
+def test_a_default_factory_gives_a_default_only_when_it_is_always_the_same() -> None:
+    class Stamped(BaseModel):
+        tags: list[str] = Field(default_factory=list)
+        at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+        ref: uuid.UUID = Field(default_factory=uuid.uuid4)
+
+    fields = {f["name"]: f for f in model_schema(Stamped, "t")["fields"]}
+    assert fields["tags"]["default"] == []
+    assert "default" not in fields["at"] and "default" not in fields["ref"]
+    assert model_schema(Stamped, "t") == model_schema(Stamped, "t")  # the same every time

@@ -166,7 +166,14 @@ def _default_of(info: pydantic.fields.FieldInfo) -> Any:
     if info.default is not PydanticUndefined:
         return info.default
     if info.default_factory is not None:
-        return info.default_factory()  # type: ignore[call-arg]
+        # Only an empty container is the same every call; a factory of fresh values (a time,
+        # an id) has no fixed default for the schema to carry, so the field gets none.
+        try:
+            value = info.default_factory()  # type: ignore[call-arg]
+        except Exception:  # a factory that wants the other fields' values
+            return PydanticUndefined
+        if isinstance(value, list | dict | set | frozenset | tuple) and not value:
+            return [] if not isinstance(value, dict) else {}
     return PydanticUndefined
 
 
