@@ -149,3 +149,14 @@ def test_check_needs_a_registry_or_a_folder(
         ["schema", "check", write_app("v1"), "--dir", "x", "--level", "SIDEWAYS"], capsys
     )
     assert code == 2 and "--level SIDEWAYS" in out
+
+
+def test_a_wrong_registry_path_or_folder_fails_instead_of_passing_everything(
+    write_app, registry_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    app = write_app("v1")
+    wrong = registry_url.rsplit("/apis", 1)[0] + "/not-the-api"
+    code, out = _run(["schema", "check", app, "--registry", wrong], capsys)
+    assert code == 1 and "schema registry at" in out and "Traceback" not in out, out
+    code, out = _run(["schema", "check", app, "--dir", "no-such-folder"], capsys)
+    assert code == 2 and "no such folder" in out

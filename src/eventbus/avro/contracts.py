@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import avro.compatibility
+import avro.errors
 import avro.schema
 import pydantic
 
 from eventbus.avro.codec import AvroCodec, canonical
 from eventbus.avro.registry import SchemaRegistry
-from eventbus.avro.schema import Schema, load_avsc, model_schema
+from eventbus.avro.schema import AvroSchemaError, Schema, load_avsc, model_schema
 
 if TYPE_CHECKING:
     from eventbus.bus import EventBus
@@ -89,10 +90,12 @@ def contracts_of(bus: EventBus) -> list[Contract]:
         if returns is not None:
             where = f"publishes to {returns.kind} {returns.name}"
             entries.append((returns.name, spec.return_type, where))
-        for destination, model, use in entries:
+        for index, (destination, model, use) in enumerate(entries):
             if not (isinstance(model, type) and issubclass(model, pydantic.BaseModel)):
                 continue  # bytes, str, dicts: no schema to keep
-            schema, subject = _schema_and_subject(codec, model, destination)
+            # A return value is published with the bus's codec, like every publish.
+            writer = codec if index == 0 else bus.codec
+            schema, subject = _schema_and_subject(writer, model, destination)
             entry = found.setdefault((subject, model), (schema, []))
             entry[1].append(f"{use} (handler {spec.name})")
     return [
@@ -166,9 +169,11 @@ def breaks(new: Schema, old: Schema, level: str) -> list[str]:
 def _cannot_read(reader: Schema, writer: Schema) -> list[str]:
     """Why a reader of ``reader`` cannot read what ``writer`` wrote (Apache Avro's checker)."""
     checker = avro.compatibility.ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-    result = checker.get_compatibility(
-        avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
-    )
+    try:
+        parsed = avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
+    except avro.errors.AvroException as exc:  # a committed .avsc or a registered schema
+        raise AvroSchemaError(f"not an Avro schema: {exc}") from None
+    result = checker.get_compatibility(*parsed)
     if result.compatibility is avro.compatibility.SchemaCompatibilityType.compatible:
         return []
     # The checker keeps messages and locations in two sets, unpaired. A missing default's

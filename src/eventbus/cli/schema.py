@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from eventbus.cli.common import EXIT_USAGE, CliError, load_bus, log_level_option
+from eventbus.cli.common import EXIT_DENIED, EXIT_USAGE, CliError, load_bus, log_level_option
 
 if TYPE_CHECKING:
     from eventbus.avro.contracts import Verdict
@@ -35,7 +35,7 @@ _REGISTRY_VAR = "EVENTBUS_SCHEMA_REGISTRY"
 
 def cmd_schema(args: argparse.Namespace) -> int:
     try:
-        from eventbus.avro import SchemaRegistry, contracts
+        from eventbus.avro import SchemaRegistry, SchemaRegistryError, contracts
     except ImportError as exc:  # the avro extra is not installed
         raise CliError(str(exc), EXIT_USAGE) from None
     bus = load_bus(args.app)
@@ -57,6 +57,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
     if level not in contracts.LEVELS:
         raise CliError(f"--level {level}: one of {', '.join(contracts.LEVELS)}", EXIT_USAGE)
     if command == "check" and args.dir is not None:
+        if not Path(args.dir).is_dir():  # else every subject would pass, as new
+            raise CliError(f"--dir {args.dir}: no such folder of <subject>.avsc files", EXIT_USAGE)
         verdicts = anyio.run(
             functools.partial(contracts.check, found, level, folder=Path(args.dir))
         )
@@ -75,7 +77,11 @@ def cmd_schema(args: argparse.Namespace) -> int:
                 print(f"{contract.subject}\tid {schema_id}\t{contract.model.__name__}")
             return 0
 
-    return anyio.run(with_registry)
+    try:
+        return anyio.run(with_registry)
+    except SchemaRegistryError as exc:  # said in one line, with the exit code that fits
+        code = {401: EXIT_DENIED, 403: EXIT_DENIED, 409: EXIT_INCOMPATIBLE}.get(exc.status, 1)
+        raise CliError(str(exc), code) from None
 
 
 def _report(verdicts: list[Verdict], level: str) -> int:
