@@ -48,7 +48,14 @@ class _Builder:
         self.channels: dict[str, Any] = {}
         self.operations: dict[str, Any] = {}
         self.messages: dict[str, Any] = {}
-        self.models: dict[str, type[pydantic.BaseModel]] = {}
+        self.message_ids: dict[Any, str] = {}
+        """Per payload type and format: its message's id (ids stay unique per type)."""
+        self.models: list[type[pydantic.BaseModel]] = []
+        self.refs: list[tuple[dict[str, Any], type[pydantic.BaseModel]]] = []
+        """Payloads that refer to a model's JSON Schema, filled in once every model is known
+        (pydantic names the schemas, telling apart two models of one name)."""
+        self.defs: dict[str, Any] = {}
+        """Definitions from payloads that are not models (a union of models, say)."""
 
     def build(self, title: str, version: str) -> dict[str, Any]:
         for subscriber in self.bus.subscribers:
@@ -118,7 +125,8 @@ class _Builder:
             )
         returns = sub.options.returns
         if returns is not None:
-            out = self.message(spec.return_type, codec, returns.kind, returns.name, None)
+            # Published with the bus's codec, like every publish.
+            out = self.message(spec.return_type, self.bus.codec, returns.kind, returns.name, None)
             target = self.channel(returns.kind, returns.name, None, out)
             self.operation(
                 f"{handler}.send",
@@ -174,22 +182,32 @@ class _Builder:
         self, payload_type: Any, codec: object, kind: Kind, name: str, group: str | None
     ) -> str:
         avro = _avro_codec(codec)
+        key = (_hashable(payload_type), avro is not None)
+        known = self.message_ids.get(key)
+        if known is not None:
+            return known
         if isinstance(payload_type, type) and issubclass(payload_type, pydantic.BaseModel):
-            message_id = payload_type.__name__
+            base = payload_type.__name__
             if avro is not None:
-                message_id += "Avro"
+                base += "Avro"
                 schema = avro.schema_of(payload_type)
                 payload: dict[str, Any] = {"schemaFormat": _AVRO_FORMAT, "schema": schema}
                 content_type = "application/avro"
             else:
-                self.models[payload_type.__name__] = payload_type
-                payload = {"$ref": _REF.format(model=payload_type.__name__)}
+                if payload_type not in self.models:
+                    self.models.append(payload_type)
+                payload = {}
+                self.refs.append((payload, payload_type))
                 content_type = "application/json"
         else:
-            message_id, payload, content_type = _plain(payload_type)
-        message_id = _ID.sub("_", message_id)
-        if message_id in self.messages:
-            return message_id
+            base, payload, content_type = _plain(payload_type)
+            self.defs.update(payload.pop("$defs", {}))
+        message_id = base = _ID.sub("_", base)
+        n = 1
+        while message_id in self.messages:  # another type of the same name
+            n += 1
+            message_id = f"{base}{n}"
+        self.message_ids[key] = message_id
         message: dict[str, Any] = {
             "name": message_id,
             "contentType": content_type,
@@ -215,12 +233,14 @@ class _Builder:
         return dict(found)
 
     def json_schemas(self) -> dict[str, Any]:
-        if not self.models:
-            return {}
-        _, top = models_json_schema(
-            [(model, "validation") for model in self.models.values()], ref_template=_REF
-        )
-        schemas: dict[str, Any] = top.get("$defs", {})
+        schemas: dict[str, Any] = dict(self.defs)
+        if self.models:
+            refs, top = models_json_schema(
+                [(model, "validation") for model in self.models], ref_template=_REF
+            )
+            schemas.update(top.get("$defs", {}))
+            for payload, model in self.refs:
+                payload.update(refs[(model, "validation")])
         return schemas
 
 
@@ -241,8 +261,16 @@ def _plain(payload_type: Any) -> tuple[str, dict[str, Any], str]:
     if payload_type is None:
         return "Any", {}, "application/json"
     try:
-        schema = pydantic.TypeAdapter(payload_type).json_schema()
+        schema = pydantic.TypeAdapter(payload_type).json_schema(ref_template=_REF)
     except Exception:  # a type pydantic cannot describe: say nothing about it
         schema = {}
     name = getattr(payload_type, "__name__", "Payload").capitalize()
     return name, schema, "application/json"
+
+
+def _hashable(payload_type: Any) -> Any:
+    try:
+        hash(payload_type)
+    except TypeError:
+        return repr(payload_type)
+    return payload_type

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import other_orders
 import pytest
 import yaml
 from pydantic import BaseModel
@@ -155,3 +156,49 @@ def test_the_validation_would_catch_a_broken_document() -> None:
     doc["operations"]["bill.receive"]["action"] = "publish"  # AsyncAPI 2's word, not 3's
     with pytest.raises(AssertionError, match="operations"):
         _valid(doc)
+
+
+class Refund(BaseModel):
+    order_id: str
+
+
+def test_unions_and_models_of_one_name_keep_every_reference_resolvable() -> None:
+    bus = EventBus("kafka://127.0.0.1:9092")
+
+    @bus.subscribe("orders", group="a")
+    async def first(order: Order) -> None: ...
+
+    @bus.subscribe("legacy", group="b")
+    async def second(order: other_orders.Order) -> None: ...
+
+    @bus.subscribe("money", group="c")
+    async def third(event: Invoice | Refund) -> None: ...
+
+    doc = document(bus)
+    _valid(doc)
+    messages = doc["components"]["messages"]
+    assert {"Order", "Order2"} <= set(messages)  # two models named Order, two messages
+    assert messages["Order"]["payload"] != messages["Order2"]["payload"]
+    schemas = doc["components"]["schemas"]
+    text = json.dumps(doc)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "')[1:]}:
+        section, _, name = ref.removeprefix("#/").partition("/")
+        if section == "components":
+            kind, _, name = name.partition("/")
+            assert name in doc["components"][kind], ref  # nothing dangles
+    assert {"Invoice", "Refund"} <= set(schemas)
+
+
+def test_a_return_value_is_documented_with_the_codec_that_publishes_it() -> None:
+    avro = AvroCodec(SchemaRegistry("http://registry.invalid:8081"), namespace="shop")
+    bus = EventBus("kafka://127.0.0.1:9092")  # JSON for publishing
+
+    @bus.subscribe("orders", group="billing", codec=avro, publish_to="invoices")
+    async def bill(order: Order) -> Invoice:
+        return Invoice(order_id=order.id)
+
+    doc = document(bus)
+    _valid(doc)
+    messages = doc["components"]["messages"]
+    assert messages["OrderAvro"]["contentType"] == "application/avro"  # what it reads
+    assert messages["Invoice"]["contentType"] == "application/json"  # what it publishes
