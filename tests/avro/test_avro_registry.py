@@ -302,17 +302,7 @@ async def test_an_answer_that_is_not_the_registry_api_waits_and_an_unknown_id_is
     body = (
         await AvroCodec(registry, auto_register=True).encode(OrderV1(id="o", amount=1), topic)
     ).body
-    message = Message(
-        id="m",
-        topic=topic,
-        body=body,
-        key=None,
-        headers={},
-        content_type=None,
-        type=None,
-        timestamp=datetime.now(UTC),
-        correlation_id=None,
-    )
+    message = _message(topic, body)
     # A wrong base path: the server answers, but not as a registry. Nothing says the record is
     # bad, so decoding waits (BrokerUnavailableError) instead of dead-lettering every message.
     wrong = SchemaRegistry(registry_url.rsplit("/apis", 1)[0] + "/not-the-api")
@@ -322,18 +312,18 @@ async def test_an_answer_that_is_not_the_registry_api_waits_and_an_unknown_id_is
     # An id this registry never gave out: the record is poison (written against another one).
     unknown = body[:1] + struct.pack(">I", 2**31 - 7) + body[5:]
     with pytest.raises(DecodeError, match="is not in the registry"):
-        await AvroCodec(registry).decode(_with_body(message, unknown), OrderV1)
+        await AvroCodec(registry).decode(_message(topic, unknown), OrderV1)
 
 
-def _with_body(message: Message, body: bytes) -> Message:
+def _message(topic: str, body: bytes) -> Message:
     return Message(
-        id=message.id,
-        topic=message.topic,
+        id="m",
+        topic=topic,
         body=body,
         key=None,
         headers={},
         content_type=None,
         type=None,
-        timestamp=message.timestamp,
+        timestamp=datetime.now(UTC),
         correlation_id=None,
     )
