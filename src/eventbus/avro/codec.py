@@ -91,7 +91,6 @@ class AvroCodec:
         self._parsed_writers: dict[int, Any] = {}
         self._resolving: dict[tuple[Any, int], tuple[Any, Any]] = {}
         """Per target type and writer schema id: the writer and reader schemas, parsed."""
-        self._readers: dict[tuple[Any, str], Any] = {}
 
     # -- encoding -----------------------------------------------------------------------------
 
@@ -213,18 +212,15 @@ class AvroCodec:
             return None  # dicts and the like: read with the writer's schema as it is
         if not (isinstance(writer, dict) and writer.get("type") == "record"):
             return None  # not a record (a union, a primitive): validating it says what is wrong
-        name = _full_name(writer)
-        found = self._readers.get((target, name))
-        if found is None:
-            namespace, _, short = name.rpartition(".")
-            schema = self._given.get(target) or model_schema(target, namespace or None, short)
-            schema = {**schema, "name": short}
-            if namespace:
-                schema["namespace"] = namespace
-            else:  # a writer without a namespace
-                schema.pop("namespace", None)
-            found = self._readers[(target, name)] = fastavro.parse_schema(schema)
-        return found
+        # Parsed once per target and writer id: `decode` keeps the pair in `_resolving`.
+        namespace, _, short = _full_name(writer).rpartition(".")
+        schema = self._given.get(target) or model_schema(target, namespace or None, short)
+        schema = {**schema, "name": short}
+        if namespace:
+            schema["namespace"] = namespace
+        else:  # a writer without a namespace
+            schema.pop("namespace", None)
+        return fastavro.parse_schema(schema)
 
 
 def canonical(schema: Schema) -> str:

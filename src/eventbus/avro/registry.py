@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
@@ -114,18 +114,21 @@ class SchemaRegistry:
         if found is not None:
             return found
         payload = {"schema": schema, "schemaType": "AVRO"}
+        path = f"/subjects/{_quoted(subject)}"
         if register:
-            body = await self._request("POST", f"/subjects/{_quoted(subject)}/versions", payload)
+            found = _number(
+                await self._request("POST", f"{path}/versions", payload), "id", self.url
+            )
         else:
             try:
-                body = await self._request("POST", f"/subjects/{_quoted(subject)}", payload)
+                found = _number(await self._request("POST", path, payload), "id", self.url)
             except SchemaRegistryError as exc:
                 if exc.code not in (SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND):
                     raise
                 # Registered by another tool, written another way (spaces, key order): the
-                # registry may compare text. Same parsing canonical form, same record bytes.
-                body = await self._same_schema(subject, schema)
-                if body is None:
+                # registry may compare text. The same JSON writes the same record bytes.
+                same = await self._same_schema(subject, schema)
+                if same is None:
                     raise SchemaRegistryError(
                         f"the schema is not registered under subject {subject!r} at {self.url} "
                         "(register it, e.g. `eventbus schema register`, or turn auto_register "
@@ -133,20 +136,20 @@ class SchemaRegistry:
                         exc.status,
                         exc.code,
                     ) from None
-        found = _number(body, "id", self.url)
+                found = same
         if len(self._ids) < _CACHED:
             self._ids[key] = found
             self._by_id.setdefault(found, schema)
         return found
 
-    async def _same_schema(self, subject: str, schema: str) -> Any:
-        """The newest version of ``subject`` whose schema is ``schema`` written another way
-        (`_normal`), or None."""
+    async def _same_schema(self, subject: str, schema: str) -> int | None:
+        """The id of the newest version of ``subject`` whose schema is ``schema`` written
+        another way (`_normal`), or None."""
         wanted = _normal(schema)
         for version in reversed(await self.versions(subject)):
-            body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
-            if _normal(_text(body, "schema", self.url)) == wanted:
-                return body
+            schema_id, text = await self.version(subject, version)
+            if _normal(text) == wanted:
+                return schema_id
         return None
 
     async def versions(self, subject: str) -> list[int]:
@@ -163,7 +166,7 @@ class SchemaRegistry:
             )
         return sorted(int(version) for version in versions)
 
-    async def version(self, subject: str, version: int) -> tuple[int, str]:
+    async def version(self, subject: str, version: int | Literal["latest"]) -> tuple[int, str]:
         """Version ``version`` of ``subject``: its schema id and JSON text."""
         body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/{version}")
         return _number(body, "id", self.url), _text(body, "schema", self.url)
@@ -171,12 +174,11 @@ class SchemaRegistry:
     async def latest(self, subject: str) -> tuple[int, str] | None:
         """The latest schema under ``subject`` (its id and JSON text), None if there is none."""
         try:
-            body = await self._request("GET", f"/subjects/{_quoted(subject)}/versions/latest")
+            return await self.version(subject, "latest")
         except SchemaRegistryError as exc:
             if exc.code in (SUBJECT_NOT_FOUND, VERSION_NOT_FOUND):
                 return None
             raise
-        return _number(body, "id", self.url), _text(body, "schema", self.url)
 
     async def subjects(self) -> list[str]:
         return [str(subject) for subject in await self._request("GET", "/subjects")]
