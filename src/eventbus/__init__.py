@@ -19,6 +19,8 @@ from eventbus.errors import (
     NotFoundError,
     PublishError,
     Reject,
+    RequestTimeoutError,
+    ResponderError,
     Retry,
     StartupHookError,
     UnknownSchemeError,
@@ -27,6 +29,7 @@ from eventbus.errors import (
 from eventbus.message import Delivery, Message
 from eventbus.metrics.config import MetricsConfig
 from eventbus.ratelimit import RateLimit, RedisRateLimiter
+from eventbus.replies import RequestStats
 from eventbus.retry import RetryPolicy
 
 __version__ = "0.2.0.dev0"
@@ -60,6 +63,9 @@ __all__ = [
     "RateLimit",
     "RedisRateLimiter",
     "Reject",
+    "RequestStats",
+    "RequestTimeoutError",
+    "ResponderError",
     "Retry",
     "RetryPolicy",
     "StartupHookError",

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.codecs.base import AsyncCodec, Codec, Encoded
-from eventbus.codecs.json import JsonCodec
+from eventbus.codecs.json import BYTES, TEXT, JsonCodec
 from eventbus.dedup.base import BatchInboxStore, DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
 from eventbus.dispatch.current import HANDLING
@@ -30,12 +30,19 @@ from eventbus.dispatch.invoke import Middleware
 from eventbus.dispatch.options import DEFAULT_ACK_TIMEOUT, SubscriptionOptions
 from eventbus.dispatch.runner import SubscriptionRunner
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import ConfigurationError, HandlerSignatureError, StartupHookError
+from eventbus.errors import (
+    ConfigurationError,
+    HandlerSignatureError,
+    RequestTimeoutError,
+    StartupHookError,
+    UnroutableError,
+)
 from eventbus.headers import CAUSATION_ID, DATASCHEMA, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
 from eventbus.ratelimit.config import RateLimit
+from eventbus.replies import Replies, RequestStats
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.schedule import not_before
 from eventbus.transports.base import Destination, Kind, Transport
@@ -58,6 +65,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _KNOWN_DESTINATIONS = 1024
 """Names of each kind whose `Destination` a bus keeps: an application publishing to ever new
 names (one per tenant, say) does not grow it without bound; past it they are built each time."""
+
+_PLAIN_TYPES: dict[str, Any] = {TEXT: str, BYTES: bytes}
+"""Replies `request` decodes by content type when no ``response`` type is given."""
 
 
 def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -158,6 +168,7 @@ class EventBus:
         self._metrics: BusMetrics | None = None
         """None unless metrics are on: the hot path checks nothing else."""
         self._metrics_service: MetricsService | None = None
+        self._replies = Replies(self.transport)
         if metrics:
             self.enable_metrics(metrics)
 
@@ -452,6 +463,7 @@ class EventBus:
         message_id: str | None,
         correlation_id: str | None,
         timestamp: datetime,
+        reply_to: str | None = None,
     ) -> Message:
         """The message around ``encoded``; ``headers`` already checked (`_checked_headers`),
         and this message's own. Published while a handler runs, it carries that handler's
@@ -474,6 +486,7 @@ class EventBus:
             type=encoded.type,
             timestamp=timestamp,
             correlation_id=correlation_id,
+            reply_to=reply_to,
         )
 
     async def publish(
@@ -567,6 +580,7 @@ class EventBus:
         correlation_id: str | None,
         expires: str | None = None,
         codec: Codec | AsyncCodec | None = None,
+        reply_to: str | None = None,
     ) -> str:
         if codec is not None:
             encoded = await _encode_with(codec, payload, to.name)
@@ -586,6 +600,7 @@ class EventBus:
             message_id=message_id,
             correlation_id=correlation_id,
             timestamp=datetime.now(UTC),
+            reply_to=reply_to,
         )
         await self._send(to, [message])
         return message.id
@@ -656,9 +671,88 @@ class EventBus:
     async def _publish_result(self, to: Destination, value: object, cause: Message) -> None:
         """A handler's return value (`eventbus.dispatch.returns`); it runs inside the handler's
         context, so `_encoded` gives it the cause's correlation id and its causation id."""
-        await self._publish_one(
-            to, value, key=cause.key, headers=None, message_id=None, correlation_id=None
-        )
+        try:
+            await self._publish_one(
+                to, value, key=cause.key, headers=None, message_id=None, correlation_id=None
+            )
+        except UnroutableError:
+            if not to.reply:
+                raise
+            # The requester is gone (its reply queue with it): no one could ever read this
+            # reply, so retrying the handler would only end in a dead letter.
+            log.warning(
+                "reply to %s for message %s dropped: nobody listens there any more",
+                to.name,
+                cause.id,
+            )
+
+    # -- request-reply ----------------------------------------------------------------------
+
+    @property
+    def request_stats(self) -> RequestStats:
+        """Counts of this bus's requests: sent, replied, failed, timed out, late replies."""
+        return self._replies.stats
+
+    async def request(
+        self,
+        name: str,
+        payload: object,
+        *,
+        response: Any = Any,
+        timeout: float = 5.0,  # noqa: ASYNC109 (DESIGN 12 names it; it also sets the ttl)
+        kind: Kind = "queue",
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        codec: Codec | AsyncCodec | None = None,
+    ) -> Any:
+        """Send ``payload`` to queue ``name`` (``kind="topic"``: publish it to topic ``name``;
+        the first reply wins) and return the reply, decoded as ``response`` (a pydantic model,
+        a type; ``Any``: the plain JSON value). The responder's handler returns the reply.
+
+        The request carries a fresh correlation id and this bus's reply-to, and expires after
+        ``timeout`` seconds (`publish`'s ``ttl``): a responder that gets it later drops it
+        unhandled. Raises `RequestTimeoutError` (a `TimeoutError`) when no reply came within
+        ``timeout`` seconds, publishing included, and `ResponderError` with the responder's
+        error type and message when its handler gave up. Works on a bus started with
+        `publisher`; the reply inbox starts with the first request (docs/request-reply.md)."""
+        if not timeout > 0:
+            raise ConfigurationError(f"request timeout must be > 0 seconds, got {timeout!r}")
+        to = self._destination(name, kind, None)
+        self._connected()
+        assert self._task_group is not None
+        replies = self._replies
+        correlation_id = new_message_id()
+        reply: Message | None = None
+        with anyio.move_on_after(timeout):
+            reply_to = await replies.address(self._task_group)
+            waiter = replies.expect(correlation_id)
+            try:
+                await self._publish_one(
+                    to,
+                    payload,
+                    key=key,
+                    headers=headers,
+                    message_id=None,
+                    correlation_id=correlation_id,
+                    expires=expiry_header(timeout, None, None),
+                    codec=codec,
+                    reply_to=reply_to,
+                )
+                replies.stats.sent += 1
+                reply = await waiter.wait()
+            finally:
+                replies.forget(correlation_id)
+        if reply is None:
+            replies.stats.timed_out += 1
+            raise RequestTimeoutError(kind, name, timeout, correlation_id)
+        replies.raise_for_error(name, reply)
+        replies.stats.replied += 1
+        if response is Any:  # what the responder sent: text and bytes as such, else JSON
+            response = _PLAIN_TYPES.get(reply.content_type or "", Any)
+        decoder = codec or self.codec
+        if inspect.iscoroutinefunction(decoder.decode):
+            return await cast(AsyncCodec, decoder).decode(reply, response)
+        return cast(Codec, decoder).decode(reply, response)
 
     def _connected(self) -> Transport:
         if not self._running:
@@ -811,6 +905,7 @@ class EventBus:
                 self._forwarder_scope.cancel()  # unacked ones are forwarded by the next bus
             if self._shutdown and self._consuming:
                 await self._run_shutdown_hooks()
+            self._replies.stop()  # after the hooks and handlers, which may still make requests
             if self._metrics_service is not None:
                 self._metrics_service.stop()  # scrapeable while draining, not any longer
         try:

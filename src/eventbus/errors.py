@@ -18,6 +18,8 @@ __all__ = [
     "NotFoundError",
     "PublishError",
     "Reject",
+    "RequestTimeoutError",
+    "ResponderError",
     "Retry",
     "StartupHookError",
     "UnknownSchemeError",
@@ -71,6 +73,35 @@ class HandlerTimeoutError(EventBusError, TimeoutError):
         self.attempt = attempt
         super().__init__(
             f"handler {handler} did not finish attempt {attempt} within timeout={timeout:g}s"
+        )
+
+
+class RequestTimeoutError(EventBusError, TimeoutError):
+    """`EventBus.request` got no reply within its ``timeout``. The request may still be
+    handled later; its reply is then dropped and counted (``bus.request_stats.late``)."""
+
+    def __init__(self, kind: str, name: str, timeout: float, correlation_id: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.timeout = timeout
+        self.correlation_id = correlation_id
+        super().__init__(
+            f"no reply from {kind} {name!r} within {timeout:g}s (correlation id {correlation_id})"
+        )
+
+
+class ResponderError(EventBusError):
+    """The responder of an `EventBus.request` failed: its handler gave up (or the request was
+    undecodable, expired or rejected) and the request went to its dead-letter queue. Carries
+    the responder's error type and message, and the dead-letter reason."""
+
+    def __init__(self, name: str, error_type: str, error_message: str, reason: str) -> None:
+        self.name = name
+        self.error_type = error_type
+        self.error_message = error_message
+        self.reason = reason
+        super().__init__(
+            f"the responder of {name!r} failed ({reason}): {error_type}: {error_message}"
         )
 
 

@@ -45,7 +45,7 @@ def build_handler(
 
         async def handler(d: Delivery) -> None:
             result = await func(**kwargs(d.payload, d))
-            if result is not None:
+            if result is not None or d.message.reply_to is not None:  # None is a reply too
                 await _publish(publish, d, declared, result)
 
     else:
@@ -68,7 +68,7 @@ def _threaded_call(
 ) -> Handler:
     async def call(d: Delivery) -> None:
         result = await call_handler(spec, spec.kwargs(d.payload, d))
-        if result is not None:
+        if result is not None or d.message.reply_to is not None:  # None is a reply too
             await _publish(publish, d, declared, result)
 
     return call
@@ -106,7 +106,7 @@ def _inbox_call(
         try:
             async with inbox(scope, state.dedup_key, owner=state.claim_owner, ttl=ttl) as res:
                 result = await call_handler(spec, spec.kwargs(d.payload, d, res))
-                if result is not None:
+                if result is not None or d.message.reply_to is not None:  # None is a reply too
                     # Before the commit: once committed, a redelivery is skipped as done, so
                     # an output that failed after it would be lost; this way it may repeat.
                     await _publish(publish, d, declared, result)

@@ -18,6 +18,7 @@ import anyio
 from eventbus import headers as h
 from eventbus.backoff import Backoff
 from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
+from eventbus.dispatch.returns import error_reply
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import MessageTooLargeError
 from eventbus.message import Message
@@ -52,6 +53,19 @@ class Republisher:
         error: BaseException,
         gone: Callable[[], bool],
     ) -> None:
+        settled = await self._dead_letter(raw, attempt, reason, error, gone)
+        if settled and raw.message.reply_to is not None:
+            await self._answer_failed(raw.message, reason, error)
+
+    async def _dead_letter(
+        self,
+        raw: RawDelivery,
+        attempt: int,
+        reason: DeadLetterReason,
+        error: BaseException,
+        gone: Callable[[], bool],
+    ) -> bool:
+        """False when the dead letter could not be published and the message was released."""
         sub = self._sub
         queue = sub.dead_letter
         if queue is None:
@@ -64,7 +78,7 @@ class Republisher:
             )
             await raw.ack()
             sub.stats.count_dead_letter(reason)
-            return
+            return True
         letter = dead_letter_message(
             raw.message,
             reason=reason,
@@ -74,10 +88,27 @@ class Republisher:
             attempts=attempt,
             native=raw.native,
         )
-        if await self._publish_then_ack(raw, Destination(queue, "queue"), letter, gone):
-            # Counted once the dead letter is confirmed in its queue, so that whoever waits
-            # for the count (tests, the DLQ commands) finds it there.
-            sub.stats.count_dead_letter(reason)
+        if not await self._publish_then_ack(raw, Destination(queue, "queue"), letter, gone):
+            return False
+        # Counted once the dead letter is confirmed in its queue, so that whoever waits for
+        # the count (tests, the DLQ commands) finds it there.
+        sub.stats.count_dead_letter(reason)
+        return True
+
+    async def _answer_failed(self, request: Message, reason: str, error: BaseException) -> None:
+        """Tell the requester its request failed (`error_reply`): one try, since a requester
+        that does not get it times out, and the request itself is already dead-lettered."""
+        to, reply = error_reply(request, reason, error)
+        try:
+            await self._transport.publish(to, [reply])
+        except Exception as exc:
+            log.warning(
+                "%s: could not tell the requester of %s that it failed (reply-to %s): %r",
+                self._sub.describe(),
+                request.id,
+                to.name,
+                exc,
+            )
 
     async def redeliver(
         self, raw: RawDelivery, attempt: int, delay: float, gone: Callable[[], bool]

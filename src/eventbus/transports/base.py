@@ -38,7 +38,7 @@ Third-party transports prove themselves with `eventbus.testing.conformance`
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -54,6 +54,7 @@ __all__ = [
     "Destination",
     "Kind",
     "RawDelivery",
+    "ReplyInbox",
     "Subscription",
     "SubscriptionSpec",
     "Transport",
@@ -84,12 +85,18 @@ class Destination:
     Delayed messages must not block other messages (of other keys) of the same group or queue
     while they wait. Ordering relative to other messages is not kept for delayed or
     group-targeted messages. A delayed topic publish without a group applies for every group.
+
+    ``reply``: ``name`` is a reply address taken from a request's reply-to (a `ReplyInbox`'s,
+    or a foreign requester's): publish there the broker's native way (RabbitMQ: the default
+    exchange, routed by the name), creating nothing. `eventbus.UnroutableError` when nobody
+    listens there any more.
     """
 
     name: str
     kind: Kind = "topic"
     group: str | None = None
     not_before: float | None = None
+    reply: bool = False
 
     @property
     def delay(self) -> float:
@@ -246,6 +253,28 @@ class Subscription(Protocol):
         ...
 
 
+@runtime_checkable
+class ReplyInbox(Protocol):
+    """Where the replies to one bus's requests arrive (DESIGN 12), from `Transport.reply_inbox`.
+
+    The core starts `run` in its task group on the bus's first `EventBus.request` and cancels
+    it when the bus stops. Replies are not handled like deliveries: no retry, dedup or dead
+    letter. Each is given to ``deliver`` once, settled at once, and matched by its
+    ``correlation_id`` (one that matches no waiting request is counted and dropped).
+    """
+
+    async def address(self) -> str:
+        """The reply-to for a request sent now. Waits while the inbox holds none (Kafka: no
+        partition of the reply topic is leased to this bus yet)."""
+        ...
+
+    async def run(
+        self, deliver: Callable[[Message], None], *, task_status: TaskStatus[None]
+    ) -> None:
+        """Receive replies until cancelled; ``task_status.started()`` once receiving."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Backlog:
     """What waits for one group or queue, as the broker sees it (``eventbus status``, the lag
@@ -283,6 +312,10 @@ class Transport(Protocol):
     Optionally, ``asyncapi_bindings(kind, name, group) -> dict`` describes a topic or queue in
     AsyncAPI 3 protocol bindings, for ``eventbus asyncapi``: ``{"channel": {...}, "receive":
     {...}, "message": {...}}``, each keyed by protocol (``{"kafka": {...}}``).
+
+    Optionally, ``reply_inbox() -> ReplyInbox`` gives a new inbox for the replies to one bus's
+    requests (`EventBus.request`); without it a bus on this transport cannot make requests. Its
+    ``publish`` must then also honour `Destination.reply`.
     """
 
     spi_version: int

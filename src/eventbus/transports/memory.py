@@ -15,6 +15,10 @@ group that subscribes for the first time starts with them, in publish order. So 
 published before its consumer group first subscribed still reaches it
 (`Capabilities.unbound_topic` ``"keep"``). Older messages are forgotten, so memory stays
 bounded. A broadcast subscription (no group) starts at the end, as its DESIGN promises.
+
+Replies (request-reply) go straight to the inbox of the requesting bus, named
+``eventbus.reply.<random>``; a reply to an inbox that is gone is unroutable. A reply-to of
+another name is a plain queue.
 """
 
 from __future__ import annotations
@@ -23,16 +27,17 @@ import heapq
 import itertools
 import math
 import time
+import uuid
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import anyio
 from anyio.abc import TaskStatus
 
-from eventbus.errors import ConfigurationError
+from eventbus.errors import ConfigurationError, UnroutableError
 from eventbus.message import Message
 from eventbus.transports.base import (
     SPI_VERSION,
@@ -42,6 +47,7 @@ from eventbus.transports.base import (
     Destination,
     Kind,
     RawDelivery,
+    ReplyInbox,
     Subscription,
     SubscriptionSpec,
 )
@@ -62,6 +68,7 @@ LOG_LIMIT = 100_000
 RETENTION = 10_000
 """Messages per topic kept for groups that subscribe later (the oldest are forgotten first)."""
 _seq = itertools.count()
+_INBOX_PREFIX = "eventbus.reply."
 
 
 @dataclass(slots=True)
@@ -186,6 +193,8 @@ class MemoryBroker:
         self._topics: dict[str, dict[str, _Group]] = {}
         self._broadcasts: dict[str, list[_Group]] = {}
         self._queues: dict[str, _Group] = {}
+        self._inboxes: dict[str, Callable[[Message], None]] = {}
+        """Reply inboxes of running buses, by address."""
         self._scheduled: dict[str, list[tuple[float, Message]]] = {}
         """Delayed topic publishes not yet due (monotonic due time): a group created before
         they fall due gets them even when retention does not keep them (DESIGN 11)."""
@@ -229,6 +238,13 @@ class MemoryBroker:
         self._scheduled.clear()
 
     def publish(self, to: Destination, message: Message) -> None:
+        if to.reply and to.name.startswith(_INBOX_PREFIX):
+            deliver = self._inboxes.get(to.name)
+            if deliver is None:
+                raise UnroutableError(f"no reply inbox {to.name!r} (its bus stopped)")
+            self.log.append((to, message))
+            deliver(message)
+            return
         self.log.append((to, message))
         if to.kind == "queue":
             self._queues.setdefault(to.name, _Group()).put(message, to.delay)
@@ -277,6 +293,12 @@ class MemoryBroker:
         group = _Group()
         self._broadcasts.setdefault(spec.name, []).append(group)
         return group
+
+    def open_inbox(self, address: str, deliver: Callable[[Message], None]) -> None:
+        self._inboxes[address] = deliver
+
+    def close_inbox(self, address: str) -> None:
+        self._inboxes.pop(address, None)
 
     def drop_broadcast(self, name: str, group: _Group) -> None:
         self._broadcasts[name].remove(group)
@@ -449,6 +471,9 @@ class MemoryTransport:
         for message in messages:
             self.broker.publish(to, message)
 
+    def reply_inbox(self) -> ReplyInbox:
+        return _MemoryReplyInbox(self.broker)
+
     async def subscribe(self, spec: SubscriptionSpec, owner: DeliveryOwner) -> Subscription:
         sub = _MemorySubscription(self.broker, spec)
         self._subscriptions.append(sub)
@@ -459,6 +484,25 @@ class MemoryTransport:
 
     async def backlog(self, spec: SubscriptionSpec) -> Backlog | None:
         return self.broker.backlog(spec)
+
+
+class _MemoryReplyInbox:
+    def __init__(self, broker: MemoryBroker) -> None:
+        self._broker = broker
+        self._address = f"{_INBOX_PREFIX}{uuid.uuid4().hex}"
+
+    async def address(self) -> str:
+        return self._address
+
+    async def run(
+        self, deliver: Callable[[Message], None], *, task_status: TaskStatus[None]
+    ) -> None:
+        self._broker.open_inbox(self._address, deliver)
+        try:
+            task_status.started()
+            await anyio.sleep_forever()
+        finally:
+            self._broker.close_inbox(self._address)
 
 
 def _retention(label: str, name: str, raw: str) -> int:

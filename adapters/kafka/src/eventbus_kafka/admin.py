@@ -58,8 +58,9 @@ class TopicAdmin:
         """Whether ``name`` is known to exist (`ensure_topics` has nothing to do for it)."""
         return name in self._ensured
 
-    async def ensure_topics(self, names: Iterable[str]) -> None:
-        """Create the topics that do not exist yet. Raises `ConfigurationError` naming the
+    async def ensure_topics(self, names: Iterable[str], partitions: int | None = None) -> None:
+        """Create the topics that do not exist yet (with ``partitions``, else the URL's
+        ``partitions``). Raises `ConfigurationError` naming the
         topic and the broker's reason when the broker refuses (bad name, replication factor
         above the broker count, policy, ACL), `BrokerUnavailableError` when it cannot be
         reached in time."""
@@ -69,13 +70,13 @@ class TopicAdmin:
         async with self._lock:  # concurrent publishers to a new topic create it once
             missing = [name for name in missing if name not in self._ensured]
             if missing:
-                await self._create(missing)
+                await self._create(missing, partitions or self._settings.partitions)
 
-    async def _create(self, names: list[str]) -> None:
+    async def _create(self, names: list[str], partitions: int) -> None:
         settings = self._settings
         configs = {"max.message.bytes": str(settings.max_message_size + HEADROOM)}
         topics = [
-            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+            NewTopic(name, partitions, settings.replication_factor, topic_configs=configs)
             for name in names
         ]
         try:
@@ -107,7 +108,7 @@ class TopicAdmin:
             error = for_code(code)
             refused = AuthorizationError if code in _AUTHORIZATION_FAILED else ConfigurationError
             raise refused(
-                f"cannot create Kafka topic {name!r} ({settings.partitions} partitions, "
+                f"cannot create Kafka topic {name!r} ({partitions} partitions, "
                 f"replication factor {settings.replication_factor}): "
                 f"{error.__name__}: {message or error.description}"
             )

@@ -221,10 +221,11 @@ class Producer:
             log.debug("retired kafka producer did not stop cleanly", exc_info=True)
 
     async def send_all(
-        self, topic: str, records: Sequence[KafkaRecord]
+        self, topic: str, records: Sequence[KafkaRecord], partition: int | None = None
     ) -> dict[int, BaseException]:
-        """Send every record to ``topic``, wait for all acknowledgements (bounded by
-        ``publish_timeout``) and return the failures by index (empty when all confirmed).
+        """Send every record to ``topic`` (to ``partition``, else by key), wait for all
+        acknowledgements (bounded by ``publish_timeout``) and return the failures by index
+        (empty when all confirmed).
 
         Records refused because the producer's idempotence state is out of step with the
         broker are sent again on a new producer, within the same ``publish_timeout``."""
@@ -238,7 +239,7 @@ class Producer:
             producer, generation = self._producer, self._generation
             if producer is None:
                 raise RuntimeError("the Kafka transport is not connected; call connect() first")
-            failed = await self._send_once(producer, topic, records, todo, deadline)
+            failed = await self._send_once(producer, topic, records, todo, deadline, partition)
             if not failed:
                 return failures
             replaced = generation != self._generation
@@ -269,11 +270,12 @@ class Producer:
         records: Sequence[KafkaRecord],
         indexes: Sequence[int],
         deadline: float,
+        partition: int | None = None,
     ) -> dict[int, tuple[BaseException, BaseException]]:
         """Send ``records[i]`` for each index; the failures as (translated, raw) by index."""
         if len(indexes) == 1:
             index = indexes[0]
-            return await self._send_one(producer, topic, records[index], index, deadline)
+            return await self._send_one(producer, topic, records[index], index, deadline, partition)
         failures: dict[int, tuple[BaseException, BaseException]] = {}
         pending: dict[asyncio.Future[Any], list[int]] = {}
         refused: dict[int, BaseException] = {}  # by the producer, before being queued
@@ -282,8 +284,10 @@ class Producer:
         # seventh of the CPU of a large publish). What is not queued by then fails.
         try:
             async with asyncio.timeout_at(deadline):
-                if len(todo) < _MIN_BATCH or self._batching:
-                    await self._queue_each(producer, topic, records, todo, pending, refused)
+                if len(todo) < _MIN_BATCH or self._batching or partition is not None:
+                    await self._queue_each(
+                        producer, topic, records, todo, pending, refused, partition
+                    )
                 else:
                     self._batching = True
                     try:
@@ -311,7 +315,13 @@ class Producer:
         return failures
 
     async def _send_one(
-        self, producer: Any, topic: str, record: KafkaRecord, index: int, deadline: float
+        self,
+        producer: Any,
+        topic: str,
+        record: KafkaRecord,
+        index: int,
+        deadline: float,
+        partition: int | None = None,
     ) -> dict[int, tuple[BaseException, BaseException]]:
         """`_send_once` for one record (an awaited ``publish``), with the same outcomes: one
         deadline (`_Deadlines`) covers queueing and the acknowledgement, which is awaited
@@ -336,7 +346,11 @@ class Producer:
         try:
             try:
                 future = await producer.send(
-                    topic, record.value, key=record.key, headers=record.headers
+                    topic,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=partition,
                 )
             except Exception as exc:  # refused by the producer, before being queued
                 failures[index] = (_translated(exc, settings.address), exc)
@@ -408,15 +422,20 @@ class Producer:
         indexes: Sequence[int],
         pending: dict[asyncio.Future[Any], list[int]],
         refused: dict[int, BaseException],
+        partition: int | None = None,
     ) -> None:
-        """A few records: ``send`` each, so concurrent small publishes share the producer's
-        open batch (a batch of our own per call would wait for the previous one to drain:
-        one round trip per publish)."""
+        """A few records (or records for one given partition): ``send`` each, so concurrent
+        small publishes share the producer's open batch (a batch of our own per call would
+        wait for the previous one to drain: one round trip per publish)."""
         for index in indexes:
             record = records[index]
             try:
                 future = await producer.send(
-                    topic, record.value, key=record.key, headers=record.headers
+                    topic,
+                    record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    partition=partition,
                 )
             except Exception as exc:
                 refused[index] = exc

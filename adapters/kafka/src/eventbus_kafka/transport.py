@@ -30,6 +30,7 @@ from eventbus.transports.publishing import publish_error
 from eventbus_kafka.admin import TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.producer import Producer
+from eventbus_kafka.replies import KafkaReplyInbox, reply_partition
 from eventbus_kafka.subscription import KafkaSubscription
 from eventbus_kafka.topology import (
     SCHEDULER_GROUP,
@@ -155,6 +156,9 @@ class KafkaTransport:
         failure is a size error)."""
         if not messages:
             return
+        if to.reply:
+            await self._reply(to.name, messages)
+            return
         if to.not_before is not None:
             tier = scheduling.tier_for(to.delay)
             if tier is not None:
@@ -170,6 +174,21 @@ class KafkaTransport:
             messages,
             lambda: [to_record(m, target_group=group, not_before=not_before) for m in messages],
         )
+
+    async def _reply(self, address: str, messages: Sequence[Message]) -> None:
+        """To a requester's leased partition of its reply topic (`eventbus_kafka.replies`)."""
+        topic, partition = reply_partition(address)
+        if partition is None:  # a foreign requester's plain topic: an ordinary publish
+            await self._send(topic, messages, lambda: [to_record(m) for m in messages])
+            return
+        validate_name(topic)
+        failures = await self._producer.send_all(topic, [to_record(m) for m in messages], partition)
+        if failures:
+            raise publish_error(failures, messages, f"reply topic {topic!r}")
+
+    def reply_inbox(self) -> KafkaReplyInbox:
+        """A lease on a partition of the app's reply topic (`eventbus_kafka.replies`)."""
+        return KafkaReplyInbox(self.settings, self._admin)
 
     async def _publish_to_tier(
         self, to: Destination, tier: int, messages: Sequence[Message]

@@ -8,7 +8,9 @@ Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
 ``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
 ``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
 ``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5),
-``revoke_drain_timeout`` (10), ``offset_window`` (records, 20 000).
+``revoke_drain_timeout`` (10), ``offset_window`` (records, 20 000), ``reply_topic`` (where
+replies to this app's requests go: ``<client_id>.replies``), ``reply_partitions`` (16: at most
+that many buses of the app make requests at once).
 """
 
 from __future__ import annotations
@@ -67,12 +69,21 @@ class KafkaSettings:
     """How long ``subscribe`` waits for the group join and partition assignment."""
     commit_interval: float = 0.5
     revoke_drain_timeout: float = 10.0
+    reply_topic: str = ""
+    """The topic replies to requests come back on: ``<client_id>.replies`` when empty. One per
+    application; each bus that makes requests leases one of its partitions."""
+    reply_partitions: int = 16
     offset_window: int = 20_000
     """Records tracked behind one unfinished record of a partition before that partition
     pauses until it is settled: bounds memory whatever one stuck handler does."""
     """On revocation, how long handed-out deliveries of the revoked partitions may take to be
     settled before they are reported lost and the partitions let go. The group's rebalance
     timeout is derived from it, so a long drain does not get this member kicked out."""
+
+    @property
+    def replies(self) -> str:
+        """The reply topic's name."""
+        return self.reply_topic or f"{self.client_id}.replies"
 
     @property
     def address(self) -> str:
@@ -119,6 +130,8 @@ _OPTIONS: dict[str, OptionParser] = {
     "commit_interval": seconds,
     "offset_window": positive_int,
     "revoke_drain_timeout": seconds,
+    "reply_topic": text,
+    "reply_partitions": positive_int,
 }
 """This adapter's table; parsing, validation and the errors are the core's (`urls`)."""
 

@@ -152,6 +152,10 @@ class Publisher:
     # -- routes -----------------------------------------------------------------------------
 
     async def _route(self, to: Destination, deadline: float) -> _Route:
+        if to.reply:
+            # A reply queue is the requester's (exclusive to its connection): declaring it
+            # would be refused, or create a queue nobody reads once the requester is gone.
+            return _Route("", _fixed(to.name))
         if to.kind == "queue":
             if not self._topology.declared("q", to.name):  # no admin channel when known
                 await self._declare(lambda ch: self._topology.queue(ch, to.name), to, deadline)

@@ -31,6 +31,7 @@ from eventbus_rabbitmq.connection import Connector, open_channel
 from eventbus_rabbitmq.errors import translate
 from eventbus_rabbitmq.partitions import Locks
 from eventbus_rabbitmq.publisher import Publisher
+from eventbus_rabbitmq.replies import RabbitReplyInbox
 from eventbus_rabbitmq.subscription import RabbitSubscription
 from eventbus_rabbitmq.topology import Topology, check_name, group_queue, partition_queue
 from eventbus_rabbitmq.url import parse_url
@@ -99,10 +100,15 @@ class RabbitMQTransport:
     async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
         if not messages:
             return
-        check_name(to.name, group=to.group, partitions=self._settings.partitions)
+        if not to.reply:  # a reply address is the requester's, whatever its name
+            check_name(to.name, group=to.group, partitions=self._settings.partitions)
         if to.kind == "queue" and to.group is not None:
             raise ConfigurationError(f"queue {to.name!r}: groups apply to topics only")
         await self._publisher.publish(to, messages)
+
+    def reply_inbox(self) -> RabbitReplyInbox:
+        """An exclusive reply queue for one bus's requests (`eventbus_rabbitmq.replies`)."""
+        return RabbitReplyInbox(self._consuming, self._settings)
 
     async def forward_scheduled(
         self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -1,0 +1,137 @@
+"""The requester's side of request-reply (DESIGN 12): waiting requests and their reply inbox.
+
+A request carries a fresh correlation id and the reply-to of this bus's `ReplyInbox`; the
+responder's return value comes back with the same correlation id (the core's responder copies
+the request's; a hand-written one must too). `Replies` keeps one waiter per request in flight
+and gives each reply to the waiter of its correlation id. A reply nobody waits for (it came
+after its request timed out, or it is a second reply to a topic request: the first one wins)
+is dropped and counted in `RequestStats.late`.
+
+The inbox is started on the bus's first request, not with the bus: most buses never make one,
+and on Kafka an inbox is a consumer group member.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from eventbus import headers as h
+from eventbus.errors import ConfigurationError, ResponderError
+from eventbus.message import Message
+from eventbus.transports.base import ReplyInbox, Transport
+
+__all__ = ["Replies", "RequestStats", "Waiter"]
+
+log = logging.getLogger("eventbus.replies")
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """What one bus's requests came to, since it was created (``bus.request_stats``)."""
+
+    sent: int = 0
+    replied: int = 0
+    """Answered with a value."""
+    failed: int = 0
+    """Answered with the responder's error (`ResponderError`)."""
+    timed_out: int = 0
+    late: int = 0
+    """Replies that found no request waiting: after a timeout, or after the first reply to a
+    topic request. Dropped."""
+
+
+class Waiter:
+    """One request in flight: set once, by the first reply with its correlation id."""
+
+    __slots__ = ("_event", "reply")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self.reply: Message | None = None
+
+    def set(self, reply: Message) -> None:
+        self.reply = reply
+        self._event.set()
+
+    async def wait(self) -> Message:
+        await self._event.wait()
+        assert self.reply is not None
+        return self.reply
+
+
+class Replies:
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self.stats = RequestStats()
+        self._waiting: dict[str, Waiter] = {}
+        self._inbox: ReplyInbox | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._starting = anyio.Lock()
+
+    async def address(self, task_group: TaskGroup) -> str:
+        """This bus's reply-to; the first call starts the inbox in ``task_group``."""
+        inbox = self._inbox
+        if inbox is None:
+            async with self._starting:
+                if self._inbox is None:
+                    new = _inbox_of(self._transport)
+                    await task_group.start(self._run, new)
+                    self._inbox = new
+                inbox = self._inbox
+        return await inbox.address()
+
+    async def _run(self, inbox: ReplyInbox, *, task_status: TaskStatus[None]) -> None:
+        with anyio.CancelScope() as self._scope:
+            await inbox.run(self._deliver, task_status=task_status)
+
+    def stop(self) -> None:
+        """The bus stops: end the inbox. A request still waiting then times out."""
+        if self._scope is not None:
+            self._scope.cancel()
+        self._scope = None
+        self._inbox = None
+
+    def expect(self, correlation_id: str) -> Waiter:
+        waiter = self._waiting[correlation_id] = Waiter()
+        return waiter
+
+    def forget(self, correlation_id: str) -> None:
+        self._waiting.pop(correlation_id, None)
+
+    def _deliver(self, reply: Message) -> None:
+        waiter = self._waiting.pop(reply.correlation_id or "", None)
+        if waiter is None:
+            self.stats.late += 1
+            log.debug("dropped a late reply (correlation id %s)", reply.correlation_id)
+            return
+        waiter.set(reply)
+
+    def raise_for_error(self, name: str, reply: Message) -> None:
+        """`ResponderError` when ``reply`` says the responder failed."""
+        error_type = reply.headers.get(h.ERROR_TYPE)
+        if error_type is None:
+            return
+        self.stats.failed += 1
+        raise ResponderError(
+            name,
+            error_type,
+            reply.headers.get(h.ERROR_MESSAGE, ""),
+            reply.headers.get(h.DLQ_REASON, "failed"),
+        )
+
+
+def _inbox_of(transport: Transport) -> ReplyInbox:
+    factory: Callable[[], Any] | None = getattr(transport, "reply_inbox", None)
+    if factory is None:
+        raise ConfigurationError(
+            f"{type(transport).__name__} cannot receive replies: bus.request needs a transport "
+            "with a reply inbox (memory, Kafka and RabbitMQ have one)"
+        )
+    inbox: ReplyInbox = factory()
+    return inbox

@@ -1,0 +1,137 @@
+"""Request-reply on a real Kafka: the conformance cases, reply-partition leases, and a
+hand-written aiokafka responder."""
+
+import contextlib
+import json
+import uuid
+
+import anyio
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from eventbus import EventBus, Message, RequestTimeoutError
+from eventbus.testing.request_conformance import RequestReplySuite
+
+pytestmark = pytest.mark.kafka
+
+
+class TestKafkaRequestReply(RequestReplySuite):
+    @pytest.fixture
+    def bus_url(self, kafka_url: str) -> str:
+        return kafka_url
+
+
+def _with(url: str, **options: object) -> str:
+    query = "&".join(f"{k}={v}" for k, v in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+async def test_each_bus_leases_its_own_reply_partition_and_keeps_it_through_rebalances(
+    kafka_url: str,
+) -> None:
+    """Three requesters of one app share its reply topic, one partition each; a fourth joining
+    (a rebalance of the reply group) moves no lease, and requests in flight meanwhile are
+    answered."""
+    suffix = uuid.uuid4().hex[:8]
+    url = _with(kafka_url, reply_topic=f"rr-replies-{suffix}", reply_partitions=4)
+    queue = f"rr-lease-{suffix}"
+    responder = EventBus(kafka_url)
+    reply_tos: dict[int, set[str]] = {}
+
+    @responder.consume(queue, concurrency=4)
+    async def echo(n: int, message: Message) -> int:
+        assert message.reply_to is not None
+        reply_tos.setdefault(n // 1000, set()).add(message.reply_to)
+        await anyio.sleep(0.2)
+        return n
+
+    requesters = [EventBus(url) for _ in range(4)]
+    async with responder, contextlib.AsyncExitStack() as stack:
+        for bus in requesters[:3]:
+            await stack.enter_async_context(bus.publisher())
+        for i, bus in enumerate(requesters[:3]):
+            assert await bus.request(queue, i * 1000, timeout=30) == i * 1000
+        before = {i: set(reply_tos[i]) for i in range(3)}
+        assert len({address for s in before.values() for address in s}) == 3
+        # Requests in flight while the fourth bus joins the reply group.
+        results: list[int] = []
+
+        async def ask(bus: EventBus, n: int) -> None:
+            results.append(await bus.request(queue, n, timeout=30))
+
+        await stack.enter_async_context(requesters[3].publisher())
+        async with anyio.create_task_group() as tg:
+            for i, bus in enumerate(requesters[:3]):
+                for j in range(1, 6):
+                    tg.start_soon(ask, bus, i * 1000 + j)
+            tg.start_soon(ask, requesters[3], 3000)
+    assert sorted(results) == sorted([i * 1000 + j for i in range(3) for j in range(1, 6)] + [3000])
+    for i in range(3):
+        assert reply_tos[i] == before[i], "a lease moved in a rebalance"
+    all_leases = {next(iter(reply_tos[i])) for i in range(4)}
+    assert len(all_leases) == 4
+    assert all(a.startswith(f"rr-replies-{suffix}:") for a in all_leases)
+
+
+async def test_with_no_free_reply_partition_a_request_waits_for_one(kafka_url: str) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    url = _with(kafka_url, reply_topic=f"rr-replies-{suffix}", reply_partitions=1)
+    queue = f"rr-full-{suffix}"
+    responder, first, second = EventBus(kafka_url), EventBus(url), EventBus(url)
+
+    @responder.consume(queue)
+    async def echo(n: int) -> int:
+        return n
+
+    async with responder, second.publisher():
+        async with first.publisher():
+            assert await first.request(queue, 1, timeout=30) == 1
+            with pytest.raises(RequestTimeoutError):
+                await second.request(queue, 2, timeout=3)
+        # The first bus stopped and left the group: its partition is free for the second.
+        assert await second.request(queue, 3, timeout=30) == 3
+
+
+async def test_a_raw_kafka_client_answers_a_request_by_hand(kafka_url: str) -> None:
+    """A plain aiokafka responder reads ``eventbus-reply-to`` (``topic:partition``) and
+    ``ce_correlationid`` and writes the reply there."""
+    queue = f"rr-raw-{uuid.uuid4().hex[:10]}"
+    servers = kafka_url.removeprefix("kafka://").split("?")[0]
+    bus = EventBus(kafka_url)
+    async with bus.publisher():
+        consumer = AIOKafkaConsumer(
+            queue, bootstrap_servers=servers, group_id=f"raw-{queue}", auto_offset_reset="earliest"
+        )
+        producer = AIOKafkaProducer(bootstrap_servers=servers)
+        await producer.start()
+        answered: list[tuple[str, int]] = []
+
+        async def respond() -> None:
+            await consumer.start()
+            try:
+                async for record in consumer:
+                    headers = dict(record.headers)
+                    topic, _, partition = headers["eventbus-reply-to"].decode().rpartition(":")
+                    answered.append((topic, int(partition)))
+                    total = json.loads(record.value)["qty"] * 2
+                    await producer.send_and_wait(
+                        topic,
+                        json.dumps({"total": total}).encode(),
+                        partition=int(partition),
+                        headers=[
+                            ("ce_correlationid", headers["ce_correlationid"]),
+                            ("content-type", b"application/json"),
+                        ],
+                    )
+                    return
+            finally:
+                await consumer.stop()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(respond)
+                reply = await bus.request(queue, {"qty": 21}, response=dict, timeout=60)
+        finally:
+            await producer.stop()
+    assert reply == {"total": 42}
+    assert answered and answered[0][0].endswith(".replies")
