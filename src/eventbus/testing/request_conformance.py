@@ -220,9 +220,11 @@ class RequestReplySuite:
             return n * 10
 
         reply: list[int] = []
+        replied = anyio.Event()
 
         async def ask() -> None:
             reply.append(await requester.request(queue, 1, timeout=60))
+            replied.set()
 
         async with requester.publisher(), anyio.create_task_group() as tg:
             await first_bus.__aenter__()
@@ -241,6 +243,5 @@ class RequestReplySuite:
             # ... and a restarted one answers it within the requester's timeout.
             async with second_bus:
                 with anyio.fail_after(60):
-                    while not reply:
-                        await anyio.sleep(0.05)
+                    await replied.wait()
         assert reply == [10] and answered_by == ["second"]
