@@ -1,5 +1,6 @@
 """A small service: orders are billed (with retries and dedup), billing sends e-mail commands to
-a queue, and orders that can never be billed end up in the dead-letter queue.
+a queue, orders that can never be billed end up in the dead-letter queue, and prices are quoted
+on request (request-reply: the handler's return value is the reply).
 
     eventbus run examples.orders.service:bus          # memory:// unless EVENTBUS_URL is set
 
@@ -57,6 +58,33 @@ async def bill(order: OrderPlaced, delivery: Delivery) -> None:
         ),
         key=order.customer,
     )
+
+
+class QuoteRequest(BaseModel):
+    sku: str
+    quantity: int
+
+
+class Quote(BaseModel):
+    sku: str
+    quantity: int
+    total: Decimal
+
+
+PRICES = {"apple": Decimal("0.40"), "pear": Decimal("0.55")}
+
+
+@bus.consume("prices", concurrency=8, retry=RetryPolicy(max_attempts=1))
+async def quote(request: QuoteRequest) -> Quote:
+    """Answers ``bus.request("prices", ...)``. One attempt: whoever asked is waiting, and an
+    unknown product will not become known on a retry (the caller gets `ResponderError`)."""
+    if request.sku not in PRICES:
+        raise LookupError(f"no price for {request.sku!r}")
+    if request.sku == "pear":
+        await anyio.sleep(0.05)  # a slower lookup
+    total = PRICES[request.sku] * request.quantity
+    say("prices", f"quoted {request.quantity} x {request.sku}: {total} EUR")
+    return Quote(sku=request.sku, quantity=request.quantity, total=total)
 
 
 @bus.consume("emails")

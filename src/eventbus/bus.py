@@ -168,7 +168,7 @@ class EventBus:
         self._metrics: BusMetrics | None = None
         """None unless metrics are on: the hot path checks nothing else."""
         self._metrics_service: MetricsService | None = None
-        self._replies = Replies(self.transport)
+        self._replies = Replies()
         if metrics:
             self.enable_metrics(metrics)
 
@@ -724,7 +724,7 @@ class EventBus:
         correlation_id = new_message_id()
         reply: Message | None = None
         with anyio.move_on_after(timeout):
-            reply_to = await replies.address(self._task_group)
+            reply_to = await replies.address(self.transport, self._task_group)
             waiter = replies.expect(correlation_id)
             try:
                 await self._publish_one(

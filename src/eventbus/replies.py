@@ -66,21 +66,21 @@ class Waiter:
 
 
 class Replies:
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
+    def __init__(self) -> None:
         self.stats = RequestStats()
         self._waiting: dict[str, Waiter] = {}
         self._inbox: ReplyInbox | None = None
         self._scope: anyio.CancelScope | None = None
         self._starting = anyio.Lock()
 
-    async def address(self, task_group: TaskGroup) -> str:
-        """This bus's reply-to; the first call starts the inbox in ``task_group``."""
+    async def address(self, transport: Transport, task_group: TaskGroup) -> str:
+        """This bus's reply-to; the first call starts the transport's inbox in
+        ``task_group``."""
         inbox = self._inbox
         if inbox is None:
             async with self._starting:
                 if self._inbox is None:
-                    new = _inbox_of(self._transport)
+                    new = _inbox_of(transport)
                     await task_group.start(self._run, new)
                     self._inbox = new
                 inbox = self._inbox

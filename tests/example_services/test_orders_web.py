@@ -41,6 +41,22 @@ async def test_an_order_taken_over_http_is_billed(monkeypatch: pytest.MonkeyPatc
         assert (await http.post("/orders", json={"order_id": 0})).status_code == 422
 
 
+async def test_a_quote_is_the_workers_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTBUS_DEMO_PRODUCER", "0")
+    from examples.orders.service import bus
+    from examples.orders.web import app
+
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://web")
+    async with TestBus(bus), app.router.lifespan_context(app), http:
+        reply = await http.get("/quotes", params={"sku": "apple", "quantity": 5})
+        assert reply.status_code == 200
+        assert reply.json() == {"sku": "apple", "quantity": 5, "total": "2.00"}
+        unknown = await http.get("/quotes", params={"sku": "kiwi", "quantity": 1})
+        assert unknown.status_code == 404 and unknown.json() == {"detail": "no price for 'kiwi'"}
+        stats = bus.request_stats
+        assert (stats.sent, stats.replied, stats.failed, stats.timed_out) == (2, 1, 1, 0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,8 +139,16 @@ def test_the_web_front_publishes_and_the_worker_bills(
     )
     assert reply.status_code == 202 and len(reply.json()["message_id"]) > 0
     _until(lambda: f"charged order {first}: 12.50 EUR" in worker.output(), "the worker to bill")
+    quote = httpx.get(f"{base}/quotes", params={"sku": "pear", "quantity": 4}, timeout=10)
+    assert quote.status_code == 200 and quote.json()["total"] == "2.20"
+    assert "quoted 4 x pear: 2.20 EUR" in worker.output()
 
     assert worker.stop() == 0
+    started = time.monotonic()
+    late = httpx.get(f"{base}/quotes", params={"sku": "apple", "quantity": 1}, timeout=10)
+    waited = time.monotonic() - started
+    assert late.status_code == 504 and "no reply from queue 'prices'" in late.json()["detail"]
+    assert 2.0 <= waited < 6.0, waited
     reply = httpx.post(f"{base}/orders", json={"order_id": second, "customer": "bo", "amount": "1"})
     assert reply.status_code == 202, "published with no worker running"
     time.sleep(1.0)
