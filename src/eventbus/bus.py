@@ -187,7 +187,10 @@ class EventBus:
         require_prometheus_client()
         from eventbus.metrics.service import MetricsService  # imports prometheus_client
 
-        self._metrics = BusMetrics(config if isinstance(config, MetricsConfig) else MetricsConfig())
+        self._metrics = BusMetrics(
+            config if isinstance(config, MetricsConfig) else MetricsConfig(),
+            requests=self._replies.stats,
+        )
         self._metrics_service = MetricsService(
             self._metrics, lambda: self.transport, lambda: self.ready, on_listening
         )

@@ -23,6 +23,8 @@ from eventbus import (
     MetricsConfig,
     PublishError,
     Reject,
+    RequestTimeoutError,
+    ResponderError,
     RetryPolicy,
 )
 from eventbus.testing.conformance import wait_for
@@ -285,3 +287,30 @@ def test_metrics_config_is_validated() -> None:
         MetricsConfig(backlog_interval=0)
     bus = EventBus("memory://x", metrics=True)
     assert bus.metrics_registry is not None and bus.metrics_port is None
+
+
+async def test_requests_are_counted_by_outcome_and_late_replies_too() -> None:
+    bus = EventBus("memory://metrics-requests", metrics=MetricsConfig(port=0))
+    release = anyio.Event()
+
+    @bus.consume("ask", retry=RetryPolicy(max_attempts=1))
+    async def answer(job: Job) -> int:
+        if job.mode == "fail":
+            raise ValueError("no")
+        if job.mode == "slow":
+            await release.wait()
+        return job.n
+
+    async with bus:
+        assert await bus.request("ask", Job(n=1), timeout=10) == 1
+        with pytest.raises(ResponderError):
+            await bus.request("ask", Job(n=2, mode="fail"), timeout=10)
+        with pytest.raises(RequestTimeoutError):
+            await bus.request("ask", Job(n=3, mode="slow"), timeout=0.2)
+        release.set()
+        await wait_for(lambda: bus.request_stats.late == 1, what="the late reply")
+        samples = await scrape(bus)
+    assert value(samples, "eventbus_requests_total", outcome="replied") == 1
+    assert value(samples, "eventbus_requests_total", outcome="failed") == 1
+    assert value(samples, "eventbus_requests_total", outcome="timed_out") == 1
+    assert value(samples, "eventbus_late_replies_total") == 1

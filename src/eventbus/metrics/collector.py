@@ -98,6 +98,7 @@ class BusCollector(Collector):
         yield from _in_flight(subs)
         yield from _breaker(subs)
         yield from _publishes(self._metrics)
+        yield from _requests(self._metrics)
         yield from _backlog(self._metrics)
 
 
@@ -194,6 +195,25 @@ def _publishes(metrics: BusMetrics) -> Iterator[Metric]:
         failed.add_metric([name, kind], errors)
     yield sent
     yield failed
+
+
+def _requests(metrics: BusMetrics) -> Iterator[Metric]:
+    stats = metrics.requests
+    ended = CounterMetricFamily(
+        "eventbus_requests",
+        "Requests this bus made (bus.request), by how they ended.",
+        labels=["outcome"],
+    )
+    ended.add_metric(["replied"], stats.replied)
+    ended.add_metric(["failed"], stats.failed)
+    ended.add_metric(["timed_out"], stats.timed_out)
+    yield ended
+    yield CounterMetricFamily(
+        "eventbus_late_replies",
+        "Replies no request waited for any more (after its timeout, or a topic request's later "
+        "replies): dropped.",
+        value=stats.late,
+    )
 
 
 def _backlog(metrics: BusMetrics) -> Iterator[Metric]:

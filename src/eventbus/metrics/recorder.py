@@ -24,6 +24,7 @@ from eventbus.errors import PublishError
 from eventbus.message import Delivery, Message
 from eventbus.metrics.config import MetricsConfig
 from eventbus.metrics.histogram import DURATION_BUCKETS, LATENCY_BUCKETS, Histogram
+from eventbus.replies import RequestStats
 from eventbus.transports.base import Backlog, Destination, Transport
 
 __all__ = ["BusMetrics", "SubscriptionMetrics"]
@@ -123,6 +124,8 @@ class BusMetrics:
     backlog: dict[SubscriptionMetrics, tuple[str, Mapping[str, int]]] = field(default_factory=dict)
     """The last backlog read of each subscription that has one: ``("lag" | "depth",
     waiting)`` as `Capabilities.backlog` and `Backlog.waiting` say."""
+    requests: RequestStats = field(default_factory=RequestStats)
+    """The bus's own request counts (`EventBus.request_stats`), read at scrape time."""
 
     def subscription(self, subscriber: Subscriber) -> SubscriptionMetrics:
         metrics = SubscriptionMetrics(subscriber)
