@@ -71,13 +71,16 @@ class Replies:
         self._waiting: dict[str, Waiter] = {}
         self._inbox: ReplyInbox | None = None
         self._scope: anyio.CancelScope | None = None
-        self._starting = anyio.Lock()
+        self._starting: anyio.Lock | None = None
+        """Made on first use: a bus may run in one event loop after another (tests)."""
 
     async def address(self, transport: Transport, task_group: TaskGroup) -> str:
         """This bus's reply-to; the first call starts the transport's inbox in
         ``task_group``."""
         inbox = self._inbox
         if inbox is None:
+            if self._starting is None:
+                self._starting = anyio.Lock()
             async with self._starting:
                 if self._inbox is None:
                     new = _inbox_of(transport)
@@ -88,7 +91,15 @@ class Replies:
 
     async def _run(self, inbox: ReplyInbox, *, task_status: TaskStatus[None]) -> None:
         with anyio.CancelScope() as self._scope:
-            await inbox.run(self._deliver, task_status=task_status)
+            try:
+                await inbox.run(self._deliver, task_status=task_status)
+            except Exception:
+                if self._inbox is not inbox:
+                    raise  # while starting: the request that started it gets the error
+                # Once started, a broken inbox must not take the bus down with it: the next
+                # request starts a new one; those waiting now time out.
+                log.exception("the reply inbox failed; the next request opens a new one")
+                self._inbox = None
 
     def stop(self) -> None:
         """The bus stops: end the inbox. A request still waiting then times out."""
@@ -96,6 +107,7 @@ class Replies:
             self._scope.cancel()
         self._scope = None
         self._inbox = None
+        self._starting = None
 
     def expect(self, correlation_id: str) -> Waiter:
         waiter = self._waiting[correlation_id] = Waiter()
