@@ -135,3 +135,37 @@ async def test_a_raw_kafka_client_answers_a_request_by_hand(kafka_url: str) -> N
             await producer.stop()
     assert reply == {"total": 42}
     assert answered and answered[0][0].endswith(".replies")
+
+
+async def test_an_eventbus_responder_answers_a_raw_kafka_requester(kafka_url: str) -> None:
+    """A plain aiokafka requester names its reply topic (no partition) in
+    ``eventbus-reply-to`` and gets the handler's return value there, with its correlation id."""
+    suffix = uuid.uuid4().hex[:10]
+    queue, replies = f"rr-rawreq-{suffix}", f"rr-rawreplies-{suffix}"
+    servers = kafka_url.removeprefix("kafka://").split("?")[0]
+    bus = EventBus(kafka_url)
+
+    @bus.consume(queue)
+    async def double(n: int) -> int:
+        return n * 2
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(
+        replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
+    )
+    async with bus:
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                queue,
+                b"21",
+                headers=[("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c-21")],
+            )
+            await consumer.start()
+            with anyio.fail_after(60):
+                record = await consumer.getone()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+    assert record.value == b"42"
+    assert dict(record.headers)["ce_correlationid"] == b"c-21"
