@@ -12,6 +12,7 @@ with ``bus.request`` and answers with their reply, 504 when none came in time, 4
 worker could not price it.
 """
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -27,6 +28,8 @@ from eventbus import (
 )
 from examples.orders.service import OrderPlaced, Quote, QuoteRequest, bus
 
+log = logging.getLogger("orders.web")
+
 QUOTE_TIMEOUT = 2.0
 """Seconds a quote may take, the broker round trips included; then the client gets a 504."""
 
@@ -34,6 +37,7 @@ QUOTE_TIMEOUT = 2.0
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with bus.publisher():
+        await bus.open_replies()  # now, not on the first quote (on Kafka: a group join)
         yield
 
 
@@ -82,7 +86,9 @@ async def get_quote(
     except ResponderError as exc:
         if exc.error_type == "LookupError":
             raise HTTPException(status_code=404, detail=exc.error_message) from exc
-        raise HTTPException(status_code=502, detail=f"pricing failed: {exc}") from exc
+        # The worker's error text stays in our logs: it may say more than a client should see.
+        log.error("pricing %s x %s failed: %s", quantity, sku, exc)
+        raise HTTPException(status_code=502, detail="pricing failed") from exc
     except BrokerUnavailableError as exc:
         raise HTTPException(status_code=503, detail=f"broker unavailable: {exc}") from exc
     return reply

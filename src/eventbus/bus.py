@@ -6,6 +6,7 @@ import functools
 import inspect
 import itertools
 import logging
+import math
 import os
 import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -20,7 +21,7 @@ from anyio.abc import TaskGroup
 from eventbus.batch import Batch
 from eventbus.breaker import CircuitBreaker
 from eventbus.codecs.base import AsyncCodec, Codec, Encoded
-from eventbus.codecs.json import BYTES, TEXT, JsonCodec
+from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import BatchInboxStore, DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
 from eventbus.dispatch.current import HANDLING
@@ -42,7 +43,7 @@ from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
 from eventbus.ratelimit.config import RateLimit
-from eventbus.replies import Replies, RequestStats
+from eventbus.replies import Replies, RequestStats, Waiter, plain_type
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.schedule import not_before
 from eventbus.transports.base import Destination, Kind, Transport
@@ -66,8 +67,9 @@ _KNOWN_DESTINATIONS = 1024
 """Names of each kind whose `Destination` a bus keeps: an application publishing to ever new
 names (one per tenant, say) does not grow it without bound; past it they are built each time."""
 
-_PLAIN_TYPES: dict[str, Any] = {TEXT: str, BYTES: bytes}
-"""Replies `request` decodes by content type when no ``response`` type is given."""
+REQUEST_EXPIRY_MARGIN = 5.0
+"""Seconds a request outlives its timeout before it expires unhandled: room for clock skew
+between requester and responder, whose wall clocks the expiry compares."""
 
 
 def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -702,7 +704,7 @@ class EventBus:
         payload: object,
         *,
         response: Any = Any,
-        timeout: float = 5.0,  # noqa: ASYNC109 (DESIGN 12 names it; it also sets the ttl)
+        timeout: float = 5.0,  # noqa: ASYNC109 (DESIGN 12 names it)
         kind: Kind = "queue",
         key: str | None = None,
         headers: Mapping[str, str] | None = None,
@@ -710,22 +712,24 @@ class EventBus:
     ) -> Any:
         """Send ``payload`` to queue ``name`` (``kind="topic"``: publish it to topic ``name``;
         the first reply wins) and return the reply, decoded as ``response`` (a pydantic model,
-        a type; ``Any``: the plain JSON value). The responder's handler returns the reply.
+        a type; ``Any``: the JSON value, or ``str``/``bytes`` for a text or binary reply). The
+        responder's handler returns the reply.
 
-        The request carries a fresh correlation id and this bus's reply-to, and expires after
-        ``timeout`` seconds (`publish`'s ``ttl``): a responder that gets it later drops it
-        unhandled. Raises `RequestTimeoutError` (a `TimeoutError`) when no reply came within
-        ``timeout`` seconds, publishing included, and `ResponderError` with the responder's
-        error type and message when its handler gave up. Works on a bus started with
-        `publisher`; the reply inbox starts with the first request (docs/request-reply.md)."""
-        if not timeout > 0:
+        The request carries a fresh correlation id and this bus's reply-to, and expires
+        `REQUEST_EXPIRY_MARGIN` seconds after ``timeout`` (a responder that gets it later
+        drops it unhandled). Raises `RequestTimeoutError` (a `TimeoutError`) when no reply
+        came within ``timeout`` seconds, publishing included, and `ResponderError` with the
+        responder's error type and message when its handler gave up. Works on a bus started
+        with `publisher`; the reply inbox starts with the first request, or `open_replies`
+        (docs/request-reply.md)."""
+        if not 0 < timeout < math.inf:
             raise ConfigurationError(f"request timeout must be > 0 seconds, got {timeout!r}")
         to = self._destination(name, kind, None)
         self._connected()
         assert self._task_group is not None
         replies = self._replies
         correlation_id = new_message_id()
-        reply: Message | None = None
+        waiter: Waiter | None = None
         with anyio.move_on_after(timeout):
             reply_to = await replies.address(self.transport, self._task_group)
             waiter = replies.expect(correlation_id)
@@ -737,25 +741,40 @@ class EventBus:
                     headers=headers,
                     message_id=None,
                     correlation_id=correlation_id,
-                    expires=expiry_header(timeout, None, None),
+                    expires=expiry_header(timeout + REQUEST_EXPIRY_MARGIN, None, None),
                     codec=codec,
                     reply_to=reply_to,
                 )
                 replies.stats.sent += 1
-                reply = await waiter.wait()
+                await waiter.wait()
             finally:
                 replies.forget(correlation_id)
+        # A reply that came in the same turn as the deadline still counts.
+        reply = waiter.reply if waiter is not None else None
         if reply is None:
+            if waiter is not None and waiter.stopped:
+                raise RuntimeError(f"the bus stopped before a reply from {kind} {name!r} came")
             replies.stats.timed_out += 1
             raise RequestTimeoutError(kind, name, timeout, correlation_id)
         replies.raise_for_error(name, reply)
-        replies.stats.replied += 1
-        if response is Any:  # what the responder sent: text and bytes as such, else JSON
-            response = _PLAIN_TYPES.get(reply.content_type or "", Any)
+        if response is Any:
+            response = plain_type(reply.content_type)
         decoder = codec or self.codec
         if inspect.iscoroutinefunction(decoder.decode):
-            return await cast(AsyncCodec, decoder).decode(reply, response)
-        return cast(Codec, decoder).decode(reply, response)
+            value = await cast(AsyncCodec, decoder).decode(reply, response)
+        else:
+            value = cast(Codec, decoder).decode(reply, response)
+        replies.stats.replied += 1
+        return value
+
+    async def open_replies(self) -> None:
+        """Start the reply inbox now rather than with the first request, and return once
+        requests can be sent. On Kafka the inbox joins the reply topic's group, which takes a
+        moment: a web app calls this in its lifespan so that its first request does not wait
+        for the join."""
+        self._connected()
+        assert self._task_group is not None
+        await self._replies.address(self.transport, self._task_group)
 
     def _connected(self) -> Transport:
         if not self._running:
@@ -787,6 +806,7 @@ class EventBus:
         self._running = True
         self._consuming = consumers
         self._draining = False
+        self._replies.open()
         try:
             self._runners = []
             metrics = self._metrics

@@ -22,11 +22,23 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from eventbus import headers as h
+from eventbus.codecs.json import BYTES, TEXT
 from eventbus.errors import ConfigurationError, ResponderError
 from eventbus.message import Message
 from eventbus.transports.base import ReplyInbox, Transport
 
-__all__ = ["Replies", "RequestStats", "Waiter"]
+__all__ = ["Replies", "RequestStats", "Waiter", "plain_type"]
+
+_PLAIN_TYPES: dict[str, Any] = {TEXT.split(";")[0]: str, BYTES: bytes}
+"""Replies decoded by content type when a request gives no ``response`` type."""
+
+
+def plain_type(content_type: str | None) -> Any:
+    """What to decode a reply as when the request named no type: text and bytes as such
+    (whatever the charset parameter says), anything else as JSON (``Any``)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return _PLAIN_TYPES.get(media, Any)
+
 
 log = logging.getLogger("eventbus.replies")
 
@@ -47,21 +59,27 @@ class RequestStats:
 
 
 class Waiter:
-    """One request in flight: set once, by the first reply with its correlation id."""
+    """One request in flight: set once, by the first reply with its correlation id, or told
+    that the bus stopped."""
 
-    __slots__ = ("_event", "reply")
+    __slots__ = ("_event", "reply", "stopped")
 
     def __init__(self) -> None:
         self._event = anyio.Event()
         self.reply: Message | None = None
+        self.stopped = False
 
     def set(self, reply: Message) -> None:
         self.reply = reply
         self._event.set()
 
-    async def wait(self) -> Message:
+    def stop(self) -> None:
+        self.stopped = True
+        self._event.set()
+
+    async def wait(self) -> Message | None:
+        """The reply; None when the bus stopped first."""
         await self._event.wait()
-        assert self.reply is not None
         return self.reply
 
 
@@ -72,42 +90,62 @@ class Replies:
         self._inbox: ReplyInbox | None = None
         self._scope: anyio.CancelScope | None = None
         self._starting: anyio.Lock | None = None
-        """Made on first use: a bus may run in one event loop after another (tests)."""
+        self._open = False
+
+    def open(self) -> None:
+        """The bus started: requests may start an inbox. The lock is made here, in the event
+        loop the bus runs in (a bus may run in one loop after another: tests)."""
+        self._open = True
+        self._starting = anyio.Lock()
 
     async def address(self, transport: Transport, task_group: TaskGroup) -> str:
         """This bus's reply-to; the first call starts the transport's inbox in
         ``task_group``."""
         inbox = self._inbox
         if inbox is None:
-            if self._starting is None:
-                self._starting = anyio.Lock()
+            assert self._starting is not None
             async with self._starting:
+                if not self._open:
+                    # Stopping: a new inbox would be a task the closing task group waits for.
+                    raise RuntimeError("the bus is stopping: no new requests")
                 if self._inbox is None:
-                    new = _inbox_of(transport)
-                    await task_group.start(self._run, new)
-                    self._inbox = new
+                    await task_group.start(self._run, _inbox_of(transport))
                 inbox = self._inbox
+                if inbox is None:  # it ended as soon as it started
+                    raise RuntimeError("the reply inbox ended as it started; see the log")
         return await inbox.address()
 
     async def _run(self, inbox: ReplyInbox, *, task_status: TaskStatus[None]) -> None:
+        replies = self
+
+        class _Status:
+            def started(self, value: None = None) -> None:
+                replies._inbox = inbox  # before the starter resumes, whatever happens next
+                task_status.started(value)
+
         with anyio.CancelScope() as self._scope:
             try:
-                await inbox.run(self._deliver, task_status=task_status)
+                await inbox.run(self._deliver, task_status=_Status())
             except Exception:
                 if self._inbox is not inbox:
-                    raise  # while starting: the request that started it gets the error
-                # Once started, a broken inbox must not take the bus down with it: the next
-                # request starts a new one; those waiting now time out.
+                    raise  # not started: the request that started it gets the error
+                # A broken inbox must not take the bus down with it: the next request starts
+                # a new one; those waiting now time out.
                 log.exception("the reply inbox failed; the next request opens a new one")
-                self._inbox = None
+            finally:
+                if self._inbox is inbox:
+                    self._inbox = None  # ended, however: never left in place dead
 
     def stop(self) -> None:
-        """The bus stops: end the inbox. A request still waiting then times out."""
+        """The bus stops: no new requests, the inbox ends, waiting requests are told."""
+        self._open = False
         if self._scope is not None:
             self._scope.cancel()
         self._scope = None
         self._inbox = None
-        self._starting = None
+        waiting, self._waiting = self._waiting, {}
+        for waiter in waiting.values():
+            waiter.stop()
 
     def expect(self, correlation_id: str) -> Waiter:
         waiter = self._waiting[correlation_id] = Waiter()

@@ -1,7 +1,8 @@
 """examples/orders/web.py, the FastAPI front: tested as a user would with the test client
 (memory://), and run as a user runs it: uvicorn and an ``eventbus run`` worker as real processes
-on real RabbitMQ. The web process publishes without joining the ``billing`` group: with the
-worker stopped, an order it accepted waits in the group's queue until a worker is back."""
+on real RabbitMQ and Kafka. The web process publishes without joining the ``billing`` group:
+with the worker stopped, an order it accepted waits in the group's queue until a worker is
+back, and a quote gets a 504 after the request's timeout."""
 
 from __future__ import annotations
 
@@ -94,9 +95,12 @@ class _Process:
             raise
 
 
-@pytest.fixture
-def spawn(tmp_path: Path, amqp_url: str) -> Iterator[Callable[[str, list[str]], _Process]]:
-    env = {**os.environ, "EVENTBUS_URL": amqp_url, "EVENTBUS_DEMO_PRODUCER": "0"}
+@pytest.fixture(params=["amqp_url", "kafka_url"], ids=["rabbitmq", "kafka"])
+def spawn(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[str, list[str]], _Process]]:
+    url = request.getfixturevalue(request.param)
+    env = {**os.environ, "EVENTBUS_URL": url, "EVENTBUS_DEMO_PRODUCER": "0"}
     started: list[_Process] = []
 
     def start(name: str, args: list[str]) -> _Process:

@@ -10,6 +10,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from eventbus import EventBus, Message, RequestTimeoutError
+from eventbus.testing.conformance import wait_for
 from eventbus.testing.request_conformance import RequestReplySuite
 
 pytestmark = pytest.mark.kafka
@@ -29,43 +30,50 @@ def _with(url: str, **options: object) -> str:
 async def test_each_bus_leases_its_own_reply_partition_and_keeps_it_through_rebalances(
     kafka_url: str,
 ) -> None:
-    """Three requesters of one app share its reply topic, one partition each; a fourth joining
-    (a rebalance of the reply group) moves no lease, and requests in flight meanwhile are
-    answered."""
+    """Three requesters of one app share its reply topic, one partition each. Requests are in
+    flight (their replies held back) while a fourth bus joins the reply group, which rebalances
+    it: no lease moves, and the held replies, written after the rebalance to the addresses
+    given before it, all arrive."""
     suffix = uuid.uuid4().hex[:8]
     url = _with(kafka_url, reply_topic=f"rr-replies-{suffix}", reply_partitions=4)
     queue = f"rr-lease-{suffix}"
     responder = EventBus(kafka_url)
     reply_tos: dict[int, set[str]] = {}
+    hold = anyio.Event()
+    held = 0
 
-    @responder.consume(queue, concurrency=4)
+    @responder.consume(queue, concurrency=32)
     async def echo(n: int, message: Message) -> int:
+        nonlocal held
         assert message.reply_to is not None
         reply_tos.setdefault(n // 1000, set()).add(message.reply_to)
-        await anyio.sleep(0.2)
+        if n % 1000:  # the second wave waits until the fourth bus joined
+            held += 1
+            await hold.wait()
         return n
 
     requesters = [EventBus(url) for _ in range(4)]
+    wave = [i * 1000 + j for i in range(3) for j in range(1, 6)]
+    results: list[int] = []
+
+    async def ask(bus: EventBus, n: int) -> None:
+        results.append(await bus.request(queue, n, timeout=60))
+
     async with responder, contextlib.AsyncExitStack() as stack:
-        for bus in requesters[:3]:
+        for bus in requesters:
             await stack.enter_async_context(bus.publisher())
         for i, bus in enumerate(requesters[:3]):
             assert await bus.request(queue, i * 1000, timeout=30) == i * 1000
         before = {i: set(reply_tos[i]) for i in range(3)}
         assert len({address for s in before.values() for address in s}) == 3
-        # Requests in flight while the fourth bus joins the reply group.
-        results: list[int] = []
-
-        async def ask(bus: EventBus, n: int) -> None:
-            results.append(await bus.request(queue, n, timeout=30))
-
-        await stack.enter_async_context(requesters[3].publisher())
         async with anyio.create_task_group() as tg:
-            for i, bus in enumerate(requesters[:3]):
-                for j in range(1, 6):
-                    tg.start_soon(ask, bus, i * 1000 + j)
-            tg.start_soon(ask, requesters[3], 3000)
-    assert sorted(results) == sorted([i * 1000 + j for i in range(3) for j in range(1, 6)] + [3000])
+            for n in wave:
+                tg.start_soon(ask, requesters[n // 1000], n)
+            await wait_for(lambda: held == len(wave), what="the wave in the handlers")
+            # The fourth bus's first request joins the reply group: a rebalance of all four.
+            assert await requesters[3].request(queue, 3000, timeout=30) == 3000
+            hold.set()
+    assert sorted(results) == wave
     for i in range(3):
         assert reply_tos[i] == before[i], "a lease moved in a rebalance"
     all_leases = {next(iter(reply_tos[i])) for i in range(4)}

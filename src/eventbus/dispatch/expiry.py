@@ -127,7 +127,9 @@ async def settled_expired(sub: Subscriber, state: DeliveryState) -> bool:
     if deadline is None:
         return False
     sub.stats.expired += 1
-    if sub.options.on_expired == "drop":
+    # An expired request's requester gave up long ago (it expires after the request's
+    # timeout): nobody needs it dead-lettered or answered.
+    if sub.options.on_expired == "drop" or message.reply_to is not None:
         log.info("%s: dropping %s, expired at %s", sub.describe(), message.id, describe(deadline))
         await state.ack(tell="expired")
         return True

@@ -29,6 +29,7 @@ __all__ = ["Republisher"]
 log = logging.getLogger("eventbus.dispatch")
 
 _REQUEUED_LIMIT = 10_000
+_ERROR_REPLY_TIMEOUT = 5.0
 
 
 class Republisher:
@@ -54,7 +55,7 @@ class Republisher:
         gone: Callable[[], bool],
     ) -> None:
         settled = await self._dead_letter(raw, attempt, reason, error, gone)
-        if settled and raw.message.reply_to is not None:
+        if settled and raw.message.reply_to is not None and reason != "expired":
             await self._answer_failed(raw.message, reason, error)
 
     async def _dead_letter(
@@ -100,7 +101,10 @@ class Republisher:
         that does not get it times out, and the request itself is already dead-lettered."""
         to, reply = error_reply(request, reason, error)
         try:
-            await self._transport.publish(to, [reply])
+            # Bounded: it holds the delivery's settle, and a requester waits seconds, not
+            # a publish timeout.
+            with anyio.fail_after(_ERROR_REPLY_TIMEOUT):
+                await self._transport.publish(to, [reply])
         except Exception as exc:
             log.warning(
                 "%s: could not tell the requester of %s that it failed (reply-to %s): %r",

@@ -180,7 +180,7 @@ class RequestReplySuite:
 
         def answering(index: int) -> Callable[[str], Any]:
             async def answer(question: str) -> str:
-                await anyio.sleep(0.3 * index)  # group 0 answers first
+                await anyio.sleep(1.0 * index)  # group 0 answers first
                 return f"{question} from {index}"
 
             return answer

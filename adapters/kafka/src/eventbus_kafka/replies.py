@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -37,7 +38,7 @@ from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError
 from eventbus.message import Message
 from eventbus_kafka.admin import HEADROOM, TopicAdmin
-from eventbus_kafka.errors import translate
+from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.url import KafkaSettings
 from eventbus_kafka.wire import from_record
 
@@ -61,7 +62,12 @@ def reply_partition(address: str) -> tuple[str, int | None]:
 class LeaseAssignor:
     """Assignment strategy of a reply topic's group: one partition per member, kept by its
     holder through rebalances (module docstring). Partitions beyond the members stay
-    unassigned; members beyond the partitions get none and wait for one to be free."""
+    unassigned; members beyond the partitions get none and wait for one to be free.
+
+    Each member states in its join metadata the partition it holds and when it got it
+    (``"<partition>:<unix ms>"``). Two members claim one partition only when one of them lost
+    it (its session timed out, say, while its loop was blocked) and it was leased again: the
+    later lease wins, so the bus that holds it now keeps it."""
 
     name = "eventbus-reply-lease"
     version = 0
@@ -70,21 +76,24 @@ class LeaseAssignor:
         self._topic = topic
         self.held: int | None = None
         """The partition leased to this member by the last assignment."""
+        self._since = 0
+        """When this member got ``held`` (Unix ms)."""
 
     def metadata(self, topics: Iterable[str]) -> Any:
-        held = b"" if self.held is None else str(self.held).encode()
-        return ConsumerProtocolMemberMetadata(self.version, list(topics), held)
+        claim = b"" if self.held is None else f"{self.held}:{self._since}".encode()
+        return ConsumerProtocolMemberMetadata(self.version, list(topics), claim)
 
     def assign(self, cluster: Any, members: Mapping[str, Any]) -> dict[str, Any]:
-        partitions = sorted(cluster.partitions_for_topic(self._topic) or ())
-        leases: dict[str, int] = {}
-        taken: set[int] = set()
-        for member in sorted(members):  # the members keep what they hold, first come first
-            wanted = _held(members[member].user_data)
-            if wanted is not None and wanted in partitions and wanted not in taken:
-                leases[member] = wanted
-                taken.add(wanted)
-        free = [p for p in partitions if p not in taken]
+        partitions = set(cluster.partitions_for_topic(self._topic) or ())
+        claims: dict[int, tuple[int, str]] = {}  # partition -> (since, member): latest wins
+        for member in sorted(members):
+            claim = _claim(members[member].user_data)
+            if claim is not None and claim[0] in partitions:
+                partition, since = claim
+                if partition not in claims or since > claims[partition][0]:
+                    claims[partition] = (since, member)
+        leases = {member: partition for partition, (_, member) in claims.items()}
+        free = sorted(partitions - set(claims))
         for member in sorted(members):
             if member not in leases and free:
                 leases[member] = free.pop(0)
@@ -99,12 +108,17 @@ class LeaseAssignor:
 
     def on_assignment(self, assignment: Any) -> None:
         held = [p for topic, parts in assignment.assignment for p in parts if topic == self._topic]
-        self.held = held[0] if held else None
+        now = held[0] if held else None
+        if now != self.held:
+            self.held = now
+            self._since = int(time.time() * 1000)
 
 
-def _held(user_data: bytes | None) -> int | None:
-    text = (user_data or b"").decode("ascii", "replace")
-    return int(text) if text.isdigit() else None
+def _claim(user_data: bytes | None) -> tuple[int, int] | None:
+    partition, _, since = (user_data or b"").decode("ascii", "replace").partition(":")
+    if not partition.isdigit():
+        return None
+    return int(partition), int(since) if since.isdigit() else 0
 
 
 class KafkaReplyInbox:
@@ -167,6 +181,8 @@ class KafkaReplyInbox:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # aiokafka reconnects by itself; keep reading
+                if is_fatal(exc):  # refused credentials or ACLs: a new inbox must start over
+                    raise translate(exc, self._settings.address) from exc
                 wait = backoff.next()
                 log.warning("reply inbox %s: %r; reading again in %.1fs", self.topic, exc, wait)
                 await anyio.sleep(wait)
@@ -194,13 +210,12 @@ class KafkaReplyInbox:
 
     # -- the lease, from the rebalance listener ----------------------------------------------
 
-    def revoked(self) -> None:
-        self._address = None
-        if self._leased.is_set():
-            self._leased = anyio.Event()
-
     async def assigned(self, consumer: Any, assigned: Iterable[TP]) -> None:
         assigned = list(assigned)
+        if not assigned:
+            self._address = None  # no lease: requests wait for one
+            if self._leased.is_set():
+                self._leased = anyio.Event()
         self._next = {
             tp.partition: self._next[tp.partition] for tp in assigned if tp.partition in self._next
         }
@@ -211,8 +226,9 @@ class KafkaReplyInbox:
             else:
                 # A new lease starts at the end: what is there was meant for an earlier holder.
                 # No request carries this address before the end is known.
-                if not await consumer.seek_to_end(tp):
-                    return  # a newer rebalance took it meanwhile: its assignment comes next
+                while not await consumer.seek_to_end(tp):
+                    if tp not in consumer.assignment():
+                        return  # a newer rebalance took it: its assignment comes next
                 self._next[tp.partition] = await consumer.position(tp)
             self._address = f"{self.topic}:{tp.partition}"
             self._leased.set()
@@ -226,12 +242,15 @@ class KafkaReplyInbox:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A rebalance keeps the lease (`LeaseAssignor`), so the address stays valid while it
+    runs: requests go on being sent, and their replies are read once it is over."""
+
     def __init__(self, inbox: KafkaReplyInbox, consumer: Any) -> None:
         self._inbox = inbox
         self._consumer = consumer
 
     async def on_partitions_revoked(self, revoked: Iterable[TP]) -> None:
-        self._inbox.revoked()
+        pass
 
     async def on_partitions_assigned(self, assigned: Iterable[TP]) -> None:
         await self._inbox.assigned(self._consumer, assigned)

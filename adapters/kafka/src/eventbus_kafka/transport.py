@@ -176,11 +176,10 @@ class KafkaTransport:
         )
 
     async def _reply(self, address: str, messages: Sequence[Message]) -> None:
-        """To a requester's leased partition of its reply topic (`eventbus_kafka.replies`)."""
+        """To a requester's leased partition of its reply topic (`eventbus_kafka.replies`), or
+        a foreign requester's plain topic (partitioned by key). Nothing is created: the topic
+        is the requester's."""
         topic, partition = reply_partition(address)
-        if partition is None:  # a foreign requester's plain topic: an ordinary publish
-            await self._send(topic, messages, lambda: [to_record(m) for m in messages])
-            return
         validate_name(topic)
         failures = await self._producer.send_all(topic, [to_record(m) for m in messages], partition)
         if failures:

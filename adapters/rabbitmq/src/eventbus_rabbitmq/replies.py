@@ -4,9 +4,10 @@ Its name, ``eventbus.reply.<random>``, is the requests' native ``reply_to``; a r
 or any AMQP client) answers on the default exchange with that name as routing key and the
 request's ``correlation_id``. The queue lives as long as the consuming connection: when that
 is lost, the queue goes with it, and the inbox declares it again under the same name once
-reconnected, so requests sent before still get the replies published after. A reply published
-while no queue exists is returned to its publisher (mandatory) and dropped there; its request
-times out.
+reconnected, so requests sent before still get the replies published after. (If the broker
+still holds the old connection's queue, the name is in exclusive use: the inbox takes a new
+one.) A reply published while no queue exists is returned to its publisher (mandatory) and
+dropped there; its request times out.
 
 Replies are consumed with automatic acknowledgement: a reply is matched and forgotten at once,
 and nothing could redeliver one to a requester that is gone.
@@ -28,10 +29,11 @@ from anyio.abc import TaskStatus
 from pamqp.commands import Basic
 
 from eventbus.backoff import Backoff
-from eventbus.errors import BrokerUnavailableError
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
 from eventbus.message import Message
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.connection import Connector, open_channel
+from eventbus_rabbitmq.errors import translate
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["RabbitReplyInbox"]
@@ -76,12 +78,22 @@ class RabbitReplyInbox:
                     task_status.started()
                     started = True
                 backoff.up()
-                await channel.closing
+                # Waited for, never raised: aiormq ends a closed channel's future with the
+                # close reason or a bare CancelledError, which would cancel the bus.
+                await asyncio.wait({channel.closing})
             except BrokerUnavailableError:
                 if not started:
                     raise
                 return  # the transport closed
             except _FAILURES as exc:
+                if isinstance(exc, amqp.ChannelLockedResource):
+                    # The broker still holds the queue of our lost connection.
+                    self._address = f"eventbus.reply.{uuid.uuid4().hex}"
+                elif not started:
+                    what = f"declare reply queue {self._address}"
+                    refused = translate(exc, address=self._settings.address, what=what)
+                    if isinstance(refused, ConfigurationError):
+                        raise refused from exc  # permissions: waiting would not help
                 log.warning("reply inbox %s lost its channel: %r", self._address, exc)
             finally:
                 if channel is not None and not channel.is_closed:
