@@ -7,7 +7,6 @@ import inspect
 import itertools
 import logging
 import os
-import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -35,6 +34,9 @@ from eventbus.headers import CAUSATION_ID, DATASCHEMA, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
+from eventbus.outgoing import check_name as _check_name
+from eventbus.outgoing import checked_headers as _checked_headers
+from eventbus.outgoing import encode_with as _encode_with
 from eventbus.ratelimit.config import RateLimit
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
 from eventbus.schedule import not_before
@@ -54,38 +56,9 @@ log = logging.getLogger("eventbus")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _KNOWN_DESTINATIONS = 1024
 """Names of each kind whose `Destination` a bus keeps: an application publishing to ever new
 names (one per tenant, say) does not grow it without bound; past it they are built each time."""
-
-
-def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """A copy of the application's headers, refused if not text or in eventbus's namespace."""
-    if not headers:
-        return {}
-    for k, v in headers.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
-        if k.startswith("eventbus-"):
-            raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
-    return dict(headers)
-
-
-async def _encode_with(codec: Codec | AsyncCodec, payload: object, destination: str) -> Encoded:
-    """``payload`` through a codec given to one publish (either kind)."""
-    if inspect.iscoroutinefunction(codec.encode):
-        return await cast(AsyncCodec, codec).encode(payload, destination)
-    return cast(Codec, codec).encode(payload)
-
-
-def _check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigurationError(
-            f"invalid {what} name {name!r}: use 1-200 characters of letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    return name
 
 
 class EventBus:
