@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from eventbus.metrics.service import MetricsService
+    from eventbus.outbox.base import Outbox
+    from eventbus.outbox.relay import OutboxRelay
     from eventbus.tracing import Tracing
 
 __all__ = ["EventBus"]
@@ -77,6 +79,10 @@ class EventBus:
 
     ``metrics``: collect Prometheus metrics (``True``, or a `MetricsConfig` that also serves
     ``/metrics``, ``/livez`` and ``/readyz`` on a port); needs ``eventbus[prometheus]``.
+
+    ``outbox``: an `eventbus.outbox.PostgresOutbox` or `SqliteOutbox` (or several) whose relay
+    runs while the bus runs, under ``bus.publisher()`` too, publishing what committed
+    (docs/outbox.md). It encodes with the bus's codec unless it was given its own.
     """
 
     def __init__(
@@ -90,6 +96,7 @@ class EventBus:
         graceful_timeout: float = 30.0,
         tracing: bool | TracerProvider = False,
         metrics: bool | MetricsConfig = False,
+        outbox: Outbox | Sequence[Outbox] | None = None,
     ) -> None:
         if transport is not None and url is not None:
             raise ConfigurationError("give EventBus either a url or a transport, not both")
@@ -133,6 +140,12 @@ class EventBus:
         self._metrics_service: MetricsService | None = None
         if metrics:
             self.enable_metrics(metrics)
+        self.outbox_relay: OutboxRelay | None = None
+        """The relay of ``outbox=`` (its `stats`), or None."""
+        if outbox is not None:
+            from eventbus.outbox.relay import OutboxRelay
+
+            self.outbox_relay = OutboxRelay(outbox, self._send, codec=self.codec)
 
     # -- metrics and health -----------------------------------------------------------------
 
@@ -689,6 +702,8 @@ class EventBus:
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
+            if self.outbox_relay is not None:  # after the subscriptions: they see its first rows
+                await self._task_group.start(self.outbox_relay.run, self.metrics_registry)
             forward = getattr(self.transport, "forward_scheduled", None)
             if consumers and forward is not None:
                 self._forwarder_scope = anyio.CancelScope()
@@ -769,6 +784,8 @@ class EventBus:
         with anyio.CancelScope(shield=True):
             if self._hooks_scope is not None:
                 self._hooks_scope.cancel()
+            if self.outbox_relay is not None:  # first: its batch in hand is marked, not redone
+                await self.outbox_relay.stop(self.graceful_timeout)
             with anyio.move_on_after(self.graceful_timeout) as drain:
                 self._drain_scope = drain
                 async with anyio.create_task_group() as tg:
