@@ -94,7 +94,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
         ", ".join(f"{o.table} at {o.address()}" for o in relay.outboxes),
         censor_url(bus.url),
     )
-    return anyio.run(_serve, bus)
+    code = anyio.run(_serve, bus)
+    log.info("relay stopped; relayed %d row(s)", sum(s.relayed for s in relay.stats.values()))
+    return code
 
 
 def add_parser(commands: Any) -> None:

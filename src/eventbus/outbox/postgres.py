@@ -296,7 +296,7 @@ class PostgresOutbox:
                 if self._pool is None:
                     asyncpg = _import_asyncpg()
                     self._pool = await asyncpg.create_pool(
-                        self._dsn, min_size=1, max_size=self._max_pool_size
+                        self._dsn, min_size=0, max_size=self._max_pool_size
                     )
                 if not self._ready:
                     await self._ensure_table(self._pool)
