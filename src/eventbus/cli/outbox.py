@@ -4,12 +4,14 @@ Either an app's bus (``MODULE:ATTR``, built with ``EventBus(outbox=...)``; its h
 run) or a database named by ``--db`` / ``EVENTBUS_OUTBOX_DB`` (a ``postgresql://`` DSN or a
 SQLite file) and a broker by ``--url`` / ``EVENTBUS_URL``. Prefer the environment variables for
 anything holding a password: ``ps`` shows every user the command line. Several relays on one
-table are safe (docs/outbox.md); SIGTERM/SIGINT finishes the batch in hand and exits 0.
+table are safe (docs/outbox.md); SIGTERM/SIGINT finishes the batch in hand and exits 0; a
+second signal exits 130 at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 from typing import Any
@@ -26,6 +28,7 @@ from eventbus.cli.common import (
     log,
     seconds,
 )
+from eventbus.cli.run import SAME_CTRL_C
 from eventbus.dedup.postgres import _redact
 from eventbus.outbox import PostgresOutbox, SqliteOutbox
 from eventbus.outbox.base import DEFAULT_RETENTION, Outbox
@@ -73,10 +76,25 @@ async def _serve(bus: EventBus) -> int:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(relay)
+            first = 0.0
             async for signum in signals:
-                log.info("%s: stopping the relay", signal.Signals(signum).name)
-                scope.cancel()
-                break
+                now = anyio.current_time()
+                if scope.cancel_called and signum == signal.SIGINT and now - first < SAME_CTRL_C:
+                    continue  # the same Ctrl-C, delivered twice (a terminal, `uv run`)
+                if not scope.cancel_called:
+                    first = now
+                    log.info(
+                        "%s: stopping the relay once its batch in hand is marked sent "
+                        "(signal again to stop now)",
+                        signal.Signals(signum).name,
+                    )
+                    scope.cancel()
+                    continue
+                # Rows published and not marked yet go out again from the next relay: a
+                # duplicate, never a loss.
+                log.warning("second signal: exiting now")
+                logging.shutdown()
+                os._exit(130)
     return 0
 
 

@@ -127,15 +127,19 @@ class OutboxRelay:
                         log.debug("closing outbox %s: %r", outbox.table, exc)
             if collector is not None and registry is not None:
                 registry.unregister(collector)
+            self._scope = None
             self._done.set()
 
     async def stop(self, grace: float) -> None:
-        """Finish the batch in hand (within ``grace`` seconds), then end `run`."""
+        """Finish the batch in hand (within ``grace`` seconds), then end `run`. Nothing to do
+        when `run` is not running (a bus whose start failed before the relay's turn)."""
+        if self._scope is None:
+            return
         self._stopping.set()
         with anyio.move_on_after(grace):
             await self._done.wait()
         if self._scope is not None:
-            self._scope.cancel()
+            self._scope.cancel()  # the batch in hand is published again later, never lost
         await self._done.wait()
 
     async def _loop(self, outbox: Outbox) -> None:
