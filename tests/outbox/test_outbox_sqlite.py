@@ -7,9 +7,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from outbox_helpers import Seen, order_violations
+from outbox_helpers import Seen, eventually, order_violations
 
-from eventbus import ConfigurationError, EventBus
+from eventbus import ConfigurationError, EventBus, Message
 from eventbus.outbox import NotInTransactionError, SqliteOutbox
 
 
@@ -119,4 +119,28 @@ async def test_backlog_and_retention(sqlite_path: Path, name: str) -> None:
     assert await outbox.purge_sent(limit=3) == 1
     assert (await outbox.backlog()).unsent == 0
     await outbox.close()
+    conn.close()
+
+
+async def test_row_written_by_a_handler_carries_its_cause(sqlite_path: Path, name: str) -> None:
+    conn = _app_connection(sqlite_path)
+    outbox = SqliteOutbox(sqlite_path)
+    bus = EventBus("memory://", outbox=outbox)
+    effects: list[Message] = []
+
+    @bus.subscribe(name, group="g")
+    async def handle(payload: dict[str, int]) -> None:
+        conn.execute("INSERT INTO orders (key) VALUES ('a')")
+        await outbox.publish(conn, f"{name}-effects", {"seq": payload["seq"]}, key="a")
+        conn.commit()
+
+    @bus.subscribe(f"{name}-effects", group="g")
+    async def effect(message: Message) -> None:
+        effects.append(message)
+
+    async with bus:
+        cause = await bus.publish(name, {"seq": 1}, correlation_id="corr-1")
+        await eventually(lambda: effects)
+    assert effects[0].headers["eventbus-causation-id"] == cause
+    assert effects[0].correlation_id == "corr-1"
     conn.close()
