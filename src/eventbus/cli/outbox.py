@@ -148,7 +148,7 @@ def add_parser(commands: Any) -> None:
         metavar="S",
         help="seconds between looks at an empty outbox (default 0.2)",
     )
-    relay.add_argument("--batch-size", type=int, default=200, help="rows per publish (200)")
+    relay.add_argument("--batch-size", type=int, default=200, help="rows per publish (default 200)")
     relay.add_argument(
         "--graceful-timeout",
         type=seconds,

@@ -14,8 +14,9 @@ docs/outbox.md has the guarantees and the decisions behind them.
 
 from eventbus.outbox.base import NotInTransactionError, Outbox, OutboxBacklog
 from eventbus.outbox.postgres import PostgresOutbox
-from eventbus.outbox.relay import OutboxRelay, RelayStats
+from eventbus.outbox.relay import OutboxRelay
 from eventbus.outbox.sqlite import SqliteOutbox
+from eventbus.outbox.stats import RelayStats
 
 __all__ = [
     "NotInTransactionError",

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from eventbus.outbox.relay import RelayStats, relay_backlog
+from eventbus.outbox.stats import RelayStats, relay_backlog
 
 __all__ = ["OutboxCollector"]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,30 +26,18 @@ from eventbus.backoff import Backoff
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.errors import ConfigurationError
 from eventbus.message import Message
-from eventbus.outbox.base import Outbox, OutboxBacklog, OutboxRow
+from eventbus.outbox.base import Outbox, OutboxRow
+from eventbus.outbox.stats import RelayStats
 from eventbus.transports.base import Destination
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["OutboxRelay", "RelayStats"]
+__all__ = ["OutboxRelay"]
 
 log = logging.getLogger("eventbus.outbox")
 
 Send = Callable[[Destination, Sequence[Message]], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class RelayStats:
-    """What one outbox's relay loop has done and seen (read by the metrics collector)."""
-
-    table: str
-    relayed: int = 0
-    """Rows published and marked sent by this process."""
-    failures: int = 0
-    """Rounds that failed and were tried again."""
-    backlog: OutboxBacklog | None = None
-    """The last backlog read (every ``backlog_interval`` seconds); None before the first."""
 
 
 class OutboxRelay:
@@ -197,9 +184,3 @@ class OutboxRelay:
     async def _sleep(self, seconds: float) -> None:
         with anyio.move_on_after(seconds):
             await self._stopping.wait()
-
-
-def relay_backlog(stats: RelayStats) -> tuple[int, float]:
-    """(unsent rows, oldest unsent age) of the last read, zeros before the first."""
-    backlog = stats.backlog
-    return (backlog.unsent, backlog.oldest_age) if backlog is not None else (0, 0.0)
