@@ -144,3 +144,13 @@ async def test_row_written_by_a_handler_carries_its_cause(sqlite_path: Path, nam
     assert effects[0].headers["eventbus-causation-id"] == cause
     assert effects[0].correlation_id == "corr-1"
     conn.close()
+
+
+def test_two_outboxes_need_two_table_names(sqlite_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="its own table name"):
+        EventBus("memory://", outbox=[SqliteOutbox(sqlite_path), SqliteOutbox(sqlite_path)])
+    bus = EventBus(
+        "memory://", outbox=[SqliteOutbox(sqlite_path), SqliteOutbox(sqlite_path, table="b")]
+    )
+    assert bus.outbox_relay is not None
+    assert set(bus.outbox_relay.stats) == {"eventbus_outbox", "b"}

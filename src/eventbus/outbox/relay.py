@@ -66,9 +66,11 @@ class OutboxRelay:
         )
         if not self.outboxes:
             raise ConfigurationError("outbox= needs at least one outbox")
-        tables = [(type(o), o.address(), o.table) for o in self.outboxes]
+        tables = [o.table for o in self.outboxes]
         if len(set(tables)) != len(tables):
-            raise ConfigurationError("the same outbox table is given twice")
+            # Stats and gauges are labelled by table name; one table twice would also be
+            # relayed by two loops of one process.
+            raise ConfigurationError(f"give each outbox its own table name, got {tables}")
         if codec is not None:
             for outbox in self.outboxes:
                 outbox.attach(codec)
