@@ -207,11 +207,6 @@ class Outbox(Protocol):
 
     def attach(self, codec: Codec | AsyncCodec) -> None: ...
 
-    async def open_relay(self) -> None:
-        """Connect and create the table. Raises `ConfigurationError` for what retrying cannot
-        fix (bad credentials, no such database); other errors are retried by the relay."""
-        ...
-
     async def relay_round(
         self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
     ) -> int:

@@ -127,6 +127,10 @@ class PostgresOutbox:
     def address(self) -> str:
         return _redact(self._dsn) if self._dsn is not None else repr(self._pool)
 
+    async def open(self) -> None:
+        """Connect and create the table now rather than on first use."""
+        await self._get_pool()
+
     # -- writing, in the application's transaction -------------------------------------------
 
     async def publish(
@@ -199,9 +203,6 @@ class PostgresOutbox:
 
     # -- relaying ------------------------------------------------------------------------------
 
-    async def open_relay(self) -> None:
-        await self._relay_connection()
-
     async def relay_round(
         self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
     ) -> int:
@@ -271,7 +272,7 @@ class PostgresOutbox:
 
     # -- connections ---------------------------------------------------------------------------
 
-    async def _connect_error(self, exc: Exception) -> Exception:
+    def _connect_error(self, exc: Exception) -> Exception:
         """What to raise for a failed connect: fatal misconfiguration as `ConfigurationError`,
         an unreachable server as `BrokerUnavailableError`, both naming the address only."""
         asyncpg = _import_asyncpg()
@@ -301,7 +302,7 @@ class PostgresOutbox:
                 if not self._ready:
                     await self._ensure_table(self._pool)
             except Exception as exc:
-                mapped = await self._connect_error(exc)
+                mapped = self._connect_error(exc)
                 if mapped is exc:
                     raise
                 raise mapped from exc
@@ -330,7 +331,7 @@ class PostgresOutbox:
                 self._relay_conn = await pool.acquire()
                 self._relay_from_pool = True
         except Exception as exc:
-            mapped = await self._connect_error(exc)
+            mapped = self._connect_error(exc)
             if mapped is exc:
                 raise
             raise mapped from exc

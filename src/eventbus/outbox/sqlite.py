@@ -107,6 +107,10 @@ class SqliteOutbox:
     def address(self) -> str:
         return self._path
 
+    async def open(self) -> None:
+        """Open the file and create the table now rather than on first use."""
+        await self._run(self._connection)
+
     # -- writing, in the application's transaction -------------------------------------------
 
     async def publish(
@@ -186,9 +190,6 @@ class SqliteOutbox:
         return row.message_id
 
     # -- relaying ------------------------------------------------------------------------------
-
-    async def open_relay(self) -> None:
-        await self._run(self._connection)
 
     async def relay_round(
         self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
