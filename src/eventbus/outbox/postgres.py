@@ -5,7 +5,7 @@ its open transaction, so the row commits or rolls back with the application's wr
 
 Relaying, with several relays at once (processes, hosts)::
 
-    for each bucket (a random first one, then round the ring):
+    for each bucket with unsent rows (a random first one, then round the ring):
         pg_try_advisory_lock(table, bucket)      session lock on the relay's own connection;
                                                  taken by another relay: skip the bucket
         SELECT unsent rows of the bucket ORDER BY id LIMIT batch
@@ -36,7 +36,6 @@ from eventbus.dedup._validate import check_identifier, check_positive_int
 from eventbus.dedup.postgres import _import_asyncpg, _is_transient, _redact
 from eventbus.errors import BrokerUnavailableError, ConfigurationError
 from eventbus.outbox.base import (
-    BUCKETS,
     DEFAULT_RETENTION,
     NewRow,
     NotInTransactionError,
@@ -208,12 +207,13 @@ class PostgresOutbox:
     ) -> int:
         conn = await self._relay_connection()
         done = 0
-        first = random.randrange(BUCKETS)  # relays starting together spread over the ring
         try:
-            for step in range(BUCKETS):
+            # Only the buckets with unsent rows: an idle relay asks one query per round.
+            waiting = [r[0] for r in await conn.fetch(self._sql.waiting_buckets)]
+            first = random.randrange(len(waiting) or 1)  # relays starting together spread out
+            for bucket in waiting[first:] + waiting[:first]:
                 if stopping():
                     break
-                bucket = (first + step) % BUCKETS
                 if not await conn.fetchval(self._sql.try_lock, self._sql.lock_space, bucket):
                     continue  # another relay works this bucket now
                 try:
@@ -416,6 +416,16 @@ class _Statements:
         self.lock_space = f"eventbus.outbox:{table}"
         self.try_lock = "SELECT pg_try_advisory_lock(hashtext($1), $2)"
         self.unlock = "SELECT pg_advisory_unlock(hashtext($1), $2)"
+        # A loose index scan over the unsent index: at most BUCKETS + 1 probes, however long
+        # the backlog (a plain SELECT DISTINCT would read every unsent row).
+        self.waiting_buckets = (
+            f"WITH RECURSIVE b AS ("
+            f" (SELECT bucket FROM {table} WHERE sent_at IS NULL ORDER BY bucket LIMIT 1)"
+            f" UNION ALL SELECT (SELECT t.bucket FROM {table} t"
+            f" WHERE t.sent_at IS NULL AND t.bucket > b.bucket ORDER BY t.bucket LIMIT 1)"
+            f" FROM b WHERE b.bucket IS NOT NULL)"
+            f" SELECT bucket FROM b WHERE bucket IS NOT NULL"
+        )
         self.unsent = (
             f"SELECT {_COLUMNS} FROM {table}"
             " WHERE bucket = $1 AND sent_at IS NULL ORDER BY id LIMIT $2"

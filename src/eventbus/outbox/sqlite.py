@@ -5,7 +5,8 @@ connection, inside its transaction, so the row commits or rolls back with its wr
 
 Relaying: SQLite has no session locks that die with a process, so relays share the file
 through a lease row (``<table>_relay``): the relay holding an unexpired lease publishes, in
-``id`` order, and renews the lease before every batch; the others wait. A SIGKILLed relay's
+``id`` order, and renews the lease before every batch; the others wait. An idle relay only
+reads (is anything unsent?) and lets its lease run out. A SIGKILLed relay's
 lease runs out after ``lease`` seconds and another relay takes over from the first unsent row
 (rows published but not marked go out again: at-least-once, same message ids). A relay that
 finds its lease taken over stops publishing at once; it only ever marks rows it published.
@@ -93,6 +94,7 @@ class SqliteOutbox:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._conn: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
+        self._sql_any_unsent = f"SELECT 1 FROM {self.table} WHERE sent_at IS NULL LIMIT 1"
 
     def __repr__(self) -> str:
         return f"SqliteOutbox({self._path!r}, table={self.table!r})"
@@ -277,6 +279,8 @@ class SqliteOutbox:
 
     def _lease_and_read(self, batch_size: int) -> list[OutboxRow]:
         conn = self._connection()
+        if conn.execute(self._sql_any_unsent).fetchone() is None:
+            return []  # idle: no write (and no lease) needed to find that out
         # IMMEDIATE: reading and taking the lease is one step for every process on the file.
         conn.execute("BEGIN IMMEDIATE")
         try:
