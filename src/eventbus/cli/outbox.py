@@ -72,6 +72,7 @@ async def _serve(bus: EventBus) -> int:
             async def relay() -> None:
                 with scope:
                     async with bus.publisher():
+                        log.info("relaying: connected to the broker")
                         await anyio.sleep_forever()
                 tg.cancel_scope.cancel()
 
