@@ -9,7 +9,7 @@ import pytest
 from outbox_helpers import Seen, eventually, order_violations
 
 from eventbus import ConfigurationError, EventBus, Message
-from eventbus.outbox import NotInTransactionError, PostgresOutbox
+from eventbus.outbox import NotInTransactionError, OutboxBacklog, PostgresOutbox
 
 pytestmark = pytest.mark.postgres
 
@@ -152,31 +152,33 @@ async def test_backlog_method_and_prometheus_gauges(
     await outbox.close()
 
     bus = EventBus("memory://", outbox=outbox, metrics=True)
-    bus.outbox_relay.backlog_interval = 0.05  # type: ignore[union-attr]
     seen = Seen()
     seen.subscribe(bus, name)
+    relay = bus.outbox_relay
+    assert relay is not None
+    relay.backlog_interval = 0.05
+    stats = relay.stats[pg_table]
     async with bus:
         await seen.wait_for(4)
+        # The relay reads the backlog after each round (every 0.05 s here).
+        await eventually(lambda: stats.relayed == 4 and stats.backlog == OutboxBacklog(0, 0.0))
         registry = bus.metrics_registry
         assert registry is not None
-        unsent = "eventbus_outbox_unsent_messages"
-        await eventually(lambda: registry.get_sample_value(unsent, {"table": pg_table}) == 0)
-        assert (
-            registry.get_sample_value(
-                "eventbus_outbox_oldest_unsent_age_seconds", {"table": pg_table}
-            )
-            == 0.0
-        )
-        relayed = registry.get_sample_value(
-            "eventbus_outbox_relayed_messages_total", {"table": pg_table}
-        )
-        assert relayed == 4
-        published = registry.get_sample_value(
-            "eventbus_published_messages_total", {"destination": name, "kind": "topic"}
-        )
-        assert published == 4  # through the bus's own publish path
-        assert bus.outbox_relay is not None
-        assert bus.outbox_relay.stats[pg_table].relayed == 4
+
+        def sample(metric: str, **labels: str) -> float | None:
+            return registry.get_sample_value(metric, labels or {"table": pg_table})
+
+        assert sample("eventbus_outbox_unsent_messages") == 0
+        assert sample("eventbus_outbox_oldest_unsent_age_seconds") == 0
+        assert sample("eventbus_outbox_relayed_messages_total") == 4
+        # Through the bus's own publish path:
+        assert sample("eventbus_published_messages_total", destination=name, kind="topic") == 4
+        relay.backlog_interval = 3600  # keep the reading below in place
+        await anyio.sleep(0.2)
+        stats.backlog = OutboxBacklog(unsent=7, oldest_age=12.5)
+        assert sample("eventbus_outbox_unsent_messages") == 7
+        assert sample("eventbus_outbox_oldest_unsent_age_seconds") == 12.5
+    assert registry.get_sample_value("eventbus_outbox_unsent_messages", {"table": pg_table}) is None
 
 
 async def test_publish_outside_a_transaction_is_refused(

@@ -51,11 +51,12 @@ class NotInTransactionError(EventBusError, RuntimeError):
     prevent."""
 
 
-def bucket_of(key: str | None, row_id: int = 0) -> int:
+def bucket_of(key: str | None, spread: int = 0) -> int:
     """The bucket of a row: the key's CRC-32 (stable across processes and Python versions,
-    unlike ``hash``), or spread by ``row_id`` for rows without a key."""
+    unlike ``hash``), or ``spread`` (any number, say a CRC-32 of the message id) for rows
+    without a key, which only share the work."""
     if key is None:
-        return row_id % BUCKETS
+        return spread % BUCKETS
     return zlib.crc32(key.encode()) % BUCKETS
 
 

@@ -214,12 +214,12 @@ class PostgresOutbox:
             for bucket in waiting[first:] + waiting[:first]:
                 if stopping():
                     break
-                if not await conn.fetchval(self._sql.try_lock, self._sql.lock_space, bucket):
+                if not await conn.fetchval(self._sql.try_lock, self._sql.lock_name, bucket):
                     continue  # another relay works this bucket now
                 try:
                     done += await self._drain_bucket(conn, bucket, publish, batch_size, stopping)
                 finally:
-                    await conn.fetchval(self._sql.unlock, self._sql.lock_space, bucket)
+                    await conn.fetchval(self._sql.unlock, self._sql.lock_name, bucket)
         except BaseException:
             # A broken or cancelled connection may hold locks in an unknown state: drop it (its
             # session locks go with it) rather than hand it to the next round.
@@ -411,9 +411,8 @@ class _Statements:
             " content_type, type, correlation_id, created_at)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)"
         )
-        # Two-key advisory locks: (this table's space, bucket). hashtext is what the dedup store
-        # uses for its own lock names too.
-        self.lock_space = f"eventbus.outbox:{table}"
+        # Two-key advisory locks, (hashtext(lock_name), bucket): PostgreSQL keeps them apart
+        # from the one-key lock that serializes the table's creation.
         self.try_lock = "SELECT pg_try_advisory_lock(hashtext($1), $2)"
         self.unlock = "SELECT pg_advisory_unlock(hashtext($1), $2)"
         # A loose index scan over the unsent index: at most BUCKETS + 1 probes, however long

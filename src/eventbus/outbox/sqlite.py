@@ -6,17 +6,16 @@ connection, inside its transaction, so the row commits or rolls back with its wr
 Relaying: SQLite has no session locks that die with a process, so relays share the file
 through a lease row (``<table>_relay``): the relay holding an unexpired lease publishes, in
 ``id`` order, and renews the lease before every batch; the others wait. An idle relay only
-reads (is anything unsent?) and lets its lease run out. A SIGKILLed relay's
-lease runs out after ``lease`` seconds and another relay takes over from the first unsent row
-(rows published but not marked go out again: at-least-once, same message ids). A relay that
-finds its lease taken over stops publishing at once; it only ever marks rows it published.
-One relay at a time is plenty here: every writer of the file is on the same host anyway.
+reads (is anything unsent?) and lets its lease run out. A SIGKILLed relay's lease runs out
+after ``lease`` seconds and another relay takes over from the first unsent row (rows
+published but not marked go out again: at-least-once, same message ids). A relay that finds
+its lease taken over publishes nothing more; it only ever marks rows it published. One relay
+at a time is plenty here: every writer of the file is on the same host anyway.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import socket
 import sqlite3
@@ -48,8 +47,6 @@ from eventbus.transports.base import Kind
 __all__ = ["SqliteOutbox"]
 
 _T = TypeVar("_T")
-
-log = logging.getLogger("eventbus.outbox")
 
 _COLUMNS = (
     "id, kind, destination, key, message_id, body, headers, content_type, type, "
