@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 from outbox_helpers import Seen, eventually, order_violations
 
-from eventbus import ConfigurationError, EventBus, Message
+from eventbus import BrokerUnavailableError, ConfigurationError, EventBus, Message
 from eventbus.outbox import NotInTransactionError, SqliteOutbox
+from eventbus.transports.base import Destination
+from eventbus.transports.memory import MemoryTransport
 
 
 def _app_connection(path: Path) -> sqlite3.Connection:
@@ -154,3 +158,45 @@ def test_two_outboxes_need_two_table_names(sqlite_path: Path) -> None:
     )
     assert bus.outbox_relay is not None
     assert set(bus.outbox_relay.stats) == {"eventbus_outbox", "b"}
+
+
+class FlakyBroker(MemoryTransport):
+    """A memory transport whose first ``failures`` publishes fail after sending half the batch
+    (a broker that confirmed some messages and then went away)."""
+
+    def __init__(self, url: str, failures: int) -> None:
+        super().__init__(url)
+        self.failures = failures
+
+    async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            await super().publish(to, messages[: len(messages) // 2])
+            raise BrokerUnavailableError("flaky:1", "connection lost")
+        await super().publish(to, messages)
+
+
+async def test_failed_publishes_are_retried_in_order_and_lose_nothing(
+    sqlite_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "eventbus.outbox")
+    conn = _app_connection(sqlite_path)
+    outbox = SqliteOutbox(sqlite_path)
+    for seq in range(50):
+        await outbox.publish(conn, name, {"seq": seq}, key=f"k{seq % 2}")
+    conn.commit()
+    url = f"memory://flaky-{name}"
+    bus = EventBus(transport=FlakyBroker(url, failures=3), outbox=outbox)
+    seen = Seen()
+    seen.subscribe(bus, name)
+    async with bus:
+        await seen.wait_for(50 + 3 * 25, within=30)  # each failed try sent 25 first
+    first = seen.first_deliveries()
+    assert sorted(p["seq"] for _, p, _ in first) == list(range(50))
+    assert order_violations(first) == 0  # per key
+    assert bus.outbox_relay is not None
+    stats = bus.outbox_relay.stats["eventbus_outbox"]
+    assert (stats.failures, stats.relayed) == (3, 50)
+    assert "its rows stay unsent, trying again" in caplog.text
+    assert "relaying again" in caplog.text
+    conn.close()
