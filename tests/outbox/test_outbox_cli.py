@@ -95,3 +95,15 @@ def test_command_line_errors(tmp_path: Path) -> None:
     done = _relay("--url", "kafka://127.0.0.1:9", "--db", "mysql://u:pw@h/db")
     assert done.returncode == 4
     assert "u:***@h" in done.stderr
+
+
+def test_an_app_on_memory_is_refused(tmp_path: Path) -> None:
+    done = _relay(
+        "tests.outbox.outbox_app",
+        env={"OUTBOX_APP_DB": str(tmp_path / "x.sqlite3"), "EVENTBUS_URL": "memory://"},
+    )
+    assert done.returncode == 4
+    assert "lives inside one process" in done.stderr
+    done = _relay("tests.outbox.outbox_app", "--db", "x.db", env={"OUTBOX_APP_DB": "x.db"})
+    assert done.returncode == 2
+    assert "not both" in done.stderr

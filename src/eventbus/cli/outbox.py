@@ -32,6 +32,7 @@ from eventbus.cli.run import SAME_CTRL_C
 from eventbus.dedup.postgres import _redact
 from eventbus.outbox import PostgresOutbox, SqliteOutbox
 from eventbus.outbox.base import DEFAULT_RETENTION, Outbox
+from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
 
 DB_VAR = "EVENTBUS_OUTBOX_DB"
@@ -53,11 +54,20 @@ def _bus(args: argparse.Namespace) -> EventBus:
     if args.target:
         if db:
             raise CliError("give an app or --db, not both", EXIT_USAGE)
+        if args.url:
+            os.environ["EVENTBUS_URL"] = args.url  # as `eventbus run` does: the app may read it
         bus = load_bus(args.target)
         if bus.outbox_relay is None:
             raise CliError(f"{args.target}: the bus has no outbox= to relay", EXIT_CONFIG)
-        if args.url:
-            raise CliError("--url goes with --db; an app relays through its own bus", EXIT_USAGE)
+        if args.url and bus.url != args.url:
+            bus.url, bus.transport = args.url, transport_for_url(args.url)
+        if bus.url.startswith("memory:"):
+            raise CliError(
+                f"{args.target} publishes to memory://, which lives inside one process: a "
+                "relay process would publish where no consumer is; give --url kafka://... or "
+                "amqp://...",
+                EXIT_CONFIG,
+            )
         return bus
     if not db:
         raise CliError(f"give an app MODULE:ATTR, or --db (or {DB_VAR})", EXIT_USAGE)
@@ -130,7 +140,7 @@ def add_parser(commands: Any) -> None:
     relay.add_argument(
         "target", nargs="?", help="MODULE:ATTR of an EventBus built with outbox= (optional)"
     )
-    relay.add_argument("--url", help="transport URL, with --db (default: EVENTBUS_URL)")
+    relay.add_argument("--url", help="transport URL (overrides the app's; default: EVENTBUS_URL)")
     relay.add_argument(
         "--db", help=f"postgresql:// DSN or SQLite file of the outbox (default: {DB_VAR})"
     )
