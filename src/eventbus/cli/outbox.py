@@ -23,6 +23,7 @@ from eventbus.cli.common import (
     EXIT_CONFIG,
     EXIT_USAGE,
     CliError,
+    at_least,
     broker_url,
     load_bus,
     log,
@@ -154,12 +155,14 @@ def add_parser(commands: Any) -> None:
     )
     relay.add_argument(
         "--poll-interval",
-        type=seconds,
+        type=at_least(0.01, float),
         default=0.2,
         metavar="S",
         help="seconds between looks at an empty outbox (default 0.2)",
     )
-    relay.add_argument("--batch-size", type=int, default=200, help="rows per publish (default 200)")
+    relay.add_argument(
+        "--batch-size", type=at_least(1, int), default=200, help="rows per publish (default 200)"
+    )
     relay.add_argument(
         "--graceful-timeout",
         type=seconds,
