@@ -8,7 +8,6 @@ import itertools
 import logging
 import math
 import os
-import re
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
@@ -42,6 +41,9 @@ from eventbus.headers import CAUSATION_ID, DATASCHEMA, EXPIRES_AT
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
+from eventbus.outgoing import check_name as _check_name
+from eventbus.outgoing import checked_headers as _checked_headers
+from eventbus.outgoing import encode_with as _encode_with
 from eventbus.ratelimit.config import RateLimit
 from eventbus.replies import Replies, RequestStats, Waiter, plain_type
 from eventbus.retry import DEFAULT_RETRY, RetryPolicy
@@ -54,6 +56,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from eventbus.metrics.service import MetricsService
+    from eventbus.outbox.base import Outbox
+    from eventbus.outbox.relay import OutboxRelay
     from eventbus.tracing import Tracing
 
 __all__ = ["EventBus"]
@@ -62,7 +66,6 @@ log = logging.getLogger("eventbus")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _KNOWN_DESTINATIONS = 1024
 """Names of each kind whose `Destination` a bus keeps: an application publishing to ever new
 names (one per tenant, say) does not grow it without bound; past it they are built each time."""
@@ -70,34 +73,6 @@ names (one per tenant, say) does not grow it without bound; past it they are bui
 REQUEST_EXPIRY_MARGIN = 5.0
 """Seconds a request outlives its timeout before it expires unhandled: room for clock skew
 between requester and responder, whose wall clocks the expiry compares."""
-
-
-def _checked_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """A copy of the application's headers, refused if not text or in eventbus's namespace."""
-    if not headers:
-        return {}
-    for k, v in headers.items():
-        if not isinstance(k, str) or not isinstance(v, str):
-            raise ConfigurationError(f"headers must map str to str; got {k!r}: {v!r}")
-        if k.startswith("eventbus-"):
-            raise ConfigurationError(f"header {k!r}: the eventbus- prefix is reserved")
-    return dict(headers)
-
-
-async def _encode_with(codec: Codec | AsyncCodec, payload: object, destination: str) -> Encoded:
-    """``payload`` through a codec given to one publish (either kind)."""
-    if inspect.iscoroutinefunction(codec.encode):
-        return await cast(AsyncCodec, codec).encode(payload, destination)
-    return cast(Codec, codec).encode(payload)
-
-
-def _check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigurationError(
-            f"invalid {what} name {name!r}: use 1-200 characters of letters, digits, '.', '_' "
-            "and '-', starting with a letter or digit"
-        )
-    return name
 
 
 class EventBus:
@@ -116,6 +91,10 @@ class EventBus:
 
     ``metrics``: collect Prometheus metrics (``True``, or a `MetricsConfig` that also serves
     ``/metrics``, ``/livez`` and ``/readyz`` on a port); needs ``eventbus[prometheus]``.
+
+    ``outbox``: an `eventbus.outbox.PostgresOutbox` or `SqliteOutbox` (or several) whose relay
+    runs while the bus runs, under ``bus.publisher()`` too, publishing what committed
+    (docs/outbox.md). It encodes with the bus's codec unless it was given its own.
     """
 
     def __init__(
@@ -129,6 +108,7 @@ class EventBus:
         graceful_timeout: float = 30.0,
         tracing: bool | TracerProvider = False,
         metrics: bool | MetricsConfig = False,
+        outbox: Outbox | Sequence[Outbox] | None = None,
     ) -> None:
         if transport is not None and url is not None:
             raise ConfigurationError("give EventBus either a url or a transport, not both")
@@ -173,6 +153,12 @@ class EventBus:
         self._replies = Replies()
         if metrics:
             self.enable_metrics(metrics)
+        self.outbox_relay: OutboxRelay | None = None
+        """The relay of ``outbox=`` (its `stats`), or None."""
+        if outbox is not None:
+            from eventbus.outbox.relay import OutboxRelay
+
+            self.outbox_relay = OutboxRelay(outbox, self._send, codec=self.codec)
 
     # -- metrics and health -----------------------------------------------------------------
 
@@ -833,6 +819,8 @@ class EventBus:
                 await self._task_group.start(runner.run)
                 self._runners.append(runner)  # only started runners are drained and awaited
                 log.info("subscribed: %s", subscriber.describe())
+            if self.outbox_relay is not None:  # after the subscriptions: they see its first rows
+                await self._task_group.start(self.outbox_relay.run, self.metrics_registry)
             forward = getattr(self.transport, "forward_scheduled", None)
             if consumers and forward is not None:
                 self._forwarder_scope = anyio.CancelScope()
@@ -913,6 +901,8 @@ class EventBus:
         with anyio.CancelScope(shield=True):
             if self._hooks_scope is not None:
                 self._hooks_scope.cancel()
+            if self.outbox_relay is not None:  # first: its batch in hand is marked, not redone
+                await self.outbox_relay.stop(self.graceful_timeout)
             with anyio.move_on_after(self.graceful_timeout) as drain:
                 self._drain_scope = drain
                 async with anyio.create_task_group() as tg:

@@ -1,5 +1,5 @@
-"""The ``eventbus`` command: run workers, publish, inspect and redrive dead letters, check
-schemas, describe an app in AsyncAPI.
+"""The ``eventbus`` command: run workers, publish, inspect and redrive dead letters, relay an
+outbox, check schemas, describe an app in AsyncAPI.
 
 Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 cannot import the app,
 4 bad configuration (URL, scheme, handler), 5 broker unreachable, 6 access refused
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from eventbus import __version__
-from eventbus.cli import asyncapi, dlq, publish, run, schema, status
+from eventbus.cli import asyncapi, dlq, outbox, publish, run, schema, status
 from eventbus.cli.common import (
     EXIT_CONFIG,
     EXIT_DENIED,
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eventbus", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"eventbus {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for command in (run, publish, status, dlq, schema, asyncapi):
+    for command in (run, publish, status, dlq, outbox, schema, asyncapi):
         command.add_parser(commands)
     return parser
 

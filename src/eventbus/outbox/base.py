@@ -1,0 +1,225 @@
+"""What every outbox shares: the row it writes, how a row becomes a message, the relay's SPI.
+
+Per-key order rests on one rule: **a key always falls in the same bucket** (`bucket_of`), and
+the relay publishes one bucket's rows one at a time, in ``id`` order, and marks them sent
+before anyone else may take that bucket (PostgreSQL: a session advisory lock per bucket;
+SQLite: one lease over the whole table). Rows without a key are spread over the buckets by
+message id: no order is promised for them, so they only share the work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.codecs.json import JsonCodec
+from eventbus.dispatch.current import HANDLING
+from eventbus.errors import ConfigurationError, EventBusError
+from eventbus.headers import CAUSATION_ID, DATASCHEMA
+from eventbus.message import Message, new_message_id
+from eventbus.outgoing import check_name, checked_headers, encode_with
+from eventbus.transports.base import Kind
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_RETENTION",
+    "NotInTransactionError",
+    "Outbox",
+    "OutboxBacklog",
+    "OutboxRow",
+    "PublishRows",
+    "bucket_of",
+    "check_retention",
+]
+
+BUCKETS = 32
+"""Fixed for every table: a key's bucket is written with its row, so writers and relays must
+agree forever. 32 lets up to 32 relays work at once on one table."""
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+"""Seconds sent rows are kept (for audits and replays by hand) before they are deleted."""
+
+
+class NotInTransactionError(EventBusError, RuntimeError):
+    """`publish`/`send` on a connection with no open transaction: the row would commit on its
+    own, whatever happens to the application's writes, which is what an outbox exists to
+    prevent."""
+
+
+def bucket_of(key: str | None, spread: int = 0) -> int:
+    """The bucket of a row: the key's CRC-32 (stable across processes and Python versions,
+    unlike ``hash``), or ``spread`` (any number, say a CRC-32 of the message id) for rows
+    without a key, which only share the work."""
+    if key is None:
+        return spread % BUCKETS
+    return zlib.crc32(key.encode()) % BUCKETS
+
+
+def check_retention(retention: float) -> float:
+    if isinstance(retention, bool) or not isinstance(retention, int | float):
+        raise ConfigurationError(f"retention must be a number of seconds, got {retention!r}")
+    if not math.isfinite(retention) or retention < 0:
+        raise ConfigurationError(
+            f"retention must be a finite number of seconds >= 0 (0 deletes sent rows at once), "
+            f"got {retention!r}"
+        )
+    return float(retention)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBacklog:
+    """Rows committed and not yet published (confirmed by the broker and marked sent)."""
+
+    unsent: int
+    oldest_age: float
+    """Seconds since the oldest unsent row was written; 0 when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One committed row as the relay reads it: where it goes and the message itself."""
+
+    id: int
+    kind: Kind
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class NewRow:
+    """What `publish`/`send` insert; the id and bucket are the database's and `bucket_of`'s."""
+
+    kind: Kind
+    destination: str
+    key: str | None
+    message_id: str
+    body: bytes
+    headers: str
+    """JSON object of text values."""
+    content_type: str | None
+    type: str | None
+    correlation_id: str | None
+    created_at: datetime
+
+    @property
+    def bucket(self) -> int:
+        return bucket_of(self.key, zlib.crc32(self.message_id.encode()))
+
+
+def row_message(
+    *,
+    destination: str,
+    key: str | None,
+    message_id: str,
+    body: bytes,
+    headers: str | Mapping[str, str],
+    content_type: str | None,
+    type: str | None,
+    correlation_id: str | None,
+    created_at: datetime,
+) -> Message:
+    """The message a stored row stands for: the id and timestamp given at insert time, so a
+    row published twice (a relay crash between publish and mark) is the same message twice and
+    consumer-side dedup drops the second."""
+    return Message(
+        id=message_id,
+        topic=destination,
+        body=bytes(body),
+        key=key,
+        headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
+        content_type=content_type,
+        type=type,
+        timestamp=created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC),
+        correlation_id=correlation_id,
+    )
+
+
+PublishRows = Callable[[Sequence[OutboxRow]], Awaitable[None]]
+"""Publishes rows in the order given and returns once the broker confirmed every one."""
+
+
+class Writer:
+    """Encodes what `publish`/`send` are given into a `NewRow`, the way `EventBus.publish`
+    would: the bus's codec once attached (JSON until then, or ``codec=`` when given), the
+    application's headers checked, the message id assigned now."""
+
+    def __init__(self, codec: Codec | AsyncCodec | None) -> None:
+        self.codec: Codec | AsyncCodec = codec or JsonCodec()
+        self._codec_given = codec is not None
+
+    def attach(self, codec: Codec | AsyncCodec) -> None:
+        """Called by `EventBus(outbox=...)`: use the bus's codec unless one was given."""
+        if not self._codec_given:
+            self.codec = codec
+
+    async def new_row(
+        self,
+        kind: Kind,
+        name: str,
+        payload: object,
+        *,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+    ) -> NewRow:
+        check_name(kind, name)
+        if key is not None and not isinstance(key, str):
+            raise ConfigurationError(f"key must be a str or None, got {key!r}")
+        encoded = await encode_with(self.codec, payload, name)
+        own = checked_headers(headers)
+        handling = HANDLING.get()
+        if handling is not None:  # written by a handler: keep the causal chain (DESIGN 9)
+            cause = handling[1].raw.message
+            correlation_id = correlation_id or cause.correlation_id or cause.id
+            own[CAUSATION_ID] = cause.id
+        if encoded.dataschema is not None:
+            own[DATASCHEMA] = encoded.dataschema
+        return NewRow(
+            kind=kind,
+            destination=name,
+            key=key,
+            message_id=message_id or new_message_id(),
+            body=encoded.body,
+            headers=json.dumps(own, separators=(",", ":")),
+            content_type=encoded.content_type,
+            type=encoded.type,
+            correlation_id=correlation_id,
+            created_at=datetime.now(UTC),
+        )
+
+
+class Outbox(Protocol):
+    """What the relay (`EventBus(outbox=...)`, ``eventbus outbox relay``) needs of an outbox.
+
+    Implemented by `PostgresOutbox` and `SqliteOutbox`; the relay is generic over it.
+    """
+
+    table: str
+    retention: float
+
+    def address(self) -> str:
+        """Where the rows live, for logs: never a password."""
+        ...
+
+    def attach(self, codec: Codec | AsyncCodec) -> None: ...
+
+    async def relay_round(
+        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+    ) -> int:
+        """Publish what this relay may take now, in batches of at most ``batch_size`` rows,
+        each marked sent once ``publish`` returned; returns how many were marked. Stops between
+        batches once ``stopping()`` is true."""
+        ...
+
+    async def backlog(self) -> OutboxBacklog: ...
+
+    async def purge_sent(self, *, limit: int) -> int:
+        """Delete up to ``limit`` rows sent more than ``retention`` seconds ago."""
+        ...
+
+    async def close(self) -> None: ...

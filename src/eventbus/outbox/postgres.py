@@ -1,0 +1,442 @@
+"""The transactional outbox in PostgreSQL (asyncpg).
+
+Writing: `PostgresOutbox.publish` inserts one row on the application's own connection, inside
+its open transaction, so the row commits or rolls back with the application's writes.
+
+Relaying, with several relays at once (processes, hosts)::
+
+    for each bucket with unsent rows (a random first one, then round the ring):
+        pg_try_advisory_lock(table, bucket)      session lock on the relay's own connection;
+                                                 taken by another relay: skip the bucket
+        SELECT unsent rows of the bucket ORDER BY id LIMIT batch
+        publish them, in order, awaiting the broker's confirmation
+        UPDATE ... SET sent_at = now()           (or DELETE with retention=0)
+        ... next batch, until the bucket is empty
+        pg_advisory_unlock(table, bucket)
+
+A key is always in the same bucket, and a bucket is worked by one relay at a time, so a key's
+rows go out in order and, under normal operation, once. ``FOR UPDATE SKIP LOCKED`` alone would
+let a second relay take a key's next rows while the first still publishes the earlier ones.
+A session lock dies with its connection: a SIGKILLed relay's buckets are free again as soon as
+the server notices the closed socket; its published-but-unmarked rows are published again by
+the next relay (same message ids: at-least-once, dedup drops them), before the later rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.dedup._validate import check_identifier, check_positive_int
+from eventbus.dedup.postgres import _import_asyncpg, _is_transient, _redact
+from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.outbox.base import (
+    DEFAULT_RETENTION,
+    NewRow,
+    NotInTransactionError,
+    OutboxBacklog,
+    OutboxRow,
+    PublishRows,
+    Writer,
+    check_retention,
+    row_message,
+)
+from eventbus.transports.base import Kind
+
+if TYPE_CHECKING:
+    import asyncpg  # type: ignore[import-untyped, unused-ignore]
+
+__all__ = ["PostgresOutbox"]
+
+log = logging.getLogger("eventbus.outbox")
+
+_COLUMNS = (
+    "id, kind, destination, key, message_id, body, headers, content_type, type, "
+    "correlation_id, created_at"
+)
+
+
+class PostgresOutbox:
+    """An outbox table in PostgreSQL: `publish`/`send` inside the application's transaction,
+    and what the relay needs (`eventbus.outbox.Outbox`).
+
+    ``dsn_or_pool``: a ``postgresql://`` DSN (the outbox opens a small pool of up to
+    ``max_pool_size`` connections for creating the table and housekeeping, and one connection
+    for relaying; `close()` closes them) or an ``asyncpg.Pool`` you own (never closed here; a
+    relay holds one of its connections while it runs). The table and its indexes are created
+    on first use, on the outbox's own connection (not in the application's transaction, so a
+    rollback never takes the table away).
+
+    ``retention``: seconds sent rows are kept before the relay deletes them (in batches);
+    ``0`` deletes each row as soon as it is sent. Needs ``pip install 'eventbus[postgres]'``.
+    """
+
+    def __init__(
+        self,
+        dsn_or_pool: str | asyncpg.Pool,
+        *,
+        table: str = "eventbus_outbox",
+        codec: Codec | AsyncCodec | None = None,
+        retention: float = DEFAULT_RETENTION,
+        max_pool_size: int = 4,
+    ) -> None:
+        asyncpg = _import_asyncpg()
+        if isinstance(dsn_or_pool, str):
+            if not dsn_or_pool.startswith(("postgresql://", "postgres://")):
+                raise ConfigurationError(
+                    "dsn_or_pool must be a postgresql:// DSN (e.g. "
+                    "'postgresql://user:password@127.0.0.1:5432/db') or an asyncpg.Pool, "
+                    f"got {_redact(dsn_or_pool)!r}"
+                )
+            self._dsn: str | None = dsn_or_pool
+            self._pool: Any = None
+        elif isinstance(dsn_or_pool, asyncpg.Pool):
+            self._dsn = None
+            self._pool = dsn_or_pool
+        else:
+            raise ConfigurationError(
+                "dsn_or_pool must be a PostgreSQL DSN or an asyncpg.Pool, "
+                f"got {type(dsn_or_pool).__name__}"
+            )
+        self.table = check_identifier("table", table)
+        self.retention = check_retention(retention)
+        self._max_pool_size = check_positive_int("max_pool_size", max_pool_size)
+        self._writer = Writer(codec)
+        self._sql = _Statements(self.table)
+        self._ready = False
+        self._lock: anyio.Lock | None = None
+        self._relay_conn: Any = None
+        self._relay_from_pool = False
+
+    def __repr__(self) -> str:
+        return f"PostgresOutbox({self.address()!r}, table={self.table!r})"
+
+    @property
+    def codec(self) -> Codec | AsyncCodec:
+        return self._writer.codec
+
+    def attach(self, codec: Codec | AsyncCodec) -> None:
+        self._writer.attach(codec)
+
+    def address(self) -> str:
+        return _redact(self._dsn) if self._dsn is not None else repr(self._pool)
+
+    async def open(self) -> None:
+        """Connect and create the table now rather than on first use."""
+        await self._get_pool()
+
+    # -- writing, in the application's transaction -------------------------------------------
+
+    async def publish(
+        self,
+        conn: asyncpg.Connection,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Write an event for ``topic`` in ``conn``'s open transaction; the relay publishes it
+        once the transaction committed (nothing, if it rolls back). Returns the message id,
+        which the message keeps however often it is published."""
+        return await self._insert(
+            conn, "topic", topic, payload, key, headers, message_id, correlation_id
+        )
+
+    async def send(
+        self,
+        conn: asyncpg.Connection,
+        queue: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """`publish` for a command to ``queue``."""
+        return await self._insert(
+            conn, "queue", queue, payload, key, headers, message_id, correlation_id
+        )
+
+    async def _insert(
+        self,
+        conn: Any,
+        kind: Kind,
+        name: str,
+        payload: object,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+    ) -> str:
+        if not callable(getattr(conn, "is_in_transaction", None)):
+            raise ConfigurationError(
+                f"conn must be an asyncpg connection, got {type(conn).__name__}"
+            )
+        if not conn.is_in_transaction():
+            raise NotInTransactionError(
+                f"outbox {kind} to {name!r}: the connection has no open transaction; call it "
+                "inside `async with conn.transaction():` so the message commits (or rolls "
+                "back) with your writes"
+            )
+        row = await self._writer.new_row(
+            kind,
+            name,
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+        await self._get_pool()  # the table exists before the application's insert needs it
+        await conn.execute(self._sql.insert, *_values(row))
+        return row.message_id
+
+    # -- relaying ------------------------------------------------------------------------------
+
+    async def relay_round(
+        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+    ) -> int:
+        conn = await self._relay_connection()
+        done = 0
+        try:
+            # Only the buckets with unsent rows: an idle relay asks one query per round.
+            waiting = [r[0] for r in await conn.fetch(self._sql.waiting_buckets)]
+            first = random.randrange(len(waiting) or 1)  # relays starting together spread out
+            for bucket in waiting[first:] + waiting[:first]:
+                if stopping():
+                    break
+                if not await conn.fetchval(self._sql.try_lock, self._sql.lock_name, bucket):
+                    continue  # another relay works this bucket now
+                try:
+                    done += await self._drain_bucket(conn, bucket, publish, batch_size, stopping)
+                finally:
+                    await conn.fetchval(self._sql.unlock, self._sql.lock_name, bucket)
+        except BaseException:
+            # A broken or cancelled connection may hold locks in an unknown state: drop it (its
+            # session locks go with it) rather than hand it to the next round.
+            with anyio.CancelScope(shield=True):
+                await self._drop_relay_connection()
+            raise
+        return done
+
+    async def _drain_bucket(
+        self,
+        conn: Any,
+        bucket: int,
+        publish: PublishRows,
+        batch_size: int,
+        stopping: Callable[[], bool],
+    ) -> int:
+        done = 0
+        while not stopping():
+            records = await conn.fetch(self._sql.unsent, bucket, batch_size)
+            if not records:
+                break
+            rows = [_row(r) for r in records]
+            await publish(rows)
+            # Marked only after the broker confirmed: a crash in between publishes them again.
+            mark = self._sql.delete_sent if self.retention == 0 else self._sql.mark_sent
+            await conn.execute(mark, [r.id for r in rows])
+            done += len(rows)
+            if len(rows) < batch_size:
+                break
+        return done
+
+    async def backlog(self) -> OutboxBacklog:
+        pool = await self._get_pool()
+        record = await pool.fetchrow(self._sql.backlog)
+        return OutboxBacklog(unsent=int(record[0]), oldest_age=max(0.0, float(record[1])))
+
+    async def purge_sent(self, *, limit: int) -> int:
+        pool = await self._get_pool()
+        status = await pool.execute(self._sql.purge, self.retention, limit)
+        return int(status.rsplit(" ", 1)[-1])  # "DELETE <n>"
+
+    async def close(self) -> None:
+        """Close the relay connection, and the pool if the outbox made it from a DSN."""
+        await self._drop_relay_connection()
+        if self._dsn is not None and self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+        self._ready = False
+        self._lock = None  # a reopened outbox may run in another event loop
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect_error(self, exc: Exception) -> Exception:
+        """What to raise for a failed connect: fatal misconfiguration as `ConfigurationError`,
+        an unreachable server as `BrokerUnavailableError`, both naming the address only."""
+        asyncpg = _import_asyncpg()
+        if isinstance(
+            exc,
+            asyncpg.InvalidPasswordError
+            | asyncpg.InvalidAuthorizationSpecificationError
+            | asyncpg.InvalidCatalogNameError,
+        ):
+            return ConfigurationError(f"outbox database {self.address()}: {exc}")
+        if _is_transient(asyncpg, exc):
+            return BrokerUnavailableError(self.address(), f"{type(exc).__name__}: {exc}")
+        return exc
+
+    async def _get_pool(self) -> Any:
+        if self._ready:
+            return self._pool
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        async with self._lock:
+            try:
+                if self._pool is None:
+                    asyncpg = _import_asyncpg()
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn, min_size=0, max_size=self._max_pool_size
+                    )
+                if not self._ready:
+                    await self._ensure_table(self._pool)
+            except Exception as exc:
+                mapped = self._connect_error(exc)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            self._ready = True
+        return self._pool
+
+    async def _ensure_table(self, pool: Any) -> None:
+        # CREATE ... IF NOT EXISTS alone races between processes: serialize on an advisory lock.
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self._sql.lock_name)
+            for statement in self._sql.create:
+                await conn.execute(statement)
+
+    async def _relay_connection(self) -> Any:
+        if self._relay_conn is not None and not self._relay_conn.is_closed():
+            return self._relay_conn
+        self._relay_conn = None
+        pool = await self._get_pool()
+        try:
+            if self._dsn is not None:
+                # A connection of its own, not the pool's: its session locks must die with it.
+                asyncpg = _import_asyncpg()
+                self._relay_conn = await asyncpg.connect(self._dsn)
+                self._relay_from_pool = False
+            else:
+                self._relay_conn = await pool.acquire()
+                self._relay_from_pool = True
+        except Exception as exc:
+            mapped = self._connect_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+        return self._relay_conn
+
+    async def _drop_relay_connection(self) -> None:
+        conn, self._relay_conn = self._relay_conn, None
+        if conn is None:
+            return
+        if self._relay_from_pool and self._pool is not None:
+            conn.terminate()  # the pool replaces it; a terminated session holds no lock
+            try:
+                await self._pool.release(conn)
+            except Exception as exc:
+                log.debug("releasing the relay connection: %r", exc)
+        else:
+            conn.terminate()
+
+
+def _values(row: NewRow) -> tuple[object, ...]:
+    return (
+        row.kind,
+        row.destination,
+        row.key,
+        row.bucket,
+        row.message_id,
+        row.body,
+        row.headers,
+        row.content_type,
+        row.type,
+        row.correlation_id,
+        row.created_at,
+    )
+
+
+def _row(r: Any) -> OutboxRow:
+    return OutboxRow(
+        id=r["id"],
+        kind=r["kind"],
+        message=row_message(
+            destination=r["destination"],
+            key=r["key"],
+            message_id=r["message_id"],
+            body=r["body"],
+            headers=r["headers"],
+            content_type=r["content_type"],
+            type=r["type"],
+            correlation_id=r["correlation_id"],
+            created_at=r["created_at"],
+        ),
+    )
+
+
+class _Statements:
+    """The SQL, with the (validated) table name filled in once."""
+
+    def __init__(self, table: str) -> None:
+        base = table.rsplit(".", 1)[-1]
+        self.lock_name = f"eventbus.outbox:{table}"
+        self.create = (
+            f"CREATE TABLE IF NOT EXISTS {table} ("
+            " id bigserial PRIMARY KEY,"
+            " kind text NOT NULL CHECK (kind IN ('topic', 'queue')),"
+            " destination text NOT NULL, key text, bucket smallint NOT NULL,"
+            " message_id text NOT NULL, body bytea NOT NULL, headers jsonb NOT NULL,"
+            " content_type text, type text, correlation_id text,"
+            " created_at timestamptz NOT NULL, sent_at timestamptz)",
+            # The relay's reads: a bucket's unsent rows in id order; the index stays as small
+            # as the backlog.
+            f"CREATE INDEX IF NOT EXISTS {base}_unsent_idx ON {table} (bucket, id)"
+            " WHERE sent_at IS NULL",
+            f"CREATE INDEX IF NOT EXISTS {base}_sent_idx ON {table} (sent_at)"
+            " WHERE sent_at IS NOT NULL",
+        )
+        self.insert = (
+            f"INSERT INTO {table} (kind, destination, key, bucket, message_id, body, headers,"
+            " content_type, type, correlation_id, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)"
+        )
+        # Two-key advisory locks, (hashtext(lock_name), bucket): PostgreSQL keeps them apart
+        # from the one-key lock that serializes the table's creation.
+        self.try_lock = "SELECT pg_try_advisory_lock(hashtext($1), $2)"
+        self.unlock = "SELECT pg_advisory_unlock(hashtext($1), $2)"
+        # A loose index scan over the unsent index: at most BUCKETS + 1 probes, however long
+        # the backlog (a plain SELECT DISTINCT would read every unsent row).
+        self.waiting_buckets = (
+            f"WITH RECURSIVE b AS ("
+            f" (SELECT bucket FROM {table} WHERE sent_at IS NULL ORDER BY bucket LIMIT 1)"
+            f" UNION ALL SELECT (SELECT t.bucket FROM {table} t"
+            f" WHERE t.sent_at IS NULL AND t.bucket > b.bucket ORDER BY t.bucket LIMIT 1)"
+            f" FROM b WHERE b.bucket IS NOT NULL)"
+            f" SELECT bucket FROM b WHERE bucket IS NOT NULL"
+        )
+        self.unsent = (
+            f"SELECT {_COLUMNS} FROM {table}"
+            " WHERE bucket = $1 AND sent_at IS NULL ORDER BY id LIMIT $2"
+        )
+        self.mark_sent = f"UPDATE {table} SET sent_at = now() WHERE id = ANY($1::bigint[])"
+        self.delete_sent = f"DELETE FROM {table} WHERE id = ANY($1::bigint[])"
+        self.backlog = (
+            f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8"
+            f" FROM {table} WHERE sent_at IS NULL"
+        )
+        self.purge = (
+            f"DELETE FROM {table} WHERE id = ANY (ARRAY("
+            f" SELECT id FROM {table} WHERE sent_at IS NOT NULL"
+            f" AND sent_at <= now() - make_interval(secs => $1) ORDER BY sent_at LIMIT $2))"
+        )

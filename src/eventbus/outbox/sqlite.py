@@ -1,0 +1,382 @@
+"""The transactional outbox in a SQLite file (the standard library's ``sqlite3``).
+
+Writing: `SqliteOutbox.publish` inserts one row on the application's own ``sqlite3``
+connection, inside its transaction, so the row commits or rolls back with its writes.
+
+Relaying: SQLite has no session locks that die with a process, so relays share the file
+through a lease row (``<table>_relay``): the relay holding an unexpired lease publishes, in
+``id`` order, and renews the lease before every batch; the others wait. An idle relay only
+reads (is anything unsent?) and lets its lease run out. A SIGKILLed relay's lease runs out
+after ``lease`` seconds and another relay takes over from the first unsent row (rows
+published but not marked go out again: at-least-once, same message ids). A relay that finds
+its lease taken over publishes nothing more; it only ever marks rows it published. One relay
+at a time is plenty here: every writer of the file is on the same host anyway.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from eventbus.codecs.base import AsyncCodec, Codec
+from eventbus.dedup._validate import check_identifier, check_seconds
+from eventbus.errors import ConfigurationError
+from eventbus.outbox.base import (
+    DEFAULT_RETENTION,
+    NewRow,
+    NotInTransactionError,
+    OutboxBacklog,
+    OutboxRow,
+    PublishRows,
+    Writer,
+    check_retention,
+    row_message,
+)
+from eventbus.transports.base import Kind
+
+__all__ = ["SqliteOutbox"]
+
+_T = TypeVar("_T")
+
+_COLUMNS = (
+    "id, kind, destination, key, message_id, body, headers, content_type, type, "
+    "correlation_id, created_at"
+)
+
+
+class SqliteOutbox:
+    """An outbox table in a SQLite database file: `publish`/`send` on the application's
+    ``sqlite3.Connection`` inside its transaction, and what the relay needs
+    (`eventbus.outbox.Outbox`).
+
+    ``path`` is the database file the application writes to. The table is created on first
+    use (by the relay on its own connection, or by the first `publish` inside the
+    application's transaction). ``lease``: seconds a relay holds the table before another may
+    take over (the fail-over delay after a relay is killed). ``retention`` as for
+    `PostgresOutbox`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        table: str = "eventbus_outbox",
+        codec: Codec | AsyncCodec | None = None,
+        retention: float = DEFAULT_RETENTION,
+        lease: float = 10.0,
+        busy_timeout: float = 10.0,
+    ) -> None:
+        self._path = os.fspath(path)
+        if not self._path:
+            raise ConfigurationError("path must name a database file, e.g. 'var/app.sqlite3'")
+        self.table = check_identifier("table", table)
+        if "." in table:
+            raise ConfigurationError(
+                f"table must not be schema-qualified for SQLite, got {table!r}"
+            )
+        self.retention = check_retention(retention)
+        self._lease = check_seconds("lease", lease)
+        self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
+        self._writer = Writer(codec)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._conn: sqlite3.Connection | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._sql_any_unsent = f"SELECT 1 FROM {self.table} WHERE sent_at IS NULL LIMIT 1"
+
+    def __repr__(self) -> str:
+        return f"SqliteOutbox({self._path!r}, table={self.table!r})"
+
+    @property
+    def codec(self) -> Codec | AsyncCodec:
+        return self._writer.codec
+
+    def attach(self, codec: Codec | AsyncCodec) -> None:
+        self._writer.attach(codec)
+
+    def address(self) -> str:
+        return self._path
+
+    async def open(self) -> None:
+        """Open the file and create the table now rather than on first use."""
+        await self._run(self._connection)
+
+    # -- writing, in the application's transaction -------------------------------------------
+
+    async def publish(
+        self,
+        conn: sqlite3.Connection,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Write an event for ``topic`` in ``conn``'s transaction (opened by Python's implicit
+        ``BEGIN`` or your own); the relay publishes it once committed. Returns the message id.
+        Runs on the calling thread: the application's connection is its own."""
+        return await self._insert(
+            conn, "topic", topic, payload, key, headers, message_id, correlation_id
+        )
+
+    async def send(
+        self,
+        conn: sqlite3.Connection,
+        queue: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """`publish` for a command to ``queue``."""
+        return await self._insert(
+            conn, "queue", queue, payload, key, headers, message_id, correlation_id
+        )
+
+    async def _insert(
+        self,
+        conn: Any,
+        kind: Kind,
+        name: str,
+        payload: object,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+    ) -> str:
+        if not isinstance(conn, sqlite3.Connection):
+            raise ConfigurationError(
+                f"conn must be a sqlite3.Connection, got {type(conn).__name__}"
+            )
+        if not conn.in_transaction and _autocommits(conn):
+            raise NotInTransactionError(
+                f"outbox {kind} to {name!r}: the connection is in autocommit mode with no open "
+                "transaction; run BEGIN first so the message commits (or rolls back) with "
+                "your writes"
+            )
+        row = await self._writer.new_row(
+            kind,
+            name,
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+        try:
+            conn.execute(_insert_sql(self.table), _values(row))
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            # Created inside the application's transaction (never on a second connection: it
+            # would wait for the write lock this transaction may hold), so it rolls back too.
+            for statement in _create_sql(self.table):
+                conn.execute(statement)
+            conn.execute(_insert_sql(self.table), _values(row))
+        return row.message_id
+
+    # -- relaying ------------------------------------------------------------------------------
+
+    async def relay_round(
+        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+    ) -> int:
+        done = 0
+        while not stopping():
+            # Renewed before every batch: a relay that lost the lease publishes nothing more.
+            rows = await self._run(lambda: self._lease_and_read(batch_size))
+            if not rows:
+                break
+            await publish(rows)
+            await self._run(functools.partial(self._mark, [r.id for r in rows]))
+            done += len(rows)
+            if len(rows) < batch_size:
+                break
+        return done
+
+    async def backlog(self) -> OutboxBacklog:
+        def read() -> OutboxBacklog:
+            count, oldest = (
+                self._connection()
+                .execute(
+                    f"SELECT count(*), min(created_at) FROM {self.table} WHERE sent_at IS NULL"
+                )
+                .fetchone()
+            )
+            age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+            return OutboxBacklog(unsent=int(count), oldest_age=age)
+
+        return await self._run(read)
+
+    async def purge_sent(self, *, limit: int) -> int:
+        def purge() -> int:
+            cursor = self._connection().execute(
+                f"DELETE FROM {self.table} WHERE id IN (SELECT id FROM {self.table}"
+                " WHERE sent_at IS NOT NULL AND sent_at <= ? ORDER BY sent_at LIMIT ?)",
+                (time.time() - self.retention, limit),
+            )
+            return cursor.rowcount
+
+        return await self._run(purge)
+
+    async def close(self) -> None:
+        def run() -> None:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:  # hand the table over at once rather than after the lease
+                    conn.execute(
+                        f"DELETE FROM {self.table}_relay WHERE id = 1 AND owner = ?",
+                        (self._owner,),
+                    )
+                finally:
+                    conn.close()
+
+        await self._run(run)
+
+    # -- on the worker thread --------------------------------------------------------------
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(1)
+        # Not abandoned on cancellation: a transaction is never left half-done on the thread.
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None:
+            return self._conn
+        # isolation_level=None: no implicit transactions; the lease opens BEGIN IMMEDIATE.
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,  # used by one worker thread at a time (the limiter)
+        )
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _create_sql(self.table):
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _lease_and_read(self, batch_size: int) -> list[OutboxRow]:
+        conn = self._connection()
+        if conn.execute(self._sql_any_unsent).fetchone() is None:
+            return []  # idle: no write (and no lease) needed to find that out
+        # IMMEDIATE: reading and taking the lease is one step for every process on the file.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            now = time.time()
+            holder = conn.execute(
+                f"SELECT owner, expires_at FROM {self.table}_relay WHERE id = 1"
+            ).fetchone()
+            if holder is not None and holder[0] != self._owner and holder[1] > now:
+                conn.execute("COMMIT")
+                return []  # another relay holds the table
+            conn.execute(
+                f"INSERT INTO {self.table}_relay (id, owner, expires_at) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,"
+                " expires_at = excluded.expires_at",
+                (self._owner, now + self._lease),
+            )
+            records = conn.execute(
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+                (batch_size,),
+            ).fetchall()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return [_row(r) for r in records]
+
+    def _mark(self, ids: list[int]) -> None:
+        conn = self._connection()
+        marks = ",".join("?" * len(ids))
+        if self.retention == 0:
+            conn.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", ids)
+        else:
+            conn.execute(
+                f"UPDATE {self.table} SET sent_at = ? WHERE id IN ({marks})", [time.time(), *ids]
+            )
+
+
+def _autocommits(conn: sqlite3.Connection) -> bool:
+    """Whether a statement outside BEGIN commits on its own (no implicit transaction)."""
+    autocommit = getattr(conn, "autocommit", None)  # Python 3.12+
+    if autocommit is True:
+        return True
+    if autocommit is False:
+        return False  # a transaction is always open
+    return conn.isolation_level is None
+
+
+def _values(row: NewRow) -> tuple[object, ...]:
+    return (
+        row.kind,
+        row.destination,
+        row.key,
+        row.bucket,
+        row.message_id,
+        row.body,
+        row.headers,
+        row.content_type,
+        row.type,
+        row.correlation_id,
+        row.created_at.timestamp(),
+    )
+
+
+def _row(r: tuple[Any, ...]) -> OutboxRow:
+    return OutboxRow(
+        id=r[0],
+        kind=r[1],
+        message=row_message(
+            destination=r[2],
+            key=r[3],
+            message_id=r[4],
+            body=r[5],
+            headers=r[6],
+            content_type=r[7],
+            type=r[8],
+            correlation_id=r[9],
+            created_at=datetime.fromtimestamp(r[10], UTC),
+        ),
+    )
+
+
+def _insert_sql(table: str) -> str:
+    return (
+        f"INSERT INTO {table} (kind, destination, key, bucket, message_id, body, headers,"
+        " content_type, type, correlation_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    )
+
+
+def _create_sql(table: str) -> tuple[str, ...]:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"  # never reuses an id: order stays id order
+        " kind TEXT NOT NULL, destination TEXT NOT NULL, key TEXT, bucket INTEGER NOT NULL,"
+        " message_id TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,"
+        " content_type TEXT, type TEXT, correlation_id TEXT,"
+        " created_at REAL NOT NULL, sent_at REAL)",
+        f"CREATE INDEX IF NOT EXISTS {table}_unsent ON {table} (id) WHERE sent_at IS NULL",
+        f"CREATE INDEX IF NOT EXISTS {table}_sent ON {table} (sent_at) WHERE sent_at IS NOT NULL",
+        f"CREATE TABLE IF NOT EXISTS {table}_relay ("
+        " id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, expires_at REAL NOT NULL)",
+    )

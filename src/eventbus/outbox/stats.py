@@ -1,0 +1,28 @@
+"""`RelayStats`: what a relay loop has done and seen, for `OutboxRelay.stats` and the gauges."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventbus.outbox.base import OutboxBacklog
+
+__all__ = ["RelayStats", "relay_backlog"]
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """What one outbox's relay loop has done and seen (read by the metrics collector)."""
+
+    table: str
+    relayed: int = 0
+    """Rows published and marked sent by this process."""
+    failures: int = 0
+    """Rounds that failed and were tried again."""
+    backlog: OutboxBacklog | None = None
+    """The last backlog read (every ``backlog_interval`` seconds); None before the first."""
+
+
+def relay_backlog(stats: RelayStats) -> tuple[int, float]:
+    """(unsent rows, oldest unsent age) of the last read, zeros before the first."""
+    backlog = stats.backlog
+    return (backlog.unsent, backlog.oldest_age) if backlog is not None else (0, 0.0)
