@@ -710,6 +710,8 @@ class EventBus:
         (docs/request-reply.md)."""
         if not 0 < timeout < math.inf:
             raise ConfigurationError(f"request timeout must be > 0 seconds, got {timeout!r}")
+        if kind not in ("queue", "topic"):
+            raise ConfigurationError(f"request kind must be 'queue' or 'topic', not {kind!r}")
         to = self._destination(name, kind, None)
         self._connected()
         assert self._task_group is not None

@@ -36,6 +36,8 @@ async def test_bad_calls_fail_before_sending() -> None:
             await bus.request("q", 1, timeout=0)
         with pytest.raises(ConfigurationError, match="invalid queue name"):
             await bus.request("bad name", 1)
+        with pytest.raises(ConfigurationError, match="kind must be 'queue' or 'topic'"):
+            await bus.request("q", 1, kind="group")  # type: ignore[arg-type]
     assert bus.request_stats.sent == 0
 
 
