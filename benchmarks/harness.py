@@ -69,6 +69,10 @@ class Settings:
     handler_seconds: float = 0.002
     latency_rate: float = 1_000.0
     latency_seconds: float = 5.0
+    requests: int = 500
+    """Requests per run of a request-reply scenario, one in flight at a time."""
+    concurrent_requests: int = 1_000
+    """Requests per run with several callers at once (``in_flight`` in the scenario)."""
     max_seconds: float = 10.0
     """A consume run stops after this long (the slow contenders); throughput is over what it
     handled by then, and the JSON says how many that was."""
@@ -151,8 +155,10 @@ class Scenario:
     contenders: Sequence[Contender]
     messages: Callable[[Settings], int]
     settings: Callable[[Settings], dict[str, Any]]
-    latency: Literal["none", "call", "end-to-end"] = "none"
+    latency: Literal["none", "call", "end-to-end", "round-trip"] = "none"
     targets: Sequence[Target] = ()
+    warmup: bool = True
+    """False: no untimed run before the rounds (each run warms itself up)."""
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -234,7 +240,7 @@ async def run_scenario(
                 await asyncio.sleep(RETRY_PAUSE)
         raise AssertionError("unreachable")
 
-    for contender in contenders if settings.warmup else ():
+    for contender in contenders if settings.warmup and scenario.warmup else ():
         count = max(10, messages(contender) // 10)
         log(f"  warm-up  {contender.name} ({count} messages)")
         try:

@@ -20,9 +20,12 @@ def print_table(results: dict[str, Any], out: Callable[[str], None] = print) -> 
         settings = ", ".join(f"{k}={v}" for k, v in scenario["settings"].items())
         out(f"Settings: {settings}\n")
         latency = scenario["latency"] != "none"
-        columns = ["contender", "msg/s (median)", "min-max", "ratio", "CPU us/msg"]
+        round_trip = scenario["latency"] == "round-trip"
+        quantiles = ("p50_ms", "p90_ms", "p99_ms", "max_ms") if round_trip else ("p50_ms", "p99_ms")
+        unit = "req/s" if round_trip else "msg/s"
+        columns = ["contender", f"{unit} (median)", "min-max", "ratio", f"CPU us/{unit[:3]}"]
         if latency:
-            columns += ["p50 ms", "p99 ms", "p99 by round"]
+            columns += [f"{q.removesuffix('_ms')} ms" for q in quantiles] + ["p99 by round"]
         out("| " + " | ".join(columns) + " |")
         out("|---" + "|---:" * (len(columns) - 1) + "|")
         for name, c in scenario["contenders"].items():
@@ -38,7 +41,7 @@ def print_table(results: dict[str, Any], out: Callable[[str], None] = print) -> 
                 f"{c['cpu_us_per_msg']:,.0f}" if "cpu_us_per_msg" in c else "-",
             ]
             if latency:
-                cells += [f"{c[q]:.2f}" if q in c else "-" for q in ("p50_ms", "p99_ms")]
+                cells += [f"{c[q]:.2f}" if q in c else "-" for q in quantiles]
                 cells.append(" / ".join(f"{r['p99_ms']:.1f}" for r in c["rounds"] if "p99_ms" in r))
             out("| " + " | ".join(cells) + " |")
         if scenario["targets"]:
