@@ -38,6 +38,8 @@ QUICK = {
     "rabbit_batch_messages": 300,
     "keyed_messages": 128,
     "latency_seconds": 0.2,
+    "requests": 20,
+    "concurrent_requests": 64,
     "max_seconds": 20.0,
     "run_timeout": 60.0,
     "warmup": False,

@@ -1,4 +1,5 @@
-"""The scenarios of issue 7, (a) to (f): who runs, with how many messages, against which goal."""
+"""The scenarios of issue 7, (a) to (f), and later ones: who runs, with how many messages, against
+which goal."""
 
 from __future__ import annotations
 
@@ -455,6 +456,104 @@ RABBIT_BATCH_CONSUME = Scenario(
     ],
 )
 
+
+_IN_FLIGHT = 16
+"""Requests at once in the concurrent request-reply contenders."""
+
+
+def _request_settings(s: Settings, broker: dict[str, Any]) -> dict[str, Any]:
+    broker = {k: v for k, v in broker.items() if k != "message_bytes"}
+    return {
+        **broker,
+        "payload": "JSON PriceRequest -> PriceReply, ~50 bytes each",
+        "sequential_requests": s.requests,
+        "concurrent_requests": s.concurrent_requests,
+        "in_flight": _IN_FLIGHT,
+        "warm_up": "20 sequential requests per run, untimed",
+        "measured": "request call -> reply decoded, same process, responder on its own client",
+    }
+
+
+def _requests(s: Settings) -> int:
+    return s.requests
+
+
+def _concurrent(s: Settings) -> int:
+    return s.concurrent_requests
+
+
+def _request_contenders(
+    raw: str, raw_fn: Any, eventbus_fn: Any, faststream_fn: Any | None, in_flight: int
+) -> list[Contender]:
+    """Sequential contenders, then the same with ``in_flight`` requests at once."""
+    many = f"({in_flight} in flight)"
+    contenders = [
+        Contender(raw, raw_fn),
+        Contender("eventbus request", eventbus_fn, raw),
+    ]
+    if faststream_fn is not None:
+        contenders.append(Contender("faststream request", faststream_fn, raw))
+    contenders += [
+        Contender(f"{raw} {many}", p(raw_fn, in_flight=in_flight), messages=_concurrent),
+        Contender(
+            f"eventbus request {many}",
+            p(eventbus_fn, in_flight=in_flight),
+            f"{raw} {many}",
+            _concurrent,
+            note=f"responder concurrency={in_flight}",
+        ),
+    ]
+    if faststream_fn is not None:
+        contenders.append(
+            Contender(
+                f"faststream request {many}",
+                p(faststream_fn, in_flight=in_flight),
+                f"{raw} {many}",
+                _concurrent,
+                note="FastStream serialises a broker's requests (a lock around each)",
+            )
+        )
+    return contenders
+
+
+KAFKA_REQUEST = Scenario(
+    key="i1-kafka-request",
+    title="Kafka request-reply round trip, small JSON, sequential and 16 in flight",
+    broker="kafka",
+    messages=_requests,
+    settings=lambda s: {
+        **_request_settings(s, _kafka_common(s)),
+        "replies": "one partition of a reply topic per requester",
+        "faststream": "not run: FastStream 0.7's KafkaBroker.request works only in its test "
+        "client (FeatureNotSupportedException on a real broker)",
+    },
+    latency="round-trip",
+    warmup=False,
+    contenders=_request_contenders(
+        "aiokafka by hand", kafka_raw.request, kafka_eventbus.request, None, _IN_FLIGHT
+    ),
+)
+
+RABBIT_REQUEST = Scenario(
+    key="i2-rabbit-request",
+    title="RabbitMQ request-reply round trip, small JSON, sequential and 16 in flight",
+    broker="amqp",
+    messages=_requests,
+    settings=lambda s: {
+        **_request_settings(s, _rabbit_common(s)),
+        "replies": "exclusive reply queue (FastStream: direct reply-to)",
+    },
+    latency="round-trip",
+    warmup=False,
+    contenders=_request_contenders(
+        "aio-pika by hand",
+        rabbit_raw.request,
+        rabbit_eventbus.request,
+        rabbit_faststream.request,
+        _IN_FLIGHT,
+    ),
+)
+
 SCENARIOS = [
     KAFKA_PUBLISH,
     KAFKA_CONSUME,
@@ -468,4 +567,6 @@ SCENARIOS = [
     RABBIT_KEYED,
     KAFKA_LATENCY,
     RABBIT_LATENCY,
+    KAFKA_REQUEST,
+    RABBIT_REQUEST,
 ]

@@ -1,25 +1,37 @@
-"""What every contender measures the same way: consume counting, paced publishing, timing."""
+"""What every contender measures the same way: consume counting, paced publishing, timing,
+request-reply payloads and round trips."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
+from pydantic import BaseModel
+
 from benchmarks.harness import Measurement, Run
 
 __all__ = [
+    "REQUEST_TIMEOUT",
     "STALL_SECONDS",
     "Latencies",
+    "PriceReply",
+    "PriceRequest",
     "Tally",
     "paced",
+    "price",
+    "price_request",
+    "raw_price",
+    "raw_request",
     "running",
     "stamp",
     "stamped_latency",
     "timed_batches",
     "timed_calls",
+    "timed_requests",
 ]
 
 STALL_SECONDS = 60.0
@@ -216,4 +228,92 @@ async def paced(
         len(latencies.samples), sent_in, latencies.samples, cpu=time.process_time() - cpu
     )
     m.extra["achieved_rate"] = round(len(latencies.samples) / sent_in, 1)
+    return m
+
+
+# -- request-reply ---------------------------------------------------------------------------
+
+REQUEST_TIMEOUT = 30.0
+"""Every contender's request timeout: long enough for the first request of a run, which waits
+for the responder's group join (and, on Kafka, eventbus's reply-partition lease)."""
+
+REQUEST_WARM = 20
+"""Requests before the clock starts: joins, leases, declarations and first-use caches."""
+
+
+class PriceRequest(BaseModel):
+    """The request of scenario (i): about 50 bytes of JSON."""
+
+    order_id: int
+    sku: str
+    quantity: int
+
+
+class PriceReply(BaseModel):
+    """The reply of scenario (i): about 50 bytes of JSON."""
+
+    order_id: int
+    total: float
+    currency: str
+
+
+def price_request(i: int) -> PriceRequest:
+    return PriceRequest(order_id=i, sku="SKU-1234-XL", quantity=3)
+
+
+def price(request: PriceRequest) -> PriceReply:
+    """What every responder computes (the framework ones as a typed handler)."""
+    return PriceReply(order_id=request.order_id, total=request.quantity * 19.99, currency="EUR")
+
+
+def raw_request(i: int) -> bytes:
+    """`price_request` by hand, with the standard library's JSON."""
+    return json.dumps({"order_id": i, "sku": "SKU-1234-XL", "quantity": 3}).encode()
+
+
+def raw_price(body: bytes) -> bytes:
+    """`price` by hand, with the standard library's JSON: the raw clients' responder."""
+    request = json.loads(body)
+    reply = {"order_id": request["order_id"], "total": request["quantity"] * 19.99}
+    reply["currency"] = "EUR"
+    return json.dumps(reply).encode()
+
+
+async def timed_requests(
+    run: Run, request: Callable[[int], Awaitable[int]], in_flight: int
+) -> Measurement:
+    """``run.messages`` requests, ``in_flight`` at a time (each caller waits for its reply
+    before its next request), after `REQUEST_WARM` sequential ones. ``request(i)`` sends
+    request ``i`` and returns the ``order_id`` of its reply, checked here. Latencies are per
+    request, call to reply decoded; the rate is requests per second."""
+    for i in range(REQUEST_WARM):
+        if await request(i) != i:
+            raise AssertionError(f"warm-up request {i} got the reply to another request")
+    latencies: list[float] = []
+    clock = time.perf_counter
+    count = run.messages
+    issued = 0
+
+    async def caller() -> None:
+        nonlocal issued
+        while issued < count:
+            i = issued
+            issued += 1
+            t = clock()
+            answer = await request(i)
+            latencies.append(clock() - t)
+            if answer != i:
+                raise AssertionError(f"request {i} got the reply to request {answer}")
+
+    cpu = time.process_time()
+    started = clock()
+    if in_flight == 1:
+        await caller()
+    else:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(in_flight):
+                tg.create_task(caller())
+    elapsed = clock() - started
+    m = Measurement(count, elapsed, latencies, cpu=time.process_time() - cpu)
+    m.extra["in_flight"] = in_flight
     return m

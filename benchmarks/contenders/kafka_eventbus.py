@@ -9,12 +9,32 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.contenders.common import (
+    REQUEST_TIMEOUT,
+    Latencies,
+    PriceReply,
+    PriceRequest,
+    Tally,
+    paced,
+    price,
+    price_request,
+    timed_batches,
+    timed_calls,
+    timed_requests,
+)
 from benchmarks.harness import Measurement, Run
 from benchmarks.kafka_common import Order, body, delete_topics, filled_topic, kafka_topics
 from eventbus import Batch, EventBus, MetricsConfig
 
-__all__ = ["consume", "consume_batch", "keyed", "latency", "publish_batch", "publish_sequential"]
+__all__ = [
+    "consume",
+    "consume_batch",
+    "keyed",
+    "latency",
+    "publish_batch",
+    "publish_sequential",
+    "request",
+]
 
 WARM = 50
 
@@ -154,3 +174,32 @@ async def latency(run: Run) -> Measurement:
             return await paced(run, lambda b: bus.publish(topic, b), latencies)
     finally:
         await delete_topics(settings, [f"{topic}.{group}.retry"])
+
+
+async def request(run: Run, in_flight: int = 1) -> Measurement:
+    """Scenario (i): ``bus.request`` from a publisher-only bus to a typed handler on a second
+    bus of the same process, whose return value is the reply. The requester's reply topic is
+    this run's own (one partition: the one lease it needs), deleted afterwards."""
+    settings = run.settings
+    queue, replies = run.name("req"), run.name("replies")
+    url = settings.kafka_url
+    requester = EventBus(
+        f"{url}{'&' if '?' in url else '?'}reply_topic={replies}&reply_partitions=1"
+    )
+    responder = _bus(run)
+
+    @responder.consume(queue, concurrency=in_flight, max_in_flight=max(4, in_flight))
+    async def respond(ask: PriceRequest) -> PriceReply:
+        return price(ask)
+
+    async def ask(i: int) -> int:
+        reply = await requester.request(
+            queue, price_request(i), response=PriceReply, timeout=REQUEST_TIMEOUT
+        )
+        return int(reply.order_id)
+
+    try:
+        async with kafka_topics(settings, [queue]), responder, requester.publisher():
+            return await timed_requests(run, ask, in_flight)
+    finally:
+        await delete_topics(settings, [replies, f"{queue}.retry"])

@@ -10,12 +10,32 @@ from __future__ import annotations
 import asyncio
 import os
 
-from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.contenders.common import (
+    REQUEST_TIMEOUT,
+    Latencies,
+    PriceReply,
+    PriceRequest,
+    Tally,
+    paced,
+    price,
+    price_request,
+    timed_batches,
+    timed_calls,
+    timed_requests,
+)
 from benchmarks.harness import Measurement, Run
 from benchmarks.rabbit_common import declared, filled_queue
 from eventbus import Batch, EventBus
 
-__all__ = ["consume", "consume_batch", "keyed", "latency", "publish_batch", "publish_sequential"]
+__all__ = [
+    "consume",
+    "consume_batch",
+    "keyed",
+    "latency",
+    "publish_batch",
+    "publish_sequential",
+    "request",
+]
 
 WARM = 50
 
@@ -110,3 +130,29 @@ async def latency(run: Run) -> Measurement:
 
     async with declared(settings, queues=[queue], also_delete=[f"{queue}.dlq"]), bus:
         return await paced(run, lambda b: bus.send(queue, b), latencies)
+
+
+async def request(run: Run, in_flight: int = 1) -> Measurement:
+    """Scenario (i): ``bus.request`` from a publisher-only bus to a typed handler on a second
+    bus of the same process, whose return value is the reply (to the requester's exclusive
+    reply queue)."""
+    settings = run.settings
+    queue = run.name("req")
+    requester, responder = _bus(run), _bus(run)
+
+    @responder.consume(queue, concurrency=in_flight, max_in_flight=settings.prefetch)
+    async def respond(ask: PriceRequest) -> PriceReply:
+        return price(ask)
+
+    async def ask(i: int) -> int:
+        reply = await requester.request(
+            queue, price_request(i), response=PriceReply, timeout=REQUEST_TIMEOUT
+        )
+        return int(reply.order_id)
+
+    async with (
+        declared(settings, queues=[queue], also_delete=[f"{queue}.dlq"]),
+        responder,
+        requester.publisher(),
+    ):
+        return await timed_requests(run, ask, in_flight)

@@ -18,11 +18,23 @@ from typing import Any
 from faststream import AckPolicy
 from faststream.rabbit import Channel, ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 
-from benchmarks.contenders.common import Latencies, Tally, paced, timed_batches, timed_calls
+from benchmarks.contenders.common import (
+    REQUEST_TIMEOUT,
+    Latencies,
+    PriceReply,
+    PriceRequest,
+    Tally,
+    paced,
+    price,
+    price_request,
+    timed_batches,
+    timed_calls,
+    timed_requests,
+)
 from benchmarks.harness import Measurement, Run
 from benchmarks.rabbit_common import declared, filled_queue
 
-__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential"]
+__all__ = ["consume", "keyed", "latency", "publish_batch", "publish_sequential", "request"]
 
 WARM = 50
 
@@ -136,3 +148,30 @@ async def latency(run: Run) -> Measurement:
             lambda b: broker.publish(b, queue=queue, persist=True, mandatory=True),
             latencies,
         )
+
+
+async def request(run: Run, in_flight: int = 1) -> Measurement:
+    """Scenario (i): ``broker.request`` (RabbitMQ's direct reply-to,
+    ``amq.rabbitmq.reply-to``) from a second broker to a typed subscriber whose return value is
+    the reply. FastStream 0.7 holds a lock around each request (one consumer of the reply
+    pseudo-queue per broker), so a broker's requests run one at a time whatever the callers."""
+    settings = run.settings
+    queue = run.name("req")
+    responder, requester = _broker(run), _broker(run)
+
+    @_subscriber(responder, queue, settings.prefetch)
+    async def respond(ask: PriceRequest) -> PriceReply:
+        return price(ask)
+
+    async def ask(i: int) -> int:
+        reply = await requester.request(
+            price_request(i),
+            queue=queue,
+            persist=True,
+            mandatory=True,
+            timeout=REQUEST_TIMEOUT,
+        )
+        return PriceReply.model_validate_json(reply.body).order_id
+
+    async with declared(settings, queues=[queue]), _started(responder), _started(requester):
+        return await timed_requests(run, ask, in_flight)

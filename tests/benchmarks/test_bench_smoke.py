@@ -55,7 +55,7 @@ def test_quick_run_covers_every_scenario_and_contender(
             assert "error" not in contender, (key, name, contender.get("error"))
             assert contender["msgs_per_s"] > 0, (key, name)
             assert all(r["messages"] > 0 for r in contender["rounds"]), (key, name)
-        if scenario["latency"] == "end-to-end":
+        if scenario["latency"] in ("end-to-end", "round-trip"):
             assert all(c["p99_ms"] > 0 for c in scenario["contenders"].values()), key
         for target in scenario["targets"]:
             assert target["measured"] is not None, (key, target)
