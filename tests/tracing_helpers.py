@@ -193,7 +193,8 @@ async def tracing_off_writes_and_records_nothing(make_bus: MakeBus, topic: str, 
         await anyio.sleep(0.1)
     assert exporter.get_finished_spans() == ()
     assert not any("traceparent" in headers for headers in seen), seen
-    assert seen[0]["app"] == "1"
+    # Keyless on Kafka: the three may arrive in any order (partitions).
+    assert [headers.get("app") for headers in seen].count("1") == 1
 
 
 async def foreign_traceparent_joins(exporter: InMemorySpanExporter, topic: str) -> ReadableSpan:

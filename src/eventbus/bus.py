@@ -158,7 +158,12 @@ class EventBus:
         if outbox is not None:
             from eventbus.outbox.relay import OutboxRelay
 
-            self.outbox_relay = OutboxRelay(outbox, self._send, codec=self.codec)
+            self.outbox_relay = OutboxRelay(
+                outbox,
+                self._send,
+                codec=self.codec,
+                max_message_size=lambda: self.transport.capabilities.max_message_size,
+            )
 
     # -- metrics and health -----------------------------------------------------------------
 
@@ -903,13 +908,15 @@ class EventBus:
         with anyio.CancelScope(shield=True):
             if self._hooks_scope is not None:
                 self._hooks_scope.cancel()
-            if self.outbox_relay is not None:  # first: its batch in hand is marked, not redone
-                await self.outbox_relay.stop(self.graceful_timeout)
             with anyio.move_on_after(self.graceful_timeout) as drain:
                 self._drain_scope = drain
                 async with anyio.create_task_group() as tg:
+                    if self.outbox_relay is not None:  # its batch in hand marked, not redone
+                        tg.start_soon(self.outbox_relay.stop, self.graceful_timeout)
                     for runner in self._runners:
                         tg.start_soon(runner.drain)
+            if self.outbox_relay is not None:  # cut short with the drain: cancelled now
+                await self.outbox_relay.stop(0)
             if drain.cancelled_caught:
                 log.warning("graceful timeout reached: unfinished messages will be redelivered")
             for runner in self._runners:

@@ -90,6 +90,23 @@ async def _committed(dsn: str, table: str) -> set[tuple[str, int]]:
         await conn.close()
 
 
+async def _sent(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE sent_at IS NOT NULL"))
+    except asyncpg.UndefinedTableError:
+        return 0  # the first publish creates it
+    finally:
+        await conn.close()
+
+
+async def _relaying(dsn: str, table: str, since: int) -> None:
+    """Until the current relay marked rows: a kill then lands on a relay at work."""
+    with anyio.fail_after(60):
+        while await _sent(dsn, table) <= since:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
 async def _restart_postgres() -> float:
     start = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
@@ -149,8 +166,10 @@ async def test_relays_killed_three_times_and_postgres_restarted(
         async with consumer, anyio.create_task_group() as tg:
             tg.start_soon(writers.run, ROWS)
             for share in (0.15, 0.3, 0.45):
+                sent_before = await _sent(postgres_url, pg_table)
                 await eventually(lambda share=share: writers.attempted >= ROWS * share)
-                relay.kill()  # most likely between a publish and its mark
+                await _relaying(postgres_url, pg_table, sent_before)
+                relay.kill()  # at work: with rows coming, often between a publish and its mark
                 kills += 1
                 relay = RelayProcess(*args, out=log, env=env)
             await eventually(lambda: writers.attempted >= ROWS * 0.6)

@@ -229,3 +229,28 @@ async def test_wrong_password_stops_the_relay_with_a_clear_error(postgres_url: s
         error = error.exceptions[0]
     assert isinstance(error, ConfigurationError)
     assert host.split("/")[0] in str(error)
+
+
+async def test_an_app_connection_with_a_json_codec_keeps_the_headers(
+    postgres_url: str, pg: Any, pg_table: str, name: str
+) -> None:
+    """The application's connection decodes json/jsonb itself (asyncpg's documented recipe):
+    the headers are stored as text, so they arrive as they were given, not encoded twice."""
+    import json
+
+    await pg.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await pg.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    outbox = PostgresOutbox(postgres_url, table=pg_table)
+    bus = EventBus("memory://", outbox=outbox)
+    got: list[Message] = []
+
+    @bus.subscribe(name, group="g")
+    async def record(message: Message) -> None:
+        got.append(message)
+
+    async with pg.transaction():
+        await outbox.publish(pg, name, {"x": 1}, headers={"tenant": "t-1"})
+    async with bus:
+        await eventually(lambda: got)
+    assert got[0].headers["tenant"] == "t-1"
+    assert await _count(pg, pg_table, "failed IS NULL") == 1

@@ -84,7 +84,7 @@ async def test_two_relays_on_one_file_keep_order_and_lose_nothing(
     buses = []
     seen = Seen()
     for _ in range(2):
-        bus = EventBus("memory://", outbox=SqliteOutbox(sqlite_path, retention=0, lease=1.0))
+        bus = EventBus("memory://", outbox=SqliteOutbox(sqlite_path, retention=0, lease=5.0))
         buses.append(bus)
     seen.subscribe(buses[0], name)  # one memory broker per URL: both relays feed it
     async with buses[0], buses[1]:

@@ -358,9 +358,16 @@ def _is_transient(asyncpg: Any, exc: Exception) -> bool:
 
 
 def _redact(dsn: str) -> str:
-    """The DSN without its password, for messages and reprs."""
+    """The DSN without its password (``user:password@`` or ``?password=``), for messages and
+    reprs."""
     scheme, sep, rest = dsn.partition("://")
+    rest, qmark, query = rest.partition("?")
+    if query:
+        query = "&".join(
+            f"{name}=***" if "password" in name.lower() else f"{name}{eq}{value}"
+            for name, eq, value in (item.partition("=") for item in query.split("&"))
+        )
     userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
-        return dsn
-    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+    if sep and at and ":" in userinfo:
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return f"{scheme}{sep}{rest}{qmark}{query}"

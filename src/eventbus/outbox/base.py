@@ -33,7 +33,9 @@ __all__ = [
     "Outbox",
     "OutboxBacklog",
     "OutboxRow",
+    "PublishFailed",
     "PublishRows",
+    "Relayed",
     "bucket_of",
     "check_retention",
 ]
@@ -78,6 +80,8 @@ class OutboxBacklog:
     unsent: int
     oldest_age: float
     """Seconds since the oldest unsent row was written; 0 when there is none."""
+    failed: int = 0
+    """Rows set aside as never publishable (their ``failed`` column says why)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,57 @@ class OutboxRow:
     id: int
     kind: Kind
     message: Message
+    defect: str | None = None
+    """Why the stored row cannot be made into a message (then ``message`` is a stand-in)."""
+
+
+@dataclass(slots=True)
+class Relayed:
+    """What publishing a batch of rows came to."""
+
+    sent: list[int]
+    """Ids of the rows the broker confirmed: marked sent."""
+    failed: dict[int, str]
+    """Rows that can never be published (too large, unroutable, unreadable), by id, with
+    why: set aside in the table, so they hold back nothing (a dead letter's rule)."""
+    error: BaseException | None = None
+    """What stopped the batch (the broker gone, say): the rows neither sent nor failed wait
+    for the next round."""
+
+
+class PublishFailed(Exception):
+    """A batch's publish failed for a reason that may pass (the cause is ``__cause__``): its
+    rows stay unsent and the relay tries again with backoff."""
+
+
+def stored_row(row_id: int, kind: Kind, **fields: object) -> OutboxRow:
+    """The `OutboxRow` of a stored row (`row_message`'s fields); one whose fields cannot make a
+    message (headers that are not a JSON object of text, say) comes back with a ``defect``."""
+    try:
+        return OutboxRow(row_id, kind, row_message(**fields))  # type: ignore[arg-type]
+    except Exception as exc:
+        stand_in = Message(id=str(fields.get("message_id") or row_id), topic="", body=b"")
+        return OutboxRow(row_id, kind, stand_in, defect=f"unreadable row: {exc!r}")
+
+
+async def settle_batch(
+    rows: Sequence[OutboxRow],
+    publish: PublishRows,
+    mark_sent: Callable[[list[int]], Awaitable[None]],
+    mark_failed: Callable[[dict[int, str]], Awaitable[None]],
+    marked: Callable[[int], None],
+) -> None:
+    """Publish ``rows`` and record the outcome: the confirmed ones sent, the unpublishable ones
+    failed; then `PublishFailed` if something stopped the batch. Marked only after the broker
+    confirmed: a crash in between publishes them again (same message ids)."""
+    outcome = await publish(rows)
+    if outcome.sent:
+        await mark_sent(outcome.sent)
+        marked(len(outcome.sent))
+    if outcome.failed:
+        await mark_failed(outcome.failed)
+    if outcome.error is not None:
+        raise PublishFailed(str(outcome.error)) from outcome.error
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +180,17 @@ def row_message(
     """The message a stored row stands for: the id and timestamp given at insert time, so a
     row published twice (a relay crash between publish and mark) is the same message twice and
     consumer-side dedup drops the second."""
+    parsed = json.loads(headers) if isinstance(headers, str) else headers
+    if not isinstance(parsed, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ValueError(f"headers are not a JSON object of text: {str(headers)[:200]!r}")
     return Message(
         id=message_id,
         topic=destination,
         body=bytes(body),
         key=key,
-        headers=json.loads(headers) if isinstance(headers, str) else dict(headers),
+        headers=dict(parsed),
         content_type=content_type,
         type=type,
         timestamp=created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC),
@@ -138,8 +198,9 @@ def row_message(
     )
 
 
-PublishRows = Callable[[Sequence[OutboxRow]], Awaitable[None]]
-"""Publishes rows in the order given and returns once the broker confirmed every one."""
+PublishRows = Callable[[Sequence[OutboxRow]], Awaitable[Relayed]]
+"""Publishes rows in the order given, waiting for the broker's confirmations, and says which
+were confirmed and which can never be (`Relayed`)."""
 
 
 class Writer:
@@ -209,11 +270,16 @@ class Outbox(Protocol):
     def attach(self, codec: Codec | AsyncCodec) -> None: ...
 
     async def relay_round(
-        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+        self,
+        publish: PublishRows,
+        *,
+        batch_size: int,
+        stopping: Callable[[], bool],
+        marked: Callable[[int], None],
     ) -> int:
-        """Publish what this relay may take now, in batches of at most ``batch_size`` rows,
-        each marked sent once ``publish`` returned; returns how many were marked. Stops between
-        batches once ``stopping()`` is true."""
+        """Publish what this relay may take now, in batches of at most ``batch_size`` rows
+        (`settle_batch`); returns how many rows it settled (``marked`` hears of each batch's
+        sent rows as they are marked). Stops between batches once ``stopping()`` is true."""
         ...
 
     async def backlog(self) -> OutboxBacklog: ...

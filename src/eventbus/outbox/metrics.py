@@ -34,14 +34,26 @@ class OutboxCollector(Collector):
             "Seconds since the oldest unsent outbox row was written (0 when none).",
             labels=["table"],
         )
+        failed = GaugeMetricFamily(
+            "eventbus_outbox_failed_messages",
+            "Outbox rows set aside as never publishable (too large, unroutable, unreadable).",
+            labels=["table"],
+        )
         relayed = CounterMetricFamily(
             "eventbus_outbox_relayed_messages",
             "Outbox rows this process published and marked sent.",
             labels=["table"],
         )
+        failures = CounterMetricFamily(
+            "eventbus_outbox_relay_failures",
+            "Relay rounds that failed (database or broker) and were tried again.",
+            labels=["table"],
+        )
         for table, stats in sorted(self._stats.items()):
-            count, age = relay_backlog(stats)
+            count, age, set_aside = relay_backlog(stats)
             unsent.add_metric([table], count)
             oldest.add_metric([table], age)
+            failed.add_metric([table], set_aside)
             relayed.add_metric([table], stats.relayed)
-        yield from (unsent, oldest, relayed)
+            failures.add_metric([table], stats.failures)
+        yield from (unsent, oldest, failed, relayed, failures)

@@ -44,7 +44,8 @@ from eventbus.outbox.base import (
     PublishRows,
     Writer,
     check_retention,
-    row_message,
+    settle_batch,
+    stored_row,
 )
 from eventbus.transports.base import Kind
 
@@ -55,6 +56,9 @@ __all__ = ["PostgresOutbox"]
 
 log = logging.getLogger("eventbus.outbox")
 
+_BATCHES_PER_BUCKET = 10
+"""Batches a relay publishes from one bucket before it goes on to the next in its round: a
+busy bucket does not starve the others (the round comes back to it at once)."""
 _COLUMNS = (
     "id, kind, destination, key, message_id, body, headers, content_type, type, "
     "correlation_id, created_at"
@@ -196,14 +200,23 @@ class PostgresOutbox:
             message_id=message_id,
             correlation_id=correlation_id,
         )
-        await self._get_pool()  # the table exists before the application's insert needs it
+        if not self._ready and await conn.fetchval(self._sql.exists, self.table) is None:
+            # First use ever: create it, on the outbox's own connection (a rollback must not
+            # take it away). When it exists, no DDL runs: the application's role may not be
+            # allowed to create anything, and CREATE INDEX would lock the table.
+            await self._get_pool()
         await conn.execute(self._sql.insert, *_values(row))
         return row.message_id
 
     # -- relaying ------------------------------------------------------------------------------
 
     async def relay_round(
-        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+        self,
+        publish: PublishRows,
+        *,
+        batch_size: int,
+        stopping: Callable[[], bool],
+        marked: Callable[[int], None],
     ) -> int:
         conn = await self._relay_connection()
         done = 0
@@ -217,7 +230,9 @@ class PostgresOutbox:
                 if not await conn.fetchval(self._sql.try_lock, self._sql.lock_name, bucket):
                     continue  # another relay works this bucket now
                 try:
-                    done += await self._drain_bucket(conn, bucket, publish, batch_size, stopping)
+                    done += await self._drain_bucket(
+                        conn, bucket, publish, batch_size, stopping, marked
+                    )
                 finally:
                     await conn.fetchval(self._sql.unlock, self._sql.lock_name, bucket)
         except BaseException:
@@ -235,17 +250,25 @@ class PostgresOutbox:
         publish: PublishRows,
         batch_size: int,
         stopping: Callable[[], bool],
+        marked: Callable[[int], None],
     ) -> int:
+        mark = self._sql.delete_sent if self.retention == 0 else self._sql.mark_sent
+
+        async def mark_sent(ids: list[int]) -> None:
+            await conn.execute(mark, ids)
+
+        async def mark_failed(failed: dict[int, str]) -> None:
+            await conn.executemany(self._sql.mark_failed, list(failed.items()))
+
         done = 0
-        while not stopping():
+        for _ in range(_BATCHES_PER_BUCKET):  # then the other buckets get their turn
+            if stopping():
+                break
             records = await conn.fetch(self._sql.unsent, bucket, batch_size)
             if not records:
                 break
             rows = [_row(r) for r in records]
-            await publish(rows)
-            # Marked only after the broker confirmed: a crash in between publishes them again.
-            mark = self._sql.delete_sent if self.retention == 0 else self._sql.mark_sent
-            await conn.execute(mark, [r.id for r in rows])
+            await settle_batch(rows, publish, mark_sent, mark_failed, marked)
             done += len(rows)
             if len(rows) < batch_size:
                 break
@@ -254,7 +277,9 @@ class PostgresOutbox:
     async def backlog(self) -> OutboxBacklog:
         pool = await self._get_pool()
         record = await pool.fetchrow(self._sql.backlog)
-        return OutboxBacklog(unsent=int(record[0]), oldest_age=max(0.0, float(record[1])))
+        return OutboxBacklog(
+            unsent=int(record[0]), oldest_age=max(0.0, float(record[1])), failed=int(record[2])
+        )
 
     async def purge_sent(self, *, limit: int) -> int:
         pool = await self._get_pool()
@@ -368,20 +393,18 @@ def _values(row: NewRow) -> tuple[object, ...]:
 
 
 def _row(r: Any) -> OutboxRow:
-    return OutboxRow(
-        id=r["id"],
-        kind=r["kind"],
-        message=row_message(
-            destination=r["destination"],
-            key=r["key"],
-            message_id=r["message_id"],
-            body=r["body"],
-            headers=r["headers"],
-            content_type=r["content_type"],
-            type=r["type"],
-            correlation_id=r["correlation_id"],
-            created_at=r["created_at"],
-        ),
+    return stored_row(
+        r["id"],
+        r["kind"],
+        destination=r["destination"],
+        key=r["key"],
+        message_id=r["message_id"],
+        body=r["body"],
+        headers=r["headers"],
+        content_type=r["content_type"],
+        type=r["type"],
+        correlation_id=r["correlation_id"],
+        created_at=r["created_at"],
     )
 
 
@@ -390,26 +413,33 @@ class _Statements:
 
     def __init__(self, table: str) -> None:
         base = table.rsplit(".", 1)[-1]
-        self.lock_name = f"eventbus.outbox:{table}"
+        # Unquoted names fold to lower case: Outbox and outbox are one table, and one lock.
+        self.lock_name = f"eventbus.outbox:{table.lower()}"
+        self.exists = "SELECT to_regclass($1)"
         self.create = (
             f"CREATE TABLE IF NOT EXISTS {table} ("
             " id bigserial PRIMARY KEY,"
             " kind text NOT NULL CHECK (kind IN ('topic', 'queue')),"
             " destination text NOT NULL, key text, bucket smallint NOT NULL,"
-            " message_id text NOT NULL, body bytea NOT NULL, headers jsonb NOT NULL,"
+            # headers: JSON text, not jsonb: an application connection with a jsonb codec
+            # would encode the JSON a second time.
+            " message_id text NOT NULL, body bytea NOT NULL, headers text NOT NULL,"
             " content_type text, type text, correlation_id text,"
-            " created_at timestamptz NOT NULL, sent_at timestamptz)",
+            " created_at timestamptz NOT NULL, sent_at timestamptz,"
+            # Why the row can never be published (too large, unroutable, unreadable); it is
+            # then set aside, never retried unless someone clears this.
+            " failed text)",
             # The relay's reads: a bucket's unsent rows in id order; the index stays as small
             # as the backlog.
             f"CREATE INDEX IF NOT EXISTS {base}_unsent_idx ON {table} (bucket, id)"
-            " WHERE sent_at IS NULL",
+            " WHERE sent_at IS NULL AND failed IS NULL",
             f"CREATE INDEX IF NOT EXISTS {base}_sent_idx ON {table} (sent_at)"
             " WHERE sent_at IS NOT NULL",
         )
         self.insert = (
             f"INSERT INTO {table} (kind, destination, key, bucket, message_id, body, headers,"
             " content_type, type, correlation_id, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10, $11)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )
         # Two-key advisory locks, (hashtext(lock_name), bucket): PostgreSQL keeps them apart
         # from the one-key lock that serializes the table's creation.
@@ -419,20 +449,25 @@ class _Statements:
         # the backlog (a plain SELECT DISTINCT would read every unsent row).
         self.waiting_buckets = (
             f"WITH RECURSIVE b AS ("
-            f" (SELECT bucket FROM {table} WHERE sent_at IS NULL ORDER BY bucket LIMIT 1)"
+            f" (SELECT bucket FROM {table} WHERE sent_at IS NULL AND failed IS NULL"
+            f" ORDER BY bucket LIMIT 1)"
             f" UNION ALL SELECT (SELECT t.bucket FROM {table} t"
-            f" WHERE t.sent_at IS NULL AND t.bucket > b.bucket ORDER BY t.bucket LIMIT 1)"
+            f" WHERE t.sent_at IS NULL AND t.failed IS NULL AND t.bucket > b.bucket"
+            f" ORDER BY t.bucket LIMIT 1)"
             f" FROM b WHERE b.bucket IS NOT NULL)"
             f" SELECT bucket FROM b WHERE bucket IS NOT NULL"
         )
         self.unsent = (
             f"SELECT {_COLUMNS} FROM {table}"
-            " WHERE bucket = $1 AND sent_at IS NULL ORDER BY id LIMIT $2"
+            " WHERE bucket = $1 AND sent_at IS NULL AND failed IS NULL ORDER BY id LIMIT $2"
         )
+        self.mark_failed = f"UPDATE {table} SET failed = $2 WHERE id = $1"
         self.mark_sent = f"UPDATE {table} SET sent_at = now() WHERE id = ANY($1::bigint[])"
         self.delete_sent = f"DELETE FROM {table} WHERE id = ANY($1::bigint[])"
         self.backlog = (
-            f"SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8"
+            "SELECT count(*) FILTER (WHERE failed IS NULL),"
+            " coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE failed IS NULL)),"
+            " 0)::float8, count(*) FILTER (WHERE failed IS NOT NULL)"
             f" FROM {table} WHERE sent_at IS NULL"
         )
         self.purge = (

@@ -5,11 +5,18 @@ through the bus's own publish path, so metrics and tracing count what it publish
 gets a loop: a round (`Outbox.relay_round`), housekeeping (backlog, retention), a short sleep
 when the round found nothing. A round that fails -- the database or the broker gone -- leaves its
 rows unsent; the loop logs (the address, never a password) and tries again with backoff, for
-as long as it runs. It never skips a row: a row the broker keeps refusing holds its bucket.
+as long as it runs.
+
+A row that can never be published -- larger than the broker takes, unroutable (RabbitMQ: no
+queue bound to its topic), or stored in a form that makes no message -- is set aside: its
+``failed`` column says why, and it holds back nothing, as a dead letter would not. It stays in
+the table (counted by the ``failed`` backlog and gauge) until someone clears that column.
 
 Stopping lets the batch in hand finish (published *and* marked, so a clean stop leaves no
-duplicate behind) within the bus's ``graceful_timeout``; after that it is cancelled, and the
-rows published but not marked go out again later.
+duplicate behind) within the bus's ``graceful_timeout``, even when the stop comes as the
+cancellation of everything around the bus (a signal to ``eventbus run``): the loops run in a
+shielded scope that only `stop` cancels. After that the rows published but not marked go out
+again later.
 """
 
 from __future__ import annotations
@@ -24,9 +31,9 @@ from anyio.abc import TaskStatus
 
 from eventbus.backoff import Backoff
 from eventbus.codecs.base import AsyncCodec, Codec
-from eventbus.errors import ConfigurationError
+from eventbus.errors import ConfigurationError, MessageTooLargeError, PublishError, UnroutableError
 from eventbus.message import Message
-from eventbus.outbox.base import Outbox, OutboxRow
+from eventbus.outbox.base import Outbox, OutboxRow, PublishFailed, Relayed
 from eventbus.outbox.stats import RelayStats
 from eventbus.transports.base import Destination
 
@@ -38,6 +45,8 @@ __all__ = ["OutboxRelay"]
 log = logging.getLogger("eventbus.outbox")
 
 Send = Callable[[Destination, Sequence[Message]], Awaitable[None]]
+_NEVER = (MessageTooLargeError, UnroutableError)
+"""Publish failures no retry can fix: the rows are set aside."""
 
 
 class OutboxRelay:
@@ -55,6 +64,7 @@ class OutboxRelay:
         send: Send,
         *,
         codec: Codec | AsyncCodec | None = None,
+        max_message_size: Callable[[], int | None] = lambda: None,
         poll_interval: float = 0.2,
         batch_size: int = 200,
         backlog_interval: float = 5.0,
@@ -75,6 +85,8 @@ class OutboxRelay:
             for outbox in self.outboxes:
                 outbox.attach(codec)
         self._send = send
+        self._max_message_size = max_message_size
+        """The transport's limit, asked each batch (it may be known only once connected)."""
         self.poll_interval = poll_interval
         self.batch_size = batch_size
         self.backlog_interval = backlog_interval
@@ -100,7 +112,9 @@ class OutboxRelay:
 
             collector = OutboxCollector(self.stats)
             registry.register(collector)
-        self._scope = anyio.CancelScope()
+        # Shielded: only `stop` ends the loops, so a cancelled bus still finishes the batch in
+        # hand (its `_stop` always calls `stop`).
+        self._scope = anyio.CancelScope(shield=True)
         try:
             with self._scope:
                 async with anyio.create_task_group() as tg:
@@ -136,33 +150,42 @@ class OutboxRelay:
         backoff = Backoff(0.1, 5.0, stable_after=10.0)
         failing = False
         next_backlog = next_purge = 0.0
+
+        def marked(count: int) -> None:
+            stats.relayed += count
+
         while not self._stopping.is_set():
+            done = 0
+            delay: float | None = None
             try:
                 done = await outbox.relay_round(
-                    self._publish, batch_size=self.batch_size, stopping=self._stopping.is_set
+                    self._publish,
+                    batch_size=self.batch_size,
+                    stopping=self._stopping.is_set,
+                    marked=marked,
                 )
-                stats.relayed += done
-                now = anyio.current_time()
-                if now >= next_backlog:
-                    stats.backlog = await outbox.backlog()
-                    next_backlog = now + self.backlog_interval
-                if now >= next_purge:
-                    await self._purge(outbox)
-                    next_purge = now + self.purge_interval
+            except PublishFailed as exc:  # the broker: its rows stay unsent, retried
+                delay = self._failed(outbox, stats, backoff, exc.__cause__ or exc)
             except ConfigurationError:
-                raise  # bad credentials, no such database: retrying cannot help
+                raise  # the database refused us (password, no such database): nothing to retry
             except Exception as exc:
-                stats.failures += 1
+                delay = self._failed(outbox, stats, backoff, exc)
+            # Housekeeping even while rounds fail: the gauges must show a backlog that grows.
+            now = anyio.current_time()
+            if now >= next_backlog:
+                next_backlog = now + self.backlog_interval
+                try:
+                    stats.backlog = await outbox.backlog()
+                except Exception as exc:
+                    log.debug("outbox %s: reading the backlog failed: %r", outbox.table, exc)
+            if now >= next_purge and delay is None:
+                next_purge = now + self.purge_interval
+                try:
+                    await self._purge(outbox)
+                except Exception as exc:
+                    log.warning("outbox %s: deleting sent rows failed: %r", outbox.table, exc)
+            if delay is not None:
                 failing = True
-                delay = backoff.next()
-                log.warning(
-                    "outbox %s at %s: %s: %s; its rows stay unsent, trying again in %.1fs",
-                    outbox.table,
-                    outbox.address(),
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
                 await self._sleep(delay)
                 continue
             if failing:
@@ -172,11 +195,64 @@ class OutboxRelay:
             if done == 0:
                 await self._sleep(self.poll_interval)
 
-    async def _publish(self, rows: Sequence[OutboxRow]) -> None:
+    def _failed(
+        self, outbox: Outbox, stats: RelayStats, backoff: Backoff, exc: BaseException
+    ) -> float:
+        stats.failures += 1
+        delay = backoff.next()
+        log.warning(
+            "outbox %s at %s: %s: %s; its rows stay unsent, trying again in %.1fs",
+            outbox.table,
+            outbox.address(),
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        return delay
+
+    async def _publish(self, rows: Sequence[OutboxRow]) -> Relayed:
         """Runs of rows to one destination as one publish each, in order; each publish returns
-        once the broker confirmed all of its messages (DESIGN 3.7)."""
-        for (kind, name), run in itertools.groupby(rows, lambda r: (r.kind, r.message.topic)):
-            await self._send(Destination(name, kind), [r.message for r in run])
+        once the broker confirmed all of its messages (DESIGN 3.7). What can never be published
+        is set aside (module docstring); the first failure that may pass stops the batch."""
+        relayed = Relayed(sent=[], failed={})
+        limit = self._max_message_size()
+        ready: list[OutboxRow] = []
+        for row in rows:
+            why = row.defect
+            if why is None and limit is not None and len(row.message.body) > limit:
+                why = (
+                    f"MessageTooLargeError: {len(row.message.body)} bytes, the broker takes {limit}"
+                )
+            if why is None:
+                ready.append(row)
+            else:
+                relayed.failed[row.id] = why
+        for (kind, name), run in itertools.groupby(ready, lambda r: (r.kind, r.message.topic)):
+            batch = list(run)
+            try:
+                await self._send(Destination(name, kind), [r.message for r in batch])
+            except PublishError as exc:
+                failures = exc.failures or dict.fromkeys(range(len(batch)), exc)
+                if all(isinstance(e, _NEVER) for e in failures.values()):
+                    for index, row in enumerate(batch):
+                        if index in failures:
+                            cause = failures[index]
+                            relayed.failed[row.id] = f"{type(cause).__name__}: {cause}"
+                        else:
+                            relayed.sent.append(row.id)
+                    continue
+                # Confirmed up to the first failure; the rest waits (those confirmed after it
+                # go out again: duplicates, never a loss).
+                relayed.sent.extend(r.id for r in batch[: min(failures)])
+                relayed.error = exc
+                break
+            except Exception as exc:
+                relayed.error = exc
+                break
+            relayed.sent.extend(r.id for r in batch)
+        for row_id, why in relayed.failed.items():
+            log.error("outbox row %d set aside, it can never be published: %s", row_id, why)
+        return relayed
 
     async def _purge(self, outbox: Outbox) -> None:
         while not self._stopping.is_set():

@@ -40,7 +40,8 @@ from eventbus.outbox.base import (
     PublishRows,
     Writer,
     check_retention,
-    row_message,
+    settle_batch,
+    stored_row,
 )
 from eventbus.transports.base import Kind
 
@@ -91,7 +92,9 @@ class SqliteOutbox:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._conn: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
-        self._sql_any_unsent = f"SELECT 1 FROM {self.table} WHERE sent_at IS NULL LIMIT 1"
+        self._sql_any_unsent = (
+            f"SELECT 1 FROM {self.table} WHERE sent_at IS NULL AND failed IS NULL LIMIT 1"
+        )
 
     def __repr__(self) -> str:
         return f"SqliteOutbox({self._path!r}, table={self.table!r})"
@@ -191,16 +194,26 @@ class SqliteOutbox:
     # -- relaying ------------------------------------------------------------------------------
 
     async def relay_round(
-        self, publish: PublishRows, *, batch_size: int, stopping: Callable[[], bool]
+        self,
+        publish: PublishRows,
+        *,
+        batch_size: int,
+        stopping: Callable[[], bool],
+        marked: Callable[[int], None],
     ) -> int:
+        async def mark_sent(ids: list[int]) -> None:
+            await self._run(functools.partial(self._mark, ids))
+
+        async def mark_failed(failed: dict[int, str]) -> None:
+            await self._run(functools.partial(self._mark_failed, failed))
+
         done = 0
         while not stopping():
             # Renewed before every batch: a relay that lost the lease publishes nothing more.
             rows = await self._run(lambda: self._lease_and_read(batch_size))
             if not rows:
                 break
-            await publish(rows)
-            await self._run(functools.partial(self._mark, [r.id for r in rows]))
+            await settle_batch(rows, publish, mark_sent, mark_failed, marked)
             done += len(rows)
             if len(rows) < batch_size:
                 break
@@ -208,15 +221,18 @@ class SqliteOutbox:
 
     async def backlog(self) -> OutboxBacklog:
         def read() -> OutboxBacklog:
-            count, oldest = (
+            count, oldest, failed = (
                 self._connection()
                 .execute(
-                    f"SELECT count(*), min(created_at) FROM {self.table} WHERE sent_at IS NULL"
+                    "SELECT count(*) FILTER (WHERE failed IS NULL),"
+                    " min(created_at) FILTER (WHERE failed IS NULL),"
+                    f" count(*) FILTER (WHERE failed IS NOT NULL) FROM {self.table}"
+                    " WHERE sent_at IS NULL"
                 )
                 .fetchone()
             )
             age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
-            return OutboxBacklog(unsent=int(count), oldest_age=age)
+            return OutboxBacklog(unsent=int(count), oldest_age=age, failed=int(failed))
 
         return await self._run(read)
 
@@ -295,7 +311,8 @@ class SqliteOutbox:
                 (self._owner, now + self._lease),
             )
             records = conn.execute(
-                f"SELECT {_COLUMNS} FROM {self.table} WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM {self.table} WHERE sent_at IS NULL AND failed IS NULL"
+                " ORDER BY id LIMIT ?",
                 (batch_size,),
             ).fetchall()
             conn.execute("COMMIT")
@@ -304,6 +321,12 @@ class SqliteOutbox:
                 conn.execute("ROLLBACK")
             raise
         return [_row(r) for r in records]
+
+    def _mark_failed(self, failed: dict[int, str]) -> None:
+        self._connection().executemany(
+            f"UPDATE {self.table} SET failed = ? WHERE id = ?",
+            [(why, row_id) for row_id, why in failed.items()],
+        )
 
     def _mark(self, ids: list[int]) -> None:
         conn = self._connection()
@@ -343,20 +366,18 @@ def _values(row: NewRow) -> tuple[object, ...]:
 
 
 def _row(r: tuple[Any, ...]) -> OutboxRow:
-    return OutboxRow(
-        id=r[0],
-        kind=r[1],
-        message=row_message(
-            destination=r[2],
-            key=r[3],
-            message_id=r[4],
-            body=r[5],
-            headers=r[6],
-            content_type=r[7],
-            type=r[8],
-            correlation_id=r[9],
-            created_at=datetime.fromtimestamp(r[10], UTC),
-        ),
+    return stored_row(
+        r[0],
+        r[1],
+        destination=r[2],
+        key=r[3],
+        message_id=r[4],
+        body=r[5],
+        headers=r[6],
+        content_type=r[7],
+        type=r[8],
+        correlation_id=r[9],
+        created_at=datetime.fromtimestamp(r[10], UTC),
     )
 
 
@@ -374,8 +395,10 @@ def _create_sql(table: str) -> tuple[str, ...]:
         " kind TEXT NOT NULL, destination TEXT NOT NULL, key TEXT, bucket INTEGER NOT NULL,"
         " message_id TEXT NOT NULL, body BLOB NOT NULL, headers TEXT NOT NULL,"
         " content_type TEXT, type TEXT, correlation_id TEXT,"
-        " created_at REAL NOT NULL, sent_at REAL)",
-        f"CREATE INDEX IF NOT EXISTS {table}_unsent ON {table} (id) WHERE sent_at IS NULL",
+        " created_at REAL NOT NULL, sent_at REAL,"
+        " failed TEXT)",  # why the row can never be published; then it is set aside
+        f"CREATE INDEX IF NOT EXISTS {table}_unsent ON {table} (id)"
+        " WHERE sent_at IS NULL AND failed IS NULL",
         f"CREATE INDEX IF NOT EXISTS {table}_sent ON {table} (sent_at) WHERE sent_at IS NOT NULL",
         f"CREATE TABLE IF NOT EXISTS {table}_relay ("
         " id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT NOT NULL, expires_at REAL NOT NULL)",

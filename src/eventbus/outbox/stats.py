@@ -17,12 +17,15 @@ class RelayStats:
     relayed: int = 0
     """Rows published and marked sent by this process."""
     failures: int = 0
-    """Rounds that failed and were tried again."""
+    """Rounds that failed (the database or the broker) and were tried again."""
     backlog: OutboxBacklog | None = None
     """The last backlog read (every ``backlog_interval`` seconds); None before the first."""
 
 
-def relay_backlog(stats: RelayStats) -> tuple[int, float]:
-    """(unsent rows, oldest unsent age) of the last read, zeros before the first."""
+def relay_backlog(stats: RelayStats) -> tuple[int, float, int]:
+    """(unsent rows, oldest unsent age, failed rows) of the last read, zeros before the
+    first."""
     backlog = stats.backlog
-    return (backlog.unsent, backlog.oldest_age) if backlog is not None else (0, 0.0)
+    if backlog is None:
+        return (0, 0.0, 0)
+    return (backlog.unsent, backlog.oldest_age, backlog.failed)
