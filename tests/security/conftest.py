@@ -4,22 +4,12 @@ their URLs and the throwaway certificates, from ``scripts/brokers env``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tls_helpers import Certs
 
 REQUIRE_VAR = "EVENTBUS_REQUIRE_BROKERS"
-
-
-@dataclass(frozen=True)
-class Certs:
-    """scripts/brokers.d/certs.sh's files: ``certs["client.key"]`` is that file's path."""
-
-    dir: Path
-
-    def __getitem__(self, name: str) -> str:
-        return str(self.dir / name)
 
 
 def _env(name: str) -> str:

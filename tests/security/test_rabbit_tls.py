@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from conftest import Certs
+from tls_helpers import Certs
 
 from eventbus import AuthenticationError, AuthorizationError, EventBus
 from eventbus.testing.conformance import wait_for

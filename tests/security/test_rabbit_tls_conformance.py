@@ -4,7 +4,7 @@
 from urllib.parse import urlencode
 
 import pytest
-from conftest import Certs
+from tls_helpers import Certs
 
 from eventbus.testing.conformance import ConformanceSuite
 from eventbus.testing.request_conformance import RequestReplySuite
