@@ -101,6 +101,27 @@ def parse_options(
     return values, passed
 
 
+def read_secret(label: str, option: str, path: str) -> str:
+    """The secret in the file ``option`` names (``password_file=`` and the like, DESIGN 13): its
+    text without the trailing newline an editor or ``echo`` leaves. Errors name the option and
+    the file, never what it holds."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            secret = file.read()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{label} URL option {option}: cannot read {path!r} ({exc.strerror or exc})"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            f"{label} URL option {option}: {path!r} is not UTF-8 text"
+        ) from None
+    secret = secret.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigurationError(f"{label} URL option {option}: {path!r} is empty")
+    return secret
+
+
 _SECRET_OPTIONS = ("password", "secret", "token", "key_password", "sasl_password")
 
 

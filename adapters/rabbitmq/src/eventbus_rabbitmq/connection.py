@@ -135,12 +135,10 @@ class Connector:
                     raise self._vhost_refused(
                         "connection.close in answer to connection.open"
                     ) from e
-                except ssl.SSLCertVerificationError as e:  # an OSError, but not transient
-                    raise AuthenticationError(
-                        f"TLS to RabbitMQ at {self._settings.address}: the server's certificate "
-                        f"was refused ({e.verify_message or e})"
-                    ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
+                    refused = _tls_refused(e, self._settings.address)
+                    if refused is not None:  # an OSError too, but waiting cannot fix it
+                        raise refused from e
                     self._last_error = e
                     delay = self._backoff.next()
                     # Until a first connection, every caller waits with a deadline and its
@@ -179,6 +177,35 @@ class Connector:
                 await conn.close()
             except (TimeoutError, OSError, amqp_errors.AMQPError):
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
+
+
+_REFUSED_ALERTS = ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE")
+
+
+def _tls_refused(error: BaseException, address: str) -> AuthenticationError | None:
+    """The `AuthenticationError` for a TLS handshake that no retry can fix -- we refused the
+    server's certificate (untrusted, or not for this host name), or the server refused ours --
+    or None. aiormq wraps the ssl error in its own: the chain is searched. Anything else (an
+    EOF during a broker restart, say) may pass and is retried."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return AuthenticationError(
+                f"TLS to RabbitMQ at {address}: the server's certificate was refused "
+                f"({seen.verify_message or seen}); check cafile and the host name in the URL"
+            )
+        if isinstance(seen, ssl.SSLError):
+            reason = (seen.reason or str(seen)).upper()
+            if any(alert in reason for alert in _REFUSED_ALERTS):
+                return AuthenticationError(
+                    f"TLS to RabbitMQ at {address}: the server refused the handshake "
+                    f"({seen.reason or seen}); check the client certificate and key"
+                )
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _refused_open(error: amqp_errors.InvalidFrameError) -> bool:

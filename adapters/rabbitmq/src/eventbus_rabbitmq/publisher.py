@@ -119,7 +119,11 @@ class Publisher:
             except _AMQP_FAILURES as e:
                 if is_connection_lost(e) and loop.time() < deadline:
                     continue
-                error = translate(e, address=self._settings.address, what=f"publish to {to.name!r}")
+                error = translate(
+                    e,
+                    address=self._settings.address,
+                    what=f"publish to {to.name!r} as {self._settings.user!r}",
+                )
                 failures.update(dict.fromkeys(pending, error))
                 break
             outcomes = await self._send_all(channel, route, messages, pending, deadline)
@@ -139,7 +143,9 @@ class Publisher:
                     redeclare = True
                 else:
                     failures[index] = translate(
-                        outcome, address=self._settings.address, what=f"publish to {to.name!r}"
+                        outcome,
+                        address=self._settings.address,
+                        what=f"publish to {to.name!r} as {self._settings.user!r}",
                     )
             if redeclare:
                 channel_retries += 1
@@ -237,7 +243,7 @@ class Publisher:
                 # The admin channel is shared: a refusal caused by a concurrent declaration
                 # closes it for us too, so one more try on a fresh channel.
                 if attempt == 2 or not isinstance(e, amqp.ChannelClosed):
-                    what = f"declare {to.name!r}"
+                    what = f"declare {to.name!r} as {self._settings.user!r}"
                     raise translate(e, address=self._settings.address, what=what) from e
 
     # -- sending ----------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+# Sourced by scripts/brokers: throwaway TLS material for the secured listeners (openssl).
+#
+# make_certs DIR writes, once (kept while its files exist and the CA is valid a day longer):
+#   ca.pem / ca.key            the test CA every broker and client trusts
+#   server.pem / server.key    the brokers' certificate: CN and SAN "localhost" only, so a client
+#                              that connects to 127.0.0.1 gets a hostname mismatch
+#   client.pem / client.key    a client certificate, CN "eventbus-client" (RabbitMQ EXTERNAL
+#                              logs in as that user; Kafka mTLS maps it to User:CN=...)
+#   other-ca.pem               a CA nobody trusts, and other-client.pem / other-client.key
+#                              signed by it: a client certificate the brokers refuse
+# Nothing here is secret: the keys exist for tests on 127.0.0.1 only.
+
+CERT_DAYS=30
+
+make_certs() {
+    local dir=$1
+    if [[ -s $dir/ca.pem && -s $dir/other-client.key ]] &&
+        openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
+        return 0
+    fi
+    command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test certificates"
+    log "making throwaway TLS certificates in $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        _ca ca "eventbus test CA"
+        _ca other-ca "eventbus untrusted CA"
+        _leaf server ca "localhost" "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth"
+        _leaf client ca "eventbus-client" "extendedKeyUsage=clientAuth"
+        _leaf other-client other-ca "eventbus-client" "extendedKeyUsage=clientAuth"
+        rm -f ./*.csr ./*.srl ./*.ext
+        chmod 644 ./*.pem ./*.key # read by the brokers' service accounts; test keys only
+    ) >>"$dir/openssl.log" 2>&1 || {
+        show_tail "$dir/openssl.log"
+        die "openssl failed; see $dir/openssl.log"
+    }
+}
+
+_ca() { # _ca NAME COMMON_NAME
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days "$CERT_DAYS" \
+        -subj "/CN=$2" -keyout "$1.key" -out "$1.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+}
+
+_leaf() { # _leaf NAME CA COMMON_NAME EXTENSIONS
+    openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=$3" -keyout "$1.key" -out "$1.csr"
+    printf '%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n' "$4" \
+        >"$1.ext"
+    openssl x509 -req -in "$1.csr" -CA "$2.pem" -CAkey "$2.key" -CAcreateserial -sha256 \
+        -days "$CERT_DAYS" -extfile "$1.ext" -out "$1.pem"
+}
