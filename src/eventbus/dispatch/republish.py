@@ -20,7 +20,7 @@ from eventbus.backoff import Backoff
 from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
 from eventbus.dispatch.returns import error_reply
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import MessageTooLargeError
+from eventbus.errors import AuthorizationError, MessageTooLargeError
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, Transport
 
@@ -34,13 +34,22 @@ _ERROR_REPLY_TIMEOUT = 5.0
 
 class Republisher:
     def __init__(
-        self, subscriber: Subscriber, transport: Transport, stopping: Callable[[], bool]
+        self,
+        subscriber: Subscriber,
+        transport: Transport,
+        stopping: Callable[[], bool],
+        refused: Callable[[str | None], None] = lambda _why: None,
     ) -> None:
         self._sub = subscriber
         self._transport = transport
         self._stopping = stopping
         self._requeued: dict[str, int] = {}
         """Next attempt of broadcast messages sent back by `redeliver`, by message id."""
+        self._refused = refused
+        """Told why when the broker starts refusing our republishes (permissions), and None
+        when none is refused any more: the runner pauses fetching and reports not ready."""
+        self._refusing: dict[str, str] = {}
+        """Messages whose republish the broker refuses now, by id: why."""
 
     def requeued_attempt(self, message_id: str) -> int:
         """The attempt a broadcast message requeued by this process comes back for (0 if not)."""
@@ -148,39 +157,84 @@ class Republisher:
         subscription stops or the delivery is lost (``gone``); in those two cases the message
         is released and its next owner handles it."""
         backoff = Backoff(0.2, 5.0)
-        while True:
-            try:
-                await self._transport.publish(to, [message])
-                break
-            except Exception as exc:
-                self._sub.stats.republish_failures += 1
-                if isinstance(exc, MessageTooLargeError) and h.ERROR_TRACEBACK in message.headers:
-                    # The original filled the size limit; the dead letter's diagnostics must not
-                    # keep it from getting out.
-                    message = message.replace_headers(_without_diagnostics(message.headers))
-                if self._stopping() or gone():
-                    log.error(
-                        "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
-                        self._sub.describe(),
-                        message.id,
-                        to.name,
-                        exc,
-                    )
-                    await raw.release()
-                    return False
-                wait = backoff.next()
-                log.warning(
-                    "%s: publish of %s to %s failed (%d so far, next try in %.1fs): %r",
-                    self._sub.describe(),
-                    message.id,
-                    to.name,
-                    backoff.failures,
-                    wait,
-                    exc,
-                )
-                await anyio.sleep(wait)
+        try:
+            while True:
+                try:
+                    await self._transport.publish(to, [message])
+                    break
+                except AuthorizationError as exc:
+                    self._refusal(message.id, to, exc)
+                    if await self._wait_or_give_up(raw, to, message, exc, backoff, gone):
+                        return False
+                except Exception as exc:
+                    if await self._wait_or_give_up(raw, to, message, exc, backoff, gone):
+                        return False
+                    if (
+                        isinstance(exc, MessageTooLargeError)
+                        and h.ERROR_TRACEBACK in message.headers
+                    ):
+                        # The original filled the size limit; the dead letter's diagnostics
+                        # must not keep it from getting out.
+                        message = message.replace_headers(_without_diagnostics(message.headers))
+        finally:
+            self._allowed(message.id)
         await raw.ack()
         return True
+
+    def _refusal(self, message_id: str, to: Destination, error: BaseException) -> None:
+        """The broker refuses this republish (permissions): DESIGN 13 wants the subscription
+        paused and not ready, naming the destination and the user, until someone fixes it."""
+        first = not self._refusing
+        why = f"the broker refuses publishes to {to.kind} {to.name!r}: {error}"
+        if message_id not in self._refusing:
+            log.error(
+                "%s: %s; fetching paused (not ready) until it accepts them",
+                self._sub.describe(),
+                why,
+            )
+        self._refusing[message_id] = why
+        if first:
+            self._refused(why)
+
+    def _allowed(self, message_id: str) -> None:
+        if self._refusing.pop(message_id, None) is not None and not self._refusing:
+            log.info("%s: the broker accepts republishes again; fetching", self._sub.describe())
+            self._refused(None)
+
+    async def _wait_or_give_up(
+        self,
+        raw: RawDelivery,
+        to: Destination,
+        message: Message,
+        exc: BaseException,
+        backoff: Backoff,
+        gone: Callable[[], bool],
+    ) -> bool:
+        """After a failed publish: release the message and return True when the subscription
+        stops or the delivery is lost; else wait out the backoff and return False."""
+        self._sub.stats.republish_failures += 1
+        if self._stopping() or gone():
+            log.error(
+                "%s: cannot publish %s to %s (%r); leaving it unacked for redelivery",
+                self._sub.describe(),
+                message.id,
+                to.name,
+                exc,
+            )
+            await raw.release()
+            return True
+        wait = backoff.next()
+        log.warning(
+            "%s: publish of %s to %s failed (%d so far, next try in %.1fs): %r",
+            self._sub.describe(),
+            message.id,
+            to.name,
+            backoff.failures,
+            wait,
+            exc,
+        )
+        await anyio.sleep(wait)
+        return False
 
 
 def _without_diagnostics(headers: Mapping[str, str]) -> dict[str, str]:

@@ -79,7 +79,12 @@ class SubscriptionRunner:
         self._lanes: KeyLanes[DeliveryState] | None = None
         self._batch_lanes: BatchLanes[DeliveryState] | None = None
         self._work: TaskGroup | None = None
-        self._republisher = Republisher(subscriber, transport, lambda: self._stopping)
+        self._republisher = Republisher(
+            subscriber, transport, lambda: self._stopping, self._on_refused
+        )
+        self.refused: str | None = None
+        """Why the broker refuses this subscription's retries or dead letters (permissions), or
+        None: while it does, fetching is paused and the bus is not ready (DESIGN 13)."""
         self._guard = (
             DedupGuard(subscriber, options.dedup, self._sleep_unless_stopping)
             if options.dedup is not None
@@ -247,8 +252,16 @@ class SubscriptionRunner:
 
     @property
     def connected(self) -> bool:
-        """Whether the subscription can receive now (health checks)."""
-        return self._consume.connected
+        """Whether the subscription can receive now (health checks): not while the broker
+        refuses its retries or dead letters."""
+        return self._consume.connected and self.refused is None
+
+    def _on_refused(self, why: str | None) -> None:
+        self.refused = why
+        if why is None:
+            self._consume.resume("refused")
+        else:
+            self._consume.pause("refused")
 
     async def _release_unsettled(self) -> None:
         # Newest first: a transport that puts a released message back at the front of its
