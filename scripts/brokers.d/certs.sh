@@ -14,8 +14,12 @@ CERT_DAYS=30
 
 make_certs() {
     local dir=$1
-    if [[ -s $dir/ca.pem && -s $dir/other-client.key ]] &&
-        openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
+    local file complete=1
+    for file in ca.pem server.pem server.key client.pem client.key other-ca.pem \
+        other-client.pem other-client.key; do
+        [[ -s $dir/$file ]] || complete=0
+    done
+    if ((complete)) && openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
         return 0
     fi
     command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test certificates"
@@ -23,6 +27,7 @@ make_certs() {
     rm -rf "$dir"
     mkdir -p "$dir"
     (
+        set -e # inside `( ... ) ||`, errexit is off unless set again
         cd "$dir"
         _ca ca "eventbus test CA"
         _ca other-ca "eventbus untrusted CA"
@@ -32,6 +37,7 @@ extendedKeyUsage=serverAuth"
         _leaf other-client other-ca "eventbus-client" "extendedKeyUsage=clientAuth"
         rm -f ./*.csr ./*.srl ./*.ext
         chmod 644 ./*.pem ./*.key # read by the brokers' service accounts; test keys only
+        chmod 755 .
     ) >>"$dir/openssl.log" 2>&1 || {
         show_tail "$dir/openssl.log"
         die "openssl failed; see $dir/openssl.log"

@@ -116,3 +116,10 @@ async def test_missing_permissions_name_the_destination_and_the_user(
             await bus.send(queue, 1)
     text = str(raised.value)
     assert queue in text and "limited" in text and "limited-secret" not in text
+
+
+def test_a_missing_certificate_file_is_refused_at_once_by_name(certs: Certs) -> None:
+    from eventbus import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"certfile: no such file '/nowhere/me\.pem'"):
+        EventBus(f"amqps://localhost:5671/?cafile={certs['ca.pem']}&certfile=/nowhere/me.pem")

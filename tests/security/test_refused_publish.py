@@ -54,7 +54,8 @@ async def test_a_refused_dead_letter_pauses_the_subscription_until_permitted(
     bus = EventBus(_as_limited(amqp_url))
     attempts: list[int] = []
 
-    @bus.consume(queue, retry=RetryPolicy(max_attempts=1), dead_letter=dlq)
+    # Two lane workers: the second could take message 2 if fetching were not paused.
+    @bus.consume(queue, concurrency=2, retry=RetryPolicy(max_attempts=1), dead_letter=dlq)
     async def fail(n: int) -> None:
         attempts.append(n)
         raise ValueError("poison")
@@ -68,10 +69,11 @@ async def test_a_refused_dead_letter_pauses_the_subscription_until_permitted(
             await bus.send(queue, 2)  # fetching is paused: not handled while refused
             await asyncio.sleep(1.0)
             assert attempts == [1] and not bus.ready
+            assert bus.subscribers[0].stats.received == 1, "fetching paused"
             refusals = [
                 r.getMessage() for r in caplog.records if "refuses publishes" in r.getMessage()
             ]
-            assert refusals and dlq in refusals[0] and "limited" in refusals[0]
+            assert refusals and dlq in refusals[0] and "as 'limited'" in refusals[0]
             await _permit(dlq)
             await wait_for(lambda: bus.ready, within=60, what="ready again once permitted")
             await wait_for(lambda: attempts == [1, 2], what="fetching again")

@@ -181,3 +181,48 @@ async def test_dead_letter_is_published_before_the_original_is_acked(
     assert calls == [1], "the handler is not re-run while the dead letter is retried"
     assert broker.ready("orders", "g") == []
     assert [m.id for m in broker.published("orders.g.dlq")] == ["m"]
+
+
+async def test_a_refused_dead_letter_pauses_until_accepted_also_when_wrapped() -> None:
+    """DESIGN 13 on any transport: a dead letter refused for lack of permissions -- raised as
+    such, or inside a PublishError as Kafka reports a refused write -- pauses fetching and
+    makes the bus not ready; two refused messages with one id do not clear each other; once
+    the broker accepts, both are dead-lettered and the bus is ready again."""
+    from eventbus import AuthorizationError
+
+    class Refusing(MemoryTransport):
+        refuse = True
+        wrapped = False
+
+        async def publish(self, to: Destination, messages: Sequence[Message]) -> None:
+            if to.name.endswith(".dlq") and self.refuse:
+                refused = AuthorizationError(f"no write on {to.name} for 'svc'")
+                self.wrapped = not self.wrapped  # alternately bare and wrapped
+                if self.wrapped:
+                    raise PublishError("refused", dict.fromkeys(range(len(messages)), refused))
+                raise refused
+            await super().publish(to, messages)
+
+    transport = Refusing(broker=MemoryBroker())
+    bus = EventBus(transport=transport)
+    seen: list[int] = []
+
+    @bus.consume("jobs", concurrency=4, retry=RetryPolicy(max_attempts=1))
+    async def fail(n: int) -> None:
+        seen.append(n)
+        raise ValueError("poison")
+
+    async with bus:
+        for n in (1, 2):  # the same id twice, as a foreign producer may send
+            await bus.transport.publish(
+                Destination("jobs", "queue"),
+                [Message(id="same", topic="jobs", body=str(n).encode())],
+            )
+        await wait_for(lambda: not bus.ready, what="not ready while refused")
+        await wait_for(lambda: sorted(seen) == [1, 2], what="both tried")
+        await bus.send("jobs", 3)
+        await anyio.sleep(0.5)
+        assert 3 not in seen and not bus.ready, "fetching paused while refused"
+        transport.refuse = False
+        await wait_for(lambda: bus.ready, within=30, what="ready again")
+        await wait_for(lambda: bus.subscribers[0].stats.dead_lettered == 3, what="all three")

@@ -20,7 +20,7 @@ from eventbus.backoff import Backoff
 from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
 from eventbus.dispatch.returns import error_reply
 from eventbus.dispatch.subscriber import Subscriber
-from eventbus.errors import AuthorizationError, MessageTooLargeError
+from eventbus.errors import AuthorizationError, MessageTooLargeError, PublishError
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, Transport
 
@@ -48,8 +48,8 @@ class Republisher:
         self._refused = refused
         """Told why when the broker starts refusing our republishes (permissions), and None
         when none is refused any more: the runner pauses fetching and reports not ready."""
-        self._refusing: dict[str, str] = {}
-        """Messages whose republish the broker refuses now, by id: why."""
+        self._refusing: dict[object, str] = {}
+        """Republishes the broker refuses now (one entry per call): why."""
 
     def requeued_attempt(self, message_id: str) -> int:
         """The attempt a broadcast message requeued by this process comes back for (0 if not)."""
@@ -157,16 +157,15 @@ class Republisher:
         subscription stops or the delivery is lost (``gone``); in those two cases the message
         is released and its next owner handles it."""
         backoff = Backoff(0.2, 5.0)
+        token = object()  # this call's refusal entry: ids repeat, foreign ones especially
         try:
             while True:
                 try:
                     await self._transport.publish(to, [message])
                     break
-                except AuthorizationError as exc:
-                    self._refusal(message.id, to, exc)
-                    if await self._wait_or_give_up(raw, to, message, exc, backoff, gone):
-                        return False
                 except Exception as exc:
+                    if _refused(exc):
+                        self._refusal(token, to, exc)
                     if await self._wait_or_give_up(raw, to, message, exc, backoff, gone):
                         return False
                     if (
@@ -177,27 +176,27 @@ class Republisher:
                         # must not keep it from getting out.
                         message = message.replace_headers(_without_diagnostics(message.headers))
         finally:
-            self._allowed(message.id)
+            self._allowed(token)
         await raw.ack()
         return True
 
-    def _refusal(self, message_id: str, to: Destination, error: BaseException) -> None:
+    def _refusal(self, token: object, to: Destination, error: BaseException) -> None:
         """The broker refuses this republish (permissions): DESIGN 13 wants the subscription
         paused and not ready, naming the destination and the user, until someone fixes it."""
         first = not self._refusing
         why = f"the broker refuses publishes to {to.kind} {to.name!r}: {error}"
-        if message_id not in self._refusing:
+        if token not in self._refusing:
             log.error(
                 "%s: %s; fetching paused (not ready) until it accepts them",
                 self._sub.describe(),
                 why,
             )
-        self._refusing[message_id] = why
+        self._refusing[token] = why
         if first:
             self._refused(why)
 
-    def _allowed(self, message_id: str) -> None:
-        if self._refusing.pop(message_id, None) is not None and not self._refusing:
+    def _allowed(self, token: object) -> None:
+        if self._refusing.pop(token, None) is not None and not self._refusing:
             log.info("%s: the broker accepts republishes again; fetching", self._sub.describe())
             self._refused(None)
 
@@ -235,6 +234,16 @@ class Republisher:
         )
         await anyio.sleep(wait)
         return False
+
+
+def _refused(error: BaseException) -> bool:
+    """A refusal for lack of permissions: an `AuthorizationError`, or a publish error whose
+    every failure is one (Kafka reports a refused write per message)."""
+    if isinstance(error, AuthorizationError):
+        return True
+    if not isinstance(error, PublishError) or not error.failures:
+        return False
+    return all(isinstance(f, AuthorizationError) for f in error.failures.values())
 
 
 def _without_diagnostics(headers: Mapping[str, str]) -> dict[str, str]:

@@ -179,7 +179,17 @@ class Connector:
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
 
 
-_REFUSED_ALERTS = ("UNKNOWN_CA", "CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "HANDSHAKE_FAILURE")
+_REFUSED_ALERTS = (
+    "UNKNOWN_CA",
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+    "HANDSHAKE_FAILURE",
+)
 
 
 def _tls_refused(error: BaseException, address: str) -> AuthenticationError | None:

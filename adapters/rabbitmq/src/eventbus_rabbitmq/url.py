@@ -7,6 +7,7 @@ error rather than silently ignored: a typo in ``queue_type`` must not quietly gi
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -98,6 +99,10 @@ def parse_url(url: str) -> Settings:
     except ValueError as e:
         raise ConfigurationError(f"RabbitMQ URL has an invalid port: {censor_url(url)!r}") from e
     settings, passthrough = parse_options("RabbitMQ", parts.query, _OPTIONS, _AIORMQ_OPTIONS)
+    for option, value in passthrough:
+        if option in ("cafile", "certfile", "keyfile") and not os.path.isfile(value):
+            # Else the TLS context fails in every connection attempt, reported as unreachable.
+            raise ConfigurationError(f"RabbitMQ URL option {option}: no such file {value!r}")
     password_file = settings.pop("password_file", None)
     if password_file is not None:
         parts = parts._replace(netloc=_with_password(parts, password_file, url))
