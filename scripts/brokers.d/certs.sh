@@ -5,7 +5,9 @@
 #   server.pem / server.key    the brokers' certificate: CN and SAN "localhost" only, so a client
 #                              that connects to 127.0.0.1 gets a hostname mismatch
 #   client.pem / client.key    a client certificate, CN "eventbus-client" (RabbitMQ EXTERNAL
-#                              logs in as that user; Kafka mTLS maps it to User:CN=...)
+#                              logs in as that user; Kafka's mapping rule makes it
+#                              User:eventbus-client)
+#   client-encrypted.key       the same key encrypted with the passphrase "client-key-secret"
 #   other-ca.pem               a CA nobody trusts, and other-client.pem / other-client.key
 #                              signed by it: a client certificate the brokers refuse
 # Nothing here is secret: the keys exist for tests on 127.0.0.1 only.
@@ -14,9 +16,19 @@ CERT_DAYS=30
 
 make_certs() {
     local dir=$1
+    mkdir -p "$(dirname "$dir")"
+    # Kafka and RabbitMQ start in parallel and both need them: one makes them, once.
+    (
+        flock -w 120 9 || die "timed out waiting for $dir.lock"
+        _make_certs "$dir"
+    ) 9>"$dir.lock"
+}
+
+_make_certs() {
+    local dir=$1
     local file complete=1
-    for file in ca.pem server.pem server.key client.pem client.key other-ca.pem \
-        other-client.pem other-client.key; do
+    for file in ca.pem server.pem server.key client.pem client.key client-encrypted.key \
+        other-ca.pem other-client.pem other-client.key; do
         [[ -s $dir/$file ]] || complete=0
     done
     if ((complete)) && openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
@@ -35,6 +47,8 @@ make_certs() {
 extendedKeyUsage=serverAuth"
         _leaf client ca "eventbus-client" "extendedKeyUsage=clientAuth"
         _leaf other-client other-ca "eventbus-client" "extendedKeyUsage=clientAuth"
+        openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.key -out client-encrypted.key \
+            -passout pass:client-key-secret
         rm -f ./*.csr ./*.srl ./*.ext
         chmod 644 ./*.pem ./*.key # read by the brokers' service accounts; test keys only
         chmod 755 .

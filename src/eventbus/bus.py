@@ -23,6 +23,7 @@ from eventbus.codecs.base import AsyncCodec, Codec, Encoded
 from eventbus.codecs.json import JsonCodec
 from eventbus.dedup.base import BatchInboxStore, DedupStore, InboxStore
 from eventbus.dedup.memory import MemoryDedupStore
+from eventbus.dispatch.consume import sole_error
 from eventbus.dispatch.current import HANDLING
 from eventbus.dispatch.expiry import expiry_header
 from eventbus.dispatch.handler import inspect_handler
@@ -671,15 +672,19 @@ class EventBus:
             await self._publish_one(
                 to, value, key=cause.key, headers=None, message_id=None, correlation_id=None
             )
-        except UnroutableError:
-            if not to.reply:
-                raise
-            # The requester is gone (its reply queue with it): no one could ever read this
-            # reply, so retrying the handler would only end in a dead letter.
+        except (UnroutableError, ConfigurationError) as exc:
+            if not to.reply or isinstance(exc, PermissionError):
+                raise  # a refused publish is the operator's to fix (DESIGN 13)
+            # The requester is gone (its reply queue with it), or its reply-to was never an
+            # address (a foreign producer's header): no one could ever read this reply, so
+            # retrying the handler would only end in a dead letter.
             log.warning(
-                "reply to %s for message %s dropped: nobody listens there any more",
+                "reply to %s for message %s dropped: %s",
                 to.name,
                 cause.id,
+                "nobody listens there any more"
+                if isinstance(exc, UnroutableError)
+                else f"not an address to reply to ({exc})",
             )
 
     # -- request-reply ----------------------------------------------------------------------
@@ -835,8 +840,13 @@ class EventBus:
             if self._startup and consumers:
                 self._task_group.start_soon(self._run_startup_hooks)
         except BaseException as exc:
-            await self._stop(type(exc), exc, exc.__traceback__)
-            raise
+            # A subscription that cannot start (refused, unreachable) is raised as itself, not
+            # in the task groups it crossed: `except AuthorizationError` works.
+            error = sole_error(exc)
+            await self._stop(type(error), error, error.__traceback__)
+            if error is exc:
+                raise
+            raise error from error.__cause__
 
     async def __aexit__(
         self,
@@ -932,11 +942,17 @@ class EventBus:
                 self._metrics_service.stop()  # scrapeable while draining, not any longer
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group wraps what the `async with` body raised even when nothing else
+            # failed; give that exception back as it was, so `except AuthorizationError` works.
+            if exc is None or group.exceptions != (exc,):
+                raise
         finally:
             self._task_group = None
             self._running = False
             with anyio.CancelScope(shield=True):
                 await self.transport.close()
+        raise exc  # outside the handler: its context stays the one it was raised in
 
 
 class _Publisher:

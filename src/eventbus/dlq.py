@@ -23,6 +23,8 @@ from eventbus.transports.base import Destination, Kind, RawDelivery, Subscriptio
 __all__ = ["dlq_depths", "dlq_purge", "dlq_replay", "dlq_show", "replay_destination"]
 
 DEFAULT_IDLE = 3.0
+_MAX_HELD = 65_535
+"""The most letters ``show`` lists in one run: AMQP's largest prefetch count."""
 
 Progress = Callable[[int, int], None]
 """Called after each dead letter with (done so far, at most how many this run moves)."""
@@ -48,7 +50,12 @@ async def _each(
     idle: float,
     visit: Callable[[RawDelivery], Awaitable[None]],
     progress: Progress | None = None,
+    *,
+    holds: bool = False,
 ) -> int:
+    """Visit up to ``limit`` letters of ``name`` in turn. ``holds``: ``visit`` leaves them
+    unsettled (``show``), so all of them must be handed out at once: the broker hands out no
+    more than the prefetch before some are settled."""
     depth = await transport.depth(name, "queue")
     if depth is None:
         raise NotFoundError("dead-letter queue", name)
@@ -56,7 +63,8 @@ async def _each(
     limit = depth if limit is None else min(limit, depth)
     if limit <= 0:
         return 0
-    spec = SubscriptionSpec(name, "queue", None, prefetch=min(limit, 500))
+    prefetch = min(limit, _MAX_HELD if holds else 500)
+    spec = SubscriptionSpec(name, "queue", None, prefetch=prefetch)
     sub = await transport.subscribe(spec, _Reader())
     seen = 0
     try:
@@ -90,7 +98,7 @@ async def dlq_show(
     async def keep(raw: RawDelivery) -> None:
         found.append(raw.message)
 
-    await _each(transport, name, limit, idle, keep)
+    await _each(transport, name, limit, idle, keep, holds=True)
     return found
 
 

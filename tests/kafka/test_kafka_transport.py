@@ -531,6 +531,17 @@ async def test_dlq_commands_work_on_a_kafka_queue(transport: KafkaTransport, nam
     assert await transport.depth(dlq, "queue") == 0
 
 
+async def test_dlq_show_lists_more_letters_than_one_prefetch(
+    transport: KafkaTransport, name: Name
+) -> None:
+    """Showing settles nothing, so every letter asked for must be handed out at once: it once
+    stopped at the 500 of its prefetch."""
+    dlq = f"{name('many')}.dlq"
+    await transport.publish(Destination(dlq, "queue"), messages(dlq, 620))
+    shown = await dlq_show(transport, dlq, limit=700, idle=2.0)
+    assert len({m.id for m in shown}) == 620
+
+
 async def test_offset_reset_latest_starts_at_the_end_and_then_keeps_its_place(
     kafka_url: str, name: Name
 ) -> None:

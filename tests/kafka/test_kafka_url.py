@@ -1,5 +1,7 @@
 """kafka:// URL parsing: defaults, every option, and clear errors naming the bad option."""
 
+from pathlib import Path
+
 import pytest
 from eventbus_kafka.url import KafkaSettings, parse_url
 
@@ -94,3 +96,38 @@ def test_errors_never_show_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         parse_url(url)
     assert "s3cret" not in str(caught.value)
+
+
+def test_secrets_from_files(tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    s = parse_url(
+        f"kafka://svc@h:1?security_protocol=SASL_PLAINTEXT&sasl_password_file={password}"
+    )
+    assert (s.sasl_username, s.sasl_password) == ("svc", "s3cret")
+    assert s.user == "user 'svc'" and "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("sasl_password_file={missing}", r"sasl_password_file: cannot read '.*missing'"),
+        ("sasl_password_file={empty}", "is empty"),
+        ("sasl_password=p&sasl_password_file={empty}", "give one"),
+        ("ssl_cafile={missing}", r"ssl_cafile: no such file"),
+        ("ssl_key_password_file={empty}", "ssl_key_password_file"),
+    ],
+)
+def test_secret_and_certificate_files_are_checked_by_name(
+    tmp_path: Path, query: str, names: str
+) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    missing = tmp_path / "missing"
+    url = "kafka://u@h:1?security_protocol=SASL_SSL&" + query.format(missing=missing, empty=empty)
+    with pytest.raises(ConfigurationError, match=names):
+        parse_url(url)
+
+
+def test_who_refusals_name() -> None:
+    assert parse_url("kafka://h:1").user == "ANONYMOUS"

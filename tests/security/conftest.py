@@ -33,3 +33,15 @@ def certs() -> Certs:
 def amqps_url() -> str:
     """``amqps://localhost:5671/``: mutual TLS, EXTERNAL or PLAIN logins."""
     return _env("EVENTBUS_TEST_AMQPS")
+
+
+@pytest.fixture(scope="session")
+def kafka_ssl_url() -> str:
+    """``kafka://localhost:9095``: TLS with client certificates required (User:eventbus-client)."""
+    return _env("EVENTBUS_TEST_KAFKA_SSL")
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_url() -> str:
+    """``kafka://localhost:9096``: SASL_SSL, SCRAM-SHA-512 and PLAIN (eventbus-app, limited)."""
+    return _env("EVENTBUS_TEST_KAFKA_SASL_SSL")

@@ -123,3 +123,33 @@ def test_a_missing_certificate_file_is_refused_at_once_by_name(certs: Certs) -> 
 
     with pytest.raises(ConfigurationError, match=r"certfile: no such file '/nowhere/me\.pem'"):
         EventBus(f"amqps://localhost:5671/?cafile={certs['ca.pem']}&certfile=/nowhere/me.pem")
+
+
+async def test_an_encrypted_client_key_with_its_password_from_a_file(
+    amqps_url: str, certs: Certs, tmp_path: Path
+) -> None:
+    secret = tmp_path / "key-password"
+    secret.write_text("client-key-secret\n")
+    options = _mtls(
+        certs,
+        auth="external",
+        keyfile=certs["client-encrypted.key"],
+        ssl_key_password_file=str(secret),
+    )
+    url = _url(amqps_url, **options)
+    assert await _round_trip(url, f"tls-key-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+
+
+def test_an_encrypted_client_key_without_its_password_is_refused_at_once(
+    amqps_url: str, certs: Certs, tmp_path: Path
+) -> None:
+    """Refused when the URL is parsed -- never OpenSSL's prompt on a terminal."""
+    from eventbus import ConfigurationError
+
+    secret = tmp_path / "key-password"
+    secret.write_text("not-the-key-password")
+    for extra in ({}, {"ssl_key_password_file": str(secret)}):
+        options = _mtls(certs, keyfile=certs["client-encrypted.key"], **extra)
+        with pytest.raises(ConfigurationError, match="cannot load the client certificate") as e:
+            EventBus(_url(amqps_url, **options))
+        assert "not-the-key-password" not in str(e.value)

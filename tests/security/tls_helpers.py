@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlencode
 
 
 @dataclass(frozen=True)
@@ -14,3 +15,35 @@ class Certs:
 
     def __getitem__(self, name: str) -> str:
         return str(self.dir / name)
+
+
+def secured_kafka_url(base: str, *, host: str | None = None, **options: str) -> str:
+    """``base`` (``kafka://host:port``) with ``options`` as its query; ``host`` replaces its host
+    name, keeping the port."""
+    hostport = base.split("://", 1)[1].rstrip("/")
+    if host is not None:
+        hostport = f"{host}:{hostport.rsplit(':', 1)[1]}"
+    return f"kafka://{hostport}?{urlencode(options)}"
+
+
+def kafka_scram(certs: Certs, user: str, password_file: str, **more: str) -> dict[str, str]:
+    """Options for SASL_SSL with SCRAM-SHA-512 as ``user``."""
+    return {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": user,
+        "sasl_password_file": password_file,
+        "ssl_cafile": certs["ca.pem"],
+        **more,
+    }
+
+
+def kafka_mtls(certs: Certs, **more: str) -> dict[str, str]:
+    """Options for SSL with the client certificate (User:eventbus-client)."""
+    return {
+        "security_protocol": "SSL",
+        "ssl_cafile": certs["ca.pem"],
+        "ssl_certfile": certs["client.pem"],
+        "ssl_keyfile": certs["client.key"],
+        **more,
+    }

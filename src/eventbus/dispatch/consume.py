@@ -60,10 +60,10 @@ class ConsumeLoop:
         try:
             await group.start(self.run)
         except BaseExceptionGroup as error:
-            leaves = _leaves(error)
-            if len(leaves) == 1:
-                raise leaves[0] from None
-            raise
+            sole = sole_error(error)
+            if sole is error:
+                raise
+            raise sole from sole.__cause__  # its own cause kept: the driver's error
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until `aclose`; ``task_status.started()`` once the first subscription is
@@ -185,3 +185,10 @@ def _leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+def sole_error(error: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups that hold only it, else ``error``:
+    what a start-up failure is raised as, through the task groups it crossed."""
+    leaves = _leaves(error)
+    return leaves[0] if len(leaves) == 1 else error

@@ -107,10 +107,11 @@ class TopicAdmin:
                 continue
             error = for_code(code)
             refused = AuthorizationError if code in _AUTHORIZATION_FAILED else ConfigurationError
+            who = f" as {settings.user}" if code in _AUTHORIZATION_FAILED else ""
             raise refused(
                 f"cannot create Kafka topic {name!r} ({partitions} partitions, "
-                f"replication factor {settings.replication_factor}): "
-                f"{error.__name__}: {message or error.description}"
+                f"replication factor {settings.replication_factor}){who} at "
+                f"{settings.address}: {error.__name__}: {message or error.description}"
             )
 
         if created:

@@ -68,14 +68,15 @@ def is_fatal(exc: BaseException) -> bool:
     return isinstance(exc, _FATAL)
 
 
-def translate(exc: BaseException, address: str) -> EventBusError:
+def translate(exc: BaseException, address: str, user: str = "") -> EventBusError:
     """The eventbus exception for a driver exception (the original becomes its ``__cause__``
-    where the caller raises ``from``)."""
+    where the caller raises ``from``). ``user`` (`KafkaSettings.user`) is named in refusals."""
     if isinstance(exc, EventBusError):
         return exc
     if isinstance(exc, kafka_errors.MessageSizeTooLargeError | kafka_errors.RecordTooLargeError):
         return MessageTooLargeError(f"message too large for Kafka: {exc}")
-    refused = f"Kafka at {address} refused: {type(exc).__name__}: {exc}"
+    who = f" {user}" if user else ""
+    refused = f"Kafka at {address} refused{who}: {type(exc).__name__}: {exc}"
     if isinstance(exc, _AUTHENTICATION):
         return AuthenticationError(refused)
     if isinstance(exc, _AUTHORIZATION):

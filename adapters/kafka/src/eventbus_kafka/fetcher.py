@@ -22,6 +22,7 @@ from eventbus.backoff import Backoff
 from eventbus.errors import EventBusError
 from eventbus.message import Message
 from eventbus.transports.base import SubscriptionSpec
+from eventbus.transports.scheduling import TIERS
 from eventbus_kafka.assignment import Adopter
 from eventbus_kafka.delivery import Taken
 from eventbus_kafka.errors import is_fatal, translate
@@ -44,12 +45,18 @@ prefetched records around; resumed as soon as there is room."""
 _MAX_BACKOFF = 5.0
 
 
+_MAIN_TOPIC_WAIT = TIERS[0] + 10.0
+"""The longest a main topic's record waits for its due time (seconds): the shortest delay
+tier, plus room for the producer's clock running ahead."""
+
+
 class Fetcher:
     def __init__(
         self,
         spec: SubscriptionSpec,
         *,
         address: str,
+        user: str,
         owned: Ownership,
         pauses: Pauses,
         buffer: ReadAhead,
@@ -60,6 +67,7 @@ class Fetcher:
         self._spec = spec
         self._window = offset_window
         self._address = address
+        self._user = user
         self._owned = owned
         self._pauses = pauses
         self._buffer = buffer
@@ -104,7 +112,7 @@ class Fetcher:
             except Exception as exc:
                 if is_fatal(exc):
                     log.error("%s: giving up: %r", self._describe, exc)
-                    self.failure = translate(exc, self._address)
+                    self.failure = translate(exc, self._address, self._user)
                     self.failure.__cause__ = exc
                     self.live.set()
                     return
@@ -236,6 +244,11 @@ class Fetcher:
                         if tracker.track(offset):
                             tracker.finish(offset)
                         continue
+                    if due is not None and due > now + _MAIN_TOPIC_WAIT and record.topic == name:
+                        # eventbus puts due times on a main topic only within the shortest
+                        # delay tier (`destination_topic`): a later one is a foreign producer's
+                        # header, and must not hold the partition for years. Due now.
+                        due = None
                     if due is not None and due > now:
                         # A retry that is not due: this partition waits (paused, no busy loop)
                         # from this record on; every other partition keeps flowing.

@@ -303,13 +303,13 @@ class Producer:
                     f"could not queue the message within {self._settings.publish_timeout}s",
                 )
             else:  # before the records could be partitioned (e.g. no metadata)
-                error = _translated(exc, self._settings.address)
+                error = _translated(exc, self._settings)
             accounted = {i for members in pending.values() for i in members}
             for index in todo:
                 if index not in accounted and index not in refused:
                     failures[index] = (error, raw)
         for index, cause in refused.items():
-            failures[index] = (_translated(cause, self._settings.address), cause)
+            failures[index] = (_translated(cause, self._settings), cause)
         if pending:
             await self._await_acks(pending, deadline, failures)
         return failures
@@ -353,7 +353,7 @@ class Producer:
                     partition=partition,
                 )
             except Exception as exc:  # refused by the producer, before being queued
-                failures[index] = (_translated(exc, settings.address), exc)
+                failures[index] = (_translated(exc, settings), exc)
                 return failures
             await future
             return failures
@@ -361,7 +361,7 @@ class Producer:
             if not entry.expired or task.uncancel() > cancelling:
                 raise  # the caller's cancellation, not the deadline
         except Exception as exc:  # the broker's answer was an error
-            failures[index] = (_translated(exc, settings.address), exc)
+            failures[index] = (_translated(exc, settings), exc)
             return failures
         finally:
             self._deadlines.finish(entry)
@@ -377,7 +377,7 @@ class Producer:
             raised = future.exception()
             if raised is None:
                 return failures
-            failures[index] = (_translated(raised, settings.address), raised)
+            failures[index] = (_translated(raised, settings), raised)
             return failures
         else:
             error = BrokerUnavailableError(
@@ -410,7 +410,7 @@ class Producer:
                 "maximum request size you have configured with the max_request_size "
                 "configuration"
             )
-            failures[index] = (_translated(raw, settings.address), raw)
+            failures[index] = (_translated(raw, settings), raw)
             return False
         return True
 
@@ -520,7 +520,7 @@ class Producer:
         for future in done:
             raised = future.exception()
             if raised is not None:
-                translated = _translated(raised, settings.address)
+                translated = _translated(raised, settings)
                 for index in pending[future]:
                     failures[index] = (translated, raised)
         if not_done:
@@ -554,8 +554,8 @@ async def _submit(producer: Any, builder: Any, topic: str, partition: int) -> An
         await asyncio.sleep(backoff.next())
 
 
-def _translated(exc: BaseException, address: str) -> BaseException:
-    translated = translate(exc, address)
+def _translated(exc: BaseException, settings: KafkaSettings) -> BaseException:
+    translated = translate(exc, settings.address, settings.user)
     if translated is not exc:
         translated.__cause__ = exc
     return translated

@@ -163,7 +163,7 @@ class KafkaReplyInbox:
             try:
                 await consumer.start()
             except Exception as exc:
-                raise translate(exc, settings.address) from exc
+                raise translate(exc, settings.address, settings.user) from exc
             task_status.started()
             await self._receive(consumer, deliver)
         finally:
@@ -182,7 +182,7 @@ class KafkaReplyInbox:
                 raise
             except Exception as exc:  # aiokafka reconnects by itself; keep reading
                 if is_fatal(exc):  # refused credentials or ACLs: a new inbox must start over
-                    raise translate(exc, self._settings.address) from exc
+                    raise translate(exc, self._settings.address, self._settings.user) from exc
                 wait = backoff.next()
                 log.warning("reply inbox %s: %r; reading again in %.1fs", self.topic, exc, wait)
                 await anyio.sleep(wait)

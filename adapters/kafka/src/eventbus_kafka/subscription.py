@@ -77,6 +77,7 @@ class KafkaSubscription:
         self._fetcher = Fetcher(
             spec,
             address=settings.address,
+            user=settings.user,
             owned=self._owned,
             pauses=self._pauses,
             buffer=self._buffer,
@@ -124,7 +125,7 @@ class KafkaSubscription:
                 raise
             error = exc
             if isinstance(exc, Exception) and not isinstance(exc, EventBusError):
-                error = translate(exc, self._settings.address)
+                error = translate(exc, self._settings.address, self._settings.user)
             self._fail(error)
             if error is exc:
                 raise

@@ -29,6 +29,7 @@ from eventbus.transports.base import (
 from eventbus.transports.publishing import publish_error
 from eventbus_kafka.admin import TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
+from eventbus_kafka.handshake import refusal
 from eventbus_kafka.producer import Producer
 from eventbus_kafka.replies import KafkaReplyInbox, reply_partition
 from eventbus_kafka.subscription import KafkaSubscription
@@ -110,9 +111,12 @@ class KafkaTransport:
             except Exception as exc:
                 if is_fatal(exc):
                     await self._stop_clients()
-                    raise translate(exc, settings.address) from exc
+                    raise translate(exc, settings.address, settings.user) from exc
                 last = exc
             await self._stop_clients()
+            refused = await refusal(settings)
+            if refused is not None:
+                raise refused from last
             wait = backoff.next()
             if asyncio.get_running_loop().time() + wait >= deadline:
                 raise BrokerUnavailableError(
@@ -328,7 +332,7 @@ class KafkaTransport:
         except EventBusError:
             raise
         except Exception as exc:
-            raise translate(exc, self.settings.address) from exc
+            raise translate(exc, self.settings.address, self.settings.user) from exc
         waiting: dict[str, int] = {}
         for tp in partitions:
             start = max(committed.get((tp.topic, tp.partition), (-1, ""))[0], starts[tp])

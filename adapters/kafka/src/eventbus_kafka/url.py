@@ -5,9 +5,11 @@
 Options: ``client_id``, ``partitions`` (default 6), ``replication_factor`` (1),
 ``offset_reset`` (``earliest``), ``security_protocol`` (``PLAINTEXT``, ``SSL``,
 ``SASL_PLAINTEXT``, ``SASL_SSL``), ``sasl_mechanism`` (``PLAIN``, ``SCRAM-SHA-256``,
-``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password``, ``ssl_cafile``, ``ssl_certfile``,
-``ssl_keyfile``, ``max_message_size`` (bytes, 1 MiB), ``connect_timeout`` (seconds, 15),
-``publish_timeout`` (60), ``join_timeout`` (60), ``commit_interval`` (0.5),
+``SCRAM-SHA-512``), ``sasl_username``, ``sasl_password`` or ``sasl_password_file`` (a file
+holding it, DESIGN 13), ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_key_password_file`` (for an encrypted key), ``max_message_size`` (bytes, 1 MiB),
+``connect_timeout`` (seconds, 15), ``publish_timeout`` (60), ``join_timeout`` (60),
+``commit_interval`` (0.5),
 ``revoke_drain_timeout`` (10), ``offset_window`` (records, 20 000), ``reply_topic`` (where
 replies to this app's requests go: ``<client_id>.replies``), ``reply_partitions`` (16: at most
 that many buses of the app make requests at once).
@@ -15,6 +17,8 @@ that many buses of the app make requests at once).
 
 from __future__ import annotations
 
+import os
+import ssl
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -26,6 +30,7 @@ from eventbus.transports.urls import (
     choice,
     parse_options,
     positive_int,
+    read_secret,
     seconds,
     text,
 )
@@ -60,6 +65,7 @@ class KafkaSettings:
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
     max_message_size: int = 1024 * 1024
     """Largest body eventbus lets through; topics it creates accept this plus headroom."""
     connect_timeout: float = 15.0
@@ -90,6 +96,15 @@ class KafkaSettings:
         """The bootstrap list as shown in errors: ``host:port,host:port``."""
         return ",".join(self.bootstrap_servers)
 
+    @property
+    def user(self) -> str:
+        """Who the broker sees, as refusals name it (never with a secret)."""
+        if self.security_protocol.startswith("SASL"):
+            return f"user {self.sasl_username!r}"
+        if self.ssl_certfile:
+            return f"the client certificate {os.path.basename(self.ssl_certfile)!r}"
+        return "ANONYMOUS"
+
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments every aiokafka client (producer, consumer, admin) shares."""
         options: dict[str, Any] = {
@@ -102,13 +117,32 @@ class KafkaSettings:
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password
         if self.security_protocol.endswith("SSL"):
-            import ssl
-
-            context = ssl.create_default_context(cafile=self.ssl_cafile)
-            if self.ssl_certfile:
-                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
-            options["ssl_context"] = context
+            options["ssl_context"] = self.ssl_context()
         return options
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A fresh TLS context: the system's CAs or ``ssl_cafile``, host names checked, and the
+        client certificate for mutual TLS."""
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            try:
+                context.load_cert_chain(
+                    self.ssl_certfile,
+                    self.ssl_keyfile,
+                    # Never OpenSSL's own prompt on a terminal for an encrypted key.
+                    password=self.ssl_key_password or _no_password,
+                )
+            except ssl.SSLError as exc:  # e.g. an encrypted key and no or a wrong password
+                raise ConfigurationError(
+                    f"kafka URL: cannot load the client certificate {self.ssl_certfile!r} "
+                    f"with its key ({exc.reason or exc}); check ssl_keyfile and "
+                    "ssl_key_password_file"
+                ) from None
+        return context
+
+
+def _no_password() -> str:
+    return ""
 
 
 _OPTIONS: dict[str, OptionParser] = {
@@ -120,9 +154,11 @@ _OPTIONS: dict[str, OptionParser] = {
     "sasl_mechanism": choice(*_SASL_MECHANISMS, upper=True),
     "sasl_username": text,
     "sasl_password": text,
+    "sasl_password_file": text,
     "ssl_cafile": text,
     "ssl_certfile": text,
     "ssl_keyfile": text,
+    "ssl_key_password_file": text,
     "max_message_size": positive_int,
     "connect_timeout": seconds,
     "publish_timeout": seconds,
@@ -185,6 +221,23 @@ def parse_url(url: str) -> KafkaSettings:
         if password:
             values["sasl_password"] = unquote(password)
     options, _ = parse_options("kafka", parts.query, _OPTIONS)
+    password_file = options.pop("sasl_password_file", None)
+    if password_file is not None:
+        if "sasl_password" in values or "sasl_password" in options:
+            raise ConfigurationError(
+                f"kafka URL {shown!r} has a SASL password and sasl_password_file: give one"
+            )
+        options["sasl_password"] = read_secret("kafka", "sasl_password_file", password_file)
+    key_password_file = options.pop("ssl_key_password_file", None)
+    if key_password_file is not None:
+        options["ssl_key_password"] = read_secret(
+            "kafka", "ssl_key_password_file", key_password_file
+        )
+    for option in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = options.get(option)
+        if path is not None and not os.path.isfile(path):
+            # Else every connection attempt fails alike, reported as an unreachable broker.
+            raise ConfigurationError(f"kafka URL option {option}: no such file {path!r}")
     values.update(options)
 
     settings = KafkaSettings(bootstrap_servers=servers, **values)
@@ -202,4 +255,8 @@ def parse_url(url: str) -> KafkaSettings:
         )
     if settings.ssl_keyfile and not settings.ssl_certfile:
         raise ConfigurationError("kafka URL option ssl_keyfile needs ssl_certfile")
+    if settings.ssl_key_password and not settings.ssl_certfile:
+        raise ConfigurationError("kafka URL option ssl_key_password_file needs ssl_certfile")
+    if settings.security_protocol.endswith("SSL"):
+        settings.ssl_context()  # a key that cannot be loaded fails here, not at each connect
     return settings

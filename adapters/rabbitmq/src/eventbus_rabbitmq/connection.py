@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -25,6 +24,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 
 from eventbus.backoff import Backoff
 from eventbus.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
+from eventbus.transports.tls import tls_refused
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Connector", "open_channel"]
@@ -116,6 +116,7 @@ class Connector:
                     async with asyncio.timeout(self._settings.connect_timeout):
                         conn = await aiormq.connect(
                             self._settings.amqp_url,
+                            context=self._settings.tls_context,
                             client_properties={"connection_name": self._connection_name},
                         )
                 # Waiting cannot fix these: raised at once, never retried (DESIGN 8).
@@ -124,8 +125,9 @@ class Connector:
                     amqp_errors.ProbableAuthenticationError,
                 ) as e:
                     raise AuthenticationError(
-                        f"RabbitMQ at {self._settings.address} refused the credentials: access "
-                        f"refused ({e}); check the user and password"
+                        f"RabbitMQ at {self._settings.address} refused the credentials of "
+                        f"{self._settings.user!r}: access refused ({e}); check the user and "
+                        "password"
                     ) from e
                 except amqp_errors.ConnectionNotAllowed as e:  # unknown vhost, or no access
                     raise self._vhost_refused(str(e)) from e
@@ -136,7 +138,7 @@ class Connector:
                         "connection.close in answer to connection.open"
                     ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
-                    refused = _tls_refused(e, self._settings.address)
+                    refused = tls_refused(e, "RabbitMQ", self._settings.address)
                     if refused is not None:  # an OSError too, but waiting cannot fix it
                         raise refused from e
                     self._last_error = e
@@ -177,45 +179,6 @@ class Connector:
                 await conn.close()
             except (TimeoutError, OSError, amqp_errors.AMQPError):
                 log.debug("error while closing the RabbitMQ connection", exc_info=True)
-
-
-_REFUSED_ALERTS = (
-    "UNKNOWN_CA",
-    "CERTIFICATE_REQUIRED",
-    "BAD_CERTIFICATE",
-    "CERTIFICATE_EXPIRED",
-    "CERTIFICATE_REVOKED",
-    "CERTIFICATE_UNKNOWN",
-    "UNSUPPORTED_CERTIFICATE",
-    "ACCESS_DENIED",
-    "HANDSHAKE_FAILURE",
-)
-
-
-def _tls_refused(error: BaseException, address: str) -> AuthenticationError | None:
-    """The `AuthenticationError` for a TLS handshake that no retry can fix -- we refused the
-    server's certificate (untrusted, or not for this host name), or the server refused ours --
-    or None. aiormq wraps the ssl error in its own: the chain is searched. Anything else (an
-    EOF during a broker restart, say) may pass and is retried."""
-    seen: BaseException | None = error
-    for _ in range(5):
-        if seen is None:
-            return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return AuthenticationError(
-                f"TLS to RabbitMQ at {address}: the server's certificate was refused "
-                f"({seen.verify_message or seen}); check cafile and the host name in the URL"
-            )
-        if isinstance(seen, ssl.SSLError):
-            reason = (seen.reason or str(seen)).upper()
-            if any(alert in reason for alert in _REFUSED_ALERTS):
-                return AuthenticationError(
-                    f"TLS to RabbitMQ at {address}: the server refused the handshake "
-                    f"({seen.reason or seen}); check the client certificate and key"
-                )
-            return None
-        seen = seen.__cause__ or seen.__context__
-    return None
 
 
 def _refused_open(error: amqp_errors.InvalidFrameError) -> bool:

@@ -60,7 +60,8 @@ def translate(error: BaseException, *, address: str, what: str) -> EventBusError
         )
     if isinstance(error, amqp.ChannelAccessRefused):
         return AuthorizationError(
-            f"RabbitMQ refused to {what}: access refused ({error}); check the user's permissions"
+            f"RabbitMQ at {address} refused to {what}: access refused ({error}); check the "
+            "user's permissions"
         )
     if isinstance(error, amqp.ChannelLockedResource):
         return ConfigurationError(f"RabbitMQ refused to {what}: in exclusive use ({error})")

@@ -105,7 +105,7 @@ class RabbitSubscription:
                 try:
                     await self.reopen(within=self._settings.publish_timeout)
                 except SETTLE_FAILURES as e:
-                    what = f"subscribe to {self._spec.name!r}"
+                    what = f"subscribe to {self._spec.name!r} as {self._settings.user!r}"
                     raise translate(e, address=self._settings.address, what=what) from e
                 task_status.started()
                 async with anyio.create_task_group() as tasks:
@@ -341,7 +341,7 @@ class RabbitSubscription:
                         await current.regulate()
                 except SETTLE_FAILURES as e:
                     if not is_connection_lost(e) and not isinstance(e, amqp.ChannelClosed):
-                        what = f"consume {self._spec.name!r}"
+                        what = f"consume {self._spec.name!r} as {self._settings.user!r}"
                         raise translate(e, address=self._settings.address, what=what) from e
                     # The watcher restores the channel, unthrottled.
                     log.info("regulating the read-ahead of %s interrupted: %r", self.name, e)

@@ -1,0 +1,49 @@
+"""TLS handshake failures no retry can fix, as `AuthenticationError`s: shared by the adapters,
+whose clients wrap the ssl error (aiormq) or only log it (aiokafka's bootstrap)."""
+
+from __future__ import annotations
+
+import ssl
+
+from eventbus.errors import AuthenticationError
+
+__all__ = ["tls_refused"]
+
+# The alerts a server sends when it refuses the client's certificate (or has none of it).
+_REFUSED_ALERTS = (
+    "UNKNOWN_CA",
+    "CERTIFICATE_REQUIRED",
+    "BAD_CERTIFICATE",
+    "CERTIFICATE_EXPIRED",
+    "CERTIFICATE_REVOKED",
+    "CERTIFICATE_UNKNOWN",
+    "UNSUPPORTED_CERTIFICATE",
+    "ACCESS_DENIED",
+    "HANDSHAKE_FAILURE",
+)
+
+
+def tls_refused(error: BaseException, broker: str, address: str) -> AuthenticationError | None:
+    """The `AuthenticationError` for a TLS handshake that failed for good -- we refused the
+    server's certificate (untrusted, or not for this host name), or the server refused ours --
+    or None. The cause and context chain is searched: clients wrap the ssl error. Anything else
+    (an EOF during a broker restart, say) may pass and is the caller's to retry."""
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return AuthenticationError(
+                f"TLS to {broker} at {address}: the server's certificate was refused "
+                f"({seen.verify_message or seen}); check the CA file and the host name in the URL"
+            )
+        if isinstance(seen, ssl.SSLError):
+            reason = (seen.reason or str(seen)).upper()
+            if any(alert in reason for alert in _REFUSED_ALERTS):
+                return AuthenticationError(
+                    f"TLS to {broker} at {address}: the server refused the handshake "
+                    f"({seen.reason or seen}); check the client certificate and key"
+                )
+            return None
+        seen = seen.__cause__ or seen.__context__
+    return None
