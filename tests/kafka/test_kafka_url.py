@@ -101,9 +101,7 @@ def test_errors_never_show_the_password(url: str) -> None:
 def test_secrets_from_files(tmp_path: Path) -> None:
     password = tmp_path / "password"
     password.write_text("s3cret\n")
-    s = parse_url(
-        f"kafka://svc@h:1?security_protocol=SASL_PLAINTEXT&sasl_password_file={password}"
-    )
+    s = parse_url(f"kafka://svc@h:1?security_protocol=SASL_PLAINTEXT&sasl_password_file={password}")
     assert (s.sasl_username, s.sasl_password) == ("svc", "s3cret")
     assert s.user == "user 'svc'" and "s3cret" not in repr(s)
 

@@ -257,3 +257,14 @@ async def test_any_attempt_header_a_foreign_producer_writes_is_handled(
         odd = Message(id="m", topic="jobs", body=b"{}", headers={h.ATTEMPT: written})
         await bus.transport.publish(Destination("jobs", "queue"), [odd])
         await wait_for(lambda: seen == [attempt])
+
+
+@pytest.mark.parametrize("mode", ["bus", "publisher"])
+async def test_what_the_async_with_body_raises_comes_out_as_itself(mode: str) -> None:
+    """Not inside the bus's task group's exception group: `except KeyError` works."""
+    bus = EventBus(f"memory://body-{mode}")
+    with pytest.raises(KeyError, match="from the body") as raised:
+        async with bus if mode == "bus" else bus.publisher():
+            raise KeyError("from the body")
+    assert not isinstance(raised.value, BaseExceptionGroup)
+    assert not bus.ready
