@@ -13,31 +13,17 @@ topic, so a record naming another group is by design not this one's to handle.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import pydantic
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTimestampError
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, given, settings
+from fuzz_harness import FIXED, Worker, running_worker
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbus import EventBus, RetryPolicy
-from eventbus.testing.conformance import wait_for
-
 pytestmark = pytest.mark.kafka
-
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-
-
-class Order(pydantic.BaseModel):
-    id: int
 
 
 class Record(NamedTuple):
@@ -115,67 +101,15 @@ def foreign_records(draw: st.DrawFn) -> Record:
     )
 
 
-class Fuzzed:
-    """One bus for every example, running in a blocking portal's event loop: hypothesis drives
-    the examples from a plain (synchronous) test."""
-
-    def __init__(self, kafka_url: str, portal: BlockingPortal) -> None:
-        self.url = kafka_url
-        self.portal = portal
-        self.queue = f"fuzz-{uuid.uuid4().hex[:10]}"
-        self.bus = EventBus(kafka_url)
-        self.handled: list[int] = []
-        self.published = 0
-        self.examples = 0
-        self.producer: Any = None
-
-        @self.bus.consume(self.queue, concurrency=8, retry=RetryPolicy(max_attempts=1))
-        async def handle(order: Order) -> None:
-            self.handled.append(order.id)
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.bus.subscribers[0].stats.dead_lettered
-
-    @property
-    def settled(self) -> int:
-        stats = self.bus.subscribers[0].stats
-        return stats.handled + stats.dead_lettered
-
-    def publish(self, batch: list[Record]) -> None:
-        """Write every record and wait for its acknowledgement, then until the worker settled
-        everything so far."""
-
-        async def run() -> None:
-            for record in batch:
-                try:
-                    await self.producer.send_and_wait(self.queue, **record._asdict())
-                except InvalidTimestampError:
-                    continue  # the broker refuses it (more than an hour ahead): never sent
-                self.published += 1
-            await wait_for(lambda: self.settled >= self.published, within=30, what="settled")
-
-        self.examples += 1
-        self.portal.call(run)
-
-
 @pytest.fixture
-def fuzzed(kafka_url: str) -> Iterator[Fuzzed]:
-    with start_blocking_portal() as portal:
-        target = Fuzzed(kafka_url, portal)
-        with portal.wrap_async_context_manager(target.bus):
-            target.producer = portal.call(_producer, kafka_url)
-            try:
-                yield target
-            finally:
-                portal.call(target.producer.stop)
-        print(
-            f"\nfuzz: {target.examples} examples, {target.published} foreign records: "
-            f"{len(target.handled)} handled, {target.dead_lettered} dead-lettered"
-        )
-        if target.dead_lettered:  # every one of them readable by the operator's tool
-            shown = _dlq_show(target)
-            assert shown.count("eventbus-dlq-reason") == target.dead_lettered, shown[-3000:]
+def fuzzed(kafka_url: str) -> Iterator[tuple[Worker, AIOKafkaProducer]]:
+    """The worker, and a plain aiokafka producer in its event loop."""
+    with running_worker(kafka_url, "records") as worker:
+        producer = worker.portal.call(_producer, kafka_url)
+        try:
+            yield worker, producer
+        finally:
+            worker.portal.call(producer.stop)
 
 
 async def _producer(kafka_url: str) -> AIOKafkaProducer:
@@ -186,36 +120,28 @@ async def _producer(kafka_url: str) -> AIOKafkaProducer:
     return producer
 
 
-def _dlq_show(target: Fuzzed) -> str:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "eventbus", "dlq", "show", f"{target.queue}.dlq"),
-            *("--url", target.url, "--limit", str(target.dead_lettered + 10)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
-_FIXED = settings(
-    database=None,
-    deadline=None,
-    derandomize=True,  # the same examples in every run: a CI failure reproduces
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
 # The bus's own event loop (another thread) uses `random` (backoff jitter, partitioners)
 # while hypothesis draws; that does not touch what hypothesis draws.
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
-@settings(_FIXED, max_examples=EXAMPLES)
+@settings(FIXED)
 @given(batch=st.lists(foreign_records(), min_size=1, max_size=8))
-def test_foreign_records_never_stop_the_worker(fuzzed: Fuzzed, batch: list[Record]) -> None:
-    fuzzed.publish(batch)
-    assert fuzzed.settled == fuzzed.published, "each handled or dead-lettered, once"
+def test_foreign_records_never_stop_the_worker(
+    fuzzed: tuple[Worker, AIOKafkaProducer], batch: list[Record]
+) -> None:
+    worker, producer = fuzzed
+
+    async def send() -> int:
+        sent = 0
+        for record in batch:
+            try:
+                await producer.send_and_wait(worker.queue, **record._asdict())
+            except InvalidTimestampError:
+                continue  # the broker refuses it (more than an hour ahead): never written
+            sent += 1
+        return sent
+
+    worker.run_example(send)
+    assert worker.settled == worker.published, "each handled or dead-lettered, once"
+    assert worker.bus.ready, "the subscription runs on"
     # Dead letters only for what is not an order: a reply-to that is no address is dropped.
-    assert set(fuzzed.bus.subscribers[0].stats.dead_letter_reasons) <= {"undecodable"}
-    assert fuzzed.bus.ready, "the subscription runs on"
+    assert set(worker.bus.subscribers[0].stats.dead_letter_reasons) <= {"undecodable"}

@@ -11,31 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import aio_pika
-import pydantic
 import pytest
-from anyio.from_thread import BlockingPortal, start_blocking_portal
-from hypothesis import HealthCheck, given, settings
+from fuzz_harness import FIXED, Worker, running_worker
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eventbus import EventBus, RetryPolicy
-from eventbus.testing.conformance import wait_for
-
 pytestmark = pytest.mark.amqp
-
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-
-
-class Order(pydantic.BaseModel):
-    id: int
-
 
 _OURS = [
     "eventbus-attempt",
@@ -103,95 +88,34 @@ def foreign_messages(draw: st.DrawFn) -> aio_pika.Message:
     )
 
 
-class Fuzzed:
-    """One bus for every example, running in a blocking portal's event loop: hypothesis drives
-    the examples from a plain (synchronous) test."""
-
-    def __init__(self, amqp_url: str, portal: BlockingPortal) -> None:
-        self.url = amqp_url
-        self.portal = portal
-        self.queue = f"fuzz-{uuid.uuid4().hex[:10]}"
-        self.bus = EventBus(amqp_url)
-        self.handled: list[int] = []
-        self.published = 0
-        self.examples = 0
-        self.channel: Any = None
-
-        @self.bus.consume(self.queue, concurrency=8, retry=RetryPolicy(max_attempts=1))
-        async def handle(order: Order) -> None:
-            self.handled.append(order.id)
-
-    @property
-    def dead_lettered(self) -> int:
-        return self.bus.subscribers[0].stats.dead_lettered
-
-    @property
-    def settled(self) -> int:
-        return len(self.handled) + self.dead_lettered
-
-    def publish(self, batch: list[aio_pika.Message]) -> None:
-        """Publish with confirms, then wait until the worker settled everything so far."""
-
-        async def run() -> None:
-            for message in batch:
-                try:
-                    await self.channel.default_exchange.publish(message, routing_key=self.queue)
-                except (TypeError, OverflowError, ValueError):
-                    continue  # aio-pika cannot encode it (bytes in a table, a huge float)
-                self.published += 1
-            await wait_for(lambda: self.settled >= self.published, within=30, what="settled")
-
-        self.examples += 1
-        self.portal.call(run)
-
-
 @pytest.fixture
-def fuzzed(amqp_url: str) -> Iterator[Fuzzed]:
-    with start_blocking_portal() as portal:
-        target = Fuzzed(amqp_url, portal)
-        with portal.wrap_async_context_manager(target.bus):
-            connection = portal.call(aio_pika.connect, amqp_url)
-            target.channel = portal.call(connection.channel)
-            try:
-                yield target
-            finally:
-                portal.call(connection.close)
-        print(
-            f"\nfuzz: {target.examples} examples, {target.published} foreign messages: "
-            f"{len(target.handled)} handled, {target.dead_lettered} dead-lettered"
-        )
-        if target.dead_lettered:  # every one of them readable by the operator's tool
-            shown = _dlq_show(target)
-            assert shown.count("eventbus-dlq-reason") == target.dead_lettered, shown[-3000:]
+def fuzzed(amqp_url: str) -> Iterator[tuple[Worker, Any]]:
+    """The worker, and an aio-pika channel (with confirms) in its event loop."""
+    with running_worker(amqp_url, "messages") as worker:
+        connection = worker.portal.call(aio_pika.connect, amqp_url)
+        try:
+            yield worker, worker.portal.call(connection.channel)
+        finally:
+            worker.portal.call(connection.close)
 
 
-def _dlq_show(target: Fuzzed) -> str:
-    out = subprocess.run(
-        [
-            *(sys.executable, "-m", "eventbus", "dlq", "show", f"{target.queue}.dlq"),
-            *("--url", target.url, "--limit", str(target.dead_lettered + 10)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
-
-
-_FIXED = settings(
-    database=None,
-    deadline=None,
-    derandomize=True,  # the same examples in every run: a CI failure reproduces
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-
-
-@settings(_FIXED, max_examples=EXAMPLES)
+@settings(FIXED)
 @given(batch=st.lists(foreign_messages(), min_size=1, max_size=8))
 def test_foreign_messages_never_stop_the_worker(
-    fuzzed: Fuzzed, batch: list[aio_pika.Message]
+    fuzzed: tuple[Worker, Any], batch: list[aio_pika.Message]
 ) -> None:
-    fuzzed.publish(batch)
-    assert fuzzed.settled == fuzzed.published, "each handled or dead-lettered, once"
-    assert fuzzed.bus.ready, "the subscription runs on"
+    worker, channel = fuzzed
+
+    async def send() -> int:
+        sent = 0
+        for message in batch:
+            try:
+                await channel.default_exchange.publish(message, routing_key=worker.queue)
+            except (TypeError, OverflowError, ValueError):
+                continue  # aio-pika cannot encode it (bytes in a table, a huge float)
+            sent += 1
+        return sent
+
+    worker.run_example(send)
+    assert worker.settled == worker.published, "each handled or dead-lettered, once"
+    assert worker.bus.ready, "the subscription runs on"

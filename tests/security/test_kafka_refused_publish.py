@@ -5,16 +5,12 @@ the subscription goes on and nothing is lost."""
 from __future__ import annotations
 
 import asyncio
-import logging
-import uuid
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from refused_scenario import refused_until_granted
 from tls_helpers import Certs, kafka_scram, secured_kafka_url
-
-from eventbus import EventBus, RetryPolicy
-from eventbus.testing.conformance import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -63,31 +59,6 @@ async def test_a_refused_dead_letter_pauses_the_subscription_until_an_acl_grants
 ) -> None:
     secret = tmp_path / "kafka-password"
     secret.write_text("limited-secret")
-    suffix = uuid.uuid4().hex[:8]
-    queue, dlq = f"limited.refused-{suffix}", f"forbidden-dlq-{suffix}"
-    bus = EventBus(secured_kafka_url(kafka_sasl_url, **kafka_scram(certs, "limited", str(secret))))
-    attempts: list[int] = []
-
-    # Two lane workers: the second could take message 2 if fetching were not paused.
-    @bus.consume(queue, concurrency=2, retry=RetryPolicy(max_attempts=1), dead_letter=dlq)
-    async def fail(n: int) -> None:
-        attempts.append(n)
-        raise ValueError("poison")
-
-    caplog.set_level(logging.ERROR, logger="eventbus.dispatch")
-    async with bus:
-        assert bus.ready
-        await bus.send(queue, 1)
-        await wait_for(lambda: not bus.ready, what="not ready while refused")
-        await bus.send(queue, 2)  # fetching is paused: not handled while refused
-        await asyncio.sleep(1.0)
-        assert attempts == [1] and not bus.ready
-        assert bus.subscribers[0].stats.received == 1, "fetching paused"
-        refusals = [r.getMessage() for r in caplog.records if "refuses publishes" in r.getMessage()]
-        assert refusals and dlq in refusals[0] and "'limited'" in refusals[0]
-        assert "limited-secret" not in "".join(refusals)
-        await _grant_limited(dlq)
-        await wait_for(lambda: bus.ready, within=60, what="ready again once granted")
-        await wait_for(lambda: attempts == [1, 2], what="fetching again")
-        await wait_for(lambda: bus.subscribers[0].stats.dead_lettered == 2, what="both")
+    url = secured_kafka_url(kafka_sasl_url, **kafka_scram(certs, "limited", str(secret)))
+    dlq = await refused_until_granted(url, _grant_limited, caplog)
     assert await _records(kafka_url, dlq) == 2, "both dead letters kept"

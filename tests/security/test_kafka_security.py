@@ -7,10 +7,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from tls_helpers import Certs, kafka_mtls, kafka_scram, secured_kafka_url
+from tls_helpers import Certs, kafka_mtls, kafka_scram, round_trip, secured_kafka_url
 
 from eventbus import AuthenticationError, AuthorizationError, ConfigurationError, EventBus
-from eventbus.testing.conformance import wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -22,24 +21,9 @@ def app_password(tmp_path: Path) -> str:
     return str(secret)
 
 
-async def _round_trip(url: str, queue: str) -> list[int]:
-    bus = EventBus(url)
-    got: list[int] = []
-
-    @bus.consume(queue)
-    async def handle(n: int) -> None:
-        got.append(n)
-
-    async with bus:
-        for n in range(3):
-            await bus.send(queue, n)
-        await wait_for(lambda: len(got) == 3, what="three over TLS")
-    return got
-
-
 async def test_mutual_tls_with_the_client_certificate(kafka_ssl_url: str, certs: Certs) -> None:
     url = secured_kafka_url(kafka_ssl_url, **kafka_mtls(certs))
-    assert await _round_trip(url, f"tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 async def test_an_encrypted_client_key_with_its_password_from_a_file(
@@ -51,7 +35,7 @@ async def test_an_encrypted_client_key_with_its_password_from_a_file(
         certs, ssl_keyfile=certs["client-encrypted.key"], ssl_key_password_file=str(secret)
     )
     url = secured_kafka_url(kafka_ssl_url, **options)
-    assert await _round_trip(url, f"tls-key-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"tls-key-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 def test_an_encrypted_client_key_without_its_password_is_refused_at_once(
@@ -72,7 +56,7 @@ async def test_sasl_over_tls_with_the_password_from_a_file(
 ) -> None:
     options = kafka_scram(certs, "eventbus-app", app_password, sasl_mechanism=mechanism)
     url = secured_kafka_url(kafka_sasl_url, **options)
-    assert await _round_trip(url, f"sasl-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"sasl-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 async def test_a_wrong_password_names_the_address_and_user_and_never_the_password(

@@ -8,10 +8,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from tls_helpers import Certs
+from tls_helpers import Certs, round_trip
 
 from eventbus import AuthenticationError, AuthorizationError, EventBus
-from eventbus.testing.conformance import wait_for
 
 pytestmark = pytest.mark.amqp
 
@@ -34,24 +33,9 @@ def _mtls(certs: Certs, **more: str) -> dict[str, str]:
     }
 
 
-async def _round_trip(url: str, queue: str) -> list[int]:
-    bus = EventBus(url)
-    got: list[int] = []
-
-    @bus.consume(queue)
-    async def handle(n: int) -> None:
-        got.append(n)
-
-    async with bus:
-        for n in range(3):
-            await bus.send(queue, n)
-        await wait_for(lambda: len(got) == 3, what="three over TLS")
-    return got
-
-
 async def test_mutual_tls_with_an_external_login(amqps_url: str, certs: Certs) -> None:
     url = _url(amqps_url, **_mtls(certs, auth="external"))
-    assert await _round_trip(url, f"tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 async def test_a_password_from_a_file_over_mutual_tls(
@@ -60,7 +44,7 @@ async def test_a_password_from_a_file_over_mutual_tls(
     secret = tmp_path / "password"
     secret.write_text("limited-secret\n")  # as `echo` writes it
     url = _url(amqps_url, user="limited", password_file=str(secret), **_mtls(certs))
-    assert await _round_trip(url, f"limited.tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"limited.tls-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 async def test_a_wrong_password_names_the_user_and_never_the_password(
@@ -137,7 +121,7 @@ async def test_an_encrypted_client_key_with_its_password_from_a_file(
         ssl_key_password_file=str(secret),
     )
     url = _url(amqps_url, **options)
-    assert await _round_trip(url, f"tls-key-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
+    assert await round_trip(url, f"tls-key-{uuid.uuid4().hex[:8]}") == [0, 1, 2]
 
 
 def test_an_encrypted_client_key_without_its_password_is_refused_at_once(

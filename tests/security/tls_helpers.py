@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
+from eventbus import EventBus
+from eventbus.testing.conformance import wait_for
+
 
 @dataclass(frozen=True)
 class Certs:
@@ -47,3 +50,19 @@ def kafka_mtls(certs: Certs, **more: str) -> dict[str, str]:
         "ssl_keyfile": certs["client.key"],
         **more,
     }
+
+
+async def round_trip(url: str, queue: str) -> list[int]:
+    """Send 0, 1, 2 to ``queue`` over ``url`` and consume them on the same bus."""
+    bus = EventBus(url)
+    got: list[int] = []
+
+    @bus.consume(queue)
+    async def handle(n: int) -> None:
+        got.append(n)
+
+    async with bus:
+        for n in range(3):
+            await bus.send(queue, n)
+        await wait_for(lambda: len(got) == 3, what="three over TLS")
+    return got

@@ -1,0 +1,104 @@
+"""What both fuzz suites share: one worker consuming foreign messages for every example, run in
+a blocking portal's event loop so hypothesis can drive the examples from a plain (synchronous)
+test, and the checks made once all examples ran."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import pydantic
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+
+from eventbus import EventBus, RetryPolicy
+from eventbus.testing.conformance import wait_for
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+
+FIXED = settings(
+    database=None,
+    deadline=None,
+    derandomize=True,  # the same examples in every run: a CI failure reproduces
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=EXAMPLES,
+)
+
+
+class Order(pydantic.BaseModel):
+    id: int
+
+
+class Worker:
+    """A bus consuming one fresh queue with 8 lanes and no retries: what is not an `Order` is
+    dead-lettered at once."""
+
+    def __init__(self, url: str, portal: BlockingPortal) -> None:
+        self.url = url
+        self.portal = portal
+        self.queue = f"fuzz-{uuid.uuid4().hex[:10]}"
+        self.bus = EventBus(url)
+        self.published = 0
+        self.examples = 0
+
+        @self.bus.consume(self.queue, concurrency=8, retry=RetryPolicy(max_attempts=1))
+        async def handle(order: Order) -> None:
+            pass
+
+    @property
+    def handled(self) -> int:
+        return self.bus.subscribers[0].stats.handled
+
+    @property
+    def dead_lettered(self) -> int:
+        return self.bus.subscribers[0].stats.dead_lettered
+
+    @property
+    def settled(self) -> int:
+        return self.handled + self.dead_lettered
+
+    def run_example(self, send: Callable[[], Awaitable[int]]) -> None:
+        """``send`` (in the bus's event loop) publishes one example's messages and returns how
+        many the broker took; then wait until the worker settled everything so far."""
+
+        async def run() -> None:
+            self.published += await send()
+            await wait_for(lambda: self.settled >= self.published, within=30, what="settled")
+
+        self.examples += 1
+        self.portal.call(run)
+
+
+@contextmanager
+def running_worker(url: str, what: str) -> Iterator[Worker]:
+    """A running `Worker`; afterwards the counts are printed and ``eventbus dlq show`` must
+    print every dead letter (every one readable by the operator's tool)."""
+    with start_blocking_portal() as portal:
+        worker = Worker(url, portal)
+        with portal.wrap_async_context_manager(worker.bus):
+            yield worker
+        print(
+            f"\nfuzz: {worker.examples} examples, {worker.published} foreign {what}: "
+            f"{worker.handled} handled, {worker.dead_lettered} dead-lettered"
+        )
+        if worker.dead_lettered:
+            shown = _dlq_show(worker)
+            assert shown.count("eventbus-dlq-reason") == worker.dead_lettered, shown[-3000:]
+
+
+def _dlq_show(worker: Worker) -> str:
+    out = subprocess.run(
+        [
+            *(sys.executable, "-m", "eventbus", "dlq", "show", f"{worker.queue}.dlq"),
+            *("--url", worker.url, "--limit", str(worker.dead_lettered + 10)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
