@@ -1,6 +1,6 @@
 # Sourced by scripts/brokers: throwaway TLS material for the secured listeners (openssl).
 #
-# make_certs DIR writes, once (kept while its files exist and the CA is valid a day longer):
+# make_certs DIR writes what is missing (all of it again once the CA has less than a day left):
 #   ca.pem / ca.key            the test CA every broker and client trusts
 #   server.pem / server.key    the brokers' certificate: CN and SAN "localhost" only, so a client
 #                              that connects to 127.0.0.1 gets a hostname mismatch
@@ -26,29 +26,38 @@ make_certs() {
 
 _make_certs() {
     local dir=$1
+    command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test certificates"
+    if [[ -d $dir ]] && ! { [[ -s $dir/ca.pem && -s $dir/ca.key ]] &&
+        openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; }; then
+        log "the test CA in $dir is missing or expires within a day: making all certificates" \
+            "again (restart brokers that are running: scripts/brokers restart kafka rabbitmq)"
+        rm -rf "$dir"
+    fi
     local file complete=1
     for file in ca.pem server.pem server.key client.pem client.key client-encrypted.key \
         other-ca.pem other-client.pem other-client.key; do
         [[ -s $dir/$file ]] || complete=0
     done
-    if ((complete)) && openssl x509 -checkend 86400 -noout -in "$dir/ca.pem" >/dev/null 2>&1; then
-        return 0
-    fi
-    command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test certificates"
+    ((complete)) && return 0
+    # Only what is missing: a running broker keeps using the CA and certificate it loaded.
     log "making throwaway TLS certificates in $dir"
-    rm -rf "$dir"
     mkdir -p "$dir"
     (
         set -e # inside `( ... ) ||`, errexit is off unless set again
         cd "$dir"
-        _ca ca "eventbus test CA"
-        _ca other-ca "eventbus untrusted CA"
-        _leaf server ca "localhost" "subjectAltName=DNS:localhost
+        [[ -s ca.pem && -s ca.key ]] || _ca ca "eventbus test CA"
+        [[ -s other-ca.pem && -s other-ca.key ]] || _ca other-ca "eventbus untrusted CA"
+        [[ -s server.pem && -s server.key ]] || _leaf server ca "localhost" "subjectAltName=DNS:localhost
 extendedKeyUsage=serverAuth"
-        _leaf client ca "eventbus-client" "extendedKeyUsage=clientAuth"
-        _leaf other-client other-ca "eventbus-client" "extendedKeyUsage=clientAuth"
-        openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.key -out client-encrypted.key \
-            -passout pass:client-key-secret
+        if ! [[ -s client.pem && -s client.key ]]; then
+            _leaf client ca "eventbus-client" "extendedKeyUsage=clientAuth"
+            rm -f client-encrypted.key # it was the old key's
+        fi
+        [[ -s other-client.pem && -s other-client.key ]] ||
+            _leaf other-client other-ca "eventbus-client" "extendedKeyUsage=clientAuth"
+        [[ -s client-encrypted.key ]] ||
+            openssl pkcs8 -topk8 -v2 aes-256-cbc -in client.key -out client-encrypted.key \
+                -passout pass:client-key-secret
         rm -f ./*.csr ./*.srl ./*.ext
         chmod 644 ./*.pem ./*.key # read by the brokers' service accounts; test keys only
         chmod 755 .

@@ -672,19 +672,15 @@ class EventBus:
             await self._publish_one(
                 to, value, key=cause.key, headers=None, message_id=None, correlation_id=None
             )
-        except (UnroutableError, ConfigurationError) as exc:
-            if not to.reply or isinstance(exc, PermissionError):
-                raise  # a refused publish is the operator's to fix (DESIGN 13)
-            # The requester is gone (its reply queue with it), or its reply-to was never an
-            # address (a foreign producer's header): no one could ever read this reply, so
-            # retrying the handler would only end in a dead letter.
+        except UnroutableError:
+            if not to.reply:
+                raise
+            # The requester is gone (its reply queue with it): no one could ever read this
+            # reply, so retrying the handler would only end in a dead letter.
             log.warning(
-                "reply to %s for message %s dropped: %s",
+                "reply to %s for message %s dropped: nobody listens there any more",
                 to.name,
                 cause.id,
-                "nobody listens there any more"
-                if isinstance(exc, UnroutableError)
-                else f"not an address to reply to ({exc})",
             )
 
     # -- request-reply ----------------------------------------------------------------------
@@ -805,6 +801,7 @@ class EventBus:
         self._consuming = consumers
         self._draining = False
         self._replies.open()
+        failed: BaseException | None = None
         try:
             self._runners = []
             metrics = self._metrics
@@ -840,13 +837,15 @@ class EventBus:
             if self._startup and consumers:
                 self._task_group.start_soon(self._run_startup_hooks)
         except BaseException as exc:
-            # A subscription that cannot start (refused, unreachable) is raised as itself, not
-            # in the task groups it crossed: `except AuthorizationError` works.
-            error = sole_error(exc)
+            failed = exc
+        if failed is not None:
+            # Out of the handler, so that raising it does not chain the group to it. A
+            # subscription that cannot start (refused, unreachable) is raised as itself, not in
+            # the task groups it crossed (`_stop` gives it back): `except AuthorizationError`.
+            error = sole_error(failed)
+            del failed
             await self._stop(type(error), error, error.__traceback__)
-            if error is exc:
-                raise
-            raise error from error.__cause__
+            raise error
 
     async def __aexit__(
         self,

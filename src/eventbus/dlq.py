@@ -11,6 +11,7 @@ empty dead-letter queue behind. The depth tells: `Transport.depth` is None for a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -21,6 +22,8 @@ from eventbus.message import Message
 from eventbus.transports.base import Destination, Kind, RawDelivery, SubscriptionSpec, Transport
 
 __all__ = ["dlq_depths", "dlq_purge", "dlq_replay", "dlq_show", "replay_destination"]
+
+log = logging.getLogger("eventbus")
 
 DEFAULT_IDLE = 3.0
 _MAX_HELD = 65_535
@@ -86,6 +89,17 @@ async def _each(
     finally:
         with anyio.CancelScope(shield=True):
             await sub.close()  # releases whatever was read and not acked
+    if holds and seen < limit:
+        # The transport hands out no more than it bounds unsettled (Kafka's offset_window per
+        # partition, RabbitMQ's read_ahead_bytes): say so rather than look complete.
+        log.warning(
+            "dlq show %s: %d of %d letters handed out, then none for %.0f s (the transport "
+            "bounds unsettled messages); the rest show once these are replayed or purged",
+            name,
+            seen,
+            limit,
+            idle,
+        )
     return seen
 
 

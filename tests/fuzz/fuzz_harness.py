@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import pydantic
+import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, settings
 
@@ -74,17 +75,19 @@ class Worker:
 
 
 @contextmanager
-def running_worker(url: str, what: str) -> Iterator[Worker]:
-    """A running `Worker`; afterwards the counts are printed and ``eventbus dlq show`` must
-    print every dead letter (every one readable by the operator's tool)."""
+def running_worker(url: str, what: str, capsys: pytest.CaptureFixture[str]) -> Iterator[Worker]:
+    """A running `Worker`; afterwards the counts are printed (in the test run's own output,
+    passed or not) and ``eventbus dlq show`` must print every dead letter (every one readable
+    by the operator's tool)."""
     with start_blocking_portal() as portal:
         worker = Worker(url, portal)
         with portal.wrap_async_context_manager(worker.bus):
             yield worker
-        print(
-            f"\nfuzz: {worker.examples} examples, {worker.published} foreign {what}: "
-            f"{worker.handled} handled, {worker.dead_lettered} dead-lettered"
-        )
+        with capsys.disabled():
+            print(
+                f"\nfuzz: {worker.examples} examples, {worker.published} foreign {what}: "
+                f"{worker.handled} handled, {worker.dead_lettered} dead-lettered"
+            )
         if worker.dead_lettered:
             shown = _dlq_show(worker)
             assert shown.count("eventbus-dlq-reason") == worker.dead_lettered, shown[-3000:]

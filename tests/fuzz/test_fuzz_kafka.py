@@ -102,9 +102,11 @@ def foreign_records(draw: st.DrawFn) -> Record:
 
 
 @pytest.fixture
-def fuzzed(kafka_url: str) -> Iterator[tuple[Worker, AIOKafkaProducer]]:
+def fuzzed(
+    kafka_url: str, capsys: pytest.CaptureFixture[str]
+) -> Iterator[tuple[Worker, AIOKafkaProducer]]:
     """The worker, and a plain aiokafka producer in its event loop."""
-    with running_worker(kafka_url, "records") as worker:
+    with running_worker(kafka_url, "records", capsys) as worker:
         producer = worker.portal.call(_producer, kafka_url)
         try:
             yield worker, producer

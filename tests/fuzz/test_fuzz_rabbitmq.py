@@ -89,9 +89,9 @@ def foreign_messages(draw: st.DrawFn) -> aio_pika.Message:
 
 
 @pytest.fixture
-def fuzzed(amqp_url: str) -> Iterator[tuple[Worker, Any]]:
+def fuzzed(amqp_url: str, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[Worker, Any]]:
     """The worker, and an aio-pika channel (with confirms) in its event loop."""
-    with running_worker(amqp_url, "messages") as worker:
+    with running_worker(amqp_url, "messages", capsys) as worker:
         connection = worker.portal.call(aio_pika.connect, amqp_url)
         try:
             yield worker, worker.portal.call(connection.channel)

@@ -129,3 +129,10 @@ def test_secret_and_certificate_files_are_checked_by_name(
 
 def test_who_refusals_name() -> None:
     assert parse_url("kafka://h:1").user == "ANONYMOUS"
+
+
+def test_tls_files_that_cannot_be_loaded_are_refused_by_name(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match=r"cannot load the TLS files.*ca\.pem"):
+        parse_url(f"kafka://h:1?security_protocol=SSL&ssl_cafile={not_pem}")

@@ -1,5 +1,7 @@
 """URL parsing and validation (no broker needed)."""
 
+from pathlib import Path
+
 import pytest
 from eventbus_rabbitmq.connection import Connector
 from eventbus_rabbitmq.url import parse_url
@@ -79,3 +81,14 @@ def test_the_name_option_names_the_connections_by_purpose() -> None:
 def test_settings_repr_never_shows_the_password() -> None:
     settings = parse_url("amqp://bob:s3cret@127.0.0.1:5672/vh?queue_type=quorum")
     assert "s3cret" not in repr(settings) and "quorum" in repr(settings)
+
+
+def test_tls_files_that_cannot_be_loaded_are_refused_by_name(tmp_path: Path) -> None:
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    with pytest.raises(ConfigurationError, match=r"cannot load the TLS files.*ca\.pem"):
+        parse_url(f"amqps://h/?cafile={not_pem}")
+    with pytest.raises(ConfigurationError, match="needs amqps://"):
+        parse_url(f"amqp://h/?ssl_key_password_file={not_pem}")
+    assert parse_url("amqps://h/").tls_context is not None  # the system's CAs
+    assert parse_url("amqp://h/").tls_context is None

@@ -57,7 +57,8 @@ async def test_a_wrong_password_names_the_user_and_never_the_password(
         async with EventBus(url).publisher():
             pass
     text = str(raised.value)
-    assert "localhost:5671" in text and "not-the-password" not in text
+    assert "localhost:5671" in text and "'limited'" in text
+    assert "not-the-password" not in text
 
 
 async def test_an_untrusted_server_certificate_is_an_authentication_error(
@@ -67,7 +68,7 @@ async def test_an_untrusted_server_certificate_is_an_authentication_error(
     with pytest.raises(AuthenticationError, match="certificate") as raised:
         async with EventBus(url).publisher():
             pass
-    assert "localhost:5671" in str(raised.value)
+    assert "localhost:5671" in str(raised.value) and "(EXTERNAL)" in str(raised.value)
 
 
 async def test_a_hostname_mismatch_is_an_authentication_error(amqps_url: str, certs: Certs) -> None:
@@ -134,6 +135,6 @@ def test_an_encrypted_client_key_without_its_password_is_refused_at_once(
     secret.write_text("not-the-key-password")
     for extra in ({}, {"ssl_key_password_file": str(secret)}):
         options = _mtls(certs, keyfile=certs["client-encrypted.key"], **extra)
-        with pytest.raises(ConfigurationError, match="cannot load the client certificate") as e:
+        with pytest.raises(ConfigurationError, match="cannot load the TLS files") as e:
             EventBus(_url(amqps_url, **options))
         assert "not-the-key-password" not in str(e.value)

@@ -7,7 +7,7 @@ import ssl
 
 from eventbus.errors import AuthenticationError
 
-__all__ = ["tls_refused"]
+__all__ = ["tls_refused", "why_unloadable"]
 
 # The alerts a server sends when it refuses the client's certificate (or has none of it).
 _REFUSED_ALERTS = (
@@ -23,27 +23,36 @@ _REFUSED_ALERTS = (
 )
 
 
-def tls_refused(error: BaseException, broker: str, address: str) -> AuthenticationError | None:
+def tls_refused(
+    error: BaseException, broker: str, address: str, user: str
+) -> AuthenticationError | None:
     """The `AuthenticationError` for a TLS handshake that failed for good -- we refused the
     server's certificate (untrusted, or not for this host name), or the server refused ours --
-    or None. The cause and context chain is searched: clients wrap the ssl error. Anything else
-    (an EOF during a broker restart, say) may pass and is the caller's to retry."""
+    or None. ``user`` says who was connecting, as the adapter names it in errors. The cause and
+    context chain is searched: clients wrap the ssl error. Anything else (an EOF during a
+    broker restart, say) may pass and is the caller's to retry."""
     seen: BaseException | None = error
     for _ in range(5):
         if seen is None:
             return None
         if isinstance(seen, ssl.SSLCertVerificationError):
             return AuthenticationError(
-                f"TLS to {broker} at {address}: the server's certificate was refused "
+                f"TLS to {broker} at {address} (as {user}): the server's certificate was refused "
                 f"({seen.verify_message or seen}); check the CA file and the host name in the URL"
             )
         if isinstance(seen, ssl.SSLError):
             reason = (seen.reason or str(seen)).upper()
             if any(alert in reason for alert in _REFUSED_ALERTS):
                 return AuthenticationError(
-                    f"TLS to {broker} at {address}: the server refused the handshake "
+                    f"TLS to {broker} at {address} (as {user}): the server refused the handshake "
                     f"({seen.reason or seen}); check the client certificate and key"
                 )
             return None
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def why_unloadable(error: OSError | ValueError) -> str:
+    """Why TLS files could not be loaded into a context, for a `ConfigurationError`: OpenSSL's
+    reason (not PEM, a wrong key password), the file system's (unreadable), or the error."""
+    return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)

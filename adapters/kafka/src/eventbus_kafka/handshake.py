@@ -21,7 +21,8 @@ _PROBE_TIMEOUT = 5.0
 
 async def refusal(settings: KafkaSettings) -> AuthenticationError | None:
     """The `AuthenticationError` a bootstrap server gives these settings, or None (plaintext,
-    or any failure that may pass: a broker still starting, a network error)."""
+    or any failure that may pass: a broker still starting, a network error). The servers are
+    tried in turn, each for at most 5 s; the caller bounds the whole."""
     if settings.security_protocol == "PLAINTEXT":
         return None
     options = settings.client_options()
@@ -49,7 +50,7 @@ async def refusal(settings: KafkaSettings) -> AuthenticationError | None:
                 f"Kafka at {server} refused {settings.user} ({settings.sasl_mechanism}): {exc}"
             )
         except Exception as exc:
-            refused = tls_refused(exc, "Kafka", server)
+            refused = tls_refused(exc, "Kafka", server, settings.user)
             if refused is not None:
                 return refused
         else:

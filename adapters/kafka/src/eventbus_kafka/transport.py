@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,13 @@ from anyio import TASK_STATUS_IGNORED
 from anyio.abc import TaskStatus
 
 from eventbus.backoff import Backoff
-from eventbus.errors import BrokerUnavailableError, EventBusError, PublishError
+from eventbus.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    EventBusError,
+    PublishError,
+    UnroutableError,
+)
 from eventbus.message import Message
 from eventbus.transports import scheduling
 from eventbus.transports.base import (
@@ -114,9 +121,11 @@ class KafkaTransport:
                     raise translate(exc, settings.address, settings.user) from exc
                 last = exc
             await self._stop_clients()
-            refused = await refusal(settings)
-            if refused is not None:
-                raise refused from last
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline):  # within connect_timeout, as promised
+                    refused = await refusal(settings)
+                    if refused is not None:
+                        raise refused from last
             wait = backoff.next()
             if asyncio.get_running_loop().time() + wait >= deadline:
                 raise BrokerUnavailableError(
@@ -184,7 +193,11 @@ class KafkaTransport:
         a foreign requester's plain topic (partitioned by key). Nothing is created: the topic
         is the requester's."""
         topic, partition = reply_partition(address)
-        validate_name(topic)
+        try:
+            validate_name(topic)
+        except ConfigurationError as exc:
+            # A foreign producer's reply-to that is no topic: nobody could ever read it there.
+            raise UnroutableError(f"reply-to {address!r} is not a Kafka topic ({exc})") from None
         failures = await self._producer.send_all(topic, [to_record(m) for m in messages], partition)
         if failures:
             raise publish_error(failures, messages, f"reply topic {topic!r}")

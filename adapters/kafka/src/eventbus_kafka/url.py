@@ -24,6 +24,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.transports.tls import why_unloadable
 from eventbus.transports.urls import (
     OptionParser,
     censor_url,
@@ -123,21 +124,22 @@ class KafkaSettings:
     def ssl_context(self) -> ssl.SSLContext:
         """A fresh TLS context: the system's CAs or ``ssl_cafile``, host names checked, and the
         client certificate for mutual TLS."""
-        context = ssl.create_default_context(cafile=self.ssl_cafile)
-        if self.ssl_certfile:
-            try:
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+            if self.ssl_certfile:
                 context.load_cert_chain(
                     self.ssl_certfile,
                     self.ssl_keyfile,
                     # Never OpenSSL's own prompt on a terminal for an encrypted key.
                     password=self.ssl_key_password or _no_password,
                 )
-            except ssl.SSLError as exc:  # e.g. an encrypted key and no or a wrong password
-                raise ConfigurationError(
-                    f"kafka URL: cannot load the client certificate {self.ssl_certfile!r} "
-                    f"with its key ({exc.reason or exc}); check ssl_keyfile and "
-                    "ssl_key_password_file"
-                ) from None
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            # Not PEM, unreadable, or an encrypted key without (or with a wrong) password.
+            raise ConfigurationError(
+                f"kafka URL: cannot load the TLS files (ssl_cafile={self.ssl_cafile!r}, "
+                f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}): "
+                f"{why_unloadable(exc)}; check them and ssl_key_password_file"
+            ) from None
         return context
 
 

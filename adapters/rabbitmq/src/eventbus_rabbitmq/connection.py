@@ -138,7 +138,9 @@ class Connector:
                         "connection.close in answer to connection.open"
                     ) from e
                 except (TimeoutError, OSError, amqp_errors.AMQPError) as e:
-                    refused = tls_refused(e, "RabbitMQ", self._settings.address)
+                    refused = tls_refused(
+                        e, "RabbitMQ", self._settings.address, repr(self._settings.user)
+                    )
                     if refused is not None:  # an OSError too, but waiting cannot fix it
                         raise refused from e
                     self._last_error = e

@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.transports.tls import why_unloadable
 from eventbus.transports.urls import (
     OptionParser,
     censor_url,
@@ -85,8 +86,9 @@ class Settings:
     max_message_size: int | None = None
     read_ahead_bytes: int | None = 64 * _MIB
     tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
-    """The TLS context for mutual TLS, built here rather than by aiormq: it takes the
-    ``ssl_key_password_file`` of an encrypted key, and never prompts on a terminal."""
+    """The TLS context of ``amqps://``, built here rather than by aiormq: files are checked at
+    parse time, an encrypted key takes ``ssl_key_password_file``, and nothing prompts on a
+    terminal."""
 
 
 def parse_url(url: str) -> Settings:
@@ -112,7 +114,11 @@ def parse_url(url: str) -> Settings:
     if password_file is not None:
         parts = parts._replace(netloc=_with_password(parts, password_file, url))
     key_password_file = settings.pop("ssl_key_password_file", None)
-    tls_context = _client_tls(dict(passthrough), key_password_file)
+    tls_context = None
+    if parts.scheme == "amqps":
+        tls_context = _client_tls(dict(passthrough), key_password_file)
+    elif key_password_file is not None:
+        raise ConfigurationError("RabbitMQ URL option ssl_key_password_file needs amqps://")
     amqp_url = urlunsplit(parts._replace(query=urlencode(passthrough), fragment=""))
     address = f"{_host(hostname)}:{port}"
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"  # as AMQP URIs say
@@ -144,31 +150,34 @@ _OPTIONS: dict[str, OptionParser] = {
 }
 
 
-def _client_tls(options: dict[str, str], key_password_file: str | None) -> ssl.SSLContext | None:
-    """With a client certificate: the context aiormq would make from the same options, plus
-    the key's password (DESIGN 13's ``ssl_key_password_file``). None without a certificate."""
-    if "certfile" not in options:
-        if key_password_file is not None:
-            raise ConfigurationError(
-                "RabbitMQ URL option ssl_key_password_file needs certfile (and keyfile)"
-            )
-        return None
+def _client_tls(options: dict[str, str], key_password_file: str | None) -> ssl.SSLContext:
+    """The TLS context of an ``amqps://`` URL: what aiormq would make from the same options,
+    plus the key's password (DESIGN 13's ``ssl_key_password_file``). Built here, so that files
+    that cannot be loaded are refused when the URL is parsed, not at every connection."""
+    if key_password_file is not None and "certfile" not in options:
+        raise ConfigurationError(
+            "RabbitMQ URL option ssl_key_password_file needs certfile (and keyfile)"
+        )
     password = None
     if key_password_file is not None:
         password = read_secret("RabbitMQ", "ssl_key_password_file", key_password_file)
-    cadata = options.get("cadata")
-    context = ssl.create_default_context(
-        cafile=options.get("cafile"),
-        capath=options.get("capath"),
-        cadata=b64decode(cadata) if cadata else None,
-    )
     try:
-        # A callable password: an encrypted key without one fails here, no terminal prompt.
-        context.load_cert_chain(options["certfile"], options.get("keyfile"), lambda: password or "")
-    except ssl.SSLError as exc:
+        cadata = options.get("cadata")
+        context = ssl.create_default_context(
+            cafile=options.get("cafile"),
+            capath=options.get("capath"),
+            cadata=b64decode(cadata) if cadata else None,
+        )
+        if "certfile" in options:
+            # A callable password: an encrypted key without one fails here, no terminal prompt.
+            context.load_cert_chain(
+                options["certfile"], options.get("keyfile"), lambda: password or ""
+            )
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; bad base64 a ValueError
+        files = {k: options[k] for k in ("cafile", "capath", "certfile", "keyfile") if k in options}
         raise ConfigurationError(
-            f"RabbitMQ URL: cannot load the client certificate {options['certfile']!r} with its "
-            f"key ({exc.reason or exc}); check keyfile and ssl_key_password_file"
+            f"RabbitMQ URL: cannot load the TLS files {files}: {why_unloadable(exc)}; check "
+            "them (cadata is base64) and ssl_key_password_file"
         ) from None
     if options.get("no_verify_ssl", "0") != "0":  # aiormq's own escape hatch, kept
         context.check_hostname = False
