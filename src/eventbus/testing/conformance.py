@@ -68,13 +68,11 @@ def _fast_retry(attempts: int = 3) -> RetryPolicy:
     return RetryPolicy(max_attempts=attempts, initial_delay=0.01, max_delay=0.05, jitter=False)
 
 
-class ConformanceSuite:
-    """Subclass and override ``bus_url``. Class attributes scale the heavier cases."""
+class BusFixtures:
+    """The fixtures every suite here shares: ``bus_url`` (override it), fresh ``name``s per
+    case, and ``make_bus``."""
 
-    stress_messages = 10_000
-    stress_consumers = 4
-    settle_time = 1.0
-    """Seconds to keep listening when asserting that something does *not* arrive."""
+    name_prefix = "conf"
 
     @pytest.fixture
     def bus_url(self) -> str:
@@ -83,7 +81,7 @@ class ConformanceSuite:
     @pytest.fixture
     def name(self) -> Iterator[Callable[[str], str]]:
         suffix = uuid.uuid4().hex[:10]
-        yield lambda base: f"conf-{base}-{suffix}"
+        yield lambda base: f"{self.name_prefix}-{base}-{suffix}"
 
     @pytest.fixture
     def make_bus(self, bus_url: str) -> Callable[..., EventBus]:
@@ -92,6 +90,15 @@ class ConformanceSuite:
             return EventBus(bus_url, **options)
 
         return make
+
+
+class ConformanceSuite(BusFixtures):
+    """Subclass and override ``bus_url``. Class attributes scale the heavier cases."""
+
+    stress_messages = 10_000
+    stress_consumers = 4
+    settle_time = 1.0
+    """Seconds to keep listening when asserting that something does *not* arrive."""
 
     @pytest.fixture
     def capabilities(self, make_bus: Callable[..., EventBus]) -> Capabilities:

@@ -5,8 +5,7 @@ Subclass `RequestReplySuite` like `eventbus.testing.conformance.ConformanceSuite
 services would be; every case uses fresh names.
 """
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,7 +19,7 @@ from eventbus import (
     ResponderError,
     RetryPolicy,
 )
-from eventbus.testing.conformance import wait_for
+from eventbus.testing.conformance import BusFixtures, wait_for
 
 __all__ = ["RequestReplySuite"]
 
@@ -40,28 +39,12 @@ class Price(pydantic.BaseModel):
 _ONCE = RetryPolicy(max_attempts=1)
 
 
-class RequestReplySuite:
+class RequestReplySuite(BusFixtures):
     """Subclass and override ``bus_url``."""
 
+    name_prefix = "rr"
     join_time = 30.0
     """Seconds a responder may take to receive its first request (a Kafka group join)."""
-
-    @pytest.fixture
-    def bus_url(self) -> str:
-        raise NotImplementedError("override the bus_url fixture with your transport's URL")
-
-    @pytest.fixture
-    def name(self) -> Iterator[Callable[[str], str]]:
-        suffix = uuid.uuid4().hex[:10]
-        yield lambda base: f"rr-{base}-{suffix}"
-
-    @pytest.fixture
-    def make_bus(self, bus_url: str) -> Callable[..., EventBus]:
-        def make(**options: Any) -> EventBus:
-            options.setdefault("graceful_timeout", 10.0)
-            return EventBus(bus_url, **options)
-
-        return make
 
     async def _warm_up(self, requester: EventBus, queue: str, payload: object) -> None:
         """One request answered end to end: the responder is live and the inbox leased."""
