@@ -30,9 +30,9 @@ from eventbus.cli.common import (
     seconds,
 )
 from eventbus.cli.run import SAME_CTRL_C
-from eventbus.dedup.postgres import _redact
 from eventbus.outbox import PostgresOutbox, SqliteOutbox
 from eventbus.outbox.base import DEFAULT_RETENTION, Outbox
+from eventbus.postgres_common import redact
 from eventbus.transports.registry import transport_for_url
 from eventbus.transports.urls import censor_url
 
@@ -44,7 +44,7 @@ def _outbox(db: str, args: argparse.Namespace) -> Outbox:
         return PostgresOutbox(db, table=args.table, retention=args.retention)
     if "://" in db:
         raise CliError(
-            f"--db must be a postgresql:// DSN or a SQLite file path, got {_redact(db)!r}",
+            f"--db must be a postgresql:// DSN or a SQLite file path, got {redact(db)!r}",
             EXIT_CONFIG,
         )
     return SqliteOutbox(db, table=args.table, retention=args.retention)

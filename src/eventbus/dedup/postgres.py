@@ -27,7 +27,8 @@ import anyio
 
 from eventbus.dedup._validate import check_identifier, check_positive_int, check_seconds
 from eventbus.dedup.base import ClaimResult
-from eventbus.errors import BrokerUnavailableError, ConfigurationError, LeaseLostError
+from eventbus.errors import BrokerUnavailableError, LeaseLostError
+from eventbus.postgres_common import import_asyncpg, is_transient, postgres_address, postgres_target
 
 if TYPE_CHECKING:
     import asyncpg  # type: ignore[import-untyped, unused-ignore]
@@ -73,25 +74,8 @@ class PostgresDedupStore:
         cleanup_every: int = 1000,
         cleanup_batch: int = 1000,
     ) -> None:
-        asyncpg = _import_asyncpg()
-        self.inbox_type = asyncpg.Connection
-        if isinstance(dsn_or_pool, str):
-            if not dsn_or_pool.startswith(("postgresql://", "postgres://")):
-                raise ConfigurationError(
-                    "dsn_or_pool must be a postgresql:// DSN (e.g. "
-                    "'postgresql://user:password@127.0.0.1:5432/db') or an asyncpg.Pool, "
-                    f"got {_redact(dsn_or_pool)!r}"
-                )
-            self._dsn: str | None = dsn_or_pool
-            self._pool: Any = None
-        elif isinstance(dsn_or_pool, asyncpg.Pool):
-            self._dsn = None
-            self._pool = dsn_or_pool
-        else:
-            raise ConfigurationError(
-                "dsn_or_pool must be a PostgreSQL DSN or an asyncpg.Pool, "
-                f"got {type(dsn_or_pool).__name__}"
-            )
+        self._dsn, self._pool = postgres_target(dsn_or_pool)
+        self.inbox_type = import_asyncpg().Connection
         self._table = check_identifier("table", table)
         self._create_table = bool(create_table)
         self._max_pool_size = check_positive_int("max_pool_size", max_pool_size)
@@ -202,13 +186,12 @@ class PostgresDedupStore:
         repeated by its owner gets the same claim back), so one that met a lost connection --
         e.g. across a database restart -- is simply run again, a few times, before the outage
         is reported as `BrokerUnavailableError`."""
-        asyncpg = _import_asyncpg()
         for delay in (*_RETRY_DELAYS, None):
             try:
                 pool = await self._get_pool()
                 return await getattr(pool, method)(sql, *args)
             except Exception as exc:
-                if not _is_transient(asyncpg, exc):
+                if not is_transient(exc):
                     raise
                 if delay is None:
                     raise BrokerUnavailableError(self._address(), repr(exc)) from exc
@@ -217,7 +200,7 @@ class PostgresDedupStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _address(self) -> str:
-        return _redact(self._dsn) if self._dsn is not None else repr(self._pool)
+        return postgres_address(self._dsn, self._pool)
 
     async def _get_pool(self) -> Any:
         if self._ready:
@@ -226,8 +209,7 @@ class PostgresDedupStore:
             self._lock = anyio.Lock()
         async with self._lock:
             if self._pool is None:
-                asyncpg = _import_asyncpg()
-                self._pool = await asyncpg.create_pool(
+                self._pool = await import_asyncpg().create_pool(
                     self._dsn, min_size=1, max_size=self._max_pool_size
                 )
             if self._create_table:
@@ -336,38 +318,3 @@ class _Statements:
             f" LIMIT $1 FOR UPDATE SKIP LOCKED))"
         )
         self.purge_all = f"DELETE FROM {table} WHERE expires_at <= now()"
-
-
-def _import_asyncpg() -> Any:
-    try:
-        import asyncpg
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError(
-            "PostgresDedupStore needs asyncpg: pip install 'eventbus[postgres]'"
-        ) from exc
-    return asyncpg
-
-
-def _is_transient(asyncpg: Any, exc: Exception) -> bool:
-    """A lost or refused connection (not a statement timeout, not a bad statement)."""
-    if isinstance(exc, asyncpg.QueryCanceledError):
-        return False
-    return isinstance(
-        exc, OSError | asyncpg.PostgresConnectionError | asyncpg.OperatorInterventionError
-    )
-
-
-def _redact(dsn: str) -> str:
-    """The DSN without its password (``user:password@`` or ``?password=``), for messages and
-    reprs."""
-    scheme, sep, rest = dsn.partition("://")
-    rest, qmark, query = rest.partition("?")
-    if query:
-        query = "&".join(
-            f"{name}=***" if "password" in name.lower() else f"{name}{eq}{value}"
-            for name, eq, value in (item.partition("=") for item in query.split("&"))
-        )
-    userinfo, at, host = rest.rpartition("@")
-    if sep and at and ":" in userinfo:
-        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
-    return f"{scheme}{sep}{rest}{qmark}{query}"

@@ -7,18 +7,14 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Literal, TypeVar
-
-import anyio
-import anyio.to_thread
+from typing import Literal
 
 from eventbus.dedup._validate import check_identifier, check_positive_int, check_seconds
 from eventbus.dedup.base import ClaimResult
 from eventbus.errors import ConfigurationError
+from eventbus.sqlite_common import SqliteConnection
 
 __all__ = ["SqliteDedupStore"]
-
-_T = TypeVar("_T")
 
 log = logging.getLogger("eventbus.dedup.sqlite")
 
@@ -70,94 +66,66 @@ class SqliteDedupStore:
         self._cleanup_every = check_positive_int("cleanup_every", cleanup_every)
         self._cleanup_batch = check_positive_int("cleanup_batch", cleanup_batch)
         self._clock = clock
-        self._conn: sqlite3.Connection | None = None
         self._claims = 0
-        # One thread at a time uses the connection; created lazily (bound to the running loop).
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._db = SqliteConnection(self._path, busy_timeout=self._busy_timeout, setup=self._setup)
 
     def __repr__(self) -> str:
         return f"SqliteDedupStore({self._path!r}, table={self._table!r})"
 
     async def open(self) -> None:
         """Open the file and create the table now rather than on first use."""
-        await self._run(self._connection)
+        await self._db.run(self._db.connection)
 
     async def claim(self, scope: str, key: str, *, owner: str, lease: float) -> ClaimResult:
         lease = check_seconds("lease", lease)
-        return await self._run(lambda: self._claim(scope, key, owner, lease))
+        return await self._db.run(lambda: self._claim(scope, key, owner, lease))
 
     async def complete(self, scope: str, key: str, *, owner: str, ttl: float) -> None:
         ttl = check_seconds("ttl", ttl)
 
         def run() -> None:
-            self._connection().execute(
+            self._db.connection().execute(
                 f"INSERT INTO {self._table} (scope, key, owner, state, expires_at)"
                 " VALUES (?, ?, ?, 'done', ?) ON CONFLICT (scope, key) DO UPDATE SET"
                 " owner = excluded.owner, state = 'done', expires_at = excluded.expires_at",
                 (scope, key, owner, self._clock() + ttl),
             )
 
-        await self._run(run)
+        await self._db.run(run)
 
     async def release(self, scope: str, key: str, *, owner: str) -> None:
         def run() -> None:
-            self._connection().execute(
+            self._db.connection().execute(
                 f"DELETE FROM {self._table}"
                 " WHERE scope = ? AND key = ? AND owner = ? AND state = 'claimed'",
                 (scope, key, owner),
             )
 
-        await self._run(run)
+        await self._db.run(run)
 
     async def purge_expired(self, *, limit: int | None = None) -> int:
         """Delete up to ``limit`` (default: all) expired rows now; returns how many."""
         if limit is not None:
             check_positive_int("limit", limit)
-        return await self._run(lambda: self._purge(-1 if limit is None else limit))
+        return await self._db.run(lambda: self._purge(-1 if limit is None else limit))
 
     async def close(self) -> None:
-        def run() -> None:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-
-        await self._run(run)
+        await self._db.close()
 
     # -- on the worker thread --------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
-        # Not abandoned on cancellation: a transaction is never left half-done on the thread.
-        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
-
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        # isolation_level=None: no implicit transactions; claim() opens its own BEGIN IMMEDIATE.
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,  # used by one worker thread at a time (the limiter)
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        self._use_wal(conn)
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table} ("
+            " scope TEXT NOT NULL, key TEXT NOT NULL, owner TEXT,"
+            " state TEXT NOT NULL, expires_at REAL NOT NULL,"
+            " PRIMARY KEY (scope, key))"
         )
-        try:
-            self._use_wal(conn)
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self._table} ("
-                " scope TEXT NOT NULL, key TEXT NOT NULL, owner TEXT,"
-                " state TEXT NOT NULL, expires_at REAL NOT NULL,"
-                " PRIMARY KEY (scope, key))"
-            )
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self._table}_expires_at ON {self._table} (expires_at)"
-            )
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {self._table}_expires_at ON {self._table} (expires_at)"
+        )
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         # WAL lets readers and the writer proceed together. The mode is stored in the file, so
@@ -176,7 +144,7 @@ class SqliteDedupStore:
                 time.sleep(0.01)
 
     def _claim(self, scope: str, key: str, owner: str, lease: float) -> ClaimResult:
-        conn = self._connection()
+        conn = self._db.connection()
         self._claims += 1
         if self._claims % self._cleanup_every == 0:
             # Before the claim, never after: a failed cleanup must not lose a recorded claim.
@@ -214,7 +182,7 @@ class SqliteDedupStore:
         return result
 
     def _purge(self, limit: int) -> int:
-        cursor = self._connection().execute(
+        cursor = self._db.connection().execute(
             f"DELETE FROM {self._table} WHERE rowid IN"
             f" (SELECT rowid FROM {self._table} WHERE expires_at <= ? LIMIT ?)",
             (self._clock(), limit),

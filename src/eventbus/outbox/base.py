@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.codecs.json import JsonCodec
@@ -45,6 +46,19 @@ BUCKETS = 32
 agree forever. 32 lets up to 32 relays work at once on one table."""
 DEFAULT_RETENTION = 7 * 24 * 3600.0
 """Seconds sent rows are kept (for audits and replays by hand) before they are deleted."""
+# One list of columns for every outbox table, so the databases cannot drift apart.
+READ_COLUMNS = (
+    "id, kind, destination, key, message_id, body, headers, content_type, type, "
+    "correlation_id, created_at"
+)
+"""What the relay selects of a row, in the order `read_row` takes them."""
+INSERT_COLUMNS = (
+    "kind, destination, key, bucket, message_id, body, headers, content_type, type, "
+    "correlation_id, created_at"
+)
+"""What `publish`/`send` insert, in the order of `NewRow.values`."""
+
+ConnT = TypeVar("ConnT")
 
 
 class NotInTransactionError(EventBusError, RuntimeError):
@@ -124,6 +138,24 @@ def stored_row(row_id: int, kind: Kind, **fields: object) -> OutboxRow:
         return OutboxRow(row_id, kind, stand_in, defect=f"unreadable row: {exc!r}")
 
 
+def read_row(r: Sequence[Any], created_at: datetime) -> OutboxRow:
+    """`stored_row` of a row selected as `READ_COLUMNS`; ``created_at`` is given apart, as a
+    datetime, because each database stores it its own way."""
+    return stored_row(
+        r[0],
+        r[1],
+        destination=r[2],
+        key=r[3],
+        message_id=r[4],
+        body=r[5],
+        headers=r[6],
+        content_type=r[7],
+        type=r[8],
+        correlation_id=r[9],
+        created_at=created_at,
+    )
+
+
 async def settle_batch(
     rows: Sequence[OutboxRow],
     publish: PublishRows,
@@ -163,6 +195,22 @@ class NewRow:
     @property
     def bucket(self) -> int:
         return bucket_of(self.key, zlib.crc32(self.message_id.encode()))
+
+    def values(self, created_at: object) -> tuple[object, ...]:
+        """The row in `INSERT_COLUMNS` order, with ``created_at`` as the database stores it."""
+        return (
+            self.kind,
+            self.destination,
+            self.key,
+            self.bucket,
+            self.message_id,
+            self.body,
+            self.headers,
+            self.content_type,
+            self.type,
+            self.correlation_id,
+            created_at,
+        )
 
 
 def row_message(
@@ -252,6 +300,89 @@ class Writer:
             correlation_id=correlation_id,
             created_at=datetime.now(UTC),
         )
+
+
+class OutboxTable(ABC, Generic[ConnT]):
+    """What the outbox tables share: `publish`/`send` on the application's connection (a
+    ``ConnT``), inside its transaction, and the codec they encode with. Each database checks
+    the connection (`_check_connection`) and inserts the row (`_insert`) its own way."""
+
+    _writer: Writer
+
+    @property
+    def codec(self) -> Codec | AsyncCodec:
+        return self._writer.codec
+
+    def attach(self, codec: Codec | AsyncCodec) -> None:
+        self._writer.attach(codec)
+
+    async def publish(
+        self,
+        conn: ConnT,
+        topic: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Write an event for ``topic`` in ``conn``'s transaction; the relay publishes it once
+        the transaction committed (nothing, if it rolls back). Returns the message id, which
+        the message keeps however often it is published."""
+        return await self._write(
+            conn, "topic", topic, payload, key, headers, message_id, correlation_id
+        )
+
+    async def send(
+        self,
+        conn: ConnT,
+        queue: str,
+        payload: object,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """`publish` for a command to ``queue``."""
+        return await self._write(
+            conn, "queue", queue, payload, key, headers, message_id, correlation_id
+        )
+
+    async def _write(
+        self,
+        conn: Any,
+        kind: Kind,
+        name: str,
+        payload: object,
+        key: str | None,
+        headers: Mapping[str, str] | None,
+        message_id: str | None,
+        correlation_id: str | None,
+    ) -> str:
+        # The connection first: nothing is encoded for a message that could not be written.
+        self._check_connection(conn, kind, name)
+        row = await self._writer.new_row(
+            kind,
+            name,
+            payload,
+            key=key,
+            headers=headers,
+            message_id=message_id,
+            correlation_id=correlation_id,
+        )
+        await self._insert(conn, row)
+        return row.message_id
+
+    @abstractmethod
+    def _check_connection(self, conn: Any, kind: Kind, name: str) -> None:
+        """`ConfigurationError` unless ``conn`` is this database's connection;
+        `NotInTransactionError` if a row written on it now would commit on its own."""
+
+    @abstractmethod
+    async def _insert(self, conn: Any, row: NewRow) -> None:
+        """Insert ``row`` on ``conn``, in its transaction (creating the table if need be)."""
 
 
 class Outbox(Protocol):

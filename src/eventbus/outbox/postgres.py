@@ -26,27 +26,29 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dedup._validate import check_identifier, check_positive_int
-from eventbus.dedup.postgres import _import_asyncpg, _is_transient, _redact
 from eventbus.errors import BrokerUnavailableError, ConfigurationError
 from eventbus.outbox.base import (
     DEFAULT_RETENTION,
+    INSERT_COLUMNS,
+    READ_COLUMNS,
     NewRow,
     NotInTransactionError,
     OutboxBacklog,
-    OutboxRow,
+    OutboxTable,
     PublishRows,
     Writer,
     check_retention,
+    read_row,
     settle_batch,
-    stored_row,
 )
+from eventbus.postgres_common import import_asyncpg, is_transient, postgres_address, postgres_target
 from eventbus.transports.base import Kind
 
 if TYPE_CHECKING:
@@ -59,13 +61,9 @@ log = logging.getLogger("eventbus.outbox")
 _BATCHES_PER_BUCKET = 10
 """Batches a relay publishes from one bucket before it goes on to the next in its round: a
 busy bucket does not starve the others (the round comes back to it at once)."""
-_COLUMNS = (
-    "id, kind, destination, key, message_id, body, headers, content_type, type, "
-    "correlation_id, created_at"
-)
 
 
-class PostgresOutbox:
+class PostgresOutbox(OutboxTable["asyncpg.Connection"]):
     """An outbox table in PostgreSQL: `publish`/`send` inside the application's transaction,
     and what the relay needs (`eventbus.outbox.Outbox`).
 
@@ -89,24 +87,7 @@ class PostgresOutbox:
         retention: float = DEFAULT_RETENTION,
         max_pool_size: int = 4,
     ) -> None:
-        asyncpg = _import_asyncpg()
-        if isinstance(dsn_or_pool, str):
-            if not dsn_or_pool.startswith(("postgresql://", "postgres://")):
-                raise ConfigurationError(
-                    "dsn_or_pool must be a postgresql:// DSN (e.g. "
-                    "'postgresql://user:password@127.0.0.1:5432/db') or an asyncpg.Pool, "
-                    f"got {_redact(dsn_or_pool)!r}"
-                )
-            self._dsn: str | None = dsn_or_pool
-            self._pool: Any = None
-        elif isinstance(dsn_or_pool, asyncpg.Pool):
-            self._dsn = None
-            self._pool = dsn_or_pool
-        else:
-            raise ConfigurationError(
-                "dsn_or_pool must be a PostgreSQL DSN or an asyncpg.Pool, "
-                f"got {type(dsn_or_pool).__name__}"
-            )
+        self._dsn, self._pool = postgres_target(dsn_or_pool)
         self.table = check_identifier("table", table)
         self.retention = check_retention(retention)
         self._max_pool_size = check_positive_int("max_pool_size", max_pool_size)
@@ -120,15 +101,8 @@ class PostgresOutbox:
     def __repr__(self) -> str:
         return f"PostgresOutbox({self.address()!r}, table={self.table!r})"
 
-    @property
-    def codec(self) -> Codec | AsyncCodec:
-        return self._writer.codec
-
-    def attach(self, codec: Codec | AsyncCodec) -> None:
-        self._writer.attach(codec)
-
     def address(self) -> str:
-        return _redact(self._dsn) if self._dsn is not None else repr(self._pool)
+        return postgres_address(self._dsn, self._pool)
 
     async def open(self) -> None:
         """Connect and create the table now rather than on first use."""
@@ -136,51 +110,7 @@ class PostgresOutbox:
 
     # -- writing, in the application's transaction -------------------------------------------
 
-    async def publish(
-        self,
-        conn: asyncpg.Connection,
-        topic: str,
-        payload: object,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """Write an event for ``topic`` in ``conn``'s open transaction; the relay publishes it
-        once the transaction committed (nothing, if it rolls back). Returns the message id,
-        which the message keeps however often it is published."""
-        return await self._insert(
-            conn, "topic", topic, payload, key, headers, message_id, correlation_id
-        )
-
-    async def send(
-        self,
-        conn: asyncpg.Connection,
-        queue: str,
-        payload: object,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """`publish` for a command to ``queue``."""
-        return await self._insert(
-            conn, "queue", queue, payload, key, headers, message_id, correlation_id
-        )
-
-    async def _insert(
-        self,
-        conn: Any,
-        kind: Kind,
-        name: str,
-        payload: object,
-        key: str | None,
-        headers: Mapping[str, str] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-    ) -> str:
+    def _check_connection(self, conn: Any, kind: Kind, name: str) -> None:
         if not callable(getattr(conn, "is_in_transaction", None)):
             raise ConfigurationError(
                 f"conn must be an asyncpg connection, got {type(conn).__name__}"
@@ -191,22 +121,14 @@ class PostgresOutbox:
                 "inside `async with conn.transaction():` so the message commits (or rolls "
                 "back) with your writes"
             )
-        row = await self._writer.new_row(
-            kind,
-            name,
-            payload,
-            key=key,
-            headers=headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-        )
+
+    async def _insert(self, conn: Any, row: NewRow) -> None:
         if not self._ready and await conn.fetchval(self._sql.exists, self.table) is None:
             # First use ever: create it, on the outbox's own connection (a rollback must not
             # take it away). When it exists, no DDL runs: the application's role may not be
             # allowed to create anything, and CREATE INDEX would lock the table.
             await self._get_pool()
-        await conn.execute(self._sql.insert, *_values(row))
-        return row.message_id
+        await conn.execute(self._sql.insert, *row.values(row.created_at))
 
     # -- relaying ------------------------------------------------------------------------------
 
@@ -267,7 +189,7 @@ class PostgresOutbox:
             records = await conn.fetch(self._sql.unsent, bucket, batch_size)
             if not records:
                 break
-            rows = [_row(r) for r in records]
+            rows = [read_row(r, r["created_at"]) for r in records]
             await settle_batch(rows, publish, mark_sent, mark_failed, marked)
             done += len(rows)
             if len(rows) < batch_size:
@@ -300,7 +222,7 @@ class PostgresOutbox:
     def _connect_error(self, exc: Exception) -> Exception:
         """What to raise for a failed connect: fatal misconfiguration as `ConfigurationError`,
         an unreachable server as `BrokerUnavailableError`, both naming the address only."""
-        asyncpg = _import_asyncpg()
+        asyncpg = import_asyncpg()
         if isinstance(
             exc,
             asyncpg.InvalidPasswordError
@@ -308,7 +230,7 @@ class PostgresOutbox:
             | asyncpg.InvalidCatalogNameError,
         ):
             return ConfigurationError(f"outbox database {self.address()}: {exc}")
-        if _is_transient(asyncpg, exc):
+        if is_transient(exc):
             return BrokerUnavailableError(self.address(), f"{type(exc).__name__}: {exc}")
         return exc
 
@@ -320,8 +242,7 @@ class PostgresOutbox:
         async with self._lock:
             try:
                 if self._pool is None:
-                    asyncpg = _import_asyncpg()
-                    self._pool = await asyncpg.create_pool(
+                    self._pool = await import_asyncpg().create_pool(
                         self._dsn, min_size=0, max_size=self._max_pool_size
                     )
                 if not self._ready:
@@ -349,8 +270,7 @@ class PostgresOutbox:
         try:
             if self._dsn is not None:
                 # A connection of its own, not the pool's: its session locks must die with it.
-                asyncpg = _import_asyncpg()
-                self._relay_conn = await asyncpg.connect(self._dsn)
+                self._relay_conn = await import_asyncpg().connect(self._dsn)
                 self._relay_from_pool = False
             else:
                 self._relay_conn = await pool.acquire()
@@ -374,38 +294,6 @@ class PostgresOutbox:
                 log.debug("releasing the relay connection: %r", exc)
         else:
             conn.terminate()
-
-
-def _values(row: NewRow) -> tuple[object, ...]:
-    return (
-        row.kind,
-        row.destination,
-        row.key,
-        row.bucket,
-        row.message_id,
-        row.body,
-        row.headers,
-        row.content_type,
-        row.type,
-        row.correlation_id,
-        row.created_at,
-    )
-
-
-def _row(r: Any) -> OutboxRow:
-    return stored_row(
-        r["id"],
-        r["kind"],
-        destination=r["destination"],
-        key=r["key"],
-        message_id=r["message_id"],
-        body=r["body"],
-        headers=r["headers"],
-        content_type=r["content_type"],
-        type=r["type"],
-        correlation_id=r["correlation_id"],
-        created_at=r["created_at"],
-    )
 
 
 class _Statements:
@@ -437,8 +325,7 @@ class _Statements:
             " WHERE sent_at IS NOT NULL",
         )
         self.insert = (
-            f"INSERT INTO {table} (kind, destination, key, bucket, message_id, body, headers,"
-            " content_type, type, correlation_id, created_at)"
+            f"INSERT INTO {table} ({INSERT_COLUMNS})"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )
         # Two-key advisory locks, (hashtext(lock_name), bucket): PostgreSQL keeps them apart
@@ -458,7 +345,7 @@ class _Statements:
             f" SELECT bucket FROM b WHERE bucket IS NOT NULL"
         )
         self.unsent = (
-            f"SELECT {_COLUMNS} FROM {table}"
+            f"SELECT {READ_COLUMNS} FROM {table}"
             " WHERE bucket = $1 AND sent_at IS NULL AND failed IS NULL ORDER BY id LIMIT $2"
         )
         self.mark_failed = f"UPDATE {table} SET failed = $2 WHERE id = $1"

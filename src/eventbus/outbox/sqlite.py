@@ -21,44 +21,38 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
-
-import anyio
-import anyio.to_thread
+from typing import Any
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dedup._validate import check_identifier, check_seconds
 from eventbus.errors import ConfigurationError
 from eventbus.outbox.base import (
     DEFAULT_RETENTION,
+    INSERT_COLUMNS,
+    READ_COLUMNS,
     NewRow,
     NotInTransactionError,
     OutboxBacklog,
     OutboxRow,
+    OutboxTable,
     PublishRows,
     Writer,
     check_retention,
+    read_row,
     settle_batch,
-    stored_row,
 )
+from eventbus.sqlite_common import SqliteConnection
 from eventbus.transports.base import Kind
 
 __all__ = ["SqliteOutbox"]
 
-_T = TypeVar("_T")
 
-_COLUMNS = (
-    "id, kind, destination, key, message_id, body, headers, content_type, type, "
-    "correlation_id, created_at"
-)
-
-
-class SqliteOutbox:
+class SqliteOutbox(OutboxTable[sqlite3.Connection]):
     """An outbox table in a SQLite database file: `publish`/`send` on the application's
-    ``sqlite3.Connection`` inside its transaction, and what the relay needs
-    (`eventbus.outbox.Outbox`).
+    ``sqlite3.Connection`` inside its transaction (opened by Python's implicit ``BEGIN`` or
+    your own), on the calling thread, and what the relay needs (`eventbus.outbox.Outbox`).
 
     ``path`` is the database file the application writes to. The table is created on first
     use (by the relay on its own connection, or by the first `publish` inside the
@@ -90,8 +84,7 @@ class SqliteOutbox:
         self._busy_timeout = check_seconds("busy_timeout", busy_timeout)
         self._writer = Writer(codec)
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._conn: sqlite3.Connection | None = None
-        self._limiter: anyio.CapacityLimiter | None = None
+        self._db = SqliteConnection(self._path, busy_timeout=self._busy_timeout, setup=self._setup)
         self._sql_any_unsent = (
             f"SELECT 1 FROM {self.table} WHERE sent_at IS NULL AND failed IS NULL LIMIT 1"
         )
@@ -99,67 +92,16 @@ class SqliteOutbox:
     def __repr__(self) -> str:
         return f"SqliteOutbox({self._path!r}, table={self.table!r})"
 
-    @property
-    def codec(self) -> Codec | AsyncCodec:
-        return self._writer.codec
-
-    def attach(self, codec: Codec | AsyncCodec) -> None:
-        self._writer.attach(codec)
-
     def address(self) -> str:
         return self._path
 
     async def open(self) -> None:
         """Open the file and create the table now rather than on first use."""
-        await self._run(self._connection)
+        await self._db.run(self._db.connection)
 
     # -- writing, in the application's transaction -------------------------------------------
 
-    async def publish(
-        self,
-        conn: sqlite3.Connection,
-        topic: str,
-        payload: object,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """Write an event for ``topic`` in ``conn``'s transaction (opened by Python's implicit
-        ``BEGIN`` or your own); the relay publishes it once committed. Returns the message id.
-        Runs on the calling thread: the application's connection is its own."""
-        return await self._insert(
-            conn, "topic", topic, payload, key, headers, message_id, correlation_id
-        )
-
-    async def send(
-        self,
-        conn: sqlite3.Connection,
-        queue: str,
-        payload: object,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        message_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> str:
-        """`publish` for a command to ``queue``."""
-        return await self._insert(
-            conn, "queue", queue, payload, key, headers, message_id, correlation_id
-        )
-
-    async def _insert(
-        self,
-        conn: Any,
-        kind: Kind,
-        name: str,
-        payload: object,
-        key: str | None,
-        headers: Mapping[str, str] | None,
-        message_id: str | None,
-        correlation_id: str | None,
-    ) -> str:
+    def _check_connection(self, conn: Any, kind: Kind, name: str) -> None:
         if not isinstance(conn, sqlite3.Connection):
             raise ConfigurationError(
                 f"conn must be a sqlite3.Connection, got {type(conn).__name__}"
@@ -170,17 +112,12 @@ class SqliteOutbox:
                 "transaction; run BEGIN first so the message commits (or rolls back) with "
                 "your writes"
             )
-        row = await self._writer.new_row(
-            kind,
-            name,
-            payload,
-            key=key,
-            headers=headers,
-            message_id=message_id,
-            correlation_id=correlation_id,
-        )
+
+    async def _insert(self, conn: Any, row: NewRow) -> None:
+        # On the calling thread: the application's connection is its own.
+        values = row.values(row.created_at.timestamp())
         try:
-            conn.execute(_insert_sql(self.table), _values(row))
+            conn.execute(_insert_sql(self.table), values)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
@@ -188,8 +125,7 @@ class SqliteOutbox:
             # would wait for the write lock this transaction may hold), so it rolls back too.
             for statement in _create_sql(self.table):
                 conn.execute(statement)
-            conn.execute(_insert_sql(self.table), _values(row))
-        return row.message_id
+            conn.execute(_insert_sql(self.table), values)
 
     # -- relaying ------------------------------------------------------------------------------
 
@@ -202,15 +138,15 @@ class SqliteOutbox:
         marked: Callable[[int], None],
     ) -> int:
         async def mark_sent(ids: list[int]) -> None:
-            await self._run(functools.partial(self._mark, ids))
+            await self._db.run(functools.partial(self._mark, ids))
 
         async def mark_failed(failed: dict[int, str]) -> None:
-            await self._run(functools.partial(self._mark_failed, failed))
+            await self._db.run(functools.partial(self._mark_failed, failed))
 
         done = 0
         while not stopping():
             # Renewed before every batch: a relay that lost the lease publishes nothing more.
-            rows = await self._run(lambda: self._lease_and_read(batch_size))
+            rows = await self._db.run(lambda: self._lease_and_read(batch_size))
             if not rows:
                 break
             await settle_batch(rows, publish, mark_sent, mark_failed, marked)
@@ -222,7 +158,7 @@ class SqliteOutbox:
     async def backlog(self) -> OutboxBacklog:
         def read() -> OutboxBacklog:
             count, oldest, failed = (
-                self._connection()
+                self._db.connection()
                 .execute(
                     "SELECT count(*) FILTER (WHERE failed IS NULL),"
                     " min(created_at) FILTER (WHERE failed IS NULL),"
@@ -234,64 +170,36 @@ class SqliteOutbox:
             age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
             return OutboxBacklog(unsent=int(count), oldest_age=age, failed=int(failed))
 
-        return await self._run(read)
+        return await self._db.run(read)
 
     async def purge_sent(self, *, limit: int) -> int:
         def purge() -> int:
-            cursor = self._connection().execute(
+            cursor = self._db.connection().execute(
                 f"DELETE FROM {self.table} WHERE id IN (SELECT id FROM {self.table}"
                 " WHERE sent_at IS NOT NULL AND sent_at <= ? ORDER BY sent_at LIMIT ?)",
                 (time.time() - self.retention, limit),
             )
             return cursor.rowcount
 
-        return await self._run(purge)
+        return await self._db.run(purge)
 
     async def close(self) -> None:
-        def run() -> None:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                try:  # hand the table over at once rather than after the lease
-                    conn.execute(
-                        f"DELETE FROM {self.table}_relay WHERE id = 1 AND owner = ?",
-                        (self._owner,),
-                    )
-                finally:
-                    conn.close()
-
-        await self._run(run)
+        await self._db.close(self._hand_over)
 
     # -- on the worker thread --------------------------------------------------------------
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(1)
-        # Not abandoned on cancellation: a transaction is never left half-done on the thread.
-        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")  # a failure closes the connection, rolling it back
+        for statement in _create_sql(self.table):
+            conn.execute(statement)
+        conn.execute("COMMIT")
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is not None:
-            return self._conn
-        # isolation_level=None: no implicit transactions; the lease opens BEGIN IMMEDIATE.
-        conn = sqlite3.connect(
-            self._path,
-            timeout=self._busy_timeout,
-            isolation_level=None,
-            check_same_thread=False,  # used by one worker thread at a time (the limiter)
-        )
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _create_sql(self.table):
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
+    def _hand_over(self, conn: sqlite3.Connection) -> None:
+        # On close: another relay may take the table at once rather than after the lease.
+        conn.execute(f"DELETE FROM {self.table}_relay WHERE id = 1 AND owner = ?", (self._owner,))
 
     def _lease_and_read(self, batch_size: int) -> list[OutboxRow]:
-        conn = self._connection()
+        conn = self._db.connection()
         if conn.execute(self._sql_any_unsent).fetchone() is None:
             return []  # idle: no write (and no lease) needed to find that out
         # IMMEDIATE: reading and taking the lease is one step for every process on the file.
@@ -311,7 +219,7 @@ class SqliteOutbox:
                 (self._owner, now + self._lease),
             )
             records = conn.execute(
-                f"SELECT {_COLUMNS} FROM {self.table} WHERE sent_at IS NULL AND failed IS NULL"
+                f"SELECT {READ_COLUMNS} FROM {self.table} WHERE sent_at IS NULL AND failed IS NULL"
                 " ORDER BY id LIMIT ?",
                 (batch_size,),
             ).fetchall()
@@ -320,16 +228,17 @@ class SqliteOutbox:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return [_row(r) for r in records]
+        # created_at, the last column, is stored as seconds since the epoch.
+        return [read_row(r, datetime.fromtimestamp(r[-1], UTC)) for r in records]
 
     def _mark_failed(self, failed: dict[int, str]) -> None:
-        self._connection().executemany(
+        self._db.connection().executemany(
             f"UPDATE {self.table} SET failed = ? WHERE id = ?",
             [(why, row_id) for row_id, why in failed.items()],
         )
 
     def _mark(self, ids: list[int]) -> None:
-        conn = self._connection()
+        conn = self._db.connection()
         marks = ",".join("?" * len(ids))
         if self.retention == 0:
             conn.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", ids)
@@ -349,43 +258,8 @@ def _autocommits(conn: sqlite3.Connection) -> bool:
     return conn.isolation_level is None
 
 
-def _values(row: NewRow) -> tuple[object, ...]:
-    return (
-        row.kind,
-        row.destination,
-        row.key,
-        row.bucket,
-        row.message_id,
-        row.body,
-        row.headers,
-        row.content_type,
-        row.type,
-        row.correlation_id,
-        row.created_at.timestamp(),
-    )
-
-
-def _row(r: tuple[Any, ...]) -> OutboxRow:
-    return stored_row(
-        r[0],
-        r[1],
-        destination=r[2],
-        key=r[3],
-        message_id=r[4],
-        body=r[5],
-        headers=r[6],
-        content_type=r[7],
-        type=r[8],
-        correlation_id=r[9],
-        created_at=datetime.fromtimestamp(r[10], UTC),
-    )
-
-
 def _insert_sql(table: str) -> str:
-    return (
-        f"INSERT INTO {table} (kind, destination, key, bucket, message_id, body, headers,"
-        " content_type, type, correlation_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-    )
+    return f"INSERT INTO {table} ({INSERT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def _create_sql(table: str) -> tuple[str, ...]:
