@@ -46,7 +46,8 @@ def import_asyncpg() -> Any:
         import asyncpg  # type: ignore[import-untyped, unused-ignore]
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError(
-            "PostgresDedupStore needs asyncpg: pip install 'eventbus[postgres]'"
+            "PostgreSQL support (PostgresDedupStore, PostgresOutbox) needs asyncpg: "
+            "pip install 'eventbus[postgres]'"
         ) from exc
     return asyncpg
 
