@@ -4,10 +4,11 @@ whose clients wrap the ssl error (aiormq) or only log it (aiokafka's bootstrap).
 from __future__ import annotations
 
 import ssl
+from base64 import b64decode
 
 from eventbus.errors import AuthenticationError
 
-__all__ = ["tls_refused", "why_unloadable"]
+__all__ = ["client_context", "tls_refused", "why_unloadable"]
 
 # The alerts a server sends when it refuses the client's certificate (or has none of it).
 _REFUSED_ALERTS = (
@@ -56,3 +57,25 @@ def why_unloadable(error: OSError | ValueError) -> str:
     """Why TLS files could not be loaded into a context, for a `ConfigurationError`: OpenSSL's
     reason (not PEM, a wrong key password), the file system's (unreadable), or the error."""
     return getattr(error, "reason", None) or getattr(error, "strerror", None) or str(error)
+
+
+def client_context(
+    *,
+    cafile: str | None = None,
+    capath: str | None = None,
+    cadata: str | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    key_password: str | None = None,
+) -> ssl.SSLContext:
+    """A client's TLS context: the system's CAs or the given ones (``cadata`` in base64, as
+    AMQP URIs carry it), host names checked, and a client certificate for mutual TLS. An
+    encrypted key without ``key_password`` fails here (`ssl.SSLError`) -- never with OpenSSL's
+    own prompt on a terminal. Raises `OSError` (unreadable, not PEM) or `ValueError` (bad
+    base64) for the caller to name its own options (`why_unloadable`)."""
+    context = ssl.create_default_context(
+        cafile=cafile, capath=capath, cadata=b64decode(cadata) if cadata else None
+    )
+    if certfile:
+        context.load_cert_chain(certfile, keyfile, lambda: key_password or "")
+    return context

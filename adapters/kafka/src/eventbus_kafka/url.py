@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import os
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from eventbus.errors import ConfigurationError
-from eventbus.transports.tls import why_unloadable
+from eventbus.transports.tls import client_context, why_unloadable
 from eventbus.transports.urls import (
     OptionParser,
     censor_url,
@@ -67,6 +67,8 @@ class KafkaSettings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_key_password: str | None = field(default=None, repr=False)
+    tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    """The TLS context `parse_url` loaded once (`load_tls`), shared by every client."""
     max_message_size: int = 1024 * 1024
     """Largest body eventbus lets through; topics it creates accept this plus headroom."""
     connect_timeout: float = 15.0
@@ -118,21 +120,19 @@ class KafkaSettings:
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password
         if self.security_protocol.endswith("SSL"):
-            options["ssl_context"] = self.ssl_context()
+            options["ssl_context"] = self.tls_context or self.load_tls()
         return options
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A fresh TLS context: the system's CAs or ``ssl_cafile``, host names checked, and the
-        client certificate for mutual TLS."""
+    def load_tls(self) -> ssl.SSLContext:
+        """A TLS context from the ``ssl_*`` options: the system's CAs or ``ssl_cafile``, host
+        names checked, and the client certificate for mutual TLS."""
         try:
-            context = ssl.create_default_context(cafile=self.ssl_cafile)
-            if self.ssl_certfile:
-                context.load_cert_chain(
-                    self.ssl_certfile,
-                    self.ssl_keyfile,
-                    # Never OpenSSL's own prompt on a terminal for an encrypted key.
-                    password=self.ssl_key_password or _no_password,
-                )
+            return client_context(
+                cafile=self.ssl_cafile,
+                certfile=self.ssl_certfile,
+                keyfile=self.ssl_keyfile,
+                key_password=self.ssl_key_password,
+            )
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             # Not PEM, unreadable, or an encrypted key without (or with a wrong) password.
             raise ConfigurationError(
@@ -140,11 +140,6 @@ class KafkaSettings:
                 f"ssl_certfile={self.ssl_certfile!r}, ssl_keyfile={self.ssl_keyfile!r}): "
                 f"{why_unloadable(exc)}; check them and ssl_key_password_file"
             ) from None
-        return context
-
-
-def _no_password() -> str:
-    return ""
 
 
 _OPTIONS: dict[str, OptionParser] = {
@@ -260,5 +255,6 @@ def parse_url(url: str) -> KafkaSettings:
     if settings.ssl_key_password and not settings.ssl_certfile:
         raise ConfigurationError("kafka URL option ssl_key_password_file needs ssl_certfile")
     if settings.security_protocol.endswith("SSL"):
-        settings.ssl_context()  # a key that cannot be loaded fails here, not at each connect
+        # Loaded once, here: files that cannot be loaded fail now, not at each connection.
+        settings = replace(settings, tls_context=settings.load_tls())
     return settings

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import ssl
-from base64 import b64decode
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import SplitResult, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from eventbus.errors import ConfigurationError
-from eventbus.transports.tls import why_unloadable
+from eventbus.transports.tls import client_context, why_unloadable
 from eventbus.transports.urls import (
     OptionParser,
     censor_url,
@@ -162,17 +161,14 @@ def _client_tls(options: dict[str, str], key_password_file: str | None) -> ssl.S
     if key_password_file is not None:
         password = read_secret("RabbitMQ", "ssl_key_password_file", key_password_file)
     try:
-        cadata = options.get("cadata")
-        context = ssl.create_default_context(
+        context = client_context(
             cafile=options.get("cafile"),
             capath=options.get("capath"),
-            cadata=b64decode(cadata) if cadata else None,
+            cadata=options.get("cadata"),
+            certfile=options.get("certfile"),
+            keyfile=options.get("keyfile"),
+            key_password=password,
         )
-        if "certfile" in options:
-            # A callable password: an encrypted key without one fails here, no terminal prompt.
-            context.load_cert_chain(
-                options["certfile"], options.get("keyfile"), lambda: password or ""
-            )
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError; bad base64 a ValueError
         files = {k: options[k] for k in ("cafile", "capath", "certfile", "keyfile") if k in options}
         raise ConfigurationError(
