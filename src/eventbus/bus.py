@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
-import logging
 import math
 import os
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -39,6 +38,7 @@ from eventbus.errors import (
     UnroutableError,
 )
 from eventbus.headers import CAUSATION_ID, DATASCHEMA, EXPIRES_AT
+from eventbus.loggers import get_logger
 from eventbus.message import Message, new_message_id
 from eventbus.metrics.config import MetricsConfig, require_prometheus_client
 from eventbus.metrics.recorder import BusMetrics
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EventBus"]
 
-log = logging.getLogger("eventbus")
+log = get_logger("eventbus")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,19 +11,19 @@ empty dead-letter queue behind. The depth tells: `Transport.depth` is None for a
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
 from eventbus import headers as h
 from eventbus.errors import NotFoundError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import Destination, Kind, RawDelivery, SubscriptionSpec, Transport
 
 __all__ = ["dlq_depths", "dlq_purge", "dlq_replay", "dlq_show", "replay_destination"]
 
-log = logging.getLogger("eventbus")
+log = get_logger("eventbus")
 
 DEFAULT_IDLE = 3.0
 _MAX_HELD = 65_535

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 
 __all__ = ["require_watchfiles", "watch", "watched_paths"]
 
-log = logging.getLogger("eventbus.reload")
+log = get_logger("eventbus.reload")
 
 
 def require_watchfiles() -> None:

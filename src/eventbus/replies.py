@@ -13,7 +13,6 @@ and on Kafka an inbox is a consumer group member.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from eventbus import headers as h
 from eventbus.codecs.json import BYTES, TEXT
 from eventbus.errors import ConfigurationError, ResponderError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import ReplyInbox, Transport
 
@@ -40,7 +40,7 @@ def plain_type(content_type: str | None) -> Any:
     return _PLAIN_TYPES.get(media, Any)
 
 
-log = logging.getLogger("eventbus.replies")
+log = get_logger("eventbus.replies")
 
 
 @dataclass(slots=True)

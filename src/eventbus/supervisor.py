@@ -33,7 +33,6 @@ a new pid, and the old one must drop out of ``/readyz``.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import tempfile
@@ -47,10 +46,11 @@ import anyio
 from anyio.abc import Process
 
 from eventbus.backoff import Backoff
+from eventbus.loggers import get_logger
 
 __all__ = ["MAX_RESTARTS", "UP_DIR", "WINDOW", "Supervisor", "exit_code", "mark_up"]
 
-log = logging.getLogger("eventbus.supervisor")
+log = get_logger("eventbus.supervisor")
 
 MAX_RESTARTS = 5
 """Restarts of one worker allowed within `WINDOW`; the next death gives up."""

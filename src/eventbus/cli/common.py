@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import math
 import os
 import sys
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 
 from eventbus.bus import EventBus
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus.transports.base import Transport
 from eventbus.transports.memory import existing_memory_broker
 from eventbus.transports.registry import transport_for_url
@@ -29,7 +29,7 @@ gives up at once on them (and on `EXIT_STARTUP`). Once a worker is up they are t
 EXIT_NOT_FOUND = 8
 """``eventbus dlq show|replay|purge`` of a dead-letter queue that does not exist."""
 
-log = logging.getLogger("eventbus.cli")
+log = get_logger("eventbus.cli")
 
 
 class CliError(Exception):

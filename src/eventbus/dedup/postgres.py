@@ -18,7 +18,6 @@ it done: it rolls back with `LeaseLostError`, so only one worker's effects ever 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ import anyio
 from eventbus.dedup._validate import check_identifier, check_positive_int, check_seconds
 from eventbus.dedup.base import ClaimResult
 from eventbus.errors import BrokerUnavailableError, LeaseLostError
+from eventbus.loggers import get_logger
 from eventbus.postgres_common import import_asyncpg, is_transient, postgres_address, postgres_target
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LeaseLostError", "PostgresDedupStore"]
 
-log = logging.getLogger("eventbus.dedup.postgres")
+log = get_logger("eventbus.dedup.postgres")
 
 # Bounds the cleanup that runs after a failed inbox transaction, even when it is cancelled.
 _ABORT_TIMEOUT = 10.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sqlite3
 import time
@@ -12,11 +11,12 @@ from typing import Literal
 from eventbus.dedup._validate import check_identifier, check_positive_int, check_seconds
 from eventbus.dedup.base import ClaimResult
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus.sqlite_common import SqliteConnection
 
 __all__ = ["SqliteDedupStore"]
 
-log = logging.getLogger("eventbus.dedup.sqlite")
+log = get_logger("eventbus.dedup.sqlite")
 
 
 class SqliteDedupStore:

@@ -12,7 +12,6 @@ closes, spending no attempt. `batches.py` is the same for a batch.
 from __future__ import annotations
 
 import functools
-import logging
 import random
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
@@ -35,11 +34,12 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
 from eventbus.dispatch.timeout import within
 from eventbus.errors import LeaseLostError
+from eventbus.loggers import get_logger
 from eventbus.message import Delivery
 
 __all__ = ["Attempts"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 @dataclass(slots=True)

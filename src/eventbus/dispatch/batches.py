@@ -27,7 +27,6 @@ and ``publish_to``/``send_to`` are refused at decoration time.
 from __future__ import annotations
 
 import functools
-import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
@@ -51,11 +50,12 @@ from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
 from eventbus.dispatch.timeout import within
 from eventbus.errors import LeaseLostError, Reject
+from eventbus.loggers import get_logger
 from eventbus.message import Delivery, Message
 
 __all__ = ["BatchItem", "BatchRunner", "BatchSpan", "BatchTimer"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 _ACK = ("ack", None)
 

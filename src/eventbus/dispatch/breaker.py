@@ -19,7 +19,6 @@ bounded at any rate; outcomes leave it one bucket at a time.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,10 +31,11 @@ from eventbus.breaker import CircuitBreaker
 from eventbus.dispatch.outcome import DeadLetter, decide
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import LeaseLostError
+from eventbus.loggers import get_logger
 
 __all__ = ["HELD_FAILURES", "Breaker", "BreakerState", "HeldError"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 T = TypeVar("T")
 

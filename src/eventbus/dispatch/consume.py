@@ -11,7 +11,6 @@ URL, a broker that cannot be reached at start).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,11 +20,12 @@ from anyio.abc import TaskGroup, TaskStatus
 from eventbus.backoff import Backoff
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.loggers import get_logger
 from eventbus.transports.base import DeliveryOwner, RawDelivery, Subscription, Transport
 
 __all__ = ["ConsumeLoop"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class ConsumeLoop:

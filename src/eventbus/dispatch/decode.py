@@ -10,17 +10,17 @@ outage.
 from __future__ import annotations
 
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.errors import BrokerUnavailableError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 
 __all__ = ["Decoder", "DeliveryDefectError", "Stopping"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class DeliveryDefectError(Exception):

@@ -12,7 +12,6 @@ because the handler's effect happened and a release would run it again now.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,11 +21,12 @@ import anyio
 
 from eventbus.dedup.base import ClaimResult, DedupStore
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 
 __all__ = ["Claim", "DedupGuard", "KeyRefusedError"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 Claim = Literal["run", "done", "stopping"]
 """``run``: this attempt holds the claim; ``done``: the key was already handled (ack and skip);

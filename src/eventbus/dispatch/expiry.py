@@ -21,7 +21,6 @@ message is handled.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from eventbus.dispatch.outcome import DeadLetter
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 
 __all__ = [
     "ExpiredError",
@@ -42,7 +42,7 @@ __all__ = [
     "settled_expired",
 ]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class ExpiredError(Exception):

@@ -10,7 +10,6 @@ attempt or waited for, and settling any of them afterwards does nothing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -19,11 +18,12 @@ import anyio
 from eventbus.dispatch.inflight import InFlight
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.loggers import get_logger
 from eventbus.transports.base import RawDelivery
 
 __all__ = ["Ownership"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class Running(Protocol):

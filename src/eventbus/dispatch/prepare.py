@@ -7,8 +7,6 @@ raises is a failure outside the handler (DESIGN 8). What passes gets its payload
 
 from __future__ import annotations
 
-import logging
-
 from eventbus import headers as h
 from eventbus.dispatch.decode import Decoder, DeliveryDefectError, Stopping
 from eventbus.dispatch.dedup_guard import DedupGuard
@@ -16,10 +14,11 @@ from eventbus.dispatch.expiry import settled_expired
 from eventbus.dispatch.outcome import DeadLetter
 from eventbus.dispatch.settle import DeliveryState
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.loggers import get_logger
 
 __all__ = ["NOT_HANDLED", "prepare"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 NOT_HANDLED = object()
 """`prepare` settled the delivery (or the subscription is stopping): no attempt follows."""

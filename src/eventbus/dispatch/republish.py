@@ -9,7 +9,6 @@ and the not-before time; no routing header is the core's business.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -21,12 +20,13 @@ from eventbus.dispatch.deadletter import DeadLetterReason, dead_letter_message
 from eventbus.dispatch.returns import error_reply
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import AuthorizationError, MessageTooLargeError, PublishError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import Destination, RawDelivery, Transport
 
 __all__ = ["Republisher"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 _REQUEUED_LIMIT = 10_000
 _ERROR_REPLY_TIMEOUT = 5.0

@@ -15,7 +15,6 @@ Deliveries the transport takes back are handled by `ownership.py` (the transport
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -43,6 +42,7 @@ from eventbus.dispatch.settle import DeliveryState, Settling
 from eventbus.dispatch.slots import Slots
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.dispatch.throttle import Throttle
+from eventbus.loggers import get_logger
 from eventbus.transports.base import RawDelivery, Transport
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SubscriptionRunner"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class SubscriptionRunner:

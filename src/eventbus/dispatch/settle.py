@@ -11,7 +11,6 @@ goes to the broker, since the message now belongs to another consumer.
 
 from __future__ import annotations
 
-import logging
 import random
 from dataclasses import dataclass
 
@@ -26,11 +25,12 @@ from eventbus.dispatch.outcome import DeadLetter, Failure, Outcome, RetryViaBrok
 from eventbus.dispatch.republish import Republisher
 from eventbus.dispatch.subscriber import Subscriber
 from eventbus.errors import Reject
+from eventbus.loggers import get_logger
 from eventbus.transports.base import RawDelivery
 
 __all__ = ["AckTimeoutError", "DeliveryState", "NackedError", "Settling", "attempt_of"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 
 class NackedError(Exception):

@@ -16,19 +16,19 @@ meanwhile; the outage is logged once, and its end once.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator
 
 import anyio
 
 from eventbus.dispatch.subscriber import Subscriber
+from eventbus.loggers import get_logger
 from eventbus.ratelimit.config import RateLimit
 from eventbus.ratelimit.gcra import Gcra
 
 __all__ = ["CALL_TIMEOUT", "PAUSE_AFTER", "Throttle"]
 
-log = logging.getLogger("eventbus.dispatch")
+log = get_logger("eventbus.dispatch")
 
 PAUSE_AFTER = 1.0
 """Seconds of waiting for a turn from which fetching is paused. Shorter waits are the steady

@@ -7,17 +7,17 @@ closes its connection; a request that does not arrive within `REQUEST_TIMEOUT` i
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream, TaskStatus
 
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 
 __all__ = ["Response", "get", "serve"]
 
-log = logging.getLogger("eventbus.metrics")
+log = get_logger("eventbus.metrics")
 
 Response = tuple[int, str, bytes]
 """Status, content type, body."""

@@ -15,13 +15,13 @@ says which of the two a transport reports.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import anyio
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from eventbus.loggers import get_logger
 from eventbus.metrics import http
 from eventbus.metrics.collector import BusCollector
 from eventbus.metrics.recorder import BusMetrics
@@ -29,7 +29,7 @@ from eventbus.transports.base import Transport
 
 __all__ = ["MetricsService"]
 
-log = logging.getLogger("eventbus.metrics")
+log = get_logger("eventbus.metrics")
 
 _TEXT = "text/plain; charset=utf-8"
 

@@ -17,7 +17,6 @@ The live workers come from the `Supervisor`: a restarted worker has a new pid.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -25,13 +24,14 @@ import anyio
 from anyio.abc import TaskStatus
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from eventbus.loggers import get_logger
 from eventbus.metrics import http
 from eventbus.metrics.merge import merge, render
 from eventbus.supervisor import Supervisor
 
 __all__ = ["serve_workers", "write_port"]
 
-log = logging.getLogger("eventbus.metrics")
+log = get_logger("eventbus.metrics")
 
 _TEXT = "text/plain; charset=utf-8"
 

@@ -24,7 +24,6 @@ the next relay (same message ids: at-least-once, dedup drops them), before the l
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ import anyio
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.dedup._validate import check_identifier, check_positive_int
 from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus.outbox.base import (
     DEFAULT_RETENTION,
     INSERT_COLUMNS,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PostgresOutbox"]
 
-log = logging.getLogger("eventbus.outbox")
+log = get_logger("eventbus.outbox")
 
 _BATCHES_PER_BUCKET = 10
 """Batches a relay publishes from one bucket before it goes on to the next in its round: a

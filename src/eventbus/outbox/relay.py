@@ -22,7 +22,6 @@ again later.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -32,6 +31,7 @@ from anyio.abc import TaskStatus
 from eventbus.backoff import Backoff
 from eventbus.codecs.base import AsyncCodec, Codec
 from eventbus.errors import ConfigurationError, MessageTooLargeError, PublishError, UnroutableError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.outbox.base import Outbox, OutboxRow, PublishFailed, Relayed
 from eventbus.outbox.stats import RelayStats
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["OutboxRelay"]
 
-log = logging.getLogger("eventbus.outbox")
+log = get_logger("eventbus.outbox")
 
 Send = Callable[[Destination, Sequence[Message]], Awaitable[None]]
 _NEVER = (MessageTooLargeError, UnroutableError)

@@ -29,7 +29,6 @@ before the last hop, so handlers never see them.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -43,6 +42,7 @@ from eventbus.errors import (
     PublishError,
     UnroutableError,
 )
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import (
     DeliveryOwner,
@@ -53,7 +53,7 @@ from eventbus.transports.base import (
 
 __all__ = ["PREFETCH", "TIERS", "Forwarder", "scheduled", "stamp", "tier_for"]
 
-log = logging.getLogger("eventbus")
+log = get_logger("eventbus")
 
 TIERS = (1, 5, 30, 120, 600, 3_600, 6 * 3_600, 24 * 3_600)
 """Delay tiers, in seconds. Roughly x5 apart, so a delay takes a few hops per order of

@@ -7,7 +7,6 @@ count and replication factor, idempotently: an existing topic is fine and is lef
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,12 +15,13 @@ from aiokafka.errors import for_code  # type: ignore[import-untyped]
 from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
 
 from eventbus.errors import AuthorizationError, BrokerUnavailableError, ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus_kafka.errors import is_transient
 from eventbus_kafka.url import KafkaSettings
 
 __all__ = ["TopicAdmin"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
 _AUTHORIZATION_FAILED = (29, 31)  # topic / cluster authorization failed

@@ -7,18 +7,18 @@ never past an unfinished record, with the finished ones above it in the metadata
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 import anyio
 from aiokafka.errors import CommitFailedError  # type: ignore[import-untyped]
 
+from eventbus.loggers import get_logger
 from eventbus_kafka.offsets import PartitionOffsets
 
 __all__ = ["Commit", "Committer", "pending_commits"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TP = Any  # aiokafka TopicPartition
 Commit = tuple[int, str]

@@ -11,7 +11,6 @@ holds a partition whose head record is a retry that is not due.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 
 from eventbus.backoff import Backoff
 from eventbus.errors import EventBusError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import SubscriptionSpec
 from eventbus.transports.scheduling import TIERS
@@ -33,7 +33,7 @@ from eventbus_kafka.wire import decode, routing
 
 __all__ = ["Fetcher"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TP = Any  # aiokafka TopicPartition
 

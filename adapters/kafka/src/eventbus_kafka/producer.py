@@ -12,7 +12,6 @@ bytes, as Java clients do.
 from __future__ import annotations
 
 import asyncio
-import logging
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, MessageTooLargeError
+from eventbus.loggers import get_logger
 from eventbus_kafka.admin import HEADROOM
 from eventbus_kafka.errors import is_transient, translate
 from eventbus_kafka.url import KafkaSettings
@@ -41,7 +41,7 @@ from eventbus_kafka.wire import KafkaRecord
 
 __all__ = ["Producer"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _BATCH_BYTES = 256 * 1024
 """Per-partition batch size: big enough that a burst of small messages goes in few requests."""

@@ -21,7 +21,6 @@ Nothing is committed: replies matter only to the bus that is waiting for them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -36,6 +35,7 @@ from anyio.abc import TaskStatus
 
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus_kafka.admin import HEADROOM, TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
@@ -44,7 +44,7 @@ from eventbus_kafka.wire import from_record
 
 __all__ = ["KafkaReplyInbox", "LeaseAssignor", "reply_partition"]
 
-log = logging.getLogger("eventbus.kafka")
+log = get_logger("eventbus.kafka")
 
 TP = Any  # aiokafka TopicPartition
 _STOP_TIMEOUT = 5.0

@@ -21,13 +21,13 @@ timeout, which the subscription derives from the drain timeout.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 
+from eventbus.loggers import get_logger
 from eventbus.transports.base import DeliveryOwner
 from eventbus_kafka.committer import Committer
 from eventbus_kafka.handed_out import HandedOut
@@ -38,7 +38,7 @@ from eventbus_kafka.readahead import ReadAhead
 
 __all__ = ["REVOKE_COMMIT_TIMEOUT", "Revocation"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 TP = Any  # aiokafka TopicPartition
 

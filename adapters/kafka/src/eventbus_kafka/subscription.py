@@ -14,7 +14,6 @@ committed any more: every settle is a no-op and the new owner redelivers what wa
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -22,6 +21,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from eventbus.errors import BrokerUnavailableError, EventBusError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import DeliveryOwner, RawDelivery, SubscriptionSpec
 from eventbus_kafka.admin import TopicAdmin
@@ -40,7 +40,7 @@ from eventbus_kafka.url import KafkaSettings
 
 __all__ = ["KafkaSubscription"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _COMMIT_TIMEOUT = 10.0
 _LEAVE_TIMEOUT = 15.0

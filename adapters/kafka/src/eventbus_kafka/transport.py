@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,6 +21,7 @@ from eventbus.errors import (
     PublishError,
     UnroutableError,
 )
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports import scheduling
 from eventbus.transports.base import (
@@ -54,7 +54,7 @@ from eventbus_kafka.wire import KafkaRecord, to_record
 
 __all__ = ["KafkaTransport"]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _CLIENT_CLOSE_TIMEOUT = 10.0
 

@@ -23,7 +23,6 @@ when the broker or the network, not this process, ended the channel.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import NoReturn, Protocol
 
@@ -32,6 +31,7 @@ from aiormq import exceptions as amqp
 
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError
+from eventbus.loggers import get_logger
 from eventbus.transports.base import DeliveryOwner
 from eventbus_rabbitmq.connection import Connector
 from eventbus_rabbitmq.consuming_channel import ConsumingChannel
@@ -40,7 +40,7 @@ from eventbus_rabbitmq.errors import is_connection_lost, translate
 
 __all__ = ["Watched", "watch"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 RESTORE_STEP = 5.0
 """Seconds one restore attempt may wait for a connection, so that ``stop`` is seen between."""

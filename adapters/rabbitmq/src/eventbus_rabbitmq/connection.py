@@ -24,12 +24,13 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 
 from eventbus.backoff import Backoff
 from eventbus.errors import AuthenticationError, AuthorizationError, BrokerUnavailableError
+from eventbus.loggers import get_logger
 from eventbus.transports.tls import tls_refused
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Connector", "open_channel"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 
 class Connector:

@@ -39,7 +39,6 @@ Once the subscription stopped (`cancel_all`, `hold_releases`), nothing is consum
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -48,6 +47,7 @@ from typing import Any
 from aiormq.abc import AbstractChannel, DeliveredMessage
 from pamqp.commands import Basic
 
+from eventbus.loggers import get_logger
 from eventbus.message import Message, new_message_id
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.acks import ChannelAcks
@@ -55,7 +55,7 @@ from eventbus_rabbitmq.delivery import SETTLE_FAILURES, AmqpDelivery
 
 __all__ = ["ConsumingChannel"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 _REQUEUE_WAIT = 5.0  # seconds `close` waits for requeued messages to count as ready
 

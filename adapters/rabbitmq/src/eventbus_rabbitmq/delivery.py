@@ -10,18 +10,18 @@ channel closed, so the settle is a no-op and the message is redelivered, never l
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel
 
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus_rabbitmq.acks import ChannelAcks
 
 __all__ = ["SETTLE_FAILURES", "AmqpDelivery"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 SETTLE_FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, RuntimeError)
 """What a channel operation raises when the channel or its connection is gone (or refuses)."""

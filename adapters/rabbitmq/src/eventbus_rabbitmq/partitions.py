@@ -28,18 +28,18 @@ So subscribers share the partitions out among themselves, through the broker onl
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from typing import Any, Protocol
 
 from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, DeliveredMessage
 
+from eventbus.loggers import get_logger
 from eventbus_rabbitmq.connection import open_channel
 
 __all__ = ["Balancer", "Locks"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 TICK_SECONDS = 0.5
 # How long a new subscriber waits, before it reports itself live, for the others to hand it a

@@ -10,7 +10,6 @@ on a fresh one until the publish deadline: a lost confirm may mean a duplicate, 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -28,6 +27,7 @@ from eventbus.errors import (
     PublishError,
     UnroutableError,
 )
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports import scheduling
 from eventbus.transports.base import Destination
@@ -40,7 +40,7 @@ from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Publisher"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 # Channel-level refusals (e.g. an exchange deleted behind our back) are retried this many times
 # after re-declaring; connection losses are retried until the deadline.

@@ -16,7 +16,6 @@ and nothing could redeliver one to a requester that is gone.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from contextlib import suppress
@@ -30,6 +29,7 @@ from pamqp.commands import Basic
 
 from eventbus.backoff import Backoff
 from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus_rabbitmq import wire
 from eventbus_rabbitmq.connection import Connector, open_channel
@@ -38,7 +38,7 @@ from eventbus_rabbitmq.url import Settings
 
 __all__ = ["RabbitReplyInbox"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 _CLOSE_SECONDS = 1.0
 _FAILURES = (amqp.AMQPError, amqp.ChannelInvalidStateError, OSError, asyncio.TimeoutError)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
 import anyio
@@ -30,6 +29,7 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from anyio.abc import TaskStatus
 
 from eventbus.errors import BrokerUnavailableError
+from eventbus.loggers import get_logger
 from eventbus.transports.base import DeliveryOwner, RawDelivery, SubscriptionSpec
 from eventbus_rabbitmq.channel_watch import watch
 from eventbus_rabbitmq.connection import Connector, open_channel
@@ -42,7 +42,7 @@ from eventbus_rabbitmq.url import Settings
 
 __all__ = ["RabbitSubscription"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 _CLEANUP_SECONDS = 5.0  # bound on closing a half-open channel while being cancelled
 

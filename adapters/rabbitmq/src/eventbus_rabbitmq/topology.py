@@ -22,7 +22,6 @@ the broker says an entity is gone (someone deleted it, or the broker was reset).
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -30,12 +29,13 @@ from aiormq import exceptions as amqp
 from aiormq.abc import AbstractChannel, AbstractConnection
 
 from eventbus.errors import ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus_rabbitmq.connection import open_channel
 from eventbus_rabbitmq.url import Settings
 
 __all__ = ["Topology", "check_name", "delay_bucket", "group_queue", "partition_queue"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 # Delay queue buckets (ms). Each message carries its exact delay as per-message expiration, so
 # it is never delivered early; the bucket only bounds how late it can be when a message with a

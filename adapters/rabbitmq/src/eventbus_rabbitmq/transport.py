@@ -7,7 +7,6 @@ Entry points ``amqp`` and ``amqps`` load this class; the core builds it as
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +15,7 @@ from aiormq import exceptions as amqp
 from anyio.abc import TaskStatus
 
 from eventbus.errors import BrokerUnavailableError, ConfigurationError
+from eventbus.loggers import get_logger
 from eventbus.message import Message
 from eventbus.transports.base import (
     Backlog,
@@ -38,7 +38,7 @@ from eventbus_rabbitmq.url import parse_url
 
 __all__ = ["RabbitMQTransport"]
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 # RabbitMQ's default max_message_size: 128 MiB up to 3.13, 16 MiB from 4.0.
 _MIB = 1024 * 1024

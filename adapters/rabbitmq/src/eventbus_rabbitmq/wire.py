@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,11 +23,12 @@ from typing import Any
 from pamqp.commands import Basic
 
 from eventbus.headers import DATASCHEMA
+from eventbus.loggers import get_logger
 from eventbus.message import Message, new_message_id
 from eventbus.transports import cloudevents
 from eventbus_rabbitmq.frames import Unreadable
 
-log = logging.getLogger("eventbus.rabbitmq")
+log = get_logger("eventbus.rabbitmq")
 
 __all__ = ["KEY_HEADER", "amqp_message_id", "decode", "encode", "routing_key"]
 
