@@ -35,20 +35,27 @@ class Order(pydantic.BaseModel):
 
 
 class Worker:
-    """A bus consuming one fresh queue with 8 lanes and no retries: what is not an `Order` is
-    dead-lettered at once."""
+    """A bus consuming one fresh queue with 8 lanes. With ``retrying`` off, no retries: what
+    is not an `Order` is dead-lettered at once. With it on, orders with an odd id fail, are
+    republished through the broker once (``via_broker``: the foreign headers go out and come
+    back with eventbus's own beside them) and are then dead-lettered as retries exhausted."""
 
-    def __init__(self, url: str, portal: BlockingPortal) -> None:
+    def __init__(self, url: str, portal: BlockingPortal, *, retrying: bool = False) -> None:
         self.url = url
         self.portal = portal
         self.queue = f"fuzz-{uuid.uuid4().hex[:10]}"
         self.bus = EventBus(url)
         self.published = 0
         self.examples = 0
+        self.retrying = retrying
+        retry = RetryPolicy(max_attempts=2, initial_delay=0, jitter=False, via_broker=True)
 
-        @self.bus.consume(self.queue, concurrency=8, retry=RetryPolicy(max_attempts=1))
+        @self.bus.consume(
+            self.queue, concurrency=8, retry=retry if retrying else RetryPolicy(max_attempts=1)
+        )
         async def handle(order: Order) -> None:
-            pass
+            if retrying and order.id % 2:
+                raise ValueError(f"odd order {order.id}")
 
     @property
     def handled(self) -> int:
@@ -57,6 +64,10 @@ class Worker:
     @property
     def dead_lettered(self) -> int:
         return self.bus.subscribers[0].stats.dead_lettered
+
+    @property
+    def retried(self) -> int:
+        return self.bus.subscribers[0].stats.retried
 
     @property
     def settled(self) -> int:
@@ -75,19 +86,24 @@ class Worker:
 
 
 @contextmanager
-def running_worker(url: str, what: str, capsys: pytest.CaptureFixture[str]) -> Iterator[Worker]:
+def running_worker(
+    url: str, what: str, capsys: pytest.CaptureFixture[str], *, retrying: bool = False
+) -> Iterator[Worker]:
     """A running `Worker`; afterwards the counts are printed (in the test run's own output,
     passed or not) and ``eventbus dlq show`` must print every dead letter (every one readable
     by the operator's tool)."""
     with start_blocking_portal() as portal:
-        worker = Worker(url, portal)
+        worker = Worker(url, portal, retrying=retrying)
         with portal.wrap_async_context_manager(worker.bus):
             yield worker
         with capsys.disabled():
             print(
-                f"\nfuzz: {worker.examples} examples, {worker.published} foreign {what}: "
-                f"{worker.handled} handled, {worker.dead_lettered} dead-lettered"
+                f"\nfuzz{' (odd orders retried)' if retrying else ''}: {worker.examples} "
+                f"examples, {worker.published} foreign {what}: {worker.handled} handled, "
+                f"{worker.dead_lettered} dead-lettered, {worker.retried} retried"
             )
+        if retrying:
+            assert worker.retried, "some odd order went through the retry path"
         if worker.dead_lettered:
             shown = _dlq_show(worker)
             assert shown.count("eventbus-dlq-reason") == worker.dead_lettered, shown[-3000:]
