@@ -8,6 +8,7 @@ import uuid
 import anyio
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from eventbus import EventBus, Message, RequestTimeoutError
 from eventbus.testing.conformance import wait_for
@@ -161,6 +162,7 @@ async def test_an_eventbus_responder_answers_a_raw_kafka_requester(kafka_url: st
     consumer = AIOKafkaConsumer(
         replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
     )
+    await create_topic(servers, replies)  # the requester's own topic: the responder makes none
     async with bus:
         await producer.start()
         try:
@@ -177,3 +179,54 @@ async def test_an_eventbus_responder_answers_a_raw_kafka_requester(kafka_url: st
             await producer.stop()
     assert record.value == b"42"
     assert dict(record.headers)["ce_correlationid"] == b"c-21"
+
+
+async def test_a_reply_to_a_missing_topic_is_dropped_at_once_and_creates_nothing(
+    kafka_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A raw requester names a reply topic that does not exist: the handler runs once, its
+    reply is dropped with a warning (nobody could read it), the request is acked, not retried
+    or dead-lettered, and the topic is not created, although this broker creates topics on
+    first use."""
+    suffix = uuid.uuid4().hex[:10]
+    queue, replies = f"rr-missing-{suffix}", f"rr-nowhere-{suffix}"
+    servers = kafka_url.removeprefix("kafka://").split("?")[0]
+    bus = EventBus(_with(kafka_url, publish_timeout=60))
+    calls: list[int] = []
+
+    @bus.consume(queue)
+    async def double(n: int) -> int:
+        calls.append(n)
+        return n * 2
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    async with bus:
+        await producer.start()
+        try:
+            for n in (1, 2):
+                headers = [("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c")]
+                await producer.send_and_wait(queue, str(n).encode(), key=b"k", headers=headers)
+        finally:
+            await producer.stop()
+        stats = bus.subscribers[0].stats
+        # Well within publish_timeout: a wait for the topic would take a minute per request.
+        await wait_for(lambda: stats.handled == 2, within=30, what="both handled")
+    assert calls == [1, 2], "each handled once, not retried"
+    assert (stats.retried, stats.dead_lettered) == (0, 0)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2 and all(replies in line for line in dropped), dropped
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        assert replies not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def create_topic(servers: str, name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1)])
+    finally:
+        await admin.close()

@@ -23,6 +23,7 @@ __all__ = ["TopicAdmin"]
 
 log = get_logger(__name__)
 
+_UNKNOWN_TOPIC = 3
 _TOPIC_ALREADY_EXISTS = 36
 _AUTHORIZATION_FAILED = (29, 31)  # topic / cluster authorization failed
 # Room for the CloudEvents headers, the key and the batch framing on top of the largest body.
@@ -145,6 +146,19 @@ class TopicAdmin:
             if topic["topic"] == name and topic["error_code"] == 0:
                 return sorted(p["partition"] for p in topic["partitions"])
         return None
+
+    async def missing(self, name: str) -> bool:
+        """True only when the broker answers that topic ``name`` does not exist (any other
+        answer is left to whatever uses the topic next); never creates it, as
+        `topic_partitions`. A topic found once is not asked for again."""
+        if name in self._ensured:
+            return False
+        request = MetadataRequest([name], allow_auto_topic_creation=False)
+        response = await self.client._send_request(request)
+        codes = [t["error_code"] for t in response.to_object()["topics"] if t["topic"] == name]
+        if codes == [0]:
+            self._ensured.add(name)
+        return codes == [_UNKNOWN_TOPIC]
 
     async def group_members(self, group: str) -> int | None:
         """Members of a consumer group now (0 when empty or unknown to the broker); None when

@@ -191,13 +191,22 @@ class KafkaTransport:
     async def _reply(self, address: str, messages: Sequence[Message]) -> None:
         """To a requester's leased partition of its reply topic (`eventbus_kafka.replies`), or
         a foreign requester's plain topic (partitioned by key). Nothing is created: the topic
-        is the requester's."""
+        is the requester's, and a reply-to from a foreign producer must not make this service
+        create topics (nor wait for one until ``publish_timeout``, where the broker does not
+        create them, and run the handler again)."""
         topic, partition = reply_partition(address)
         try:
             validate_name(topic)
         except ConfigurationError as exc:
             # A foreign producer's reply-to that is no topic: nobody could ever read it there.
             raise UnroutableError(f"reply-to {address!r} is not a Kafka topic ({exc})") from None
+        try:
+            missing = await self._admin.missing(topic)
+        except Exception:  # no answer: the send below fails or succeeds on its own
+            log.debug("cannot tell whether reply topic %r exists", topic, exc_info=True)
+            missing = False
+        if missing:
+            raise UnroutableError(f"reply topic {topic!r} does not exist")
         failures = await self._producer.send_all(topic, [to_record(m) for m in messages], partition)
         if failures:
             raise publish_error(failures, messages, f"reply topic {topic!r}")
