@@ -99,6 +99,23 @@ async def test_a_registry_that_enforces_compatibility_refuses_a_breaking_auto_re
     assert caught.value.status == 409
 
 
+async def test_two_services_registering_a_new_subject_at_once_both_succeed(
+    registry_url: str,
+) -> None:
+    """Two services starting together register v1 and v2 of a new subject at the same moment
+    (the registry answers the loser "artifact already exists", 409): both get an id, and both
+    versions are the subject's. Ten subjects, each a race."""
+    v1, v2 = (json.dumps(model_schema(m, "shop", "Order")) for m in (OrderV1, OrderV2))
+    async with SchemaRegistry(registry_url) as one, SchemaRegistry(registry_url) as two:
+        for _ in range(10):
+            subject = f"{_topic()}-value"
+            ids = await asyncio.gather(
+                one.id_of(subject, v1, register=True), two.id_of(subject, v2, register=True)
+            )
+            assert len(set(ids)) == 2
+            assert len(await one.versions(subject)) == 2
+
+
 async def test_subject_strategies(registry: SchemaRegistry) -> None:
     topic = _topic()
     space = f"ns{uuid.uuid4().hex[:8]}"

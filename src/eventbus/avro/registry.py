@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import anyio
 import httpx
 
 from eventbus.errors import BrokerUnavailableError, ConfigurationError, EventBusError
@@ -116,9 +117,7 @@ class SchemaRegistry:
         payload = {"schema": schema, "schemaType": "AVRO"}
         path = f"/subjects/{_quoted(subject)}"
         if register:
-            found = _number(
-                await self._request("POST", f"{path}/versions", payload), "id", self.url
-            )
+            found = await self._register(f"{path}/versions", payload)
         else:
             try:
                 found = _number(await self._request("POST", path, payload), "id", self.url)
@@ -141,6 +140,22 @@ class SchemaRegistry:
             self._ids[key] = found
             self._by_id.setdefault(found, schema)
         return found
+
+    async def _register(self, path: str, payload: Mapping[str, Any]) -> int:
+        """Register a version (a POST to ``path``, the subject's versions). A 409 is tried
+        again, twice, a moment later: Apicurio answers 409 ("artifact already exists") to the
+        second of two clients registering the first versions of a subject at the same moment
+        (two services starting together), and the same request passes once the subject
+        exists. A schema the subject's compatibility refuses gets its 409 each time, and that
+        one is raised."""
+        for wait in (0.1, 0.5):
+            try:
+                return _number(await self._request("POST", path, payload), "id", self.url)
+            except SchemaRegistryError as exc:
+                if exc.status != 409:
+                    raise
+            await anyio.sleep(wait)
+        return _number(await self._request("POST", path, payload), "id", self.url)
 
     async def _same_schema(self, subject: str, schema: str) -> int | None:
         """The id of the newest version of ``subject`` whose schema is ``schema`` written
