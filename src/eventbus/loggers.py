@@ -23,6 +23,8 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def _escape_unprintable(record: logging.LogRecord) -> bool:
+    # Renders every record that passes the logger's level, so a printed one is rendered twice
+    # (about 2 us more a record): nothing on a hot path logs unless DEBUG is on.
     try:
         message = record.getMessage()
     except Exception:  # the handler reports a bad format, as without this filter

@@ -4,6 +4,8 @@ other record exactly as it was logged (format and arguments)."""
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
 import pytest
 
@@ -32,3 +34,19 @@ def test_the_filter_is_added_once() -> None:
     first = get_logger("eventbus.test-loggers-once")
     assert get_logger("eventbus.test-loggers-once") is first
     assert len(first.filters) == 1
+
+
+def test_eventbus_and_its_adapters_log_only_through_get_logger() -> None:
+    """A logger's filters do not see its children's records, so each module's logger must
+    come from `get_logger`: a plain ``logging.getLogger`` would log foreign text unescaped."""
+    root = Path(__file__).parents[2]
+    sources = [*root.glob("src/eventbus/**/*.py"), *root.glob("adapters/*/src/**/*.py")]
+    assert len(sources) > 100
+    plain = re.compile(r"\blogging\.getLogger\((?!\)|\"watchfiles\")")  # root, not ours
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if plain.search(line) and path.name != "loggers.py"
+    ]
+    assert not offenders, offenders
