@@ -107,14 +107,16 @@ class ForeignPublisher:
 
     async def publish(self, message: aio_pika.Message) -> bool:
         """Publish ``message``; False when it never reached a queue."""
-        if self.connection.is_closed:
+        if self.connection.is_closed or self.channel.is_closed:
+            await self.close()
             await self.open()
         try:
             await self.channel.default_exchange.publish(message, routing_key=self.worker.queue)
         except (TypeError, OverflowError, ValueError):
             return False  # aio-pika cannot encode it (bytes in a table, a huge float)
-        except (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError):
-            self.refused += 1  # the broker could not parse it: not in the queue
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            # The broker closed the channel or the connection over it: not in the queue.
+            self.refused += 1
             await self.close()
             return False
         return True
