@@ -223,6 +223,45 @@ async def test_a_reply_to_a_missing_topic_is_dropped_at_once_and_creates_nothing
         await admin.close()
 
 
+async def test_a_reply_topic_that_appears_within_the_grace_gets_the_reply(
+    kafka_url: str,
+) -> None:
+    """The requester's reply topic shows up a moment after the responder first asked (as when
+    the broker asked has not learned of it yet): the reply still goes there."""
+    suffix = uuid.uuid4().hex[:10]
+    queue, replies = f"rr-late-{suffix}", f"rr-latereplies-{suffix}"
+    servers = kafka_url.removeprefix("kafka://").split("?")[0]
+    bus = EventBus(kafka_url)
+    asked = anyio.Event()
+
+    @bus.consume(queue)
+    async def double(n: int) -> int:
+        asked.set()
+        return n * 2
+
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(
+        replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
+    )
+    async with bus:
+        await producer.start()
+        try:
+            headers = [("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c-4")]
+            await producer.send_and_wait(queue, b"4", headers=headers)
+            with anyio.fail_after(30):
+                await asked.wait()
+            await anyio.sleep(0.5)  # the responder has found it missing by now
+            await create_topic(servers, replies)
+            await consumer.start()
+            with anyio.fail_after(60):
+                record = await consumer.getone()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+    assert record.value == b"8"
+    assert bus.subscribers[0].stats.handled == 1
+
+
 async def create_topic(servers: str, name: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
     await admin.start()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import for_code  # type: ignore[import-untyped]
@@ -19,11 +19,11 @@ from eventbus.loggers import get_logger
 from eventbus_kafka.errors import is_transient
 from eventbus_kafka.url import KafkaSettings
 
-__all__ = ["TopicAdmin"]
+__all__ = ["UNKNOWN_TOPIC", "TopicAdmin"]
 
 log = get_logger(__name__)
 
-_UNKNOWN_TOPIC = 3
+UNKNOWN_TOPIC = 3  # UNKNOWN_TOPIC_OR_PARTITION
 _TOPIC_ALREADY_EXISTS = 36
 _AUTHORIZATION_FAILED = (29, 31)  # topic / cluster authorization failed
 # Room for the CloudEvents headers, the key and the batch framing on top of the largest body.
@@ -136,29 +136,31 @@ class TopicAdmin:
                 await asyncio.sleep(0.05)
 
     async def topic_partitions(self, name: str) -> list[int] | None:
-        """Partition ids of an existing topic, None if it does not exist. Never creates it:
+        """Partition ids of an existing topic, None if it does not exist. Never creates it (see
+        `topic_error`)."""
+        topic = await self._metadata(name)
+        if topic is None or topic["error_code"] != 0:
+            return None
+        return sorted(p["partition"] for p in topic["partitions"])
+
+    async def topic_error(self, name: str) -> int | None:
+        """The broker's error code for topic ``name``: 0 when it exists, `UNKNOWN_TOPIC` when
+        it does not (as far as the broker asked knows), others (authorization, no leader) as
+        they come; None when the answer does not name it. Never creates it."""
+        topic = await self._metadata(name)
+        return None if topic is None else int(topic["error_code"])
+
+    async def _metadata(self, name: str) -> dict[str, Any] | None:
+        """One topic's entry of a metadata answer, asked for without creating the topic:
         ``describe_topics`` asks with ``allow_auto_topic_creation`` on, so a broker with
         ``auto.create.topics.enable`` would create the topic a moment after answering that it
         is missing (and ``eventbus dlq list`` of a typo would leave one behind)."""
         request = MetadataRequest([name], allow_auto_topic_creation=False)
         response = await self.client._send_request(request)
         for topic in response.to_object()["topics"]:
-            if topic["topic"] == name and topic["error_code"] == 0:
-                return sorted(p["partition"] for p in topic["partitions"])
+            if topic["topic"] == name:
+                return cast(dict[str, Any], topic)
         return None
-
-    async def missing(self, name: str) -> bool:
-        """True only when the broker answers that topic ``name`` does not exist (any other
-        answer is left to whatever uses the topic next); never creates it, as
-        `topic_partitions`. A topic found once is not asked for again."""
-        if name in self._ensured:
-            return False
-        request = MetadataRequest([name], allow_auto_topic_creation=False)
-        response = await self.client._send_request(request)
-        codes = [t["error_code"] for t in response.to_object()["topics"] if t["topic"] == name]
-        if codes == [0]:
-            self._ensured.add(name)
-        return codes == [_UNKNOWN_TOPIC]
 
     async def group_members(self, group: str) -> int | None:
         """Members of a consumer group now (0 when empty or unknown to the broker); None when

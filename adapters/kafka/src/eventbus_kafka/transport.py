@@ -34,7 +34,7 @@ from eventbus.transports.base import (
     SubscriptionSpec,
 )
 from eventbus.transports.publishing import publish_error
-from eventbus_kafka.admin import TopicAdmin
+from eventbus_kafka.admin import UNKNOWN_TOPIC, TopicAdmin
 from eventbus_kafka.errors import is_fatal, translate
 from eventbus_kafka.handshake import refusal
 from eventbus_kafka.producer import Producer
@@ -57,6 +57,9 @@ __all__ = ["KafkaTransport"]
 log = get_logger(__name__)
 
 _CLIENT_CLOSE_TIMEOUT = 10.0
+REPLY_TOPIC_GRACE = 2.0
+"""Seconds a reply topic the broker calls missing is asked for again before a reply to it is
+dropped: in a cluster, the brokers learn of a topic just created one after the other."""
 
 
 class KafkaTransport:
@@ -89,6 +92,7 @@ class KafkaTransport:
             backlog="lag",
         )
         self._admin = TopicAdmin(self.settings)
+        self._reply_topics: set[str] = set()  # reply topics known to exist
         self._producer = Producer(self.settings)
         self._subscriptions: set[KafkaSubscription] = set()
         self._offsets_reader: Any = None
@@ -200,16 +204,34 @@ class KafkaTransport:
         except ConfigurationError as exc:
             # A foreign producer's reply-to that is no topic: nobody could ever read it there.
             raise UnroutableError(f"reply-to {address!r} is not a Kafka topic ({exc})") from None
-        try:
-            missing = await self._admin.missing(topic)
-        except Exception:  # no answer: the send below fails or succeeds on its own
-            log.debug("cannot tell whether reply topic %r exists", topic, exc_info=True)
-            missing = False
-        if missing:
-            raise UnroutableError(f"reply topic {topic!r} does not exist")
+        await self._check_reply_topic(topic)
         failures = await self._producer.send_all(topic, [to_record(m) for m in messages], partition)
         if failures:
+            self._reply_topics.discard(topic)  # deleted meanwhile? the next reply asks again
             raise publish_error(failures, messages, f"reply topic {topic!r}")
+
+    async def _check_reply_topic(self, topic: str) -> None:
+        """`UnroutableError` when the broker says reply topic ``topic`` does not exist and
+        still says so after `REPLY_TOPIC_GRACE`. A topic found is not asked for again (until
+        a reply to it fails); any other answer, or none, leaves it to the send."""
+        if topic in self._reply_topics:
+            return
+        deadline = time.monotonic() + REPLY_TOPIC_GRACE
+        try:
+            while True:
+                code = await asyncio.wait_for(
+                    self._admin.topic_error(topic), self.settings.publish_timeout
+                )
+                if code != UNKNOWN_TOPIC or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.25)
+        except Exception:  # no answer: the send fails or succeeds on its own
+            log.debug("cannot tell whether reply topic %r exists", topic, exc_info=True)
+            return
+        if code == UNKNOWN_TOPIC:
+            raise UnroutableError(f"reply topic {topic!r} does not exist")
+        if code == 0:
+            self._reply_topics.add(topic)
 
     def reply_inbox(self) -> KafkaReplyInbox:
         """A lease on a partition of the app's reply topic (`eventbus_kafka.replies`)."""
