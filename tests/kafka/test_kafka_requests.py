@@ -159,9 +159,7 @@ async def test_an_eventbus_responder_answers_a_raw_kafka_requester(kafka_url: st
         return n * 2
 
     producer = AIOKafkaProducer(bootstrap_servers=servers)
-    consumer = AIOKafkaConsumer(
-        replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
-    )
+    consumer = reply_reader(servers, replies)
     await create_topic(servers, replies)  # the requester's own topic: the responder makes none
     async with bus:
         await producer.start()
@@ -240,9 +238,7 @@ async def test_a_reply_topic_that_appears_within_the_grace_gets_the_reply(
         return n * 2
 
     producer = AIOKafkaProducer(bootstrap_servers=servers)
-    consumer = AIOKafkaConsumer(
-        replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
-    )
+    consumer = reply_reader(servers, replies)
     async with bus:
         await producer.start()
         try:
@@ -260,6 +256,13 @@ async def test_a_reply_topic_that_appears_within_the_grace_gets_the_reply(
             await producer.stop()
     assert record.value == b"8"
     assert bus.subscribers[0].stats.handled == 1
+
+
+def reply_reader(servers: str, topic: str) -> AIOKafkaConsumer:
+    """A raw requester's reader of its reply topic, from the start."""
+    return AIOKafkaConsumer(
+        topic, bootstrap_servers=servers, group_id=f"raw-{topic}", auto_offset_reset="earliest"
+    )
 
 
 async def create_topic(servers: str, name: str) -> None:
