@@ -4,6 +4,8 @@ hand-written aiokafka responder."""
 import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -158,23 +160,9 @@ async def test_an_eventbus_responder_answers_a_raw_kafka_requester(kafka_url: st
     async def double(n: int) -> int:
         return n * 2
 
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    consumer = reply_reader(servers, replies)
     await create_topic(servers, replies)  # the requester's own topic: the responder makes none
     async with bus:
-        await producer.start()
-        try:
-            await producer.send_and_wait(
-                queue,
-                b"21",
-                headers=[("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c-21")],
-            )
-            await consumer.start()
-            with anyio.fail_after(60):
-                record = await consumer.getone()
-        finally:
-            await consumer.stop()
-            await producer.stop()
+        record = await raw_request(servers, queue, replies, b"21", b"c-21")
     assert record.value == b"42"
     assert dict(record.headers)["ce_correlationid"] == b"c-21"
 
@@ -202,7 +190,7 @@ async def test_a_reply_to_a_missing_topic_is_dropped_at_once_and_creates_nothing
         await producer.start()
         try:
             for n in (1, 2):
-                headers = [("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c")]
+                headers = reply_headers(replies, b"c")
                 await producer.send_and_wait(queue, str(n).encode(), key=b"k", headers=headers)
         finally:
             await producer.stop()
@@ -213,12 +201,8 @@ async def test_a_reply_to_a_missing_topic_is_dropped_at_once_and_creates_nothing
     assert (stats.retried, stats.dead_lettered) == (0, 0)
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) == 2 and all(replies in line for line in dropped), dropped
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
+    async with kafka_admin(servers) as admin:
         assert replies not in await admin.list_topics()
-    finally:
-        await admin.close()
 
 
 async def test_a_reply_topic_that_appears_within_the_grace_gets_the_reply(
@@ -237,38 +221,60 @@ async def test_a_reply_topic_that_appears_within_the_grace_gets_the_reply(
         asked.set()
         return n * 2
 
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    consumer = reply_reader(servers, replies)
+    async def create_it_late() -> None:
+        with anyio.fail_after(30):
+            await asked.wait()
+        await anyio.sleep(0.5)  # the responder has found it missing by now
+        await create_topic(servers, replies)
+
     async with bus:
-        await producer.start()
-        try:
-            headers = [("eventbus-reply-to", replies.encode()), ("ce_correlationid", b"c-4")]
-            await producer.send_and_wait(queue, b"4", headers=headers)
-            with anyio.fail_after(30):
-                await asked.wait()
-            await anyio.sleep(0.5)  # the responder has found it missing by now
-            await create_topic(servers, replies)
-            await consumer.start()
-            with anyio.fail_after(60):
-                record = await consumer.getone()
-        finally:
-            await consumer.stop()
-            await producer.stop()
+        record = await raw_request(servers, queue, replies, b"4", b"c-4", create_it_late)
     assert record.value == b"8"
     assert bus.subscribers[0].stats.handled == 1
 
 
-def reply_reader(servers: str, topic: str) -> AIOKafkaConsumer:
-    """A raw requester's reader of its reply topic, from the start."""
-    return AIOKafkaConsumer(
-        topic, bootstrap_servers=servers, group_id=f"raw-{topic}", auto_offset_reset="earliest"
+def reply_headers(replies: str, correlation_id: bytes) -> list[tuple[str, bytes]]:
+    """What a raw requester puts on a request: where to reply, and the correlation id."""
+    return [("eventbus-reply-to", replies.encode()), ("ce_correlationid", correlation_id)]
+
+
+async def raw_request(
+    servers: str,
+    queue: str,
+    replies: str,
+    body: bytes,
+    correlation_id: bytes,
+    meanwhile: Callable[[], Awaitable[None]] | None = None,
+) -> Any:
+    """As a plain aiokafka requester: send ``body`` to ``queue`` asking for the reply on topic
+    ``replies``, run ``meanwhile``, then return the first record on ``replies``."""
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    consumer = AIOKafkaConsumer(
+        replies, bootstrap_servers=servers, group_id=f"raw-{replies}", auto_offset_reset="earliest"
     )
+    await producer.start()
+    try:
+        await producer.send_and_wait(queue, body, headers=reply_headers(replies, correlation_id))
+        if meanwhile is not None:
+            await meanwhile()
+        await consumer.start()
+        with anyio.fail_after(60):
+            return await consumer.getone()
+    finally:
+        await consumer.stop()
+        await producer.stop()
 
 
-async def create_topic(servers: str, name: str) -> None:
+@contextlib.asynccontextmanager
+async def kafka_admin(servers: str) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, 1, 1)])
+        yield admin
     finally:
         await admin.close()
+
+
+async def create_topic(servers: str, name: str) -> None:
+    async with kafka_admin(servers) as admin:
+        await admin.create_topics([NewTopic(name, 1, 1)])
